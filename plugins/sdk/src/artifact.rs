@@ -1,0 +1,91 @@
+//! What stages hand each other: typed artifacts of named tensors plus JSON metadata.
+//!
+//! In memory the tensors stay where the producing stage put them (on the GPU when there is
+//! one) and are shared, not copied, with every downstream stage. On disk an artifact is
+//! `outputs.safetensors` (the tensors) and `outputs.json` (kind and metadata), which is all
+//! a later run needs to reuse it.
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Result};
+use serde_json::Value;
+use tch::Tensor;
+
+/// Well-known artifact kinds; a plugin may introduce its own.
+pub mod kinds {
+    pub const MODEL: &str = "model";
+    pub const DATASET: &str = "dataset";
+    pub const SCORES: &str = "scores";
+    pub const METRICS: &str = "metrics";
+    pub const REPORT: &str = "report";
+}
+
+/// Immutable once a stage returned it: consumers get shallow clones of its tensors and must
+/// not modify them in place (train a `.copy()`), since other stages may read them at once.
+pub struct Artifact {
+    pub kind: String,
+    pub meta: Value,
+    pub tensors: BTreeMap<String, Tensor>,
+}
+
+// SAFETY: an artifact is only read after it is returned (see above); reading a libtorch
+// tensor and taking shallow clones (atomic reference counts) from several threads is safe.
+unsafe impl Sync for Artifact {}
+
+impl Artifact {
+    pub fn new(kind: &str, meta: Value) -> Self {
+        Artifact { kind: kind.to_string(), meta, tensors: BTreeMap::new() }
+    }
+
+    pub fn with_tensor(mut self, name: &str, tensor: Tensor) -> Self {
+        self.tensors.insert(name.to_string(), tensor);
+        self
+    }
+
+    /// A tensor by name, sharing storage with the artifact's (no copy).
+    pub fn tensor(&self, name: &str) -> Result<Tensor> {
+        self.tensors.get(name).map(Tensor::shallow_clone).ok_or_else(|| {
+            anyhow!(
+                "the {} artifact has no tensor `{name}` (it has: {})",
+                self.kind,
+                self.tensors.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        })
+    }
+}
+
+/// The outputs of the stages a stage `needs`, by stage id.
+#[derive(Default, Clone)]
+pub struct Inputs {
+    by_stage: BTreeMap<String, Arc<Artifact>>,
+}
+
+impl Inputs {
+    pub fn insert(&mut self, stage: &str, artifact: Arc<Artifact>) {
+        self.by_stage.insert(stage.to_string(), artifact);
+    }
+
+    pub fn by_stage(&self) -> impl Iterator<Item = (&str, &Arc<Artifact>)> {
+        self.by_stage.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// The one input of this kind; an error names what there is when there is none or several.
+    pub fn one(&self, kind: &str) -> Result<&Artifact> {
+        let mut found = self.by_stage.iter().filter(|(_, a)| a.kind == kind);
+        match (found.next(), found.next()) {
+            (Some((_, a)), None) => Ok(a),
+            (None, _) => bail!("no input of kind `{kind}` (inputs: {})", self.describe()),
+            (Some((s1, _)), Some((s2, _))) => {
+                bail!("several inputs of kind `{kind}` (`{s1}`, `{s2}`): name one of them")
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        if self.by_stage.is_empty() {
+            return "none".into();
+        }
+        let parts: Vec<String> = self.by_stage.iter().map(|(s, a)| format!("{s}: {}", a.kind)).collect();
+        parts.join(", ")
+    }
+}

@@ -1,0 +1,46 @@
+//! The contract between the `petnas` runner and its plugins.
+//!
+//! A plugin is a `cdylib` that calls [`declare_plugin!`] once. The runner loads it at run
+//! time, checks [`CONTRACT_VERSION`] and [`FINGERPRINT`] before touching anything else, then
+//! lets it register its stage kinds ([`Stage`]) and PET types ([`model::PetType`]).
+//! Host and plugins exchange Rust values (trait objects, `tch::Tensor`s, strings), which is
+//! sound only when both were built by the same compiler against the same sdk and libtorch:
+//! that is what the fingerprint pins.
+
+pub mod artifact;
+pub mod model;
+pub mod options;
+pub mod plugin;
+pub mod stage;
+
+pub use artifact::{Artifact, Inputs};
+pub use options::{OptType, OptionSchema, OptionSpec};
+pub use plugin::{PluginDeclaration, Registrar};
+pub use stage::{Progress, Stage, StageCtx};
+
+/// Bumped whenever [`PluginDeclaration`] or any type crossing the plugin boundary changes.
+pub const CONTRACT_VERSION: u32 = 1;
+
+macro_rules! fingerprint_literal {
+    () => {
+        concat!(
+            "petnas-sdk ",
+            env!("CARGO_PKG_VERSION"),
+            "; contract 1; ",
+            env!("PETNAS_RUSTC_VERSION"),
+            "; tch 0.24.0; libtorch 2.11.0; profile ",
+            env!("PETNAS_BUILD_PROFILE")
+        )
+    };
+}
+
+/// What host and plugin must agree on byte for byte before any Rust value crosses between
+/// them. (`contract 1` repeats [`CONTRACT_VERSION`]: `concat!` takes literals only.)
+pub const FINGERPRINT: &str = fingerprint_literal!();
+
+/// [`FINGERPRINT`] as a C string, the form it takes inside a [`PluginDeclaration`].
+pub const FINGERPRINT_C: &std::ffi::CStr =
+    match std::ffi::CStr::from_bytes_with_nul(concat!(fingerprint_literal!(), "\0").as_bytes()) {
+        Ok(c) => c,
+        Err(_) => panic!("fingerprint contains a NUL byte"),
+    };

@@ -1,0 +1,167 @@
+//! Stage kinds: what a plugin runs for a `stages:` entry of a pipeline.
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::artifact::{Artifact, Inputs};
+use crate::options::OptionSchema;
+
+pub trait Stage: Send + Sync {
+    /// `plugin.kind`, as pipelines name it in `use:`.
+    fn kind(&self) -> &'static str;
+    /// One line for `petnas plugins`.
+    fn doc(&self) -> &'static str;
+    fn options(&self) -> OptionSchema;
+    /// Artifact kinds the stage needs among its inputs (checked before the run).
+    fn input_kinds(&self) -> &'static [&'static str];
+    /// The artifact kind the stage returns.
+    fn output_kind(&self) -> &'static str;
+    fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact>;
+}
+
+/// Turns a panic inside a plugin's stage into an error before it reaches the boundary.
+pub(crate) struct CatchPanics<S>(pub S);
+
+impl<S: Stage> Stage for CatchPanics<S> {
+    fn kind(&self) -> &'static str {
+        self.0.kind()
+    }
+    fn doc(&self) -> &'static str {
+        self.0.doc()
+    }
+    fn options(&self) -> OptionSchema {
+        self.0.options()
+    }
+    fn input_kinds(&self) -> &'static [&'static str] {
+        self.0.input_kinds()
+    }
+    fn output_kind(&self) -> &'static str {
+        self.0.output_kind()
+    }
+    fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
+        match catch_unwind(AssertUnwindSafe(|| self.0.run(ctx, inputs))) {
+            Ok(result) => result,
+            Err(payload) => {
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                Err(anyhow!("stage `{}` panicked: {message}", self.0.kind()))
+            }
+        }
+    }
+}
+
+/// A stage's own progress (training steps, batches), shown live by the runner.
+pub trait Progress: Send + Sync {
+    fn set_total(&self, total: u64);
+    fn advance(&self, delta: u64);
+    fn set_message(&self, message: &str);
+}
+
+/// Everything a running stage gets from the runner.
+pub struct StageCtx {
+    pub device: tch::Device,
+    pub seed: u64,
+    pub dtype: tch::Kind,
+    /// The matrix cell this stage runs in, axis → value.
+    pub cell: BTreeMap<String, String>,
+    dir: PathBuf,
+    options: Value,
+    progress: Arc<dyn Progress>,
+    cancelled: Arc<AtomicBool>,
+    allowed_writes: Vec<PathBuf>,
+}
+
+impl StageCtx {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        device: tch::Device,
+        seed: u64,
+        dtype: tch::Kind,
+        cell: BTreeMap<String, String>,
+        dir: PathBuf,
+        options: Value,
+        progress: Arc<dyn Progress>,
+        cancelled: Arc<AtomicBool>,
+        allowed_writes: Vec<PathBuf>,
+    ) -> Self {
+        StageCtx { device, seed, dtype, cell, dir, options, progress, cancelled, allowed_writes }
+    }
+
+    /// The stage's options (checked against its schema, defaults filled in).
+    pub fn options<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_value(self.options.clone()).context("stage options do not fit the stage")
+    }
+
+    /// The folder this stage writes its files into; it becomes the stage's run folder
+    /// atomically when the stage succeeds.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn progress(&self) -> &dyn Progress {
+        self.progress.as_ref()
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Call at safe points (between steps): an error once the user pressed Ctrl-C.
+    pub fn check_cancelled(&self) -> Result<()> {
+        if self.is_cancelled() {
+            bail!("cancelled");
+        }
+        Ok(())
+    }
+
+    /// Where an output-path option points: inside the stage folder, or under a path the user
+    /// allowed with `--allow-write`. The runner checked this before the run; this is the
+    /// guard at the point of writing.
+    pub fn output_path(&self, value: &str) -> Result<PathBuf> {
+        resolve_output_path(&self.dir, value, &self.allowed_writes).map_err(|e| anyhow!(e))
+    }
+}
+
+/// Resolves an output path option against the stage folder, refusing escapes.
+pub fn resolve_output_path(
+    stage_dir: &Path,
+    value: &str,
+    allowed: &[PathBuf],
+) -> std::result::Result<PathBuf, String> {
+    let path = Path::new(value);
+    let escapes =
+        path.is_absolute() || path.components().any(|c| matches!(c, std::path::Component::ParentDir));
+    if !escapes {
+        return Ok(stage_dir.join(path));
+    }
+    let resolved = normalize(&if path.is_absolute() { path.to_path_buf() } else { stage_dir.join(path) });
+    if allowed.iter().any(|a| resolved.starts_with(normalize(a))) {
+        Ok(resolved)
+    } else {
+        Err(format!("`{value}` would write outside the run folder; allow it with --allow-write <DIR>"))
+    }
+}
+
+/// Removes `.` and `..` lexically (the target may not exist yet).
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}

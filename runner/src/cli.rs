@@ -1,0 +1,335 @@
+//! The command line: `petnas run | validate | plan | plugins | version`.
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+
+use crate::diag::Diagnostic;
+use crate::executor::{self, Placement, RunOptions, Status};
+use crate::pipeline::{self, DeviceSpec, Pipeline};
+use crate::plugins::{self, Registry};
+use crate::run_record::{self, RunRecord};
+
+/// Exit codes: 0 success, 1 a stage failed, 2 bad input, 130 interrupted.
+const EXIT_FAILED: i32 = 1;
+const EXIT_INVALID: i32 = 2;
+const EXIT_INTERRUPTED: i32 = 130;
+
+#[derive(Parser)]
+#[command(name = "petnas", version, about = "Neural architecture search for parameter-efficient fine-tuning")]
+struct Cli {
+    /// A folder to load plugins from, searched before PETNAS_PLUGIN_PATH and the binary's folder.
+    #[arg(long = "plugin-dir", global = true, value_name = "DIR")]
+    plugin_dirs: Vec<PathBuf>,
+    /// Log as JSON lines on stderr (for machines).
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct FolderArgs {
+    /// Where run folders go: <RUNS_DIR>/<pipeline>/<cell>/<stage>/.
+    #[arg(long, default_value = "runs", value_name = "DIR")]
+    runs_dir: PathBuf,
+    /// Lets stage options write under this folder, outside the run folder.
+    #[arg(long = "allow-write", value_name = "DIR")]
+    allow_write: Vec<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs a pipeline, reusing complete stages whose content key matches.
+    Run {
+        file: PathBuf,
+        /// Stages run in parallel at most; libtorch threads are divided between them.
+        #[arg(short, long, default_value_t = 1)]
+        jobs: usize,
+        /// Recomputes this stage (in every cell) and everything downstream of it.
+        #[arg(long, value_name = "STAGE")]
+        force: Vec<String>,
+        #[command(flatten)]
+        folders: FolderArgs,
+    },
+    /// Checks a pipeline without running it.
+    Validate {
+        file: PathBuf,
+        #[command(flatten)]
+        folders: FolderArgs,
+    },
+    /// Prints the expanded DAG: every cell and stage with its options.
+    Plan {
+        file: PathBuf,
+        /// Graphviz instead of text.
+        #[arg(long)]
+        dot: bool,
+        #[command(flatten)]
+        folders: FolderArgs,
+    },
+    /// Lists stage kinds and PET types with their options, and the plugin files.
+    Plugins {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prints versions, the build fingerprint and where libtorch is.
+    Version,
+}
+
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    crate::logging::init(cli.log_json);
+    let cuda = crate::cuda::load_torch_cuda();
+    tracing::debug!("{cuda}");
+    let registry: &'static Registry =
+        Box::leak(Box::new(Registry::load(&plugins::search_path(&cli.plugin_dirs))));
+    let result = match cli.command {
+        Command::Run { file, jobs, force, folders } => run(&file, jobs, force, &folders, registry),
+        Command::Validate { file, folders } => load(&file, &folders, registry).map(|p| {
+            println!("{}: ok ({} cell(s) × {} stage(s))", file.display(), p.cells.len(), p.stages.len());
+            0
+        }),
+        Command::Plan { file, dot, folders } => load(&file, &folders, registry).map(|p| {
+            print!("{}", if dot { crate::plan::dot(&p) } else { crate::plan::text(&p) });
+            0
+        }),
+        Command::Plugins { json } => list_plugins(registry, json).map(|_| 0),
+        Command::Version => {
+            println!(
+                "petnas {}\nfingerprint: {}\nlibtorch: {}\ncuda: {} ({cuda})",
+                env!("CARGO_PKG_VERSION"),
+                petnas_sdk::FINGERPRINT,
+                option_env!("PETNAS_LIBTORCH_DIR").unwrap_or("?"),
+                tch::Cuda::is_available()
+            );
+            Ok(0)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            match e.downcast_ref::<crate::diag::Diagnostics>() {
+                Some(d) => eprintln!("{d}"),
+                None => eprintln!("error: {e:#}"),
+            }
+            EXIT_INVALID
+        }
+    }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+fn context(folders: &FolderArgs) -> pipeline::Context {
+    pipeline::Context {
+        runs_dir: absolute(&folders.runs_dir),
+        allowed_writes: folders.allow_write.iter().map(|p| absolute(p)).collect(),
+    }
+}
+
+fn load(file: &Path, folders: &FolderArgs, registry: &Registry) -> Result<Pipeline> {
+    Ok(pipeline::load(file, registry, &context(folders))?)
+}
+
+fn placement(pipeline: &Pipeline, jobs: usize) -> Result<Placement> {
+    let file = pipeline.file.display().to_string();
+    let unavailable = |what: String| {
+        let d = match pipeline.defaults.device_pos {
+            Some(pos) => Diagnostic::at(&file, pos, what),
+            None => Diagnostic::file(&file, what),
+        };
+        crate::diag::Diagnostics::from(d.help("use `device: auto` to fall back to the CPU"))
+    };
+    let device = match pipeline.defaults.device {
+        DeviceSpec::Cpu => tch::Device::Cpu,
+        DeviceSpec::Auto => tch::Device::cuda_if_available(),
+        DeviceSpec::Cuda(n) => {
+            if !tch::Cuda::is_available() {
+                return Err(unavailable(format!(
+                    "device cuda:{n} requested, but CUDA is not available on this machine"
+                ))
+                .into());
+            }
+            if n >= tch::Cuda::device_count() as usize {
+                return Err(unavailable(format!(
+                    "device cuda:{n} requested, but this machine has {} CUDA device(s)",
+                    tch::Cuda::device_count()
+                ))
+                .into());
+            }
+            tch::Device::Cuda(n)
+        }
+    };
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = if pipeline.defaults.threads == 0 { cores } else { pipeline.defaults.threads };
+    let device_name = match device {
+        tch::Device::Cuda(n) => format!("cuda:{n}"),
+        _ => "cpu".into(),
+    };
+    Ok(Placement {
+        device,
+        device_name,
+        dtype: pipeline.defaults.dtype,
+        threads_per_job: (threads / jobs.max(1)).max(1),
+    })
+}
+
+fn run(
+    file: &Path,
+    jobs: usize,
+    force: Vec<String>,
+    folders: &FolderArgs,
+    registry: &'static Registry,
+) -> Result<i32> {
+    if jobs == 0 {
+        bail!("--jobs must be at least 1");
+    }
+    let pipeline = load(file, folders, registry)?;
+    let placement = placement(&pipeline, jobs)?;
+    let dir = absolute(&folders.runs_dir).join(&pipeline.name);
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create the run folder {}", dir.display()))?;
+    let lock = std::fs::File::create(dir.join(".lock"))
+        .with_context(|| format!("cannot create {}", dir.join(".lock").display()))?;
+    if lock.try_lock().is_err() {
+        bail!("another petnas run is using {}; wait for it to finish", dir.display());
+    }
+    crate::store::clean_leftovers(&dir);
+    run_record::write_resolved(&dir, &pipeline)?;
+    let started_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let record = RunRecord { pipeline: &pipeline, registry, placement: &placement, jobs, started_unix };
+    record.write(&dir, "running", &[])?;
+
+    let cancel = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second signal, once the first set the flag, ends the process at once.
+        signal_hook::flag::register_conditional_shutdown(signal, EXIT_INTERRUPTED, cancel.clone())?;
+        signal_hook::flag::register(signal, cancel.clone())?;
+    }
+    tracing::info!(pipeline = %pipeline.name, cells = pipeline.cells.len(), stages = pipeline.stages.len(), device = %placement.device_name, jobs, "run started in {}", dir.display());
+    let options = RunOptions {
+        jobs,
+        runs_dir: absolute(&folders.runs_dir),
+        force,
+        allowed_writes: context(folders).allowed_writes,
+        live_progress: std::io::stderr().is_terminal() && std::env::var_os("CI").is_none_or(|v| v.is_empty()),
+    };
+    let summary = executor::run(&pipeline, registry, &placement, &options, cancel)?;
+    let status = if summary.cancelled {
+        "interrupted"
+    } else if summary.failed() {
+        "failed"
+    } else {
+        "ok"
+    };
+    record.write(&dir, status, &summary.outcomes)?;
+    print_summary(&summary);
+    Ok(if summary.cancelled {
+        EXIT_INTERRUPTED
+    } else if summary.failed() {
+        EXIT_FAILED
+    } else {
+        0
+    })
+}
+
+fn print_summary(summary: &executor::RunSummary) {
+    let count = |f: fn(&Status) -> bool| summary.outcomes.iter().filter(|o| f(&o.status)).count();
+    let done = count(|s| matches!(s, Status::Done));
+    let reused = count(|s| matches!(s, Status::Reused));
+    let failed = count(|s| matches!(s, Status::Failed(_)));
+    let skipped = count(|s| matches!(s, Status::Skipped(_)));
+    let cancelled = count(|s| matches!(s, Status::Cancelled));
+    let show_all = summary.outcomes.len() <= 40;
+    let rows: Vec<&executor::Outcome> = summary
+        .outcomes
+        .iter()
+        .filter(|o| show_all || !matches!(o.status, Status::Done | Status::Reused))
+        .collect();
+    let cell_w = rows.iter().map(|o| o.cell.len()).max().unwrap_or(4).max(4);
+    let stage_w = rows.iter().map(|o| o.stage.len()).max().unwrap_or(5).max(5);
+    println!("{:cell_w$}  {:stage_w$}  {:9}  {:>8}  why", "cell", "stage", "status", "time");
+    for o in rows {
+        let (status, why) = match &o.status {
+            Status::Done => ("done", ""),
+            Status::Reused => ("reused", ""),
+            Status::Failed(r) => ("FAILED", r.as_str()),
+            Status::Skipped(r) => ("skipped", r.as_str()),
+            Status::Cancelled => ("cancelled", ""),
+        };
+        let why = why.lines().next().unwrap_or("");
+        println!("{:cell_w$}  {:stage_w$}  {status:9}  {:>7.2}s  {why}", o.cell, o.stage, o.seconds);
+    }
+    println!(
+        "{done} done, {reused} reused, {failed} failed, {skipped} skipped, {cancelled} cancelled — {}",
+        summary.dir.display()
+    );
+}
+
+fn list_plugins(registry: &Registry, json: bool) -> Result<()> {
+    let option_json = |schema: petnas_sdk::OptionSchema| -> Vec<serde_json::Value> {
+        schema.options.iter().map(|o| serde_json::json!({"name": o.name, "type": o.ty.describe(), "default": o.default, "required": o.default.is_none(), "doc": o.doc})).collect()
+    };
+    let stages: Vec<serde_json::Value> = registry.stages().map(|(s, p)| serde_json::json!({"kind": s.kind(), "doc": s.doc(), "plugin": p.name, "inputs": s.input_kinds(), "output": s.output_kind(), "options": option_json(s.options())})).collect();
+    let pet_types: Vec<serde_json::Value> = registry.pet_types().map(|(t, p)| serde_json::json!({"name": t.name(), "doc": t.doc(), "plugin": p.name, "options": option_json(t.options())})).collect();
+    if json {
+        let out = serde_json::json!({"plugins": registry.plugins, "refused": registry.refused, "shadowed": registry.shadowed, "stages": stages, "pet_types": pet_types});
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("plugins:");
+    for p in &registry.plugins {
+        println!("  {} {}  {}", p.name, p.version, p.path.display());
+    }
+    for (skipped, used) in &registry.shadowed {
+        println!("  (shadowed) {}  — {} is used", skipped.display(), used.display());
+    }
+    for r in &registry.refused {
+        println!("  (refused) {}  — {}", r.path.display(), r.reason);
+    }
+    for (title, entries, key) in [("stage kinds", &stages, "kind"), ("PET types", &pet_types, "name")] {
+        println!("\n{title}:");
+        if entries.is_empty() {
+            println!("  (none)");
+        }
+        for e in entries {
+            let io = match (e.get("inputs"), e.get("output")) {
+                (Some(i), Some(o)) => format!(
+                    "  [{} → {}]",
+                    i.as_array()
+                        .map(|a| a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", "))
+                        .unwrap_or_default(),
+                    o.as_str().unwrap_or("")
+                ),
+                _ => String::new(),
+            };
+            println!(
+                "  {}  — {}{io}  ({})",
+                e[key].as_str().unwrap_or(""),
+                e["doc"].as_str().unwrap_or(""),
+                e["plugin"].as_str().unwrap_or("")
+            );
+            for o in e["options"].as_array().into_iter().flatten() {
+                let default = if o["required"].as_bool() == Some(true) {
+                    "required".to_string()
+                } else {
+                    format!("default {}", o["default"])
+                };
+                println!(
+                    "      {}: {} ({default}) — {}",
+                    o["name"].as_str().unwrap_or(""),
+                    o["type"].as_str().unwrap_or(""),
+                    o["doc"].as_str().unwrap_or("")
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,14 @@
+//! The `petnas` runner: pipeline files, the plugin host, the executor and the run folder.
+pub mod cli;
+pub mod cuda;
+pub mod diag;
+pub mod executor;
+pub mod logging;
+pub mod matrix;
+pub mod pipeline;
+pub mod plan;
+pub mod plugins;
+pub mod progress;
+pub mod run_record;
+pub mod store;
+pub mod yaml;

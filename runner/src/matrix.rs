@@ -1,0 +1,345 @@
+//! The `matrix:` of a pipeline: named axes expanded into independent cells, `exclude:`
+//! entries, and `${matrix.AXIS}` interpolation into stage options.
+use serde_json::Value as Json;
+
+use crate::diag::{nearest, Diagnostic, Pos};
+use crate::yaml::{Node, Value};
+
+#[derive(Debug, Clone, Default)]
+pub struct Matrix {
+    /// Axes in file order, each with its values.
+    pub axes: Vec<(String, Vec<Json>)>,
+    /// Each entry drops the cells that agree with all of its axis values.
+    pub exclude: Vec<Vec<(String, Json)>>,
+}
+
+/// One combination of axis values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cell {
+    /// `task=rte,seed=1`, or `default` when the pipeline has no matrix.
+    pub name: String,
+    pub values: Vec<(String, Json)>,
+}
+
+impl Cell {
+    pub fn get(&self, axis: &str) -> Option<&Json> {
+        self.values.iter().find(|(a, _)| a == axis).map(|(_, v)| v)
+    }
+}
+
+/// The text a matrix value takes in cell names and interpolated strings.
+pub fn display(value: &Json) -> String {
+    match value {
+        Json::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn valid_axis_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Matrix values become parts of folder names: keep them to a safe alphabet.
+fn valid_value_text(text: &str) -> bool {
+    !text.is_empty()
+        && text != "."
+        && text != ".."
+        && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'))
+}
+
+impl Matrix {
+    pub fn parse(node: &Node, file: &str, errors: &mut Vec<Diagnostic>) -> Matrix {
+        let mut matrix = Matrix::default();
+        let Value::Map(entries) = &node.value else {
+            errors.push(Diagnostic::at(
+                file,
+                node.pos,
+                format!("`matrix` must be a mapping of axis → list of values, found {}", node.type_name()),
+            ));
+            return matrix;
+        };
+        let mut exclude_node = None;
+        for (key, key_pos, value) in entries {
+            if key == "exclude" {
+                exclude_node = Some(value);
+                continue;
+            }
+            if !valid_axis_name(key) {
+                errors.push(Diagnostic::at(
+                    file,
+                    *key_pos,
+                    format!("matrix axis `{key}` must be a name of letters, digits and `_`"),
+                ));
+                continue;
+            }
+            let Value::Seq(items) = &value.value else {
+                errors.push(Diagnostic::at(
+                    file,
+                    value.pos,
+                    format!("matrix axis `{key}` must be a list of values, found {}", value.type_name()),
+                ));
+                continue;
+            };
+            if items.is_empty() {
+                errors.push(Diagnostic::at(file, value.pos, format!("matrix axis `{key}` has no values")));
+                continue;
+            }
+            let mut values = Vec::new();
+            for item in items {
+                match scalar_json(item) {
+                    Some(v) if valid_value_text(&display(&v)) => {
+                        if values.contains(&v) {
+                            errors.push(Diagnostic::at(file, item.pos, format!("matrix axis `{key}` lists `{}` twice", display(&v))));
+                        }
+                        values.push(v);
+                    }
+                    Some(v) => errors.push(Diagnostic::at(file, item.pos, format!("matrix value `{}` of axis `{key}` may hold only letters, digits and . _ - + (it names folders)", display(&v)))),
+                    None => errors.push(Diagnostic::at(file, item.pos, format!("matrix values must be strings or numbers, found {}", item.type_name()))),
+                }
+            }
+            matrix.axes.push((key.clone(), values));
+        }
+        if let Some(node) = exclude_node {
+            matrix.parse_exclude(node, file, errors);
+        }
+        matrix
+    }
+
+    fn parse_exclude(&mut self, node: &Node, file: &str, errors: &mut Vec<Diagnostic>) {
+        let Value::Seq(items) = &node.value else {
+            errors.push(Diagnostic::at(
+                file,
+                node.pos,
+                format!("`exclude` must be a list of mappings axis → value, found {}", node.type_name()),
+            ));
+            return;
+        };
+        for item in items {
+            let Value::Map(entries) = &item.value else {
+                errors.push(Diagnostic::at(
+                    file,
+                    item.pos,
+                    format!("an `exclude` entry must be a mapping axis → value, found {}", item.type_name()),
+                ));
+                continue;
+            };
+            let mut rule = Vec::new();
+            for (axis, axis_pos, value) in entries {
+                let Some((_, values)) = self.axes.iter().find(|(a, _)| a == axis) else {
+                    errors.push(self.unknown_axis(axis, file, *axis_pos));
+                    continue;
+                };
+                match scalar_json(value) {
+                    Some(v) if values.iter().any(|x| display(x) == display(&v)) => {
+                        rule.push((axis.clone(), v))
+                    }
+                    Some(v) => errors.push(Diagnostic::at(
+                        file,
+                        value.pos,
+                        format!("`exclude` names `{}`, which is not a value of axis `{axis}`", display(&v)),
+                    )),
+                    None => errors.push(Diagnostic::at(
+                        file,
+                        value.pos,
+                        format!("`exclude` values must be strings or numbers, found {}", value.type_name()),
+                    )),
+                }
+            }
+            self.exclude.push(rule);
+        }
+    }
+
+    pub fn unknown_axis(&self, axis: &str, file: &str, pos: Pos) -> Diagnostic {
+        let names: Vec<&str> = self.axes.iter().map(|(a, _)| a.as_str()).collect();
+        let d = Diagnostic::at(file, pos, format!("unknown matrix axis `{axis}`"));
+        match nearest(axis, names.iter().copied()) {
+            Some(n) => d.help(format!("did you mean `{n}`?")),
+            None if names.is_empty() => d.help("the pipeline has no `matrix`"),
+            None => d.help(format!("the axes are: {}", names.join(", "))),
+        }
+    }
+
+    /// Every combination of axis values, in axis order, less the excluded ones.
+    pub fn cells(&self) -> Vec<Cell> {
+        if self.axes.is_empty() {
+            return vec![Cell { name: "default".into(), values: Vec::new() }];
+        }
+        let mut combos: Vec<Vec<(String, Json)>> = vec![Vec::new()];
+        for (axis, values) in &self.axes {
+            combos = combos
+                .into_iter()
+                .flat_map(|combo| {
+                    values.iter().map(move |v| {
+                        let mut next = combo.clone();
+                        next.push((axis.clone(), v.clone()));
+                        next
+                    })
+                })
+                .collect();
+        }
+        combos
+            .into_iter()
+            .filter(|combo| {
+                !self.exclude.iter().any(|rule| {
+                    rule.iter()
+                        .all(|(a, v)| combo.iter().any(|(ca, cv)| ca == a && display(cv) == display(v)))
+                })
+            })
+            .map(|values| Cell {
+                name: values.iter().map(|(a, v)| format!("{a}={}", display(v))).collect::<Vec<_>>().join(","),
+                values,
+            })
+            .collect()
+    }
+}
+
+fn scalar_json(node: &Node) -> Option<Json> {
+    match node.value {
+        Value::Str(_) | Value::Int(_) | Value::Float(_) | Value::Bool(_) => Some(node.to_json()),
+        _ => None,
+    }
+}
+
+/// Checks every `${...}` in the node against the matrix axes (errors for unknown ones).
+pub fn check_references(node: &Node, matrix: &Matrix, file: &str, errors: &mut Vec<Diagnostic>) {
+    match &node.value {
+        Value::Str(s) => {
+            if let Err(e) =
+                interpolate_str(s, &|axis| matrix.axes.iter().any(|(a, _)| a == axis).then_some(Json::Null))
+            {
+                errors.push(match e {
+                    InterpolationError::UnknownAxis(axis) => matrix.unknown_axis(&axis, file, node.pos),
+                    InterpolationError::Syntax(msg) => Diagnostic::at(file, node.pos, msg),
+                });
+            }
+        }
+        Value::Seq(items) => items.iter().for_each(|n| check_references(n, matrix, file, errors)),
+        Value::Map(entries) => entries.iter().for_each(|(_, _, n)| check_references(n, matrix, file, errors)),
+        _ => {}
+    }
+}
+
+/// The node as JSON with the cell's values put in for `${matrix.AXIS}`. A string that is a
+/// single reference takes the value's own type (`seed: ${matrix.seed}` stays an integer).
+pub fn resolve(node: &Node, cell: &Cell) -> Json {
+    match &node.value {
+        Value::Str(s) => {
+            interpolate_str(s, &|axis| cell.get(axis).cloned()).unwrap_or_else(|_| Json::String(s.clone()))
+        }
+        Value::Seq(items) => Json::Array(items.iter().map(|n| resolve(n, cell)).collect()),
+        Value::Map(entries) => {
+            Json::Object(entries.iter().map(|(k, _, n)| (k.clone(), resolve(n, cell))).collect())
+        }
+        _ => node.to_json(),
+    }
+}
+
+enum InterpolationError {
+    UnknownAxis(String),
+    Syntax(String),
+}
+
+fn interpolate_str(text: &str, lookup: &dyn Fn(&str) -> Option<Json>) -> Result<Json, InterpolationError> {
+    if !text.contains("${") {
+        return Ok(Json::String(text.to_string()));
+    }
+    let mut out = String::new();
+    let mut rest = text;
+    let mut single: Option<Json> = None;
+    while let Some(start) = rest.find("${") {
+        if rest[..start].ends_with('$') {
+            // `$${` is a literal `${`.
+            out.push_str(&rest[..start - 1]);
+            out.push_str("${");
+            rest = &rest[start + 2..];
+            continue;
+        }
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| InterpolationError::Syntax(format!("unterminated `${{` in `{text}`")))?;
+        let expr = after[..end].trim();
+        let axis = expr.strip_prefix("matrix.").ok_or_else(|| {
+            InterpolationError::Syntax(format!("`${{{expr}}}`: only `${{matrix.AXIS}}` can be interpolated"))
+        })?;
+        let value = lookup(axis).ok_or_else(|| InterpolationError::UnknownAxis(axis.to_string()))?;
+        if start == 0 && end + 3 == rest.len() && out.is_empty() {
+            single = Some(value.clone());
+        }
+        out.push_str(&display(&value));
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(single.unwrap_or(Json::String(out)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::yaml::parse;
+
+    fn matrix(text: &str) -> (Matrix, Vec<Diagnostic>) {
+        let mut errors = Vec::new();
+        let m = Matrix::parse(&parse(text, "m.yaml").unwrap(), "m.yaml", &mut errors);
+        (m, errors)
+    }
+
+    #[test]
+    fn expands_in_axis_order_and_excludes() {
+        let (m, errors) = matrix("task: [rte, mrpc]\nseed: [1, 2, 3]\nexclude:\n  - {task: rte, seed: 3}\n  - {task: mrpc, seed: 1}\n");
+        assert!(errors.is_empty(), "{errors:?}");
+        let names: Vec<String> = m.cells().into_iter().map(|c| c.name).collect();
+        assert_eq!(names, ["task=rte,seed=1", "task=rte,seed=2", "task=mrpc,seed=2", "task=mrpc,seed=3"]);
+    }
+
+    #[test]
+    fn no_matrix_is_one_default_cell() {
+        assert_eq!(Matrix::default().cells(), vec![Cell { name: "default".into(), values: vec![] }]);
+    }
+
+    #[test]
+    fn bad_axes_and_excludes_are_located() {
+        let (_, errors) =
+            matrix("task: []\nbudget: rte\nseed: [1, {a: 1}, 'a/b']\nexclude:\n  - {sede: 1}\n");
+        let got: Vec<(usize, &str)> =
+            errors.iter().map(|e| (e.pos.unwrap().line, e.message.as_str())).collect();
+        assert_eq!(got, [
+            (1, "matrix axis `task` has no values"),
+            (2, "matrix axis `budget` must be a list of values, found a string"),
+            (3, "matrix values must be strings or numbers, found a mapping"),
+            (3, "matrix value `a/b` of axis `seed` may hold only letters, digits and . _ - + (it names folders)"),
+            (5, "unknown matrix axis `sede`"),
+        ]);
+        assert_eq!(errors[4].help.as_deref(), Some("did you mean `seed`?"));
+    }
+
+    #[test]
+    fn interpolation_keeps_types_of_single_references() {
+        let (m, _) = matrix("task: [rte]\nseed: [7]\n");
+        let cell = &m.cells()[0];
+        let node = parse(
+            "{a: '${matrix.seed}', b: 'x-${matrix.task}-${matrix.seed}', c: '$${matrix.seed}'}",
+            "o.yaml",
+        )
+        .unwrap();
+        assert_eq!(resolve(&node, cell), serde_json::json!({"a": 7, "b": "x-rte-7", "c": "${matrix.seed}"}));
+    }
+
+    #[test]
+    fn unknown_references_are_errors() {
+        let (m, _) = matrix("task: [rte]\n");
+        let node = parse("a: ${matrix.tsk}\nb: ${env.HOME}\nc: ${matrix.task\n", "o.yaml").unwrap();
+        let mut errors = Vec::new();
+        check_references(&node, &m, "o.yaml", &mut errors);
+        let got: Vec<(usize, String)> = errors.iter().map(|e| (e.pos.unwrap().line, e.to_string())).collect();
+        assert_eq!(
+            got[0],
+            (1, "o.yaml:1:4: error: unknown matrix axis `tsk`\n  help: did you mean `task`?".to_string())
+        );
+        assert!(got[1].1.contains("only `${matrix.AXIS}` can be interpolated"), "{got:?}");
+        assert!(got[2].1.contains("unterminated"), "{got:?}");
+    }
+}

@@ -1,0 +1,681 @@
+//! A pipeline file, checked whole before anything runs: top-level keys, defaults, matrix,
+//! stages (kinds, options against each kind's schema, `needs`, input kinds, cycles), with
+//! every error located at file:line:column.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use petgraph::algo::{tarjan_scc, toposort};
+use petgraph::graph::{DiGraph, NodeIndex};
+use petnas_sdk::options::{describe_value, OptType};
+use serde_json::Value as Json;
+
+use crate::diag::{nearest, Diagnostic, Diagnostics, Pos};
+use crate::matrix::{self, Cell, Matrix};
+use crate::plugins::Registry;
+use crate::yaml::{self, Node, Value};
+
+const TOP_LEVEL_KEYS: &[&str] = &["name", "description", "defaults", "matrix", "stages"];
+const DEFAULTS_KEYS: &[&str] = &["device", "seed", "dtype", "threads"];
+const STAGE_KEYS: &[&str] = &["use", "needs", "with"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum DeviceSpec {
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl DeviceSpec {
+    fn parse(text: &str) -> Option<DeviceSpec> {
+        match text {
+            "auto" => Some(DeviceSpec::Auto),
+            "cpu" => Some(DeviceSpec::Cpu),
+            "cuda" => Some(DeviceSpec::Cuda(0)),
+            _ => text.strip_prefix("cuda:").and_then(|n| n.parse().ok()).map(DeviceSpec::Cuda),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum DType {
+    Fp32,
+    Bf16,
+    Fp16,
+}
+
+impl DType {
+    pub fn kind(self) -> tch::Kind {
+        match self {
+            DType::Fp32 => tch::Kind::Float,
+            DType::Bf16 => tch::Kind::BFloat16,
+            DType::Fp16 => tch::Kind::Half,
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Defaults {
+    pub device: DeviceSpec,
+    /// Where `defaults.device` was set, for errors found when the run starts.
+    #[serde(skip)]
+    pub device_pos: Option<Pos>,
+    pub seed: u64,
+    pub dtype: DType,
+    /// libtorch threads for the whole run; 0 = one per core.
+    pub threads: usize,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults { device: DeviceSpec::Auto, device_pos: None, seed: 0, dtype: DType::Fp32, threads: 0 }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StageDecl {
+    pub id: String,
+    pub pos: Pos,
+    pub kind: String,
+    pub needs: Vec<String>,
+    /// Options per cell, checked, defaults filled in.
+    pub options: Vec<Json>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub name: String,
+    pub file: PathBuf,
+    pub defaults: Defaults,
+    pub cells: Vec<Cell>,
+    /// Stages in an order where every stage comes after the stages it needs.
+    pub stages: Vec<StageDecl>,
+}
+
+impl Pipeline {
+    pub fn stage_index(&self, id: &str) -> Option<usize> {
+        self.stages.iter().position(|s| s.id == id)
+    }
+
+    /// The seed of a cell: its `seed` matrix value when the matrix has a seed axis.
+    pub fn cell_seed(&self, cell: &Cell) -> u64 {
+        cell.get("seed").and_then(Json::as_u64).unwrap_or(self.defaults.seed)
+    }
+}
+
+/// What validation needs to know beyond the file: where the runs go and what may be written.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    pub runs_dir: PathBuf,
+    pub allowed_writes: Vec<PathBuf>,
+}
+
+pub fn load(path: &Path, registry: &Registry, ctx: &Context) -> Result<Pipeline, Diagnostics> {
+    let file = path.display().to_string();
+    let bytes = std::fs::read(path)
+        .map_err(|e| Diagnostic::file(&file, format!("cannot read the pipeline file: {e}")))?;
+    if bytes.len() > yaml::MAX_BYTES {
+        return Err(Diagnostic::file(
+            &file,
+            format!("the file is {} bytes; pipeline files may be at most {}", bytes.len(), yaml::MAX_BYTES),
+        )
+        .into());
+    }
+    let text = String::from_utf8(bytes).map_err(|e| {
+        Diagnostic::file(&file, format!("the file is not UTF-8 (byte {})", e.utf8_error().valid_up_to()))
+    })?;
+    let mut pipeline = parse(&text, &file, registry, ctx)?;
+    pipeline.file = path.to_path_buf();
+    Ok(pipeline)
+}
+
+/// Parses and checks a pipeline document; `file` is the name errors carry.
+pub fn parse(text: &str, file: &str, registry: &Registry, ctx: &Context) -> Result<Pipeline, Diagnostics> {
+    let root = yaml::parse(text, file)?;
+    let mut errors = Vec::new();
+    let Value::Map(entries) = &root.value else {
+        return Err(Diagnostic::at(
+            file,
+            root.pos,
+            format!("a pipeline is a mapping with `name` and `stages`, found {}", root.type_name()),
+        )
+        .into());
+    };
+    let mut name = None;
+    let mut defaults = Defaults::default();
+    let mut matrix = Matrix::default();
+    let mut stages_node = None;
+    for (key, key_pos, value) in entries {
+        match key.as_str() {
+            "name" => name = parse_name(value, file, &mut errors),
+            "description" => {
+                expect_string(value, "description", file, &mut errors);
+            }
+            "defaults" => defaults = parse_defaults(value, file, &mut errors),
+            "matrix" => matrix = Matrix::parse(value, file, &mut errors),
+            "stages" => stages_node = Some(value),
+            _ => errors.push(unknown_key(file, *key_pos, key, "top-level key", TOP_LEVEL_KEYS)),
+        }
+    }
+    if name.is_none() && !entries.iter().any(|(k, _, _)| k == "name") {
+        errors.push(
+            Diagnostic::at(file, root.pos, "the pipeline has no `name`")
+                .help("add `name: my-experiment` (it names the run folder)"),
+        );
+    }
+    let cells = matrix.cells();
+    if cells.is_empty() {
+        errors.push(Diagnostic::at(file, root.pos, "`exclude` leaves no matrix cell to run"));
+    }
+    let stages = match stages_node {
+        Some(node) => parse_stages(node, file, registry, &matrix, &cells, ctx, &mut errors),
+        None => {
+            errors.push(Diagnostic::at(file, root.pos, "the pipeline has no `stages`"));
+            Vec::new()
+        }
+    };
+    if !errors.is_empty() {
+        return Err(Diagnostics::sorted(errors));
+    }
+    Ok(Pipeline { name: name.unwrap_or_default(), file: PathBuf::from(file), defaults, cells, stages })
+}
+
+fn unknown_key(file: &str, pos: Pos, key: &str, what: &str, known: &[&str]) -> Diagnostic {
+    let d = Diagnostic::at(file, pos, format!("unknown {what} `{key}`"));
+    match nearest(key, known.iter().copied()) {
+        Some(n) => d.help(format!("did you mean `{n}`?")),
+        None => d.help(format!("expected one of: {}", known.join(", "))),
+    }
+}
+
+fn expect_string<'a>(
+    node: &'a Node,
+    what: &str,
+    file: &str,
+    errors: &mut Vec<Diagnostic>,
+) -> Option<&'a str> {
+    match &node.value {
+        Value::Str(s) => Some(s),
+        _ => {
+            errors.push(Diagnostic::at(
+                file,
+                node.pos,
+                format!("`{what}` must be a string, found {}", node.type_name()),
+            ));
+            None
+        }
+    }
+}
+
+/// Names become folder names: letters, digits, `.`, `_`, `-`, not starting with a dot.
+fn valid_folder_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+fn parse_name(node: &Node, file: &str, errors: &mut Vec<Diagnostic>) -> Option<String> {
+    let name = expect_string(node, "name", file, errors)?;
+    if valid_folder_name(name) {
+        Some(name.to_string())
+    } else {
+        errors.push(Diagnostic::at(file, node.pos, format!("pipeline name `{name}` may hold only letters, digits, `.`, `_` and `-` (it names the run folder)")));
+        None
+    }
+}
+
+fn parse_defaults(node: &Node, file: &str, errors: &mut Vec<Diagnostic>) -> Defaults {
+    let mut defaults = Defaults::default();
+    let Value::Map(entries) = &node.value else {
+        errors.push(Diagnostic::at(
+            file,
+            node.pos,
+            format!("`defaults` must be a mapping, found {}", node.type_name()),
+        ));
+        return defaults;
+    };
+    for (key, key_pos, value) in entries {
+        match (key.as_str(), &value.value) {
+            ("device", Value::Str(s)) if DeviceSpec::parse(s).is_some() => {
+                defaults.device = DeviceSpec::parse(s).unwrap_or(DeviceSpec::Auto);
+                defaults.device_pos = Some(value.pos);
+            }
+            ("device", _) => errors.push(Diagnostic::at(
+                file,
+                value.pos,
+                format!(
+                    "`device` must be auto, cpu, cuda or cuda:N, found {}",
+                    describe_value(&value.to_json())
+                ),
+            )),
+            ("seed", Value::Int(i)) if *i >= 0 => defaults.seed = *i as u64,
+            ("seed", _) => errors.push(Diagnostic::at(
+                file,
+                value.pos,
+                format!("`seed` must be a non-negative integer, found {}", describe_value(&value.to_json())),
+            )),
+            ("dtype", Value::Str(s)) if matches!(s.as_str(), "fp32" | "bf16" | "fp16") => {
+                defaults.dtype = match s.as_str() {
+                    "bf16" => DType::Bf16,
+                    "fp16" => DType::Fp16,
+                    _ => DType::Fp32,
+                }
+            }
+            ("dtype", _) => errors.push(Diagnostic::at(
+                file,
+                value.pos,
+                format!("`dtype` must be fp32, bf16 or fp16, found {}", describe_value(&value.to_json())),
+            )),
+            ("threads", Value::Int(i)) if *i >= 0 => defaults.threads = *i as usize,
+            ("threads", _) => errors.push(Diagnostic::at(
+                file,
+                value.pos,
+                format!(
+                    "`threads` must be a non-negative integer (0: one per core), found {}",
+                    describe_value(&value.to_json())
+                ),
+            )),
+            _ => errors.push(unknown_key(file, *key_pos, key, "key in `defaults`", DEFAULTS_KEYS)),
+        }
+    }
+    defaults
+}
+
+struct RawStage<'a> {
+    id: String,
+    pos: Pos,
+    kind: Option<String>,
+    use_pos: Pos,
+    needs: Vec<(String, Pos)>,
+    with: Option<&'a Node>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn parse_stages(
+    node: &Node,
+    file: &str,
+    registry: &Registry,
+    matrix: &Matrix,
+    cells: &[Cell],
+    ctx: &Context,
+    errors: &mut Vec<Diagnostic>,
+) -> Vec<StageDecl> {
+    let Value::Map(entries) = &node.value else {
+        errors.push(Diagnostic::at(
+            file,
+            node.pos,
+            format!(
+                "`stages` must be a mapping of stage id → {{use, needs, with}}, found {}",
+                node.type_name()
+            ),
+        ));
+        return Vec::new();
+    };
+    if entries.is_empty() {
+        errors.push(Diagnostic::at(file, node.pos, "`stages` is empty"));
+    }
+    let mut raw = Vec::new();
+    for (id, id_pos, body) in entries {
+        if !valid_folder_name(id) {
+            errors.push(Diagnostic::at(
+                file,
+                *id_pos,
+                format!(
+                    "stage id `{id}` may hold only letters, digits, `.`, `_` and `-` (it names a folder)"
+                ),
+            ));
+        }
+        raw.push(parse_stage(id, *id_pos, body, file, registry, errors));
+    }
+    let ids: Vec<&str> = raw.iter().map(|s| s.id.as_str()).collect();
+    for stage in &raw {
+        for (need, pos) in &stage.needs {
+            if !ids.contains(&need.as_str()) {
+                let d = Diagnostic::at(
+                    file,
+                    *pos,
+                    format!("stage `{}` needs `{need}`, which is not a stage of this pipeline", stage.id),
+                );
+                errors.push(match nearest(need, ids.iter().copied()) {
+                    Some(n) => d.help(format!("did you mean `{n}`?")),
+                    None => d.help(format!("the stages are: {}", ids.join(", "))),
+                });
+            } else if need == &stage.id {
+                errors.push(Diagnostic::at(file, *pos, format!("cycle in `needs`: {0} → {0}", stage.id)));
+            }
+        }
+    }
+    let Some(order) = topological_order(&raw, file, errors) else {
+        return Vec::new();
+    };
+    check_input_kinds(&raw, registry, file, errors);
+    order
+        .into_iter()
+        .map(|i| {
+            let stage = &raw[i];
+            let options = match (&stage.kind, registry.stage(stage.kind.as_deref().unwrap_or(""))) {
+                (Some(_), Some((kind, _))) => {
+                    check_options(stage, kind.options(), file, matrix, cells, ctx, errors)
+                }
+                _ => Vec::new(),
+            };
+            StageDecl {
+                id: stage.id.clone(),
+                pos: stage.pos,
+                kind: stage.kind.clone().unwrap_or_default(),
+                needs: stage.needs.iter().map(|(n, _)| n.clone()).collect(),
+                options,
+            }
+        })
+        .collect()
+}
+
+fn parse_stage<'a>(
+    id: &str,
+    pos: Pos,
+    body: &'a Node,
+    file: &str,
+    registry: &Registry,
+    errors: &mut Vec<Diagnostic>,
+) -> RawStage<'a> {
+    let mut stage =
+        RawStage { id: id.to_string(), pos, kind: None, use_pos: body.pos, needs: Vec::new(), with: None };
+    let Value::Map(entries) = &body.value else {
+        errors.push(Diagnostic::at(
+            file,
+            body.pos,
+            format!(
+                "stage `{id}` must be a mapping with `use` (and `needs`, `with`), found {}",
+                body.type_name()
+            ),
+        ));
+        return stage;
+    };
+    for (key, key_pos, value) in entries {
+        match key.as_str() {
+            "use" => {
+                stage.use_pos = value.pos;
+                if let Some(kind) = expect_string(value, "use", file, errors) {
+                    if registry.stage(kind).is_some() {
+                        stage.kind = Some(kind.to_string());
+                    } else {
+                        errors.push(unknown_kind(kind, value.pos, file, registry));
+                    }
+                }
+            }
+            "needs" => match &value.value {
+                Value::Str(s) => stage.needs.push((s.clone(), value.pos)),
+                Value::Seq(items) => {
+                    for item in items {
+                        match &item.value {
+                            Value::Str(s) => stage.needs.push((s.clone(), item.pos)),
+                            _ => errors.push(Diagnostic::at(
+                                file,
+                                item.pos,
+                                format!("`needs` lists stage ids, found {}", item.type_name()),
+                            )),
+                        }
+                    }
+                }
+                _ => errors.push(Diagnostic::at(
+                    file,
+                    value.pos,
+                    format!("`needs` must be a stage id or a list of them, found {}", value.type_name()),
+                )),
+            },
+            "with" => match &value.value {
+                Value::Map(_) => stage.with = Some(value),
+                Value::Null => {}
+                _ => errors.push(Diagnostic::at(
+                    file,
+                    value.pos,
+                    format!("`with` must be a mapping of options, found {}", value.type_name()),
+                )),
+            },
+            _ => errors.push(unknown_key(file, *key_pos, key, &format!("key in stage `{id}`"), STAGE_KEYS)),
+        }
+    }
+    if !entries.iter().any(|(k, _, _)| k == "use") {
+        errors.push(
+            Diagnostic::at(file, pos, format!("stage `{id}` has no `use`"))
+                .help("name its kind, e.g. `use: plm.load` (see `petnas plugins`)"),
+        );
+    }
+    stage
+}
+
+fn unknown_kind(kind: &str, pos: Pos, file: &str, registry: &Registry) -> Diagnostic {
+    let known: Vec<&str> = registry.stage_kinds().collect();
+    let mut help = match nearest(kind, known.iter().copied()) {
+        Some(n) => format!("did you mean `{n}`? "),
+        None => String::new(),
+    };
+    if known.is_empty() {
+        help.push_str("no plugin is loaded: build them (scripts/setup.sh) or point --plugin-dir / PETNAS_PLUGIN_PATH at them");
+    } else {
+        help.push_str(&format!("known stage kinds: {}", known.join(", ")));
+    }
+    for refusal in &registry.refused {
+        help.push_str(&format!(
+            "\n  note: plugin {} was refused: {}",
+            refusal.path.display(),
+            refusal.reason
+        ));
+    }
+    Diagnostic::at(file, pos, format!("unknown stage kind `{kind}`")).help(help)
+}
+
+fn topological_order(raw: &[RawStage], file: &str, errors: &mut Vec<Diagnostic>) -> Option<Vec<usize>> {
+    let mut graph: DiGraph<usize, ()> = DiGraph::new();
+    let nodes: Vec<NodeIndex> = (0..raw.len()).map(|i| graph.add_node(i)).collect();
+    for (i, stage) in raw.iter().enumerate() {
+        for (need, _) in &stage.needs {
+            if let Some(j) = raw.iter().position(|s| &s.id == need) {
+                if i != j {
+                    graph.add_edge(nodes[j], nodes[i], ());
+                }
+            }
+        }
+    }
+    match toposort(&graph, None) {
+        Ok(order) => Some(order.into_iter().map(|n| graph[n]).collect()),
+        Err(_) => {
+            for scc in tarjan_scc(&graph).into_iter().filter(|c| c.len() > 1) {
+                let mut members: Vec<usize> = scc.iter().map(|n| graph[*n]).collect();
+                members.sort();
+                let cycle = walk_cycle(&graph, &nodes, members[0], &members);
+                let names: Vec<&str> = cycle.iter().map(|i| raw[*i].id.as_str()).collect();
+                errors.push(Diagnostic::at(
+                    file,
+                    raw[members[0]].pos,
+                    format!("cycle in `needs`: {} → {}", names.join(" → "), names[0]),
+                ));
+            }
+            None
+        }
+    }
+}
+
+/// A cycle through `start` that stays inside its strongly connected component.
+fn walk_cycle(
+    graph: &DiGraph<usize, ()>,
+    nodes: &[NodeIndex],
+    start: usize,
+    members: &[usize],
+) -> Vec<usize> {
+    // Breadth-first from start's successors back to start gives a shortest cycle.
+    let mut previous: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut queue = std::collections::VecDeque::from([start]);
+    while let Some(at) = queue.pop_front() {
+        for next in graph.neighbors(nodes[at]).map(|n| graph[n]) {
+            if !members.contains(&next) || previous.contains_key(&next) {
+                continue;
+            }
+            previous.insert(next, at);
+            if next == start {
+                let mut cycle = vec![start];
+                let mut cur = at;
+                while cur != start {
+                    cycle.push(cur);
+                    cur = previous[&cur];
+                }
+                cycle[1..].reverse();
+                return cycle;
+            }
+            queue.push_back(next);
+        }
+    }
+    vec![start]
+}
+
+fn check_input_kinds(raw: &[RawStage], registry: &Registry, file: &str, errors: &mut Vec<Diagnostic>) {
+    let output_kind = |id: &str| {
+        let stage = raw.iter().find(|s| s.id == id)?;
+        registry.stage(stage.kind.as_deref()?).map(|(k, _)| k.output_kind())
+    };
+    for stage in raw {
+        let Some((kind, _)) = stage.kind.as_deref().and_then(|k| registry.stage(k)) else { continue };
+        let provided: Vec<(&str, &str)> =
+            stage.needs.iter().filter_map(|(n, _)| Some((n.as_str(), output_kind(n)?))).collect();
+        for wanted in kind.input_kinds() {
+            if !provided.iter().any(|(_, k)| k == wanted) {
+                let have = if provided.is_empty() {
+                    "it needs no stage".to_string()
+                } else {
+                    format!(
+                        "its needs provide: {}",
+                        provided
+                            .iter()
+                            .map(|(n, k)| format!("{k} (from `{n}`)"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                };
+                errors.push(
+                    Diagnostic::at(
+                        file,
+                        stage.use_pos,
+                        format!(
+                            "stage `{}` ({}) needs an input of kind `{wanted}`; {have}",
+                            stage.id,
+                            kind.kind()
+                        ),
+                    )
+                    .help(format!("add the stage that makes the {wanted} to its `needs`")),
+                );
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_options(
+    stage: &RawStage,
+    schema: petnas_sdk::OptionSchema,
+    file: &str,
+    matrix: &Matrix,
+    cells: &[Cell],
+    ctx: &Context,
+    errors: &mut Vec<Diagnostic>,
+) -> Vec<Json> {
+    let given: &[(String, Pos, Node)] = match stage.with.map(|w| &w.value) {
+        Some(Value::Map(entries)) => entries,
+        _ => &[],
+    };
+    let kind = stage.kind.as_deref().unwrap_or("");
+    for (key, key_pos, value) in given {
+        match schema.get(key) {
+            None => {
+                let names: Vec<&str> = schema.options.iter().map(|o| o.name).collect();
+                let d = Diagnostic::at(
+                    file,
+                    *key_pos,
+                    format!("unknown option `{key}` for stage `{}` ({kind})", stage.id),
+                );
+                errors.push(match nearest(key, names.iter().copied()) {
+                    Some(n) => d.help(format!("did you mean `{n}`?")),
+                    None if names.is_empty() => d.help(format!("{kind} takes no options")),
+                    None => d.help(format!("{kind} takes: {}", names.join(", "))),
+                });
+            }
+            Some(_) => matrix::check_references(value, matrix, file, errors),
+        }
+    }
+    for spec in &schema.options {
+        if spec.default.is_none() && !given.iter().any(|(k, _, _)| k == spec.name) {
+            let pos = stage.with.map(|w| w.pos).unwrap_or(stage.pos);
+            errors.push(
+                Diagnostic::at(
+                    file,
+                    pos,
+                    format!(
+                        "stage `{}` ({kind}) is missing the required option `{}` ({})",
+                        stage.id,
+                        spec.name,
+                        spec.ty.describe()
+                    ),
+                )
+                .help(spec.doc),
+            );
+        }
+    }
+    cells
+        .iter()
+        .map(|cell| {
+            let mut options = serde_json::Map::new();
+            for spec in &schema.options {
+                let value = match given.iter().find(|(k, _, _)| k == spec.name) {
+                    Some((_, _, node)) => {
+                        let value = matrix::resolve(node, cell);
+                        let allowed_null =
+                            spec.default.as_ref().is_some_and(Json::is_null) && value.is_null();
+                        if !allowed_null {
+                            if let Err(e) = spec.ty.check(&value) {
+                                let at = if cells.len() > 1 && node_has_reference(node) {
+                                    format!(" (in cell {})", cell.name)
+                                } else {
+                                    String::new()
+                                };
+                                errors.push(Diagnostic::at(
+                                    file,
+                                    node.pos,
+                                    format!("option `{}` of stage `{}`: {e}{at}", spec.name, stage.id),
+                                ));
+                            } else if spec.ty == OptType::OutputPath {
+                                check_output_path(&value, node.pos, &stage.id, &cell.name, file, ctx, errors);
+                            }
+                        }
+                        value
+                    }
+                    None => spec.default.clone().unwrap_or(Json::Null),
+                };
+                options.insert(spec.name.to_string(), value);
+            }
+            Json::Object(options)
+        })
+        .collect()
+}
+
+fn node_has_reference(node: &Node) -> bool {
+    match &node.value {
+        Value::Str(s) => s.contains("${"),
+        Value::Seq(items) => items.iter().any(node_has_reference),
+        Value::Map(entries) => entries.iter().any(|(_, _, n)| node_has_reference(n)),
+        _ => false,
+    }
+}
+
+fn check_output_path(
+    value: &Json,
+    pos: Pos,
+    stage: &str,
+    cell: &str,
+    file: &str,
+    ctx: &Context,
+    errors: &mut Vec<Diagnostic>,
+) {
+    let Some(path) = value.as_str() else { return };
+    let stage_dir = ctx.runs_dir.join("pipeline").join(cell).join(stage);
+    if let Err(e) = petnas_sdk::stage::resolve_output_path(&stage_dir, path, &ctx.allowed_writes) {
+        errors.push(Diagnostic::at(file, pos, e));
+    }
+}

@@ -1,0 +1,174 @@
+//! The plugin host: finds plugin files on the search path, checks each one's contract
+//! version and build fingerprint before using it, and collects what they register.
+use std::collections::BTreeMap;
+use std::ffi::CStr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
+use petnas_sdk::model::PetType;
+use petnas_sdk::plugin::ENTRY_SYMBOL;
+use petnas_sdk::{PluginDeclaration, Registrar, Stage, CONTRACT_VERSION, FINGERPRINT};
+use sha2::{Digest, Sha256};
+
+pub const PLUGIN_PATH_ENV: &str = "PETNAS_PLUGIN_PATH";
+
+/// A plugin file that was loaded and accepted.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PluginInfo {
+    pub name: String,
+    pub version: String,
+    pub path: PathBuf,
+    /// sha256 of the file: part of every content key of its stages.
+    pub sha256: String,
+}
+
+/// A plugin file that was found but not used, and why.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Refusal {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    pub plugins: Vec<PluginInfo>,
+    pub refused: Vec<Refusal>,
+    /// Files skipped because an earlier folder on the search path has the same plugin.
+    pub shadowed: Vec<(PathBuf, PathBuf)>,
+    stages: BTreeMap<String, (Box<dyn Stage>, usize)>,
+    pet_types: BTreeMap<String, (Box<dyn PetType>, usize)>,
+}
+
+/// `--plugin-dir` folders, then `PETNAS_PLUGIN_PATH`, then the folder of the binary.
+pub fn search_path(cli_dirs: &[PathBuf]) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = cli_dirs.to_vec();
+    if let Some(env) = std::env::var_os(PLUGIN_PATH_ENV) {
+        dirs.extend(std::env::split_paths(&env).filter(|p| !p.as_os_str().is_empty()));
+    }
+    if let Some(exe_dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+        dirs.push(exe_dir);
+    }
+    dirs
+}
+
+fn is_plugin_file(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("libpetnas_") && n.ends_with(std::env::consts::DLL_SUFFIX))
+}
+
+impl Registry {
+    /// Loads every plugin file on the search path; the first folder holding a plugin wins.
+    pub fn load(dirs: &[PathBuf]) -> Registry {
+        let mut registry = Registry::default();
+        let mut seen: BTreeMap<String, PathBuf> = BTreeMap::new();
+        for dir in dirs {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                tracing::debug!(dir = %dir.display(), "plugin folder not readable, skipped");
+                continue;
+            };
+            let mut files: Vec<PathBuf> =
+                entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_plugin_file(p)).collect();
+            files.sort();
+            for path in files {
+                if let Err(reason) = registry.load_file(&path, &mut seen) {
+                    tracing::warn!(plugin = %path.display(), "plugin refused: {reason:#}");
+                    registry.refused.push(Refusal { path, reason: format!("{reason:#}") });
+                }
+            }
+        }
+        registry
+    }
+
+    fn load_file(&mut self, path: &Path, seen: &mut BTreeMap<String, PathBuf>) -> Result<()> {
+        // SAFETY: loading runs the library's initialisers; only files on the user's plugin
+        // search path are loaded, never a path named inside a pipeline.
+        let library = unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL) }
+            .with_context(|| "cannot be loaded as a shared library")?;
+        // SAFETY: the symbol's type is fixed by the contract (declare_plugin!).
+        let entry = unsafe { library.get::<extern "C" fn() -> *const PluginDeclaration>(ENTRY_SYMBOL) }
+            .with_context(|| "not a petnas plugin: it exports no `petnas_plugin_declaration`")?;
+        let declaration = entry();
+        anyhow::ensure!(!declaration.is_null(), "its declaration is null");
+        // SAFETY: the first fields of the declaration are plain C data in every contract version.
+        let declaration = unsafe { &*declaration };
+        anyhow::ensure!(
+            declaration.contract_version == CONTRACT_VERSION,
+            "plugin contract version {} differs from this petnas's {CONTRACT_VERSION}; rebuild the plugin against this petnas",
+            declaration.contract_version
+        );
+        // SAFETY: contract 1 declarations hold NUL-terminated static strings.
+        let (fingerprint, name, version) = unsafe {
+            (
+                CStr::from_ptr(declaration.fingerprint).to_string_lossy().into_owned(),
+                CStr::from_ptr(declaration.name).to_string_lossy().into_owned(),
+                CStr::from_ptr(declaration.version).to_string_lossy().into_owned(),
+            )
+        };
+        anyhow::ensure!(
+            fingerprint == FINGERPRINT,
+            "build fingerprint mismatch: the plugin was built with `{fingerprint}`, this petnas with `{FINGERPRINT}`; rebuild the plugin with the same toolchain and petnas-sdk"
+        );
+        if let Some(first) = seen.get(&name) {
+            tracing::debug!(plugin = %name, used = %first.display(), skipped = %path.display(), "plugin shadowed by an earlier folder");
+            self.shadowed.push((path.to_path_buf(), first.clone()));
+            return Ok(());
+        }
+        (declaration.install_dispatch)(&tracing::dispatcher::get_default(|d| d.clone()));
+        let mut registrar = Registrar::default();
+        (declaration.register)(&mut registrar);
+        let petnas_sdk::plugin::Registered { stages, pet_types } = registrar.into_parts();
+        for stage in &stages {
+            if let Some((_, other)) = self.stages.get(stage.kind()) {
+                anyhow::bail!(
+                    "stage kind `{}` is already provided by {}",
+                    stage.kind(),
+                    self.plugins[*other].path.display()
+                );
+            }
+        }
+        for pet in &pet_types {
+            if let Some((_, other)) = self.pet_types.get(pet.name()) {
+                anyhow::bail!(
+                    "PET type `{}` is already provided by {}",
+                    pet.name(),
+                    self.plugins[*other].path.display()
+                );
+            }
+        }
+        let index = self.plugins.len();
+        let sha256 = hex(&Sha256::digest(std::fs::read(path)?));
+        self.plugins.push(PluginInfo { name: name.clone(), version, path: path.to_path_buf(), sha256 });
+        seen.insert(name, path.to_path_buf());
+        for stage in stages {
+            self.stages.insert(stage.kind().to_string(), (stage, index));
+        }
+        for pet in pet_types {
+            self.pet_types.insert(pet.name().to_string(), (pet, index));
+        }
+        // Stage objects and tensors made by the plugin live as long as the process.
+        std::mem::forget(library);
+        Ok(())
+    }
+
+    pub fn stage(&self, kind: &str) -> Option<(&dyn Stage, &PluginInfo)> {
+        self.stages.get(kind).map(|(s, i)| (s.as_ref(), &self.plugins[*i]))
+    }
+
+    pub fn stage_kinds(&self) -> impl Iterator<Item = &str> {
+        self.stages.keys().map(String::as_str)
+    }
+
+    pub fn pet_types(&self) -> impl Iterator<Item = (&dyn PetType, &PluginInfo)> {
+        self.pet_types.values().map(|(p, i)| (p.as_ref(), &self.plugins[*i]))
+    }
+
+    pub fn stages(&self) -> impl Iterator<Item = (&dyn Stage, &PluginInfo)> {
+        self.stages.values().map(|(s, i)| (s.as_ref(), &self.plugins[*i]))
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

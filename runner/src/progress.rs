@@ -1,0 +1,144 @@
+//! The live display on a terminal (stages done/total, each running stage with its own
+//! progress, rate and ETA), or plain log lines when stderr is not a terminal.
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use petnas_sdk::Progress;
+
+fn multi() -> &'static OnceLock<MultiProgress> {
+    static MULTI: OnceLock<MultiProgress> = OnceLock::new();
+    &MULTI
+}
+
+/// Runs `f` with the live display hidden (a no-op without one).
+pub fn suspend<R>(f: impl FnOnce() -> R) -> R {
+    match multi().get() {
+        Some(m) => m.suspend(f),
+        None => f(),
+    }
+}
+
+const PLAIN_LOG_EVERY: Duration = Duration::from_secs(5);
+
+pub struct Display {
+    overall: Option<ProgressBar>,
+}
+
+impl Display {
+    /// A live display when `live`, else plain log lines.
+    pub fn new(live: bool, total: u64) -> Display {
+        if !live {
+            return Display { overall: None };
+        }
+        let m = multi().get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+        let bar = m.add(ProgressBar::new(total));
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix:.bold} [{bar:30}] {pos}/{len} stages {elapsed_precise} {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_prefix("petnas");
+        bar.enable_steady_tick(Duration::from_millis(200));
+        Display { overall: Some(bar) }
+    }
+
+    pub fn stage_finished(&self) {
+        if let Some(bar) = &self.overall {
+            bar.inc(1);
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.overall {
+            bar.finish_and_clear();
+        }
+        if let Some(m) = multi().get() {
+            m.clear().ok();
+        }
+    }
+
+    /// The progress reporter handed to one running stage.
+    pub fn stage(&self, label: String) -> StageProgress {
+        let bar = self.overall.as_ref().and_then(|_| multi().get()).map(|m| {
+            let bar = m.add(ProgressBar::new(0));
+            bar.set_style(
+                ProgressStyle::with_template("  {prefix} {spinner} {msg} {pos}/{len} {per_sec} eta {eta}")
+                    .expect("valid template"),
+            );
+            bar.set_prefix(label.clone());
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        StageProgress {
+            label,
+            bar,
+            total: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            started: Instant::now(),
+            last_logged: Mutex::new((0, Instant::now())),
+        }
+    }
+}
+
+pub struct StageProgress {
+    label: String,
+    bar: Option<ProgressBar>,
+    total: AtomicU64,
+    done: AtomicU64,
+    started: Instant,
+    /// Tenths of the total last logged, and when (plain mode).
+    last_logged: Mutex<(u64, Instant)>,
+}
+
+impl Progress for StageProgress {
+    fn set_total(&self, total: u64) {
+        self.total.store(total, Ordering::Relaxed);
+        if let Some(bar) = &self.bar {
+            bar.set_length(total);
+        }
+    }
+
+    fn advance(&self, delta: u64) {
+        let done = self.done.fetch_add(delta, Ordering::Relaxed) + delta;
+        if let Some(bar) = &self.bar {
+            bar.inc(delta);
+            return;
+        }
+        let total = self.total.load(Ordering::Relaxed);
+        if total == 0 {
+            return;
+        }
+        let tenth = done * 10 / total;
+        let mut last = self.last_logged.lock().unwrap_or_else(|e| e.into_inner());
+        // A line per tenth of the work, at most one every few seconds.
+        if tenth > last.0 && last.1.elapsed() >= PLAIN_LOG_EVERY {
+            *last = (tenth, Instant::now());
+            let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+            let rate = done as f64 / secs;
+            let eta = if rate > 0.0 { total.saturating_sub(done) as f64 / rate } else { 0.0 };
+            tracing::info!("{}: {done}/{total} ({rate:.1}/s, eta {eta:.0}s)", self.label);
+        }
+    }
+
+    fn set_message(&self, message: &str) {
+        match &self.bar {
+            Some(bar) => bar.set_message(message.to_string()),
+            None => tracing::debug!("{}: {message}", self.label),
+        }
+    }
+}
+
+impl Drop for StageProgress {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+            if let Some(m) = multi().get() {
+                m.remove(bar);
+            }
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! The run folder: `runs/<pipeline>/<cell>/<stage>/` with the stage's outputs, log and
+//! content key. A stage is written into a temporary folder that is renamed into place when
+//! it is complete, so a crash at any moment leaves either the finished stage or nothing.
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use petnas_sdk::Artifact;
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+use sha2::{Digest, Sha256};
+
+use crate::plugins::hex;
+
+pub const OUTPUTS_JSON: &str = "outputs.json";
+pub const OUTPUTS_TENSORS: &str = "outputs.safetensors";
+pub const STAGE_RECORD: &str = "stage.json";
+pub const LOG: &str = "log.jsonl";
+
+/// Everything that determines a stage's result; its hash is the stage's content key.
+#[derive(Serialize)]
+pub struct KeyParts<'a> {
+    pub kind: &'a str,
+    pub options: &'a Json,
+    pub inputs: &'a BTreeMap<String, String>,
+    pub plugin_sha256: &'a str,
+    pub seed: u64,
+    pub dtype: &'a str,
+    pub device: &'a str,
+}
+
+impl KeyParts<'_> {
+    pub fn key(&self) -> String {
+        let canonical = serde_json::to_vec(self).expect("key parts serialise");
+        hex(&Sha256::digest(canonical))
+    }
+}
+
+/// `stage.json`: written last, so its presence marks a complete stage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageRecord {
+    pub key: String,
+    pub kind: String,
+    pub options: Json,
+    pub inputs: BTreeMap<String, String>,
+    pub plugin: String,
+    pub plugin_version: String,
+    pub device: String,
+    pub seed: u64,
+    pub started_unix: f64,
+    pub seconds: f64,
+}
+
+pub fn stage_dir(cell_dir: &Path, stage: &str) -> PathBuf {
+    cell_dir.join(stage)
+}
+
+/// The record of a complete stage whose key is `key`, if there is one.
+pub fn completed(dir: &Path, key: &str) -> Option<StageRecord> {
+    let text = fs::read_to_string(dir.join(STAGE_RECORD)).ok()?;
+    let record: StageRecord = serde_json::from_str(&text).ok()?;
+    (record.key == key).then_some(record)
+}
+
+/// A fresh temporary folder beside the stage's final one.
+pub fn temp_dir(cell_dir: &Path, stage: &str) -> Result<PathBuf> {
+    fs::create_dir_all(cell_dir).with_context(|| format!("cannot create {}", cell_dir.display()))?;
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let dir = cell_dir.join(format!(".tmp-{stage}-{}-{nanos}", std::process::id()));
+    fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Writes the artifact and the record into `temp`, then moves `temp` to `dir` atomically.
+pub fn commit(temp: &Path, dir: &Path, artifact: &Artifact, record: &StageRecord) -> Result<()> {
+    write_artifact(temp, artifact)?;
+    write_json_atomic(&temp.join(STAGE_RECORD), &serde_json::to_value(record)?)?;
+    if dir.exists() {
+        // The stale result goes aside first: rename cannot replace a non-empty folder.
+        let aside = temp
+            .with_file_name(format!(".old-{}", temp.file_name().and_then(|n| n.to_str()).unwrap_or("stage")));
+        fs::rename(dir, &aside).with_context(|| format!("cannot move aside {}", dir.display()))?;
+        fs::rename(temp, dir).with_context(|| format!("cannot move {} into place", temp.display()))?;
+        fs::remove_dir_all(&aside).ok();
+    } else {
+        fs::rename(temp, dir).with_context(|| format!("cannot move {} into place", temp.display()))?;
+    }
+    sync_dir(dir.parent().unwrap_or(dir));
+    Ok(())
+}
+
+fn write_artifact(dir: &Path, artifact: &Artifact) -> Result<()> {
+    let meta = serde_json::json!({"kind": artifact.kind, "meta": artifact.meta});
+    write_json_atomic(&dir.join(OUTPUTS_JSON), &meta)?;
+    if !artifact.tensors.is_empty() {
+        let cpu: Vec<(String, tch::Tensor)> = artifact
+            .tensors
+            .iter()
+            .map(|(name, t)| (name.clone(), t.to_device(tch::Device::Cpu).contiguous()))
+            .collect();
+        let path = dir.join(OUTPUTS_TENSORS);
+        tch::Tensor::write_safetensors(&cpu, &path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Reads a completed stage's artifact back, its tensors moved to `device`.
+pub fn read_artifact(dir: &Path, device: tch::Device) -> Result<Artifact> {
+    let path = dir.join(OUTPUTS_JSON);
+    let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let value: Json =
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let kind = value["kind"].as_str().with_context(|| format!("{} has no `kind`", path.display()))?;
+    let mut artifact = Artifact::new(kind, value["meta"].clone());
+    let tensors = dir.join(OUTPUTS_TENSORS);
+    if tensors.exists() {
+        for (name, tensor) in tch::Tensor::read_safetensors(&tensors)
+            .with_context(|| format!("cannot read {}", tensors.display()))?
+        {
+            artifact.tensors.insert(name, tensor.to_device(device));
+        }
+    }
+    Ok(artifact)
+}
+
+/// Writes JSON to a temporary file, syncs it, and renames it over `path`.
+pub fn write_json_atomic(path: &Path, value: &Json) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    write_atomic(path, text.as_bytes())
+}
+
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let temp = path.with_file_name(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    let mut file = fs::File::create(&temp).with_context(|| format!("cannot create {}", temp.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&temp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = fs::File::open(dir) {
+        d.sync_all().ok();
+    }
+}
+
+/// Removes temporary folders left by runs that were killed.
+pub fn clean_leftovers(pipeline_dir: &Path) {
+    let Ok(cells) = fs::read_dir(pipeline_dir) else { return };
+    for cell in cells.flatten().filter(|e| e.path().is_dir()) {
+        let Ok(entries) = fs::read_dir(cell.path()) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(".tmp-") || name.starts_with(".old-") {
+                tracing::debug!(path = %entry.path().display(), "removing leftover of an interrupted run");
+                fs::remove_dir_all(entry.path()).ok();
+            }
+        }
+    }
+}
