@@ -202,8 +202,14 @@ fn scalar_json(node: &Node) -> Option<Json> {
     }
 }
 
-/// Checks every `${...}` in the node against the matrix axes (errors for unknown ones).
-pub fn check_references(node: &Node, matrix: &Matrix, file: &str, errors: &mut Vec<Diagnostic>) {
+/// Checks every `${...}` in the node against the matrix axes; false when one is wrong.
+pub fn check_references(node: &Node, matrix: &Matrix, file: &str, errors: &mut Vec<Diagnostic>) -> bool {
+    let before = errors.len();
+    push_reference_errors(node, matrix, file, errors);
+    errors.len() == before
+}
+
+fn push_reference_errors(node: &Node, matrix: &Matrix, file: &str, errors: &mut Vec<Diagnostic>) {
     match &node.value {
         Value::Str(s) => {
             if let Err(e) =
@@ -215,8 +221,10 @@ pub fn check_references(node: &Node, matrix: &Matrix, file: &str, errors: &mut V
                 });
             }
         }
-        Value::Seq(items) => items.iter().for_each(|n| check_references(n, matrix, file, errors)),
-        Value::Map(entries) => entries.iter().for_each(|(_, _, n)| check_references(n, matrix, file, errors)),
+        Value::Seq(items) => items.iter().for_each(|n| push_reference_errors(n, matrix, file, errors)),
+        Value::Map(entries) => {
+            entries.iter().for_each(|(_, _, n)| push_reference_errors(n, matrix, file, errors))
+        }
         _ => {}
     }
 }

@@ -582,6 +582,8 @@ fn check_options(
         _ => &[],
     };
     let kind = stage.kind.as_deref().unwrap_or("");
+    // Options whose value has a bad `${...}` are not type-checked: that error says enough.
+    let mut unresolved = Vec::new();
     for (key, key_pos, value) in given {
         match schema.get(key) {
             None => {
@@ -597,7 +599,11 @@ fn check_options(
                     None => d.help(format!("{kind} takes: {}", names.join(", "))),
                 });
             }
-            Some(_) => matrix::check_references(value, matrix, file, errors),
+            Some(_) => {
+                if !matrix::check_references(value, matrix, file, errors) {
+                    unresolved.push(key.as_str());
+                }
+            }
         }
     }
     for spec in &schema.options {
@@ -624,12 +630,18 @@ fn check_options(
             let mut options = serde_json::Map::new();
             for spec in &schema.options {
                 let value = match given.iter().find(|(k, _, _)| k == spec.name) {
+                    Some((key, _, node)) if unresolved.contains(&key.as_str()) => node.to_json(),
                     Some((_, _, node)) => {
                         let value = matrix::resolve(node, cell);
                         let allowed_null =
                             spec.default.as_ref().is_some_and(Json::is_null) && value.is_null();
                         if !allowed_null {
+                            let reported = errors.iter().any(|d| d.pos == Some(node.pos));
                             if let Err(e) = spec.ty.check(&value) {
+                                // One error per option, in the first cell where it fails.
+                                if reported {
+                                    return value;
+                                }
                                 let at = if cells.len() > 1 && node_has_reference(node) {
                                     format!(" (in cell {})", cell.name)
                                 } else {

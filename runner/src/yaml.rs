@@ -93,9 +93,7 @@ pub fn parse(text: &str, file: &str) -> Result<Node, Diagnostic> {
     let mut document: Option<Node> = None;
     let mut documents = 0;
     loop {
-        let (event, mark) = parser
-            .next_token()
-            .map_err(|e| Diagnostic::at(file, pos(*e.marker()), format!("invalid YAML: {}", e.info())))?;
+        let (event, mark) = parser.next_token().map_err(|e| syntax_error(text, file, &e))?;
         let at = pos(mark);
         let complete = match event {
             Event::StreamEnd => break,
@@ -176,6 +174,17 @@ pub fn parse(text: &str, file: &str) -> Result<Node, Diagnostic> {
         }
     }
     document.ok_or_else(|| Diagnostic::file(file, "the file is empty"))
+}
+
+fn syntax_error(text: &str, file: &str, error: &yaml_rust2::ScanError) -> Diagnostic {
+    let at = pos(*error.marker());
+    let d = Diagnostic::at(file, at, format!("invalid YAML: {}", error.info()));
+    let line = text.lines().nth(at.line.saturating_sub(1)).unwrap_or("");
+    if line.contains("${") && (line.contains('{') || line.contains('[')) {
+        d.help("inside [...] or {...}, quote values that hold `${`: '${matrix.axis}'")
+    } else {
+        d
+    }
 }
 
 /// Checks that a collection may open here: no tags, not too deep.

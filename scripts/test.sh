@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Sets up petnas (scripts/setup.sh) and runs the whole test suite against the release build:
+# unit tests, and end-to-end tests of the `petnas` binary with the real plugins from disk.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+"$root/scripts/setup.sh"
+export PATH="$root/.venv/bin:$PATH" LIBTORCH_USE_PYTORCH=1
+cd "$root"
+cargo test --release --workspace "$@"

@@ -1,0 +1,89 @@
+//! Helpers for the end-to-end tests: the release `petnas` binary and plugin files cargo
+//! built beside it, scratch folders, and runs of the binary with their output.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// target/<profile>/, where cargo puts `petnas` and the plugin libraries.
+pub fn build_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test>-<hash>
+    exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf()
+}
+
+pub fn petnas_bin() -> PathBuf {
+    let bin = build_dir().join("petnas");
+    assert!(bin.exists(), "{} is missing: build the workspace first (scripts/test.sh does)", bin.display());
+    bin
+}
+
+pub fn plugin_file(name: &str) -> PathBuf {
+    build_dir().join(format!("libpetnas_{name}.so"))
+}
+
+/// A scratch folder with pipelines written into it and runs under `runs/`.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(output: Output) -> Run {
+        Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch { dir: tempfile::tempdir().expect("temporary folder") }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path().join(name);
+        std::fs::write(&path, text).expect("write scratch file");
+        path
+    }
+
+    /// `petnas ARGS` in the scratch folder, plain log output, no plugin path from outside.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(petnas_bin());
+        cmd.args(args)
+            .current_dir(self.path())
+            .env("CI", "1")
+            .env_remove("PETNAS_PLUGIN_PATH")
+            .env("RUST_LOG", "info");
+        cmd
+    }
+
+    pub fn petnas(&self, args: &[&str]) -> Run {
+        Run::from(self.command(args).output().expect("run petnas"))
+    }
+
+    /// The run folder of a pipeline's stage in a cell.
+    pub fn stage_dir(&self, pipeline: &str, cell: &str, stage: &str) -> PathBuf {
+        self.path().join("runs").join(pipeline).join(cell).join(stage)
+    }
+
+    pub fn read_json(&self, path: &Path) -> serde_json::Value {
+        let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()))
+    }
+}
