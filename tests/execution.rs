@@ -1,1 +1,288 @@
+//! Running pipelines: parallel cells, failures confined to their downstream, reuse of
+//! complete stages, `--force`, and resuming after SIGKILL or Ctrl-C.
+use std::path::Path;
+use std::process::Child;
+use std::time::{Duration, Instant};
 
+use petnas_e2e::Scratch;
+
+/// Two cells of demo stages. One libtorch thread per stage: tests run side by side, and
+/// oversubscribed OpenMP threads would slow everything down.
+fn pipeline(steps: u64) -> String {
+    format!(
+        "name: exec
+defaults: {{threads: 1}}
+matrix:
+  sep: [0.5, 2.0]
+stages:
+  data: {{use: demo.data, with: {{n: 256, separation: '${{matrix.sep}}'}}}}
+  fit: {{use: demo.fit, needs: [data], with: {{steps: {steps}}}}}
+  evaluate: {{use: demo.evaluate, needs: [data, fit]}}
+"
+    )
+}
+
+const CELLS: [&str; 2] = ["sep=0.5", "sep=2.0"];
+const STAGES: [&str; 3] = ["data", "fit", "evaluate"];
+
+fn summary_line(stdout: &str) -> &str {
+    stdout.lines().last().unwrap_or("")
+}
+
+fn started(s: &Scratch, cell: &str, stage: &str) -> f64 {
+    s.read_json(&s.stage_dir("exec", cell, stage).join("stage.json"))["started_unix"]
+        .as_f64()
+        .expect("started_unix")
+}
+
+#[test]
+fn runs_then_reuses_complete_stages_and_recomputes_what_changed() {
+    let s = Scratch::new();
+    s.write("p.yaml", &pipeline(200));
+    let run = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(
+        summary_line(&run.stdout).starts_with("6 done, 0 reused, 0 failed, 0 skipped, 0 cancelled"),
+        "{}",
+        run.stdout
+    );
+    for cell in CELLS {
+        for stage in STAGES {
+            let dir = s.stage_dir("exec", cell, stage);
+            for file in ["stage.json", "outputs.json", "log.jsonl"] {
+                assert!(dir.join(file).exists(), "{} has no {file}", dir.display());
+            }
+        }
+    }
+    let metrics = s.read_json(&s.stage_dir("exec", "sep=2.0", "evaluate").join("metrics.json"));
+    assert!(metrics["accuracy"].as_f64().unwrap() > 0.9, "well separated classes are learnt: {metrics}");
+    let predictions =
+        std::fs::read_to_string(s.stage_dir("exec", "sep=2.0", "evaluate").join("predictions.tsv")).unwrap();
+    assert_eq!(predictions.lines().count(), 1 + 64, "header and one line per test example");
+    let run_json = s.read_json(&s.path().join("runs/exec/run.json"));
+    assert_eq!(run_json["status"], "ok");
+    assert_eq!(run_json["stages"].as_array().unwrap().len(), 6);
+    assert!(s.path().join("runs/exec/resolved.yaml").exists());
+
+    let again = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(summary_line(&again.stdout).starts_with("0 done, 6 reused"), "{}", again.stdout);
+
+    // A changed option recomputes its stage and what depends on it, nothing else.
+    let data_started = started(&s, "sep=0.5", "data");
+    s.write("p.yaml", &pipeline(150));
+    let changed = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(changed.code, 0, "{}", changed.stderr);
+    assert!(summary_line(&changed.stdout).starts_with("4 done, 2 reused"), "{}", changed.stdout);
+    assert_eq!(started(&s, "sep=0.5", "data"), data_started);
+    let fit = s.read_json(&s.stage_dir("exec", "sep=0.5", "fit").join("outputs.json"));
+    assert_eq!(fit["meta"]["steps"], 150);
+}
+
+#[test]
+fn force_recomputes_from_a_stage_on() {
+    let s = Scratch::new();
+    s.write("p.yaml", &pipeline(100));
+    assert_eq!(s.petnas(&["run", "p.yaml"]).code, 0);
+    let data_started = started(&s, "sep=2.0", "data");
+    let fit_started = started(&s, "sep=2.0", "fit");
+    let forced = s.petnas(&["run", "p.yaml", "--force", "fit"]);
+    assert_eq!(forced.code, 0, "{}", forced.stderr);
+    assert!(summary_line(&forced.stdout).starts_with("4 done, 2 reused"), "{}", forced.stdout);
+    assert_eq!(started(&s, "sep=2.0", "data"), data_started);
+    assert!(started(&s, "sep=2.0", "fit") > fit_started);
+    let unknown = s.petnas(&["run", "p.yaml", "--force", "fitt"]);
+    assert_eq!(unknown.code, 2);
+    assert!(
+        unknown.stderr.contains("--force fitt: no such stage (stages: data, fit, evaluate)"),
+        "{}",
+        unknown.stderr
+    );
+}
+
+#[test]
+fn a_failing_cell_stops_only_what_depends_on_it() {
+    let s = Scratch::new();
+    s.write(
+        "p.yaml",
+        "name: exec
+matrix:
+  n: [256, 2]
+stages:
+  data: {use: demo.data, with: {n: '${matrix.n}'}}
+  fit: {use: demo.fit, needs: [data], with: {steps: 50}}
+  evaluate: {use: demo.evaluate, needs: [data, fit]}
+",
+    );
+    let run = s.petnas(&["run", "p.yaml", "--jobs", "2"]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    let rows: Vec<&str> = run.stdout.lines().collect();
+    assert!(rows.iter().any(|r| r.starts_with("n=2    data      FAILED") && r.ends_with("`n` must be at least 4, got 2")), "{}", run.stdout);
+    assert!(
+        rows.iter()
+            .any(|r| r.starts_with("n=2    fit       skipped") && r.ends_with("`data` did not complete")),
+        "{}",
+        run.stdout
+    );
+    assert!(rows.iter().any(|r| r.starts_with("n=2    evaluate  skipped")), "{}", run.stdout);
+    assert!(summary_line(&run.stdout).starts_with("3 done, 0 reused, 1 failed, 2 skipped"), "{}", run.stdout);
+    assert!(s.stage_dir("exec", "n=256", "evaluate").join("metrics.json").exists());
+    // No half-written results of the failed stage, no temporary folders left.
+    let cell = s.path().join("runs/exec/n=2");
+    let left: Vec<_> = std::fs::read_dir(&cell).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(s.read_json(&s.path().join("runs/exec/run.json"))["status"], "failed");
+}
+
+fn interval(s: &Scratch, cell: &str, stage: &str) -> (f64, f64) {
+    let record = s.read_json(&s.stage_dir("exec", cell, stage).join("stage.json"));
+    let start = record["started_unix"].as_f64().unwrap();
+    (start, start + record["seconds"].as_f64().unwrap())
+}
+
+fn overlap(a: (f64, f64), b: (f64, f64)) -> bool {
+    a.0 < b.1 && b.0 < a.1
+}
+
+#[test]
+fn independent_cells_run_in_parallel_up_to_jobs() {
+    let s = Scratch::new();
+    // libtorch threads are divided between parallel stages.
+    s.write("p.yaml", &pipeline(20_000).replace("threads: 1", "threads: 4"));
+    let run = s.petnas(&["run", "p.yaml", "--jobs", "2"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        overlap(interval(&s, CELLS[0], "fit"), interval(&s, CELLS[1], "fit")),
+        "the two fits ran one after the other"
+    );
+    let record = s.read_json(&s.path().join("runs/exec/run.json"));
+    assert_eq!(record["threads_per_job"].as_u64(), Some(2));
+
+    let serial = Scratch::new();
+    serial.write("p.yaml", &pipeline(20_000));
+    assert_eq!(serial.petnas(&["run", "p.yaml", "--jobs", "1"]).code, 0);
+    assert!(!overlap(interval(&serial, CELLS[0], "fit"), interval(&serial, CELLS[1], "fit")));
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn fit_in_flight(s: &Scratch, cell: &str) -> bool {
+    std::fs::read_dir(s.path().join("runs/exec").join(cell))
+        .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with(".tmp-fit-")))
+        .unwrap_or(false)
+}
+
+fn spawn(s: &Scratch, args: &[&str]) -> Child {
+    s.command(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn petnas")
+}
+
+fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("outputs.") || n.ends_with(".tsv") || n == "metrics.json")
+        .map(|n| {
+            let bytes = std::fs::read(dir.join(&n)).unwrap();
+            (n, bytes)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn a_killed_run_resumes_and_ends_as_an_uninterrupted_one() {
+    let steps = 30_000;
+    let s = Scratch::new();
+    s.write("p.yaml", &pipeline(steps));
+    let mut child = spawn(&s, &["run", "p.yaml"]);
+    wait_for("the first fit to start", Duration::from_secs(60), || fit_in_flight(&s, CELLS[0]));
+    std::thread::sleep(Duration::from_millis(200));
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+    assert!(s.stage_dir("exec", CELLS[0], "data").join("stage.json").exists(), "completed stage lost");
+    assert!(!s.stage_dir("exec", CELLS[0], "fit").exists(), "a stage in flight must not appear complete");
+
+    let resumed = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(resumed.code, 0, "{}", resumed.stderr);
+    assert!(resumed.stdout.lines().any(|r| r.starts_with("sep=0.5  data      reused")), "{}", resumed.stdout);
+    let leftovers: Vec<_> = std::fs::read_dir(s.path().join("runs/exec").join(CELLS[0]))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary folders of the killed run remain: {leftovers:?}");
+
+    let reference = Scratch::new();
+    reference.write("p.yaml", &pipeline(steps));
+    assert_eq!(reference.petnas(&["run", "p.yaml"]).code, 0);
+    for cell in CELLS {
+        for stage in STAGES {
+            let got = files_of(&s.stage_dir("exec", cell, stage));
+            let want = files_of(&reference.stage_dir("exec", cell, stage));
+            assert!(!want.is_empty());
+            assert!(got == want, "{cell}/{stage} differs from an uninterrupted run");
+        }
+    }
+}
+
+#[test]
+fn ctrl_c_stops_within_two_seconds_and_keeps_completed_stages() {
+    let s = Scratch::new();
+    s.write("p.yaml", &pipeline(50_000_000));
+    let mut child = spawn(&s, &["run", "p.yaml"]);
+    wait_for("the fit to start", Duration::from_secs(60), || fit_in_flight(&s, CELLS[0]));
+    let sent = Instant::now();
+    let status = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let code = child.wait().unwrap().code();
+    assert!(sent.elapsed() < Duration::from_secs(2), "took {:?} to stop", sent.elapsed());
+    assert_eq!(code, Some(130));
+    let record = s.read_json(&s.path().join("runs/exec/run.json"));
+    assert_eq!(record["status"], "interrupted");
+    assert!(s.stage_dir("exec", CELLS[0], "data").join("stage.json").exists());
+    assert!(!s.stage_dir("exec", CELLS[0], "fit").exists());
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(out.lines().any(|r| r.starts_with("sep=0.5  fit       cancelled")), "{out}");
+}
+
+#[test]
+fn two_runs_of_one_pipeline_do_not_share_a_run_folder() {
+    let s = Scratch::new();
+    s.write("p.yaml", &pipeline(50_000_000));
+    let mut first = spawn(&s, &["run", "p.yaml"]);
+    wait_for("the fit to start", Duration::from_secs(60), || fit_in_flight(&s, CELLS[0]));
+    let second = s.petnas(&["run", "p.yaml"]);
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert_eq!(second.code, 2);
+    assert!(second.stderr.contains("another petnas run is using"), "{}", second.stderr);
+}
+
+#[test]
+fn outputs_go_outside_the_run_folder_only_where_allowed() {
+    let s = Scratch::new();
+    let text = pipeline(50).replace(
+        "evaluate: {use: demo.evaluate, needs: [data, fit]}",
+        "evaluate: {use: demo.evaluate, needs: [data, fit], with: {predictions: 'exports/${matrix.sep}.tsv'}}",
+    );
+    s.write("p.yaml", &text.replace("exports/", &format!("{}/exports/", s.path().display())));
+    let refused = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(refused.code, 2);
+    assert!(refused.stderr.contains("would write outside the run folder"), "{}", refused.stderr);
+    let allowed = s.petnas(&["run", "p.yaml", "--allow-write", "exports"]);
+    assert_eq!(allowed.code, 0, "{}", allowed.stderr);
+    assert!(s.path().join("exports/2.0.tsv").exists());
+}

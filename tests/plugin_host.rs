@@ -1,1 +1,182 @@
+//! The plugin host: discovery order on the search path, refusal of plugins built
+//! differently, listing, and plugin log events reaching the runner's log.
+use std::path::{Path, PathBuf};
 
+use petnas_e2e::{petnas_bin, plugin_file, Scratch};
+
+fn plugins_json(s: &Scratch, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["plugins", "--json"];
+    all.extend_from_slice(args);
+    let run = s.petnas(&all);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    serde_json::from_str(&run.stdout).expect("plugins --json")
+}
+
+fn path_of(listing: &serde_json::Value, plugin: &str) -> PathBuf {
+    let found = listing["plugins"].as_array().unwrap().iter().find(|p| p["name"] == plugin);
+    PathBuf::from(found.unwrap_or_else(|| panic!("{plugin} not loaded: {listing}"))["path"].as_str().unwrap())
+}
+
+fn copy_into(dir: &Path, file: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let target = dir.join(file.file_name().unwrap());
+    std::fs::copy(file, &target).unwrap();
+    target
+}
+
+#[test]
+fn plugins_lists_stage_kinds_with_their_options() {
+    let s = Scratch::new();
+    let run = s.petnas(&["plugins"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("  demo.fit  — logistic regression on the training split by full-batch gradient descent  [dataset → model]  (petnas-demo)"), "{}", run.stdout);
+    assert!(run.stdout.contains("      steps: integer (default 200) — gradient steps"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains(
+            "      predictions: path (written, inside the run folder) (default \"predictions.tsv\")"
+        ),
+        "{}",
+        run.stdout
+    );
+    let listing = plugins_json(&s, &[]);
+    let kinds: Vec<&str> =
+        listing["stages"].as_array().unwrap().iter().map(|k| k["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["demo.data", "demo.evaluate", "demo.fit"]);
+}
+
+#[test]
+fn discovery_order_is_plugin_dir_then_env_then_beside_the_binary() {
+    let s = Scratch::new();
+    let from_cli = copy_into(&s.path().join("cli"), &plugin_file("demo"));
+    let from_env = copy_into(&s.path().join("env"), &plugin_file("demo"));
+    let beside = plugin_file("demo");
+
+    let mut cmd = s.command(&["plugins", "--json", "--plugin-dir", "cli"]);
+    let out = cmd.env("PETNAS_PLUGIN_PATH", s.path().join("env")).output().unwrap();
+    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(path_of(&listing, "petnas-demo"), from_cli);
+    let shadowed: Vec<&str> =
+        listing["shadowed"].as_array().unwrap().iter().map(|p| p[0].as_str().unwrap()).collect();
+    assert_eq!(shadowed, [from_env.to_str().unwrap(), beside.to_str().unwrap()]);
+
+    let mut cmd = s.command(&["plugins", "--json"]);
+    let out = cmd.env("PETNAS_PLUGIN_PATH", s.path().join("env")).output().unwrap();
+    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(path_of(&listing, "petnas-demo"), from_env);
+
+    assert_eq!(path_of(&plugins_json(&s, &[]), "petnas-demo"), beside);
+}
+
+/// The host's fingerprint, as `petnas version` prints it.
+fn host_fingerprint() -> String {
+    let out = std::process::Command::new(petnas_bin()).arg("version").output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.lines().find_map(|l| l.strip_prefix("fingerprint: ")).expect("fingerprint line").to_string()
+}
+
+#[test]
+fn a_plugin_built_differently_is_refused_naming_both_fingerprints() {
+    let s = Scratch::new();
+    // A binary with its own plugin folder: only the files placed beside it are found.
+    let bin_dir = s.path().join("bin");
+    let bin = copy_into(&bin_dir, &petnas_bin());
+    copy_into(&bin_dir, &plugin_file("demo_eval"));
+    let demo = copy_into(&bin_dir, &plugin_file("demo"));
+
+    // What a plugin built by another compiler looks like: the same file, another fingerprint.
+    let host = host_fingerprint();
+    let foreign = host.replacen("rustc 1.", "rustc 0.", 1);
+    assert_ne!(host, foreign, "fingerprint names the compiler: {host}");
+    let bytes = std::fs::read(&demo).unwrap();
+    let patched = replace_all(&bytes, host.as_bytes(), foreign.as_bytes());
+    assert_ne!(bytes, patched, "the fingerprint is embedded in the plugin");
+    std::fs::write(&demo, patched).unwrap();
+
+    let out = std::process::Command::new(&bin)
+        .args(["plugins", "--json"])
+        .env_remove("PETNAS_PLUGIN_PATH")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let refused = &listing["refused"][0];
+    assert_eq!(refused["path"], demo.to_str().unwrap());
+    let reason = refused["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!("the plugin was built with `{foreign}`, this petnas with `{host}`")),
+        "{reason}"
+    );
+    let kinds: Vec<&str> =
+        listing["stages"].as_array().unwrap().iter().map(|k| k["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["demo.evaluate"], "the other plugin still loads");
+
+    s.write("p.yaml", "name: x\nstages:\n  data: {use: demo.data}\n");
+    let out = std::process::Command::new(&bin)
+        .args(["validate", "p.yaml"])
+        .current_dir(s.path())
+        .env_remove("PETNAS_PLUGIN_PATH")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr.contains("p.yaml:3:15: error: unknown stage kind `demo.data`"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("note: plugin {} was refused: build fingerprint mismatch", demo.display())),
+        "{stderr}"
+    );
+}
+
+fn replace_all(haystack: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    assert_eq!(from.len(), to.len());
+    let mut out = haystack.to_vec();
+    let mut i = 0;
+    while i + from.len() <= out.len() {
+        if &out[i..i + from.len()] == from {
+            out[i..i + from.len()].copy_from_slice(to);
+            i += from.len();
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn a_file_that_is_not_a_plugin_is_refused() {
+    let s = Scratch::new();
+    std::fs::create_dir_all(s.path().join("extra")).unwrap();
+    std::fs::write(s.path().join("extra/libpetnas_bogus.so"), b"not a library").unwrap();
+    let listing = plugins_json(&s, &["--plugin-dir", "extra"]);
+    let refused = &listing["refused"][0];
+    assert!(refused["path"].as_str().unwrap().ends_with("extra/libpetnas_bogus.so"));
+    assert!(
+        refused["reason"].as_str().unwrap().starts_with("cannot be loaded as a shared library"),
+        "{refused}"
+    );
+    assert_eq!(listing["plugins"].as_array().unwrap().len(), 2, "the real plugins still load");
+}
+
+#[test]
+fn plugin_events_reach_the_runner_log_and_the_stage_log() {
+    let s = Scratch::new();
+    s.write("p.yaml", "name: logs\nstages:\n  data: {use: demo.data, with: {n: 16}}\n");
+    let run = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("synthetic data made n_train=12 n_test=4 dim=8"), "{}", run.stderr);
+    let log = std::fs::read_to_string(s.stage_dir("logs", "default", "data").join("log.jsonl")).unwrap();
+    let event = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["target"] == "petnas_demo")
+        .unwrap_or_else(|| panic!("no event of the plugin in the stage log:\n{log}"));
+    assert_eq!(event["fields"]["message"], "synthetic data made");
+    assert_eq!(event["fields"]["n_train"], 12);
+
+    // RUST_LOG filters the terminal; --log-json writes JSON lines.
+    let quiet = s.command(&["run", "p.yaml", "--force", "data"]).env("RUST_LOG", "warn").output().unwrap();
+    assert!(!String::from_utf8_lossy(&quiet.stderr).contains("synthetic data made"));
+    let json = s.petnas(&["run", "p.yaml", "--force", "data", "--log-json"]);
+    let line = json.stderr.lines().find(|l| l.contains("synthetic data made")).expect("plugin event");
+    let value: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+    assert_eq!(value["fields"]["n_test"], 4);
+}

@@ -49,7 +49,7 @@ pub fn search_path(cli_dirs: &[PathBuf]) -> Vec<PathBuf> {
     if let Some(exe_dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
         dirs.push(exe_dir);
     }
-    dirs
+    dirs.into_iter().map(|d| std::path::absolute(&d).unwrap_or(d)).collect()
 }
 
 fn is_plugin_file(path: &Path) -> bool {
