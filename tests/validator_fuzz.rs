@@ -159,7 +159,7 @@ fn break_doc(doc: &mut Doc, rng: &mut StdRng) -> &'static str {
             "invalid YAML"
         }
         13 => {
-            doc.lines.push(format!("bomb: &b0 [{}]", vec!["x"; 10].join(", ")));
+            doc.lines.push(format!("bomb: &b0 [{}]", ["x"; 10].join(", ")));
             for i in 1..8 {
                 doc.lines.push(format!("bomb{i}: &b{i} [{}]", vec![format!("*b{}", i - 1); 10].join(", ")));
             }
