@@ -69,7 +69,11 @@ fn discovery_order_is_plugin_dir_then_env_then_beside_the_binary() {
 
 /// The host's fingerprint, as `petnas version` prints it.
 fn host_fingerprint() -> String {
-    let out = std::process::Command::new(petnas_bin()).arg("version").output().unwrap();
+    let out = std::process::Command::new(petnas_bin())
+        .arg("version")
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     text.lines().find_map(|l| l.strip_prefix("fingerprint: ")).expect("fingerprint line").to_string()
 }
@@ -95,6 +99,7 @@ fn a_plugin_built_differently_is_refused_naming_both_fingerprints() {
     let out = std::process::Command::new(&bin)
         .args(["plugins", "--json"])
         .env_remove("PETNAS_PLUGIN_PATH")
+        .env_remove("LD_LIBRARY_PATH")
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -115,6 +120,7 @@ fn a_plugin_built_differently_is_refused_naming_both_fingerprints() {
         .args(["validate", "p.yaml"])
         .current_dir(s.path())
         .env_remove("PETNAS_PLUGIN_PATH")
+        .env_remove("LD_LIBRARY_PATH")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

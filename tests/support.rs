@@ -62,7 +62,8 @@ impl Scratch {
         path
     }
 
-    /// `petnas ARGS` in the scratch folder, plain log output, no plugin path from outside.
+    /// `petnas ARGS` in the scratch folder, plain log output, no plugin path from outside,
+    /// and no LD_LIBRARY_PATH: the binary finds libtorch by itself.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(petnas_bin());
         cmd.args(args)

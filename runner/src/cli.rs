@@ -19,7 +19,13 @@ const EXIT_INVALID: i32 = 2;
 const EXIT_INTERRUPTED: i32 = 130;
 
 #[derive(Parser)]
-#[command(name = "petnas", version, about = "Neural architecture search for parameter-efficient fine-tuning")]
+#[command(
+    name = "petnas",
+    version,
+    about = "Neural architecture search for parameter-efficient fine-tuning",
+    after_help = "Plugins add more commands (e.g. `petnas encode`, `petnas score`): see `petnas plugins`.",
+    allow_external_subcommands = true
+)]
 struct Cli {
     /// A folder to load plugins from, searched before PETNAS_PLUGIN_PATH and the binary's folder.
     #[arg(long = "plugin-dir", global = true, value_name = "DIR")]
@@ -77,6 +83,9 @@ enum Command {
     },
     /// Prints versions, the build fingerprint and where libtorch is.
     Version,
+    /// A command that a plugin provides.
+    #[command(external_subcommand)]
+    Plugin(Vec<String>),
 }
 
 pub fn main() -> i32 {
@@ -97,6 +106,7 @@ pub fn main() -> i32 {
             0
         }),
         Command::Plugins { json } => list_plugins(registry, json).map(|_| 0),
+        Command::Plugin(args) => run_tool(&args, registry),
         Command::Version => {
             println!(
                 "petnas {}\nfingerprint: {}\nlibtorch: {}\ncuda: {} ({cuda})",
@@ -118,6 +128,23 @@ pub fn main() -> i32 {
             EXIT_INVALID
         }
     }
+}
+
+fn run_tool(args: &[String], registry: &'static Registry) -> Result<i32> {
+    let name = args.first().map(String::as_str).unwrap_or("");
+    let Some(tool) = registry.tool(name) else {
+        let known: Vec<&str> = ["run", "validate", "plan", "plugins", "version"]
+            .into_iter()
+            .chain(registry.tools().map(|(t, _)| t.name()))
+            .collect();
+        let hint = crate::diag::nearest(name, known.iter().copied())
+            .map(|n| format!(" (did you mean `{n}`?)"))
+            .unwrap_or_default();
+        bail!("unknown command `{name}`{hint}; commands: {}", known.join(", "));
+    };
+    let output = tool.run(&args[1..], registry)?;
+    print!("{}", output.stdout);
+    Ok(output.code)
 }
 
 fn absolute(path: &Path) -> PathBuf {
@@ -278,9 +305,13 @@ fn list_plugins(registry: &Registry, json: bool) -> Result<()> {
         schema.options.iter().map(|o| serde_json::json!({"name": o.name, "type": o.ty.describe(), "default": o.default, "required": o.default.is_none(), "doc": o.doc})).collect()
     };
     let stages: Vec<serde_json::Value> = registry.stages().map(|(s, p)| serde_json::json!({"kind": s.kind(), "doc": s.doc(), "plugin": p.name, "inputs": s.input_kinds(), "output": s.output_kind(), "options": option_json(s.options())})).collect();
+    let commands: Vec<serde_json::Value> = registry
+        .tools()
+        .map(|(t, p)| serde_json::json!({"name": t.name(), "doc": t.about(), "plugin": p.name}))
+        .collect();
     let pet_types: Vec<serde_json::Value> = registry.pet_types().map(|(t, p)| serde_json::json!({"name": t.name(), "doc": t.doc(), "plugin": p.name, "options": option_json(t.options())})).collect();
     if json {
-        let out = serde_json::json!({"plugins": registry.plugins, "refused": registry.refused, "shadowed": registry.shadowed, "stages": stages, "pet_types": pet_types});
+        let out = serde_json::json!({"plugins": registry.plugins, "refused": registry.refused, "shadowed": registry.shadowed, "stages": stages, "pet_types": pet_types, "commands": commands});
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
@@ -294,7 +325,9 @@ fn list_plugins(registry: &Registry, json: bool) -> Result<()> {
     for r in &registry.refused {
         println!("  (refused) {}  — {}", r.path.display(), r.reason);
     }
-    for (title, entries, key) in [("stage kinds", &stages, "kind"), ("PET types", &pet_types, "name")] {
+    for (title, entries, key) in
+        [("stage kinds", &stages, "kind"), ("PET types", &pet_types, "name"), ("commands", &commands, "name")]
+    {
         println!("\n{title}:");
         if entries.is_empty() {
             println!("  (none)");

@@ -175,9 +175,19 @@ pub fn run(
                 let cell = &pipeline.cells[node.cell];
                 let seed = pipeline.cell_seed(cell);
                 let options = &stage.options[node.cell];
+                let external = match kind.external_inputs(options) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        tracing::error!("{}/{}: failed: {e:#}", cell.name, stage.id);
+                        states[i] = State::Finished(Status::Failed(format!("{e:#}")));
+                        display.stage_finished();
+                        continue;
+                    }
+                };
                 let key = KeyParts {
                     kind: &stage.kind,
                     options,
+                    external: &external,
                     inputs: &inputs,
                     plugin_sha256: &plugin.sha256,
                     seed,
@@ -233,7 +243,7 @@ pub fn run(
                 // without waiting for them (their temporary folders are cleaned later).
                 pool.spawn(move || {
                     let started = Instant::now();
-                    let result = job.run(&placement, progress, cancel, allowed);
+                    let result = job.run(&placement, progress, cancel, allowed, registry);
                     sender
                         .send(Finished { node: job.node, result, seconds: started.elapsed().as_secs_f64() })
                         .ok();
@@ -367,6 +377,7 @@ impl Job {
         progress: crate::progress::StageProgress,
         cancel: Arc<AtomicBool>,
         allowed_writes: Vec<PathBuf>,
+        registry: &'static Registry,
     ) -> Result<(Arc<Artifact>, StageRecord)> {
         let span = tracing::info_span!("stage", cell = %self.cell_name, stage = %self.stage_id);
         let _entered = span.enter();
@@ -401,6 +412,7 @@ impl Job {
             Arc::new(progress),
             cancel,
             allowed_writes,
+            registry,
         );
         let result = self.kind.run(&ctx, &inputs);
         let artifact = match result {

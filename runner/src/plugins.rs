@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
-use petnas_sdk::model::PetType;
-use petnas_sdk::plugin::ENTRY_SYMBOL;
-use petnas_sdk::{PluginDeclaration, Registrar, Stage, CONTRACT_VERSION, FINGERPRINT};
+use petnas_sdk::model::{BackboneLoader, PetType};
+use petnas_sdk::plugin::{Registered, ENTRY_SYMBOL};
+use petnas_sdk::{PluginDeclaration, Registrar, Services, Stage, Tool, CONTRACT_VERSION, FINGERPRINT};
 use sha2::{Digest, Sha256};
 
 pub const PLUGIN_PATH_ENV: &str = "PETNAS_PLUGIN_PATH";
@@ -38,6 +38,8 @@ pub struct Registry {
     pub shadowed: Vec<(PathBuf, PathBuf)>,
     stages: BTreeMap<String, (Box<dyn Stage>, usize)>,
     pet_types: BTreeMap<String, (Box<dyn PetType>, usize)>,
+    backbone_loaders: BTreeMap<String, (Box<dyn BackboneLoader>, usize)>,
+    tools: BTreeMap<String, (Box<dyn Tool>, usize)>,
 }
 
 /// `--plugin-dir` folders, then `PETNAS_PLUGIN_PATH`, then the folder of the binary.
@@ -118,24 +120,25 @@ impl Registry {
         (declaration.install_dispatch)(&tracing::dispatcher::get_default(|d| d.clone()));
         let mut registrar = Registrar::default();
         (declaration.register)(&mut registrar);
-        let petnas_sdk::plugin::Registered { stages, pet_types } = registrar.into_parts();
+        let Registered { stages, pet_types, backbone_loaders, tools } = registrar.into_parts();
+        let taken = |what: &str, name: &str, map_owner: Option<usize>| match map_owner {
+            Some(other) => Err(anyhow::anyhow!(
+                "{what} `{name}` is already provided by {}",
+                self.plugins[other].path.display()
+            )),
+            None => Ok(()),
+        };
         for stage in &stages {
-            if let Some((_, other)) = self.stages.get(stage.kind()) {
-                anyhow::bail!(
-                    "stage kind `{}` is already provided by {}",
-                    stage.kind(),
-                    self.plugins[*other].path.display()
-                );
-            }
+            taken("stage kind", stage.kind(), self.stages.get(stage.kind()).map(|e| e.1))?;
         }
         for pet in &pet_types {
-            if let Some((_, other)) = self.pet_types.get(pet.name()) {
-                anyhow::bail!(
-                    "PET type `{}` is already provided by {}",
-                    pet.name(),
-                    self.plugins[*other].path.display()
-                );
-            }
+            taken("PET type", pet.name(), self.pet_types.get(pet.name()).map(|e| e.1))?;
+        }
+        for loader in &backbone_loaders {
+            taken("backbone loader", loader.name(), self.backbone_loaders.get(loader.name()).map(|e| e.1))?;
+        }
+        for tool in &tools {
+            taken("command", tool.name(), self.tools.get(tool.name()).map(|e| e.1))?;
         }
         let index = self.plugins.len();
         let sha256 = hex(&Sha256::digest(std::fs::read(path)?));
@@ -146,6 +149,12 @@ impl Registry {
         }
         for pet in pet_types {
             self.pet_types.insert(pet.name().to_string(), (pet, index));
+        }
+        for loader in backbone_loaders {
+            self.backbone_loaders.insert(loader.name().to_string(), (loader, index));
+        }
+        for tool in tools {
+            self.tools.insert(tool.name().to_string(), (tool, index));
         }
         // Stage objects and tensors made by the plugin live as long as the process.
         std::mem::forget(library);
@@ -166,6 +175,28 @@ impl Registry {
 
     pub fn stages(&self) -> impl Iterator<Item = (&dyn Stage, &PluginInfo)> {
         self.stages.values().map(|(s, i)| (s.as_ref(), &self.plugins[*i]))
+    }
+
+    pub fn tool(&self, name: &str) -> Option<&dyn Tool> {
+        self.tools.get(name).map(|(t, _)| t.as_ref())
+    }
+
+    pub fn tools(&self) -> impl Iterator<Item = (&dyn Tool, &PluginInfo)> {
+        self.tools.values().map(|(t, i)| (t.as_ref(), &self.plugins[*i]))
+    }
+
+    pub fn backbone_loaders(&self) -> impl Iterator<Item = (&dyn BackboneLoader, &PluginInfo)> {
+        self.backbone_loaders.values().map(|(l, i)| (l.as_ref(), &self.plugins[*i]))
+    }
+}
+
+impl Services for Registry {
+    fn backbone_loader(&self, name: &str) -> Option<&dyn BackboneLoader> {
+        self.backbone_loaders.get(name).map(|(l, _)| l.as_ref())
+    }
+
+    fn pet_type(&self, name: &str) -> Option<&dyn PetType> {
+        self.pet_types.get(name).map(|(p, _)| p.as_ref())
     }
 }
 

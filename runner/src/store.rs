@@ -23,6 +23,8 @@ pub const LOG: &str = "log.jsonl";
 pub struct KeyParts<'a> {
     pub kind: &'a str,
     pub options: &'a Json,
+    /// What the stage reads from outside (files named by its options), as it reports it.
+    pub external: &'a str,
     pub inputs: &'a BTreeMap<String, String>,
     pub plugin_sha256: &'a str,
     pub seed: u64,

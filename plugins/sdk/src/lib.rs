@@ -8,15 +8,20 @@
 //! that is what the fingerprint pins.
 
 pub mod artifact;
+pub mod data;
 pub mod model;
 pub mod options;
 pub mod plugin;
+pub mod services;
 pub mod stage;
+pub mod tool;
 
 pub use artifact::{Artifact, Inputs};
 pub use options::{OptType, OptionSchema, OptionSpec};
 pub use plugin::{PluginDeclaration, Registrar};
+pub use services::Services;
 pub use stage::{Progress, Stage, StageCtx};
+pub use tool::{Tool, ToolOutput};
 
 /// Bumped whenever [`PluginDeclaration`] or any type crossing the plugin boundary changes.
 pub const CONTRACT_VERSION: u32 = 1;

@@ -2,8 +2,8 @@
 //! search prunes PET modules only through this interface — so a PET type added as a plugin
 //! is searchable with no change to the search.
 //!
-//! A backbone calls [`PetModule::apply`] for every module attached to a site during its
-//! forward pass. A PET type says which sites it can attach to, creates its modules, and each
+//! A backbone calls [`SiteHooks::apply`] at every site during its forward pass, which runs
+//! [`PetModule::apply`] of each module attached there. A PET type says which sites it can attach to, creates its modules, and each
 //! module lists its prune groups, honours masks, shrinks physically and counts its live
 //! parameters.
 use anyhow::Result;
@@ -12,24 +12,101 @@ use tch::Tensor;
 
 use crate::options::OptionSchema;
 
-/// What sits at a named place of the backbone (`layer.3.attention.query`,
-/// `layer.3.output.dense.bias`, `layer.3.attention.output.LayerNorm`, `layer.3.ffn.output`).
+/// What sits at a named place of the backbone. Sites are named like the Hugging Face modules
+/// they are (`encoder.layer.3.attention.self.query`, `encoder.layer.3.output.LayerNorm`), so
+/// PEFT-style `target_modules` patterns and PEFT's key names apply unchanged.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SiteKind {
-    /// A linear map `in_features → out_features`; `apply` sees its input and output.
+    /// A linear map `in_features → out_features` (with its bias); hooks see its input and output.
     Linear { in_features: i64, out_features: i64 },
-    /// The bias vector of a linear map; `apply` sees the linear's input and biased output.
-    Bias { len: i64 },
-    /// A layer norm over `len` features; `apply` sees its input and normalised output.
+    /// A layer norm over `len` features; hooks see its input and normalised output.
     LayerNorm { len: i64 },
-    /// The output of a sub-layer (attention or feed-forward block) before its residual sum.
-    SublayerOutput { hidden: i64 },
+    /// The feed-forward activation (`encoder.layer.3.intermediate.act`); hooks see its input
+    /// and output, `len` features wide.
+    Activation { len: i64 },
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Site {
     pub name: String,
     pub kind: SiteKind,
+}
+
+/// What a backbone calls at every site during its forward pass.
+pub trait SiteHooks {
+    /// The site's output after the modules attached there, given its input and output.
+    fn apply(&self, site: &str, input: &Tensor, output: Tensor) -> Tensor;
+}
+
+/// No PET modules: the frozen backbone as it is.
+pub struct NoHooks;
+
+impl SiteHooks for NoHooks {
+    fn apply(&self, _site: &str, _input: &Tensor, output: Tensor) -> Tensor {
+        output
+    }
+}
+
+/// One batch of tokenised examples, padded to its longest sequence.
+pub struct Batch {
+    /// `[batch, len]` int64.
+    pub input_ids: Tensor,
+    pub token_type_ids: Tensor,
+    /// `[batch, len]` int64, 1 for tokens and 0 for padding.
+    pub attention_mask: Tensor,
+    /// `[batch]`: int64 class ids, or float targets for regression.
+    pub labels: Option<Tensor>,
+    /// Row of each example in its split, for predictions.
+    pub rows: Vec<usize>,
+}
+
+/// Token ids and token types of one example, as Hugging Face tokenizers give them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Encoding {
+    pub ids: Vec<i64>,
+    pub type_ids: Vec<i64>,
+}
+
+/// A checkpoint's tokenizer.
+pub trait TextEncoder: Send + Sync {
+    /// Encodes sentences or sentence pairs with special tokens, pairs truncated
+    /// longest-first to `max_len` tokens.
+    fn encode_batch(&self, inputs: &[(&str, Option<&str>)], max_len: usize) -> Result<Vec<Encoding>>;
+    fn pad_id(&self) -> i64;
+}
+
+/// What describes a loaded backbone.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BackboneInfo {
+    /// `bert`, `roberta` …
+    pub model_type: String,
+    pub dir: std::path::PathBuf,
+    pub hidden_size: i64,
+    pub num_layers: i64,
+    pub num_heads: i64,
+    pub vocab_size: i64,
+    /// Parameters of the encoder (the base of "% of the PLM" budgets).
+    pub parameters: i64,
+}
+
+/// A frozen pre-trained encoder exposing named sites.
+pub trait Backbone: Send + Sync {
+    fn info(&self) -> &BackboneInfo;
+    fn device(&self) -> tch::Device;
+    fn sites(&self) -> Vec<Site>;
+    fn tokenizer(&self) -> &dyn TextEncoder;
+    /// Last hidden states `[batch, len, hidden]`; dropout only when `train`.
+    fn forward(&self, batch: &Batch, hooks: &dyn SiteHooks, train: bool) -> Tensor;
+    /// The frozen weights by their checkpoint names (for merging and export).
+    fn weights(&self) -> Vec<(String, Tensor)>;
+}
+
+/// Loads backbones from checkpoint folders (a plugin registers one, e.g. `hf`).
+pub trait BackboneLoader: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn load(&self, dir: &std::path::Path, device: tch::Device) -> Result<std::sync::Arc<dyn Backbone>>;
+    /// Only the tokenizer (no weights read).
+    fn load_tokenizer(&self, dir: &std::path::Path) -> Result<std::sync::Arc<dyn TextEncoder>>;
 }
 
 /// A structured unit of a PET module that pruning removes as a whole: one rank-1 LoRA

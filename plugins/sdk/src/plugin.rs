@@ -1,8 +1,9 @@
 //! How a plugin declares itself and registers what it provides.
 use std::ffi::c_char;
 
-use crate::model::PetType;
+use crate::model::{BackboneLoader, PetType};
 use crate::stage::{CatchPanics, Stage};
+use crate::tool::Tool;
 
 /// The symbol every plugin exports (via [`crate::declare_plugin!`]).
 pub const ENTRY_SYMBOL: &[u8] = b"petnas_plugin_declaration\0";
@@ -57,30 +58,41 @@ pub fn install_dispatch(dispatch: &tracing::Dispatch) {
 }
 
 /// What one plugin registered.
+#[derive(Default)]
 pub struct Registered {
     pub stages: Vec<Box<dyn Stage>>,
     pub pet_types: Vec<Box<dyn PetType>>,
+    pub backbone_loaders: Vec<Box<dyn BackboneLoader>>,
+    pub tools: Vec<Box<dyn Tool>>,
 }
 
 /// Collects what one plugin provides.
 #[derive(Default)]
 pub struct Registrar {
-    stages: Vec<Box<dyn Stage>>,
-    pet_types: Vec<Box<dyn PetType>>,
+    registered: Registered,
 }
 
 impl Registrar {
     /// Adds a stage kind. Its panics are caught on the plugin's side of the boundary (a panic
     /// cannot unwind from one Rust runtime into another) and become stage errors.
     pub fn stage<S: Stage + 'static>(&mut self, stage: S) {
-        self.stages.push(Box::new(CatchPanics(stage)));
+        self.registered.stages.push(Box::new(CatchPanics(stage)));
     }
 
     pub fn pet_type<P: PetType + 'static>(&mut self, pet_type: P) {
-        self.pet_types.push(Box::new(pet_type));
+        self.registered.pet_types.push(Box::new(pet_type));
+    }
+
+    pub fn backbone_loader<L: BackboneLoader + 'static>(&mut self, loader: L) {
+        self.registered.backbone_loaders.push(Box::new(loader));
+    }
+
+    /// Adds a `petnas` subcommand; its panics are caught like a stage's.
+    pub fn tool<T: Tool + 'static>(&mut self, tool: T) {
+        self.registered.tools.push(Box::new(CatchPanics(tool)));
     }
 
     pub fn into_parts(self) -> Registered {
-        Registered { stages: self.stages, pet_types: self.pet_types }
+        self.registered
     }
 }

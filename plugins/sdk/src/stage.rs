@@ -11,6 +11,8 @@ use serde_json::Value;
 
 use crate::artifact::{Artifact, Inputs};
 use crate::options::OptionSchema;
+use crate::services::Services;
+use crate::tool::{Tool, ToolOutput};
 
 pub trait Stage: Send + Sync {
     /// `plugin.kind`, as pipelines name it in `use:`.
@@ -22,11 +24,42 @@ pub trait Stage: Send + Sync {
     fn input_kinds(&self) -> &'static [&'static str];
     /// The artifact kind the stage returns.
     fn output_kind(&self) -> &'static str;
+    /// What the stage reads besides its options and inputs (files named by its options),
+    /// as a string that changes when they do; it is part of the stage's content key.
+    fn external_inputs(&self, _options: &Value) -> Result<String> {
+        Ok(String::new())
+    }
     fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact>;
 }
 
-/// Turns a panic inside a plugin's stage into an error before it reaches the boundary.
+/// Turns a panic inside a plugin's stage or tool into an error before it reaches the boundary.
 pub(crate) struct CatchPanics<S>(pub S);
+
+fn caught<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(result) => result,
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(anyhow!("{what} panicked: {message}"))
+        }
+    }
+}
+
+impl<T: Tool> Tool for CatchPanics<T> {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn about(&self) -> &'static str {
+        self.0.about()
+    }
+    fn run(&self, args: &[String], services: &dyn Services) -> Result<ToolOutput> {
+        caught(&format!("`petnas {}`", self.0.name()), || self.0.run(args, services))
+    }
+}
 
 impl<S: Stage> Stage for CatchPanics<S> {
     fn kind(&self) -> &'static str {
@@ -44,18 +77,11 @@ impl<S: Stage> Stage for CatchPanics<S> {
     fn output_kind(&self) -> &'static str {
         self.0.output_kind()
     }
+    fn external_inputs(&self, options: &Value) -> Result<String> {
+        caught(&format!("stage `{}`", self.0.kind()), || self.0.external_inputs(options))
+    }
     fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
-        match catch_unwind(AssertUnwindSafe(|| self.0.run(ctx, inputs))) {
-            Ok(result) => result,
-            Err(payload) => {
-                let message = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                Err(anyhow!("stage `{}` panicked: {message}", self.0.kind()))
-            }
-        }
+        caught(&format!("stage `{}`", self.0.kind()), || self.0.run(ctx, inputs))
     }
 }
 
@@ -78,6 +104,7 @@ pub struct StageCtx {
     progress: Arc<dyn Progress>,
     cancelled: Arc<AtomicBool>,
     allowed_writes: Vec<PathBuf>,
+    services: &'static dyn Services,
 }
 
 impl StageCtx {
@@ -92,8 +119,14 @@ impl StageCtx {
         progress: Arc<dyn Progress>,
         cancelled: Arc<AtomicBool>,
         allowed_writes: Vec<PathBuf>,
+        services: &'static dyn Services,
     ) -> Self {
-        StageCtx { device, seed, dtype, cell, dir, options, progress, cancelled, allowed_writes }
+        StageCtx { device, seed, dtype, cell, dir, options, progress, cancelled, allowed_writes, services }
+    }
+
+    /// Backbone loaders and PET types of every loaded plugin.
+    pub fn services(&self) -> &'static dyn Services {
+        self.services
     }
 
     /// The stage's options (checked against its schema, defaults filled in).
