@@ -1,0 +1,257 @@
+//! Loader tests: numerical parity with Hugging Face transformers (reference values made by
+//! scripts/reference/plm_parity.py), tokenizer files, and errors on broken checkpoints
+//! (on a tiny random BERT written here).
+use std::path::{Path, PathBuf};
+
+use petnas_sdk::data::{Labels, TokenizedSplit};
+use petnas_sdk::model::{BackboneLoader, NoHooks};
+use serde_json::Value;
+use tch::{Device, Kind, Tensor};
+
+use crate::HfLoader;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+fn fixtures() -> PathBuf {
+    workspace().join("tests/fixtures/plm")
+}
+
+/// Compares petnas with the reference for every case: ids exactly, hidden states to 1e-4.
+fn assert_parity(model_dir: &Path, prefix: &str) {
+    let cases: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join(format!("{prefix}_cases.json"))).unwrap(),
+    )
+    .unwrap();
+    let hidden: Vec<(String, Tensor)> =
+        Tensor::read_safetensors(fixtures().join(format!("{prefix}_hidden.safetensors"))).unwrap();
+    let model = HfLoader.load(model_dir, Device::Cpu).unwrap();
+    for (i, case) in cases["cases"].as_array().unwrap().iter().enumerate() {
+        let inputs: Vec<(String, Option<String>)> = case["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p[0].as_str().unwrap().to_string(), p[1].as_str().map(str::to_string)))
+            .collect();
+        let refs: Vec<(&str, Option<&str>)> =
+            inputs.iter().map(|(a, b)| (a.as_str(), b.as_deref())).collect();
+        let max_len = case["max_len"].as_u64().unwrap() as usize;
+        let encodings = model.tokenizer().encode_batch(&refs, max_len).unwrap();
+        let split = TokenizedSplit::from_encodings(&encodings, Labels::None);
+        let rows: Vec<usize> = (0..split.len()).collect();
+        let batch = split.batch(&rows, model.tokenizer().pad_id(), Device::Cpu);
+        let as_vec = |t: &Tensor| Vec::<i64>::try_from(t.view([-1])).unwrap();
+        let flat = |v: &Value| {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()))
+                .collect::<Vec<i64>>()
+        };
+        assert_eq!(as_vec(&batch.input_ids), flat(&case["input_ids"]), "{prefix} case {i}: input ids");
+        assert_eq!(
+            as_vec(&batch.token_type_ids),
+            flat(&case["token_type_ids"]),
+            "{prefix} case {i}: token types"
+        );
+        assert_eq!(
+            as_vec(&batch.attention_mask),
+            flat(&case["attention_mask"]),
+            "{prefix} case {i}: attention mask"
+        );
+        let got = tch::no_grad(|| model.forward(&batch, &NoHooks, false));
+        let want = &hidden.iter().find(|(n, _)| *n == format!("case{i}")).unwrap().1;
+        // Padding positions are compared too: they are computed, and must not disturb the rest.
+        let diff = (&got - want).abs().max().double_value(&[]);
+        assert!(diff < 1e-4, "{prefix} case {i}: max abs difference {diff}");
+    }
+}
+
+#[test]
+fn the_default_model_matches_transformers() {
+    assert_parity(&workspace().join(crate::DEFAULT_MODEL), "minilm");
+}
+
+#[test]
+fn roberta_matches_transformers() {
+    assert_parity(&fixtures().join("tiny-roberta"), "roberta");
+}
+
+/// GLUE sentences (with their quirks: quotes, accents, long pairs) for tokenizer checks.
+fn glue_sentences() -> Vec<(String, Option<String>)> {
+    let text = std::fs::read_to_string(workspace().join("tests/fixtures/glue/RTE/dev.tsv")).unwrap();
+    text.lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (f[1].to_string(), Some(f[2].to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn vocab_txt_tokenizes_like_tokenizer_json() {
+    let model = workspace().join(crate::DEFAULT_MODEL);
+    let bare = tempfile::tempdir().unwrap();
+    for f in ["config.json", "vocab.txt", "tokenizer_config.json"] {
+        std::fs::copy(model.join(f), bare.path().join(f)).unwrap();
+    }
+    let from_json = HfLoader.load_tokenizer(&model).unwrap();
+    let from_vocab = HfLoader.load_tokenizer(bare.path()).unwrap();
+    let pairs = glue_sentences();
+    let refs: Vec<(&str, Option<&str>)> = pairs.iter().map(|(a, b)| (a.as_str(), b.as_deref())).collect();
+    for max_len in [16, 128] {
+        assert_eq!(
+            from_vocab.encode_batch(&refs, max_len).unwrap(),
+            from_json.encode_batch(&refs, max_len).unwrap()
+        );
+    }
+}
+
+/// Writes a tiny random BERT checkpoint (2 layers, hidden 16) with a small vocabulary.
+fn write_tiny_bert(dir: &Path) {
+    let config = serde_json::json!({
+        "model_type": "bert", "vocab_size": 12, "hidden_size": 16, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "intermediate_size": 32, "max_position_embeddings": 32,
+        "type_vocab_size": 2, "pad_token_id": 0
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat", "a", "."];
+    std::fs::write(dir.join("vocab.txt"), vocab.join("\n")).unwrap();
+    tch::manual_seed(0);
+    let randn = |shape: &[i64]| Tensor::randn(shape, (Kind::Float, Device::Cpu)) * 0.2;
+    let mut tensors = vec![
+        ("embeddings.word_embeddings.weight".to_string(), randn(&[12, 16])),
+        ("embeddings.position_embeddings.weight".to_string(), randn(&[32, 16])),
+        ("embeddings.token_type_embeddings.weight".to_string(), randn(&[2, 16])),
+        ("embeddings.LayerNorm.weight".to_string(), Tensor::ones([16], (Kind::Float, Device::Cpu))),
+        ("embeddings.LayerNorm.bias".to_string(), randn(&[16])),
+    ];
+    for l in 0..2 {
+        let p = format!("bert.encoder.layer.{l}");
+        for (name, out, inp) in [
+            ("attention.self.query", 16, 16),
+            ("attention.self.key", 16, 16),
+            ("attention.self.value", 16, 16),
+            ("attention.output.dense", 16, 16),
+            ("intermediate.dense", 32, 16),
+            ("output.dense", 16, 32),
+        ] {
+            tensors.push((format!("{p}.{name}.weight"), randn(&[out, inp])));
+            tensors.push((format!("{p}.{name}.bias"), randn(&[out])));
+        }
+        for norm in ["attention.output.LayerNorm", "output.LayerNorm"] {
+            tensors.push((format!("{p}.{norm}.weight"), Tensor::ones([16], (Kind::Float, Device::Cpu))));
+            tensors.push((format!("{p}.{norm}.bias"), randn(&[16])));
+        }
+    }
+    Tensor::write_safetensors(&tensors, dir.join("model.safetensors")).unwrap();
+}
+
+fn tiny_bert() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_bert(dir.path());
+    dir
+}
+
+fn encode(dir: &Path) -> Tensor {
+    let model = HfLoader.load(dir, Device::Cpu).unwrap();
+    let encodings =
+        model.tokenizer().encode_batch(&[("the cat sat", Some("on a mat .")), ("a cat", None)], 32).unwrap();
+    let split = TokenizedSplit::from_encodings(&encodings, Labels::None);
+    let batch = split.batch(&[0, 1], model.tokenizer().pad_id(), Device::Cpu);
+    tch::no_grad(|| model.forward(&batch, &NoHooks, false))
+}
+
+#[test]
+fn a_tiny_random_bert_loads_with_a_prefix_and_exposes_its_sites() {
+    let dir = tiny_bert();
+    let hidden = encode(dir.path());
+    assert_eq!(hidden.size(), [2, 10, 16], "[CLS] the cat sat [SEP] on a mat . [SEP]");
+    let model = HfLoader.load(dir.path(), Device::Cpu).unwrap();
+    let sites: Vec<String> = model.sites().into_iter().map(|s| s.name).collect();
+    assert_eq!(sites.len(), 1 + 2 * 9);
+    assert!(sites.contains(&"encoder.layer.1.attention.self.query".to_string()));
+    assert!(sites.contains(&"encoder.layer.0.intermediate.act".to_string()));
+    let embeddings = 12 * 16 + 32 * 16 + 2 * 16 + 2 * 16;
+    let layer = 4 * (16 * 16 + 16) + (32 * 16 + 32) + (16 * 32 + 16) + 2 * (2 * 16);
+    assert_eq!(model.info().parameters, embeddings + 2 * layer);
+}
+
+#[test]
+fn a_sharded_checkpoint_loads_like_a_single_file() {
+    let single = tiny_bert();
+    let sharded = tempfile::tempdir().unwrap();
+    for f in ["config.json", "vocab.txt"] {
+        std::fs::copy(single.path().join(f), sharded.path().join(f)).unwrap();
+    }
+    let tensors = Tensor::read_safetensors(single.path().join("model.safetensors")).unwrap();
+    let (first, second) = tensors.split_at(tensors.len() / 2);
+    let mut weight_map = serde_json::Map::new();
+    for (file, part) in
+        [("model-00001-of-00002.safetensors", first), ("model-00002-of-00002.safetensors", second)]
+    {
+        Tensor::write_safetensors(part, sharded.path().join(file)).unwrap();
+        for (name, _) in part {
+            weight_map.insert(name.clone(), file.into());
+        }
+    }
+    std::fs::write(
+        sharded.path().join("model.safetensors.index.json"),
+        serde_json::json!({"weight_map": weight_map}).to_string(),
+    )
+    .unwrap();
+    assert_eq!(encode(sharded.path()), encode(single.path()));
+}
+
+fn load_error(dir: &Path) -> String {
+    match HfLoader.load(dir, Device::Cpu) {
+        Ok(_) => panic!("{} loaded", dir.display()),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+#[test]
+fn broken_checkpoints_are_errors_naming_file_and_tensor() {
+    let dir = tiny_bert();
+    let path = dir.path().join("model.safetensors");
+    let mut tensors = Tensor::read_safetensors(&path).unwrap();
+    tensors.retain(|(n, _)| n != "bert.encoder.layer.1.output.dense.weight");
+    Tensor::write_safetensors(&tensors, &path).unwrap();
+    assert_eq!(
+        load_error(dir.path()),
+        format!(
+            "{} has no tensor `encoder.layer.1.output.dense.weight` (needed by config.json)",
+            path.canonicalize().unwrap().display()
+        )
+    );
+
+    let dir = tiny_bert();
+    let config = std::fs::read_to_string(dir.path().join("config.json"))
+        .unwrap()
+        .replace("\"intermediate_size\":32", "\"intermediate_size\":48");
+    std::fs::write(dir.path().join("config.json"), config).unwrap();
+    let err = load_error(dir.path());
+    assert!(err.starts_with("tensor `encoder.layer.0.intermediate.dense.weight` in "), "{err}");
+    assert!(err.ends_with("model.safetensors has shape [32, 16], but config.json implies [48, 16]"), "{err}");
+
+    let dir = tiny_bert();
+    let config =
+        std::fs::read_to_string(dir.path().join("config.json")).unwrap().replace("\"bert\"", "\"gpt2\"");
+    std::fs::write(dir.path().join("config.json"), config).unwrap();
+    assert!(load_error(dir.path()).ends_with(
+        "config.json: model_type `gpt2` is not supported (supported: bert, roberta, xlm-roberta, camembert)"
+    ));
+
+    assert!(load_error(Path::new("no/such/model")).starts_with("model folder `no/such/model` not found"));
+}
+
+#[test]
+fn pickle_checkpoints_are_refused_with_how_to_convert() {
+    let dir = tiny_bert();
+    std::fs::rename(dir.path().join("model.safetensors"), dir.path().join("pytorch_model.bin")).unwrap();
+    let err = load_error(dir.path());
+    assert!(err.contains("holds only pytorch_model.bin: petnas loads safetensors, never pickle checkpoints (unpickling can run arbitrary code)"), "{err}");
+    assert!(err.contains("save_pretrained("), "{err}");
+}
