@@ -6,6 +6,10 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/scripts/setup.sh"
 export PATH="$root/.venv/bin:$PATH" LIBTORCH_USE_PYTORCH=1
 cd "$root"
+# The full GLUE data, where it lies beside the checkout, lets the line-count test run.
+if [ -z "${GLUE_DIR:-}" ] && [ -d "$root/../shared/data/glue" ]; then
+  export GLUE_DIR="$root/../shared/data/glue"
+fi
 # The plugin crates' unit-test executables link libtorch without a run path (only the
 # `petnas` binary records one); the end-to-end tests start `petnas` without this variable.
 LD_LIBRARY_PATH="$(python -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')" \

@@ -144,6 +144,7 @@ fn run_tool(args: &[String], registry: &'static Registry) -> Result<i32> {
     };
     let output = tool.run(&args[1..], registry)?;
     print!("{}", output.stdout);
+    eprint!("{}", output.stderr);
     Ok(output.code)
 }
 

@@ -41,11 +41,9 @@ impl Tool for Encode {
         "token ids and last-layer vectors (first token, mean, last token) of a text or pair, as JSON"
     }
     fn run(&self, args: &[String], _services: &dyn Services) -> Result<ToolOutput> {
-        let args = match Args::try_parse_from(
-            std::iter::once("petnas encode".to_string()).chain(args.iter().cloned()),
-        ) {
+        let args: Args = match petnas_sdk::tool::parse_args("petnas encode", args) {
             Ok(a) => a,
-            Err(e) => return Ok(ToolOutput { stdout: e.render().to_string(), code: e.exit_code() }),
+            Err(output) => return Ok(output),
         };
         let model = HfLoader.load(&args.model, Device::Cpu)?;
         let encoding =
@@ -68,6 +66,6 @@ impl Tool for Encode {
             "mean": vector(hidden.mean_dim(0, false, Kind::Float)),
             "last_token": vector(hidden.get(len - 1)),
         });
-        Ok(ToolOutput { stdout: format!("{}\n", serde_json::to_string(&out)?), code: 0 })
+        Ok(ToolOutput::ok(format!("{}\n", serde_json::to_string(&out)?)))
     }
 }

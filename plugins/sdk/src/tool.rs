@@ -6,7 +6,25 @@ use crate::services::Services;
 /// What a tool printed and its exit code; the runner writes it out.
 pub struct ToolOutput {
     pub stdout: String,
+    pub stderr: String,
     pub code: i32,
+}
+
+impl ToolOutput {
+    pub fn ok(stdout: String) -> ToolOutput {
+        ToolOutput { stdout, stderr: String::new(), code: 0 }
+    }
+}
+
+/// Parses a tool's arguments; `--help` and usage errors come back as the output to print.
+pub fn parse_args<A: clap::Parser>(command: &str, args: &[String]) -> std::result::Result<A, ToolOutput> {
+    A::try_parse_from(std::iter::once(command.to_string()).chain(args.iter().cloned())).map_err(|e| {
+        let text = e.render().to_string();
+        match e.exit_code() {
+            0 => ToolOutput::ok(text),
+            code => ToolOutput { stdout: String::new(), stderr: text, code },
+        }
+    })
 }
 
 pub trait Tool: Send + Sync {

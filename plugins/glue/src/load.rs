@@ -1,0 +1,257 @@
+//! `glue.load`: a GLUE task's splits, read and tokenised with the model's tokenizer.
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use petnas_sdk::artifact::kinds;
+use petnas_sdk::data::{Labels, TokenizedSplit};
+use petnas_sdk::{Artifact, Inputs, OptType, OptionSchema, Stage, StageCtx};
+use rand::seq::index::sample;
+use rand::SeedableRng;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tch::Tensor;
+
+use crate::reader::{read_split, Label, Split};
+use crate::tasks::{Task, NAMES};
+
+pub const GLUE_DIR_ENV: &str = "GLUE_DIR";
+
+pub struct Load;
+
+#[derive(Deserialize)]
+struct LoadOptions {
+    task: String,
+    dir: Option<String>,
+    max_len: usize,
+    max_train_examples: Option<usize>,
+    train_fraction: Option<f64>,
+    splits: Option<Vec<String>>,
+    skip_bad_lines: bool,
+}
+
+/// The GLUE folder: the option, else `GLUE_DIR`.
+fn glue_dir(dir: &Option<String>) -> Result<PathBuf> {
+    let dir = match dir {
+        Some(d) => PathBuf::from(d),
+        None => std::env::var_os(GLUE_DIR_ENV)
+            .map(PathBuf::from)
+            .context("no GLUE folder: set the stage's `dir` or the GLUE_DIR environment variable")?,
+    };
+    if !dir.is_dir() {
+        bail!("GLUE folder `{}` not found", dir.display());
+    }
+    Ok(dir)
+}
+
+/// The splits to load with their files: those asked for (all must exist), or by default
+/// train and dev (required) and test (when present).
+fn chosen_splits(task: &Task, dir: &Path, asked: &Option<Vec<String>>) -> Result<Vec<(String, PathBuf)>> {
+    let folder = dir.join(task.folder);
+    let all = task.splits();
+    let mut out = Vec::new();
+    match asked {
+        Some(names) => {
+            for name in names {
+                let Some((_, file)) = all.iter().find(|(s, _)| s == name) else {
+                    let known: Vec<&str> = all.iter().map(|(s, _)| *s).collect();
+                    bail!("{} has no split `{name}` (splits: {})", task.name, known.join(", "));
+                };
+                out.push((name.clone(), folder.join(file)));
+            }
+        }
+        None => {
+            for (name, file) in all {
+                let path = folder.join(file);
+                if path.exists() || !task.is_test_split(name) {
+                    out.push((name.to_string(), path));
+                }
+            }
+        }
+    }
+    for (name, path) in &out {
+        if !path.exists() {
+            bail!(
+                "{}: the {name} split of {} is missing (set `splits:` to load only the others)",
+                path.display(),
+                task.name
+            );
+        }
+    }
+    Ok(out)
+}
+
+fn task(name: &str) -> Result<&'static Task> {
+    Task::get(name).with_context(|| format!("unknown GLUE task `{name}` (tasks: {})", NAMES.join(", ")))
+}
+
+/// Keeps a seeded random subset of the training examples, in file order.
+fn subsample(split: &mut Split, o: &LoadOptions, seed: u64) -> Result<()> {
+    let n = split.examples.len();
+    let mut keep = n;
+    if let Some(fraction) = o.train_fraction {
+        if !(fraction > 0.0 && fraction <= 1.0) {
+            bail!("`train_fraction` must be in (0, 1], got {fraction}");
+        }
+        keep = ((n as f64) * fraction).round().max(1.0) as usize;
+    }
+    if let Some(max) = o.max_train_examples {
+        keep = keep.min(max);
+    }
+    if keep < n {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut rows = sample(&mut rng, n, keep).into_vec();
+        rows.sort_unstable();
+        let examples = std::mem::take(&mut split.examples);
+        split.examples = rows.into_iter().map(|r| examples[r].clone()).collect();
+    }
+    Ok(())
+}
+
+impl Stage for Load {
+    fn kind(&self) -> &'static str {
+        "glue.load"
+    }
+    fn doc(&self) -> &'static str {
+        "a GLUE task from the benchmark's TSV files, tokenised with the model's tokenizer"
+    }
+    fn options(&self) -> OptionSchema {
+        OptionSchema::new()
+            .required("task", OptType::Enum(NAMES), "the GLUE task")
+            .opt(
+                "dir",
+                OptType::InputPath,
+                Value::Null,
+                "the GLUE folder (CoLA/, SST-2/ …); default: $GLUE_DIR",
+            )
+            .opt("max_len", OptType::Int, 128, "tokens per example at most (pairs truncated longest-first)")
+            .opt(
+                "max_train_examples",
+                OptType::Int,
+                Value::Null,
+                "keep at most this many training examples (seeded)",
+            )
+            .opt(
+                "train_fraction",
+                OptType::Float,
+                Value::Null,
+                "keep this share of the training examples (seeded)",
+            )
+            .opt(
+                "splits",
+                OptType::List(Box::new(OptType::Str)),
+                Value::Null,
+                "splits to load; default: train, dev and test when present",
+            )
+            .opt(
+                "skip_bad_lines",
+                OptType::Bool,
+                false,
+                "skip malformed lines (counted in the log) instead of failing",
+            )
+    }
+    fn input_kinds(&self) -> &'static [&'static str] {
+        &[kinds::MODEL]
+    }
+    fn output_kind(&self) -> &'static str {
+        kinds::DATASET
+    }
+    fn external_inputs(&self, options: &Value) -> Result<String> {
+        let o: LoadOptions = serde_json::from_value(options.clone())?;
+        let task = task(&o.task)?;
+        let splits = chosen_splits(task, &glue_dir(&o.dir)?, &o.splits)?;
+        let stamps: Vec<String> = splits
+            .iter()
+            .map(|(_, path)| {
+                let meta = std::fs::metadata(path)?;
+                let modified =
+                    meta.modified()?.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+                Ok(format!("{}:{}:{modified}", path.display(), meta.len()))
+            })
+            .collect::<Result<_>>()?;
+        Ok(stamps.join(";"))
+    }
+    fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
+        let o: LoadOptions = ctx.options()?;
+        let task = task(&o.task)?;
+        if o.max_len < 4 {
+            bail!("`max_len` must be at least 4, got {}", o.max_len);
+        }
+        let model = inputs.one(kinds::MODEL)?;
+        let backbone = &model.meta["backbone"];
+        let loader_name =
+            backbone["loader"].as_str().context("the model artifact names no backbone loader")?;
+        let loader = ctx
+            .services()
+            .backbone_loader(loader_name)
+            .with_context(|| format!("no plugin provides the `{loader_name}` backbone loader"))?;
+        let model_dir = backbone["info"]["dir"].as_str().context("the model artifact names no folder")?;
+        let tokenizer = loader.load_tokenizer(Path::new(model_dir))?;
+        let dir = glue_dir(&o.dir)?;
+        let splits = chosen_splits(task, &dir, &o.splits)?;
+        ctx.progress().set_total(splits.len() as u64);
+        let mut artifact = Artifact::new(kinds::DATASET, Value::Null);
+        let mut split_meta = serde_json::Map::new();
+        for (name, path) in &splits {
+            ctx.check_cancelled()?;
+            let labelled = !task.is_test_split(name);
+            let mut split = read_split(task, path, labelled, o.skip_bad_lines)?;
+            for (line, reason) in &split.bad_lines {
+                tracing::warn!("{}:{line}: skipped: {reason}", path.display());
+            }
+            if name == "train" {
+                subsample(&mut split, &o, ctx.seed)?;
+            }
+            let texts: Vec<(&str, Option<&str>)> =
+                split.examples.iter().map(|e| (e.first.as_str(), e.second.as_deref())).collect();
+            let encodings = tokenizer.encode_batch(&texts, o.max_len)?;
+            let labels = if !labelled {
+                Labels::None
+            } else if task.is_regression() {
+                Labels::Scores(
+                    split
+                        .examples
+                        .iter()
+                        .map(|e| match e.label {
+                            Some(Label::Score(s)) => s,
+                            _ => f32::NAN,
+                        })
+                        .collect(),
+                )
+            } else {
+                Labels::Classes(
+                    split
+                        .examples
+                        .iter()
+                        .map(|e| match e.label {
+                            Some(Label::Class(c)) => c,
+                            _ => -1,
+                        })
+                        .collect(),
+                )
+            };
+            let tokenized = TokenizedSplit::from_encodings(&encodings, labels);
+            for (tensor_name, tensor) in tokenized.to_tensors(name) {
+                artifact.tensors.insert(tensor_name, tensor);
+            }
+            let index: Vec<i64> = split.examples.iter().map(|e| e.index).collect();
+            artifact.tensors.insert(format!("{name}.index"), Tensor::from_slice(&index));
+            let truncated = encodings.iter().filter(|e| e.ids.len() == o.max_len).count();
+            tracing::info!(split = %name, examples = split.examples.len(), skipped = split.bad_lines.len(), at_max_len = truncated, "{} read", path.display());
+            split_meta.insert(
+                name.clone(),
+                json!({"file": path, "examples": split.examples.len(), "skipped_lines": split.bad_lines.len(), "labelled": labelled}),
+            );
+            ctx.progress().advance(1);
+        }
+        artifact.meta = json!({
+            "task": task.name,
+            "labels": task.labels,
+            "regression": task.is_regression(),
+            "max_len": o.max_len,
+            "pad_id": tokenizer.pad_id(),
+            "tokenizer": model_dir,
+            "splits": split_meta,
+        });
+        Ok(artifact)
+    }
+}

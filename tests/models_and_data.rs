@@ -1,0 +1,178 @@
+//! The model and GLUE plugins through the binary: `plm.load` and `glue.load` in a pipeline,
+//! `petnas encode`, `petnas score`.
+use std::path::PathBuf;
+
+use petnas_e2e::Scratch;
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
+}
+
+fn default_model() -> String {
+    workspace().join("models/all-MiniLM-L6-v2").display().to_string()
+}
+
+fn glue_fixtures() -> String {
+    workspace().join("tests/fixtures/glue").display().to_string()
+}
+
+#[test]
+fn encode_prints_ids_and_vectors() {
+    let s = Scratch::new();
+    let run = s.petnas(&["encode", "--model", &default_model(), "Hello world!", "--pair", "A second one."]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let out: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
+    let ids: Vec<i64> = out["input_ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+    assert_eq!(ids, [101, 7592, 2088, 999, 102, 1037, 2117, 2028, 1012, 102]);
+    let types: Vec<i64> =
+        out["token_type_ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+    assert_eq!(types, [0, 0, 0, 0, 0, 1, 1, 1, 1, 1]);
+    for key in ["first_token", "mean", "last_token"] {
+        assert_eq!(out[key].as_array().unwrap().len(), 384, "{key}");
+    }
+    let bad = s.petnas(&["encode", "--model", "no/such/dir", "x"]);
+    assert_eq!(bad.code, 2);
+    assert!(bad.stderr.contains("model folder `no/such/dir` not found"), "{}", bad.stderr);
+    let help = s.petnas(&["encode", "--help"]);
+    assert_eq!(help.code, 0);
+    assert!(help.stdout.contains("--pair"), "{}", help.stdout);
+}
+
+#[test]
+fn unknown_commands_suggest_the_nearest() {
+    let s = Scratch::new();
+    let run = s.petnas(&["encod", "x"]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("unknown command `encod` (did you mean `encode`?)"), "{}", run.stderr);
+}
+
+#[test]
+fn a_pipeline_loads_the_model_and_a_glue_task() {
+    let s = Scratch::new();
+    s.write(
+        "p.yaml",
+        &format!(
+            "name: data
+matrix:
+  task: [rte, mnli, stsb]
+stages:
+  model: {{use: plm.load, with: {{model: '{}'}}}}
+  data:
+    use: glue.load
+    needs: [model]
+    with: {{task: '${{matrix.task}}', dir: '{}', max_len: 64, max_train_examples: 50}}
+",
+            default_model(),
+            glue_fixtures()
+        ),
+    );
+    let run = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let meta =
+        |cell: &str| s.read_json(&s.stage_dir("data", cell, "data").join("outputs.json"))["meta"].clone();
+    let rte = meta("task=rte");
+    assert_eq!(rte["splits"]["train"]["examples"], 50);
+    assert_eq!(rte["splits"]["dev"]["examples"], 128);
+    assert_eq!(rte["splits"]["test"]["examples"], 20);
+    assert_eq!(rte["labels"], serde_json::json!(["entailment", "not_entailment"]));
+    let mnli = meta("task=mnli");
+    assert_eq!(mnli["splits"]["dev_matched"]["examples"], 4);
+    assert_eq!(mnli["splits"]["dev_mismatched"]["examples"], 4);
+    assert_eq!(meta("task=stsb")["regression"], true);
+    let model = s.read_json(&s.stage_dir("data", "task=rte", "model").join("outputs.json"));
+    assert_eq!(model["meta"]["backbone"]["info"]["parameters"], 22713216);
+}
+
+#[test]
+fn a_malformed_glue_line_fails_the_stage_naming_file_and_line() {
+    let s = Scratch::new();
+    let glue = s.path().join("glue/RTE");
+    std::fs::create_dir_all(&glue).unwrap();
+    std::fs::write(
+        glue.join("train.tsv"),
+        "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n1\tbroken line\n",
+    )
+    .unwrap();
+    std::fs::write(glue.join("dev.tsv"), "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n")
+        .unwrap();
+    let pipeline = format!(
+        "name: bad
+stages:
+  model: {{use: plm.load, with: {{model: '{}'}}}}
+  data: {{use: glue.load, needs: [model], with: {{task: rte, dir: glue}}}}
+",
+        default_model()
+    );
+    s.write("p.yaml", &pipeline);
+    let run = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stdout.contains("glue/RTE/train.tsv:3: expected 4 tab-separated columns, found 2"),
+        "{}",
+        run.stdout
+    );
+    s.write("p.yaml", &pipeline.replace("dir: glue}", "dir: glue, skip_bad_lines: true}"));
+    let run = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("train.tsv:3: skipped: expected 4 tab-separated columns, found 2"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn score_rates_a_submission_file_with_the_official_metrics() {
+    let s = Scratch::new();
+    let gold = workspace().join("tests/fixtures/glue/MRPC/dev.tsv");
+    let rows: Vec<String> = std::fs::read_to_string(&gold)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split('\t').next().unwrap().to_string())
+        .collect();
+    let perfect: String = rows.iter().enumerate().map(|(i, label)| format!("{i}\t{label}\n")).collect();
+    s.write("perfect.tsv", &format!("index\tprediction\n{perfect}"));
+    let run = s.petnas(&[
+        "score",
+        "--task",
+        "mrpc",
+        "--gold",
+        gold.to_str().unwrap(),
+        "--predictions",
+        "perfect.tsv",
+        "--json",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let out: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(out["metrics"], serde_json::json!({"accuracy": 1.0, "f1": 1.0}));
+    assert_eq!(out["examples"], 128);
+
+    let all_ones: String = (0..rows.len()).map(|i| format!("{i}\t1\n")).collect();
+    s.write("ones.tsv", &format!("index\tprediction\n{all_ones}"));
+    let table =
+        s.petnas(&["score", "--task", "mrpc", "--gold", gold.to_str().unwrap(), "--predictions", "ones.tsv"]);
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    let positives = rows.iter().filter(|l| *l == "1").count() as f64;
+    let accuracy = positives / rows.len() as f64;
+    assert!(table.stdout.contains(&format!("mrpc    accuracy    {accuracy:>8.4}  128")), "{}", table.stdout);
+
+    s.write("short.tsv", "index\tprediction\n0\t1\n");
+    let short = s.petnas(&[
+        "score",
+        "--task",
+        "mrpc",
+        "--gold",
+        gold.to_str().unwrap(),
+        "--predictions",
+        "short.tsv",
+    ]);
+    assert_eq!(short.code, 2);
+    assert!(
+        short
+            .stderr
+            .contains("short.tsv: 127 of the 128 gold rows have no prediction (indices 1, 2, 3, 4, 5, …)"),
+        "{}",
+        short.stderr
+    );
+}
