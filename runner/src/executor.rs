@@ -413,6 +413,7 @@ impl Job {
             cancel,
             allowed_writes,
             registry,
+            store::checkpoint_dir(&self.cell_dir, &self.stage_id, &self.key),
         );
         let result = self.kind.run(&ctx, &inputs);
         let artifact = match result {
@@ -445,6 +446,7 @@ impl Job {
         };
         drop(_log);
         store::commit(&temp, &self.dir, &artifact, &record)?;
+        std::fs::remove_dir_all(store::checkpoint_dir(&self.cell_dir, &self.stage_id, &self.key)).ok();
         Ok((Arc::new(artifact), record))
     }
 }

@@ -354,7 +354,7 @@ fn parse_stages(
             let stage = &raw[i];
             let options = match (&stage.kind, registry.stage(stage.kind.as_deref().unwrap_or(""))) {
                 (Some(_), Some((kind, _))) => {
-                    check_options(stage, kind.options(), file, matrix, cells, ctx, errors)
+                    check_options(stage, kind.options(), file, matrix, cells, ctx, registry, errors)
                 }
                 _ => Vec::new(),
             };
@@ -575,6 +575,7 @@ fn check_options(
     matrix: &Matrix,
     cells: &[Cell],
     ctx: &Context,
+    registry: &Registry,
     errors: &mut Vec<Diagnostic>,
 ) -> Vec<Json> {
     let given: &[(String, Pos, Node)] = match stage.with.map(|w| &w.value) {
@@ -599,9 +600,11 @@ fn check_options(
                     None => d.help(format!("{kind} takes: {}", names.join(", "))),
                 });
             }
-            Some(_) => {
+            Some(spec) => {
                 if !matrix::check_references(value, matrix, file, errors) {
                     unresolved.push(key.as_str());
+                } else if spec.ty == OptType::Pets {
+                    check_pets(value, registry, file, errors);
                 }
             }
         }
@@ -689,5 +692,65 @@ fn check_output_path(
     let stage_dir = ctx.runs_dir.join("pipeline").join(cell).join(stage);
     if let Err(e) = petnas_sdk::stage::resolve_output_path(&stage_dir, path, &ctx.allowed_writes) {
         errors.push(Diagnostic::at(file, pos, e));
+    }
+}
+
+/// Checks a list of PET modules against the PET types' own option schemas.
+fn check_pets(node: &Node, registry: &Registry, file: &str, errors: &mut Vec<Diagnostic>) {
+    let Value::Seq(items) = &node.value else {
+        errors.push(Diagnostic::at(file, node.pos, format!("expected a list of PET modules ({{type, targets, options…}}), found {}", node.type_name())));
+        return;
+    };
+    let known: Vec<&str> = registry.pet_types().map(|(t, _)| t.name()).collect();
+    for item in items {
+        let Value::Map(entries) = &item.value else {
+            errors.push(Diagnostic::at(file, item.pos, format!("a PET module is a mapping with `type`, found {}", item.type_name())));
+            continue;
+        };
+        let Some((_, _, type_node)) = entries.iter().find(|(k, _, _)| k == "type") else {
+            errors.push(Diagnostic::at(file, item.pos, "a PET module needs a `type`").help(format!("PET types: {}", known.join(", "))));
+            continue;
+        };
+        let Value::Str(type_name) = &type_node.value else {
+            errors.push(Diagnostic::at(file, type_node.pos, format!("`type` must be a string, found {}", type_node.type_name())));
+            continue;
+        };
+        let Some((pet_type, _)) = registry.pet_types().find(|(t, _)| t.name() == type_name) else {
+            let d = Diagnostic::at(file, type_node.pos, format!("unknown PET type `{type_name}`"));
+            let hint = match nearest(type_name, known.iter().copied()) {
+                Some(n) => format!("did you mean `{n}`? PET types: {}", known.join(", ")),
+                None => format!("PET types: {}", known.join(", ")),
+            };
+            errors.push(d.help(hint));
+            continue;
+        };
+        let schema = pet_type.options();
+        for (key, key_pos, value) in entries {
+            match key.as_str() {
+                "type" => {}
+                "targets" => match &value.value {
+                    Value::Str(_) => {}
+                    Value::Seq(targets) if targets.iter().all(|t| matches!(t.value, Value::Str(_))) => {}
+                    _ => errors.push(Diagnostic::at(file, value.pos, "`targets` must be a pattern or a list of patterns (names, `re:…`, `all-linear`)")),
+                },
+                _ => match schema.get(key) {
+                    None => {
+                        let names: Vec<&str> = ["targets"].into_iter().chain(schema.options.iter().map(|o| o.name)).collect();
+                        let d = Diagnostic::at(file, *key_pos, format!("unknown option `{key}` for PET type `{type_name}`"));
+                        errors.push(match nearest(key, names.iter().copied()) {
+                            Some(n) => d.help(format!("did you mean `{n}`?")),
+                            None => d.help(format!("{type_name} takes: {}", names.join(", "))),
+                        });
+                    }
+                    Some(spec) if !node_has_reference(value) => {
+                        let allowed_null = spec.default.as_ref().is_some_and(Json::is_null) && matches!(value.value, Value::Null);
+                        if let (false, Err(e)) = (allowed_null, spec.ty.check(&value.to_json())) {
+                            errors.push(Diagnostic::at(file, value.pos, format!("option `{key}` of PET type `{type_name}`: {e}")));
+                        }
+                    }
+                    Some(_) => {}
+                },
+            }
+        }
     }
 }

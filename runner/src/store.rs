@@ -65,6 +65,11 @@ pub fn completed(dir: &Path, key: &str) -> Option<StageRecord> {
     (record.key == key).then_some(record)
 }
 
+/// Where a stage with this content key keeps its checkpoints across interrupted runs.
+pub fn checkpoint_dir(cell_dir: &Path, stage: &str, key: &str) -> PathBuf {
+    cell_dir.join(".checkpoints").join(format!("{stage}-{}", &key[..key.len().min(16)]))
+}
+
 /// A fresh temporary folder beside the stage's final one.
 pub fn temp_dir(cell_dir: &Path, stage: &str) -> Result<PathBuf> {
     fs::create_dir_all(cell_dir).with_context(|| format!("cannot create {}", cell_dir.display()))?;

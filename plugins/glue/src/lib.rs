@@ -1,7 +1,8 @@
-//! GLUE: the `glue.load` stage (tokenised splits of any task), the official metrics, and the
-//! `petnas score` command (GLUE submission files scored against a labelled split).
+//! GLUE: `glue.load` (tokenised splits of any task), `glue.evaluate` (official metrics),
+//! `glue.predict` (submission files) and `petnas score` (submission files scored against a
+//! labelled split).
+mod evaluate;
 mod load;
-mod metrics;
 mod reader;
 mod score;
 mod tasks;
@@ -12,6 +13,8 @@ petnas_sdk::declare_plugin!(register);
 
 fn register(registrar: &mut Registrar) {
     registrar.stage(load::Load);
+    registrar.stage(evaluate::Evaluate);
+    registrar.stage(evaluate::Predict);
     registrar.tool(score::Score);
 }
 

@@ -249,6 +249,7 @@ impl Stage for Load {
             "regression": task.is_regression(),
             "max_len": o.max_len,
             "pad_id": tokenizer.pad_id(),
+            "scoring": task.scoring,
             "tokenizer": model_dir,
             "splits": split_meta,
         });

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use petnas_sdk::{Services, Tool, ToolOutput};
 
-use crate::metrics::{score, Values};
+use petnas_sdk::metrics::{score, Values};
 use crate::reader::{read_split, Label};
 use crate::tasks::{Task, NAMES};
 

@@ -1,17 +1,7 @@
 //! The GLUE tasks: where their files are, which columns hold the text and the label, their
 //! label names and official metrics.
 
-/// How a task is scored (GLUE's official metrics).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scoring {
-    /// CoLA: Matthews correlation.
-    Matthews,
-    Accuracy,
-    /// MRPC, QQP: F1 of the positive class and accuracy.
-    F1Accuracy,
-    /// STS-B: Pearson and Spearman correlation.
-    Correlation,
-}
+pub use petnas_sdk::metrics::Scoring;
 
 /// Columns of a file with a header, by header name.
 #[derive(Debug, Clone, Copy)]

@@ -25,8 +25,8 @@ impl Linear {
         })
     }
 
-    fn forward(&self, x: &Tensor, hooks: &dyn SiteHooks) -> Tensor {
-        hooks.apply(&self.site, x, x.linear(&self.weight, Some(&self.bias)))
+    fn forward(&self, x: &Tensor, hooks: &dyn SiteHooks, train: bool) -> Tensor {
+        hooks.apply(&self.site, x, x.linear(&self.weight, Some(&self.bias)), train)
     }
 }
 
@@ -47,9 +47,9 @@ impl LayerNorm {
         })
     }
 
-    fn forward(&self, x: &Tensor, hooks: &dyn SiteHooks) -> Tensor {
+    fn forward(&self, x: &Tensor, hooks: &dyn SiteHooks, train: bool) -> Tensor {
         let len = self.weight.size()[0];
-        hooks.apply(&self.site, x, x.layer_norm([len], Some(&self.weight), Some(&self.bias), self.eps, true))
+        hooks.apply(&self.site, x, x.layer_norm([len], Some(&self.weight), Some(&self.bias), self.eps, true), train)
     }
 }
 
@@ -63,6 +63,8 @@ struct Layer {
     activation_site: String,
     output: Linear,
     output_norm: LayerNorm,
+    attention_block: String,
+    ffn_block: String,
 }
 
 pub struct Encoder {
@@ -108,6 +110,8 @@ impl Encoder {
                 activation_site: format!("{p}.intermediate.act"),
                 output: Linear::load(&mut w, &format!("{p}.output.dense"), i, h, device)?,
                 output_norm: LayerNorm::load(&mut w, &format!("{p}.output.LayerNorm"), h, eps, device)?,
+                attention_block: format!("{p}.attention_block"),
+                ffn_block: format!("{p}.ffn_block"),
             });
         }
         // The pooler belongs to the pre-trained model (heads may start from it).
@@ -229,6 +233,8 @@ impl Backbone for Encoder {
                 Site { name: layer.activation_site.clone(), kind: SiteKind::Activation { len: i } },
                 linear(&layer.output, i, h),
                 norm(&layer.output_norm),
+                Site { name: layer.attention_block.clone(), kind: SiteKind::Sublayer { hidden: h } },
+                Site { name: layer.ffn_block.clone(), kind: SiteKind::Sublayer { hidden: h } },
             ]);
         }
         sites
@@ -247,34 +253,27 @@ impl Backbone for Encoder {
         let embedded = embed(&self.word_embeddings, ids)
             + embed(&self.position_embeddings, &self.position_ids(ids))
             + embed(&self.token_type_embeddings, &batch.token_type_ids);
-        let mut hidden = self.embeddings_norm.forward(&embedded, hooks).dropout(c.hidden_dropout_prob, train);
+        let mut hidden = self.embeddings_norm.forward(&embedded, hooks, train).dropout(c.hidden_dropout_prob, train);
         // True where a query may attend: every real token of the sequence.
         let attend = batch.attention_mask.to_kind(Kind::Bool).view([b, 1, 1, len]);
         let attention_dropout = if train { c.attention_probs_dropout_prob } else { 0.0 };
         let split = |x: Tensor| x.view([b, len, heads, head_dim]).transpose(1, 2);
         for layer in &self.layers {
-            let q = split(layer.query.forward(&hidden, hooks));
-            let k = split(layer.key.forward(&hidden, hooks));
-            let v = split(layer.value.forward(&hidden, hooks));
-            let context = Tensor::scaled_dot_product_attention(
-                &q,
-                &k,
-                &v,
-                Some(&attend),
-                attention_dropout,
-                false,
-                None,
-                false,
-            )
-            .transpose(1, 2)
-            .reshape([b, len, c.hidden_size]);
-            let attended =
-                layer.attention_output.forward(&context, hooks).dropout(c.hidden_dropout_prob, train);
-            hidden = layer.attention_norm.forward(&(attended + &hidden), hooks);
-            let inner = layer.intermediate.forward(&hidden, hooks);
-            let activated = hooks.apply(&layer.activation_site, &inner, self.activation(&inner));
-            let out = layer.output.forward(&activated, hooks).dropout(c.hidden_dropout_prob, train);
-            hidden = layer.output_norm.forward(&(out + &hidden), hooks);
+            let q = split(layer.query.forward(&hidden, hooks, train));
+            let k = split(layer.key.forward(&hidden, hooks, train));
+            let v = split(layer.value.forward(&hidden, hooks, train));
+            let context =
+                Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&attend), attention_dropout, false, None, false)
+                    .transpose(1, 2)
+                    .reshape([b, len, c.hidden_size]);
+            let attended = layer.attention_output.forward(&context, hooks, train).dropout(c.hidden_dropout_prob, train);
+            let attended = hooks.apply(&layer.attention_block, &hidden, attended, train);
+            hidden = layer.attention_norm.forward(&(attended + &hidden), hooks, train);
+            let inner = layer.intermediate.forward(&hidden, hooks, train);
+            let activated = hooks.apply(&layer.activation_site, &inner, self.activation(&inner), train);
+            let out = layer.output.forward(&activated, hooks, train).dropout(c.hidden_dropout_prob, train);
+            let out = hooks.apply(&layer.ffn_block, &hidden, out, train);
+            hidden = layer.output_norm.forward(&(out + &hidden), hooks, train);
         }
         hidden
     }

@@ -171,7 +171,7 @@ fn a_tiny_random_bert_loads_with_a_prefix_and_exposes_its_sites() {
     assert_eq!(hidden.size(), [2, 10, 16], "[CLS] the cat sat [SEP] on a mat . [SEP]");
     let model = HfLoader.load(dir.path(), Device::Cpu).unwrap();
     let sites: Vec<String> = model.sites().into_iter().map(|s| s.name).collect();
-    assert_eq!(sites.len(), 1 + 2 * 9);
+    assert_eq!(sites.len(), 1 + 2 * 11);
     assert!(sites.contains(&"encoder.layer.1.attention.self.query".to_string()));
     assert!(sites.contains(&"encoder.layer.0.intermediate.act".to_string()));
     let embeddings = 12 * 16 + 32 * 16 + 2 * 16 + 2 * 16;

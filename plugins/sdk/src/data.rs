@@ -7,6 +7,7 @@ use rand::SeedableRng;
 use tch::{Device, Kind, Tensor};
 
 use crate::artifact::Artifact;
+use crate::metrics::Scoring;
 use crate::model::{Batch, Encoding};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -158,6 +159,48 @@ impl TokenizedSplit {
             labels: labels.map(|l| l.to_device(device)),
             rows: rows.to_vec(),
         }
+    }
+}
+
+/// What a dataset artifact says about its task and splits.
+#[derive(Debug, Clone)]
+pub struct DatasetInfo {
+    pub task: String,
+    /// Label names in class-id order; empty for regression.
+    pub labels: Vec<String>,
+    pub regression: bool,
+    pub scoring: Scoring,
+    pub pad_id: i64,
+    /// Split names with whether they are labelled, in the artifact's order.
+    pub splits: Vec<(String, bool)>,
+}
+
+impl DatasetInfo {
+    pub fn from_artifact(artifact: &Artifact) -> Result<DatasetInfo> {
+        let meta = &artifact.meta;
+        let splits = meta["splits"].as_object().context("the dataset artifact lists no splits")?;
+        Ok(DatasetInfo {
+            task: meta["task"].as_str().context("the dataset artifact names no task")?.to_string(),
+            labels: meta["labels"].as_array().into_iter().flatten().filter_map(|l| l.as_str().map(str::to_string)).collect(),
+            regression: meta["regression"].as_bool().unwrap_or(false),
+            scoring: serde_json::from_value(meta["scoring"].clone()).context("the dataset artifact has no scoring")?,
+            pad_id: meta["pad_id"].as_i64().unwrap_or(0),
+            splits: splits.iter().map(|(name, s)| (name.clone(), s["labelled"].as_bool().unwrap_or(false))).collect(),
+        })
+    }
+
+    /// Outputs of the head: one per class, one for regression.
+    pub fn num_labels(&self) -> i64 {
+        if self.regression {
+            1
+        } else {
+            self.labels.len() as i64
+        }
+    }
+
+    /// The labelled splits other than train (dev, or MNLI's dev_matched and dev_mismatched).
+    pub fn eval_splits(&self) -> Vec<&str> {
+        self.splits.iter().filter(|(n, labelled)| *labelled && n != "train").map(|(n, _)| n.as_str()).collect()
     }
 }
 

@@ -9,8 +9,12 @@
 
 pub mod artifact;
 pub mod data;
+pub mod init;
+pub mod metrics;
 pub mod model;
 pub mod options;
+pub mod params;
+pub mod pet_model;
 pub mod plugin;
 pub mod services;
 pub mod stage;

@@ -24,6 +24,10 @@ pub enum SiteKind {
     /// The feed-forward activation (`encoder.layer.3.intermediate.act`); hooks see its input
     /// and output, `len` features wide.
     Activation { len: i64 },
+    /// A whole sub-layer before its residual sum and layer norm
+    /// (`encoder.layer.3.attention_block`, `encoder.layer.3.ffn_block`); hooks see the
+    /// sub-layer's input and output, both `hidden` wide.
+    Sublayer { hidden: i64 },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -34,15 +38,16 @@ pub struct Site {
 
 /// What a backbone calls at every site during its forward pass.
 pub trait SiteHooks {
-    /// The site's output after the modules attached there, given its input and output.
-    fn apply(&self, site: &str, input: &Tensor, output: Tensor) -> Tensor;
+    /// The site's output after the modules attached there, given its input and output;
+    /// `train` is on while training (for dropout).
+    fn apply(&self, site: &str, input: &Tensor, output: Tensor, train: bool) -> Tensor;
 }
 
 /// No PET modules: the frozen backbone as it is.
 pub struct NoHooks;
 
 impl SiteHooks for NoHooks {
-    fn apply(&self, _site: &str, _input: &Tensor, output: Tensor) -> Tensor {
+    fn apply(&self, _site: &str, _input: &Tensor, output: Tensor, _train: bool) -> Tensor {
         output
     }
 }
@@ -110,35 +115,27 @@ pub trait BackboneLoader: Send + Sync {
 }
 
 /// A structured unit of a PET module that pruning removes as a whole: one rank-1 LoRA
-/// component, one bias vector, one adapter bottleneck unit.
+/// component, one bias vector, one adapter bottleneck unit. Groups are numbered by their
+/// position in [`PetModule::prune_groups`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct PruneGroup {
-    /// Index among the module's groups (stable until the module is shrunk).
-    pub index: usize,
-    /// The parameter slices the group consists of.
     pub members: Vec<GroupMember>,
 }
 
-/// `param` restricted to `index` along `dim`, or the whole parameter when `slice` is `None`.
+/// A parameter, or its slice `index` along `dim` when `slice` is `Some((dim, index))`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GroupMember {
     pub param: String,
     pub slice: Option<(i64, i64)>,
 }
 
-impl PruneGroup {
-    /// Number of parameters the group holds, given the module's parameters.
-    pub fn size(&self, module: &dyn PetModule) -> i64 {
-        self.members
-            .iter()
-            .filter_map(|m| {
-                let p = module.parameter(&m.param)?;
-                Some(match m.slice {
-                    None => p.numel() as i64,
-                    Some((dim, _)) => p.numel() as i64 / p.size()[dim as usize],
-                })
-            })
-            .sum()
+impl GroupMember {
+    /// This member's part of a tensor shaped like its parameter (the parameter, its gradient…).
+    pub fn part(&self, tensor: &Tensor) -> Tensor {
+        match self.slice {
+            None => tensor.shallow_clone(),
+            Some((dim, index)) => tensor.select(dim, index),
+        }
     }
 }
 
@@ -148,15 +145,20 @@ pub trait PetType: Send + Sync {
     fn name(&self) -> &'static str;
     fn doc(&self) -> &'static str;
     fn options(&self) -> OptionSchema;
+    /// Where the type attaches when a pipeline names no `targets` (PEFT-style patterns).
+    fn default_targets(&self) -> &'static [&'static str];
     /// Whether a module of this type can sit at the site.
     fn can_attach(&self, site: &Site) -> bool;
-    /// A fresh module at the site, its parameters on `device`, initialised from `seed`.
-    fn create(
+    /// A fresh module at the site (options checked against [`PetType::options`]), its
+    /// parameters on `device`, initialised from `seed`.
+    fn create(&self, site: &Site, options: &Value, device: tch::Device, seed: u64) -> Result<Box<dyn PetModule>>;
+    /// A module rebuilt from what [`PetModule::state`] returned.
+    fn restore(
         &self,
         site: &Site,
-        options: &Value,
+        state: &Value,
+        tensors: Vec<(String, Tensor)>,
         device: tch::Device,
-        seed: u64,
     ) -> Result<Box<dyn PetModule>>;
 }
 
@@ -164,22 +166,57 @@ pub trait PetType: Send + Sync {
 pub trait PetModule: Send {
     fn pet_type(&self) -> &'static str;
     fn site(&self) -> &Site;
-    /// The site's output with this module's contribution, given the site's input and output.
-    fn apply(&self, input: &Tensor, output: &Tensor) -> Tensor;
-    /// Trainable parameters by name (masked entries included).
+    /// The site's output with this module's contribution; masked entries count as zero.
+    fn apply(&self, input: &Tensor, output: Tensor, train: bool) -> Tensor;
+    /// Trainable parameters (leaf tensors that require grad), by name.
     fn parameters(&self) -> Vec<(String, Tensor)>;
-    fn parameter(&self, name: &str) -> Option<Tensor> {
-        self.parameters().into_iter().find(|(n, _)| n == name).map(|(_, t)| t)
-    }
-    fn prune_groups(&self) -> Vec<PruneGroup>;
-    /// Keeps only these groups, physically (a LoRA rank shrinks); none left detaches it.
-    fn keep_groups(&mut self, keep: &[usize]) -> Result<()>;
-    /// A 0/1 mask of the parameter's shape; masked entries stay exactly zero from now on.
+    /// The 0/1 masks of masked parameters, by parameter name.
+    fn masks(&self) -> Vec<(String, Tensor)>;
+    /// Masks a parameter: its masked entries are zeroed now and stay zero.
     fn set_mask(&mut self, param: &str, mask: Tensor) -> Result<()>;
-    /// Parameters that can still be non-zero (unmasked entries of kept groups).
-    fn live_parameters(&self) -> i64;
-    /// The frozen weight (or bias) with the module folded in, where its math allows.
-    fn merge(&self, base: &Tensor) -> Option<Tensor>;
-    /// Persistable state: options as JSON, tensors by name (masks included).
+    fn prune_groups(&self) -> Vec<PruneGroup>;
+    /// Keeps these groups and physically removes the others (a LoRA rank shrinks). Returns
+    /// false when nothing is left, and the module is to be detached.
+    fn keep_groups(&mut self, keep: &[usize]) -> Result<bool>;
+    /// Fresh parameter values from `seed`, keeping shapes and masks.
+    fn reinitialize(&mut self, seed: u64) -> Result<()>;
+    /// Folds the module into the backbone's weights (checkpoint names); false when its math
+    /// does not merge (adapters).
+    fn merge_into(&self, weights: &mut std::collections::BTreeMap<String, Tensor>) -> Result<bool>;
+    /// What [`PetType::restore`] rebuilds the module from: JSON and tensors (masks included).
     fn state(&self) -> (Value, Vec<(String, Tensor)>);
+}
+
+/// Parameters of a module that can be non-zero: unmasked entries of its parameters.
+pub fn live_parameters(module: &dyn PetModule) -> i64 {
+    let masks = module.masks();
+    module
+        .parameters()
+        .iter()
+        .map(|(name, p)| match masks.iter().find(|(m, _)| m == name) {
+            Some((_, mask)) => mask.sum(tch::Kind::Int64).int64_value(&[]),
+            None => p.numel() as i64,
+        })
+        .sum()
+}
+
+/// Whether a site matches PEFT-style target patterns: `all-linear`, a module name or name
+/// suffix (`query` matches `encoder.layer.0.attention.self.query`), or `re:` + a regular
+/// expression that must match the whole site name.
+pub fn site_matches(site: &Site, patterns: &[String]) -> Result<bool> {
+    for pattern in patterns {
+        let hit = if pattern == "all-linear" {
+            matches!(site.kind, SiteKind::Linear { .. })
+        } else if let Some(re) = pattern.strip_prefix("re:") {
+            regex::Regex::new(&format!("^(?:{re})$"))
+                .map_err(|e| anyhow::anyhow!("target pattern `{pattern}` is not a valid regular expression: {e}"))?
+                .is_match(&site.name)
+        } else {
+            site.name == *pattern || site.name.ends_with(&format!(".{pattern}"))
+        };
+        if hit {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }

@@ -22,6 +22,9 @@ pub enum OptType {
     List(Box<OptType>),
     /// A free-form mapping (e.g. a per-site rank pattern), checked by the stage itself.
     Map,
+    /// PET modules to attach: a list of mappings, each with `type` (a registered PET type),
+    /// optional `targets` (PEFT-style patterns) and that type's own options.
+    Pets,
 }
 
 impl OptType {
@@ -37,6 +40,7 @@ impl OptType {
             OptType::OutputPath => "path (written, inside the run folder)".into(),
             OptType::List(item) => format!("list of {}", item.describe()),
             OptType::Map => "mapping".into(),
+            OptType::Pets => "list of PET modules ({type, targets, options…})".into(),
         }
     }
 
@@ -61,6 +65,7 @@ impl OptType {
                 true
             }
             (OptType::Map, Value::Object(_)) => true,
+            (OptType::Pets, Value::Array(items)) => items.iter().all(|i| i.get("type").is_some_and(Value::is_string)),
             _ => false,
         };
         if ok {
@@ -124,5 +129,30 @@ impl OptionSchema {
 
     pub fn get(&self, name: &str) -> Option<&OptionSpec> {
         self.options.iter().find(|o| o.name == name)
+    }
+
+    /// Checks options given as a mapping and fills in defaults (for options a plugin reads
+    /// at run time, like a PET module's).
+    pub fn resolve(&self, given: &serde_json::Map<String, Value>) -> Result<Value, String> {
+        for key in given.keys() {
+            if self.get(key).is_none() {
+                let names: Vec<&str> = self.options.iter().map(|o| o.name).collect();
+                return Err(format!("unknown option `{key}` (options: {})", names.join(", ")));
+            }
+        }
+        let mut out = serde_json::Map::new();
+        for spec in &self.options {
+            let value = match (given.get(spec.name), &spec.default) {
+                (Some(v), Some(Value::Null)) if v.is_null() => Value::Null,
+                (Some(v), _) => {
+                    spec.ty.check(v).map_err(|e| format!("option `{}`: {e}", spec.name))?;
+                    v.clone()
+                }
+                (None, Some(d)) => d.clone(),
+                (None, None) => return Err(format!("missing required option `{}` ({})", spec.name, spec.ty.describe())),
+            };
+            out.insert(spec.name.to_string(), value);
+        }
+        Ok(Value::Object(out))
     }
 }

@@ -105,6 +105,7 @@ pub struct StageCtx {
     cancelled: Arc<AtomicBool>,
     allowed_writes: Vec<PathBuf>,
     services: &'static dyn Services,
+    checkpoints: PathBuf,
 }
 
 impl StageCtx {
@@ -120,8 +121,17 @@ impl StageCtx {
         cancelled: Arc<AtomicBool>,
         allowed_writes: Vec<PathBuf>,
         services: &'static dyn Services,
+        checkpoints: PathBuf,
     ) -> Self {
-        StageCtx { device, seed, dtype, cell, dir, options, progress, cancelled, allowed_writes, services }
+        StageCtx { device, seed, dtype, cell, dir, options, progress, cancelled, allowed_writes, services, checkpoints }
+    }
+
+    /// Where the stage keeps checkpoints that outlive an interrupted run: the same folder for
+    /// the same content key, removed once the stage completes.
+    pub fn checkpoint_dir(&self) -> Result<&Path> {
+        std::fs::create_dir_all(&self.checkpoints)
+            .with_context(|| format!("cannot create {}", self.checkpoints.display()))?;
+        Ok(&self.checkpoints)
     }
 
     /// Backbone loaders and PET types of every loaded plugin.

@@ -1,9 +1,32 @@
-//! GLUE's official metrics, with scikit-learn's and scipy's conventions in degenerate cases:
+//! GLUE's official metrics (shared by training, evaluation and `petnas score`), with scikit-learn's and scipy's conventions in degenerate cases:
 //! Matthews correlation is 0 when undefined (a constant prediction), F1 is 0 when there is
 //! no positive at all, Pearson and Spearman are NaN for a constant input.
 use std::collections::BTreeMap;
 
-use crate::tasks::Scoring;
+/// How a task is scored (GLUE's official metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scoring {
+    /// CoLA: Matthews correlation.
+    Matthews,
+    Accuracy,
+    /// MRPC, QQP: F1 of the positive class and accuracy.
+    F1Accuracy,
+    /// STS-B: Pearson and Spearman correlation.
+    Correlation,
+}
+
+impl Scoring {
+    /// The metric that ranks models (for keeping the best checkpoint, for reports).
+    pub fn main_metric(self) -> &'static str {
+        match self {
+            Scoring::Matthews => "matthews",
+            Scoring::Accuracy => "accuracy",
+            Scoring::F1Accuracy => "f1",
+            Scoring::Correlation => "pearson",
+        }
+    }
+}
 
 pub fn accuracy(predicted: &[i64], gold: &[i64]) -> f64 {
     if gold.is_empty() {

@@ -1,0 +1,99 @@
+//! Bias tuning (BitFit, Ben Zaken et al., 2022) as a PET type: a trainable delta added to
+//! the bias of a linear layer or a LayerNorm. One prune group per bias vector.
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Result};
+use petnas_sdk::model::{GroupMember, PetModule, PetType, PruneGroup, Site, SiteKind};
+use petnas_sdk::params::Params;
+use petnas_sdk::{init, OptionSchema, Registrar};
+use serde_json::{json, Value};
+use tch::{Device, Tensor};
+
+petnas_sdk::declare_plugin!(register);
+
+fn register(registrar: &mut Registrar) {
+    registrar.pet_type(BitFitType);
+}
+
+struct BitFitType;
+
+fn bias_len(site: &Site) -> Result<i64> {
+    match site.kind {
+        SiteKind::Linear { out_features, .. } => Ok(out_features),
+        SiteKind::LayerNorm { len } => Ok(len),
+        _ => bail!("bias tuning attaches to linear layers and LayerNorms; `{}` is neither", site.name),
+    }
+}
+
+impl PetType for BitFitType {
+    fn name(&self) -> &'static str {
+        "bitfit"
+    }
+    fn doc(&self) -> &'static str {
+        "a trainable delta on the bias of a linear layer or LayerNorm"
+    }
+    fn options(&self) -> OptionSchema {
+        OptionSchema::new()
+    }
+    fn default_targets(&self) -> &'static [&'static str] {
+        &["all-linear", "LayerNorm"]
+    }
+    fn can_attach(&self, site: &Site) -> bool {
+        matches!(site.kind, SiteKind::Linear { .. } | SiteKind::LayerNorm { .. })
+    }
+    fn create(&self, site: &Site, _options: &Value, device: Device, _seed: u64) -> Result<Box<dyn PetModule>> {
+        let len = bias_len(site)?;
+        Ok(Box::new(BiasDelta { site: site.clone(), params: Params::new(vec![("delta", init::zeros(&[len], device))]) }))
+    }
+    fn restore(&self, site: &Site, _state: &Value, tensors: Vec<(String, Tensor)>, device: Device) -> Result<Box<dyn PetModule>> {
+        bias_len(site)?;
+        Ok(Box::new(BiasDelta { site: site.clone(), params: Params::restore(&["delta"], tensors, device)? }))
+    }
+}
+
+struct BiasDelta {
+    site: Site,
+    params: Params,
+}
+
+impl PetModule for BiasDelta {
+    fn pet_type(&self) -> &'static str {
+        "bitfit"
+    }
+    fn site(&self) -> &Site {
+        &self.site
+    }
+    fn apply(&self, _input: &Tensor, output: Tensor, _train: bool) -> Tensor {
+        output + self.params.effective("delta")
+    }
+    fn parameters(&self) -> Vec<(String, Tensor)> {
+        self.params.list()
+    }
+    fn masks(&self) -> Vec<(String, Tensor)> {
+        self.params.masks()
+    }
+    fn set_mask(&mut self, param: &str, mask: Tensor) -> Result<()> {
+        self.params.set_mask(param, mask)
+    }
+    fn prune_groups(&self) -> Vec<PruneGroup> {
+        vec![PruneGroup { members: vec![GroupMember { param: "delta".into(), slice: None }] }]
+    }
+    fn keep_groups(&mut self, keep: &[usize]) -> Result<bool> {
+        Ok(!keep.is_empty())
+    }
+    fn reinitialize(&mut self, _seed: u64) -> Result<()> {
+        let zeros = self.params.get("delta").zeros_like();
+        self.params.replace("delta", zeros);
+        Ok(())
+    }
+    fn merge_into(&self, weights: &mut BTreeMap<String, Tensor>) -> Result<bool> {
+        let name = format!("{}.bias", self.site.name);
+        let Some(bias) = weights.get(&name) else { bail!("the backbone has no bias `{name}` to merge into") };
+        let merged = bias + self.params.effective("delta").to_device(bias.device());
+        weights.insert(name, merged.detach());
+        Ok(true)
+    }
+    fn state(&self) -> (Value, Vec<(String, Tensor)>) {
+        (json!({}), self.params.state())
+    }
+}

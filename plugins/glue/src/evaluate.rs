@@ -1,0 +1,171 @@
+//! `glue.evaluate` (the official metrics on every labelled dev split, with parameter counts
+//! and timings) and `glue.predict` (predictions in GLUE's submission format).
+use std::io::Write;
+
+use anyhow::{bail, Context, Result};
+use petnas_sdk::artifact::kinds;
+use petnas_sdk::data::{DatasetInfo, TokenizedSplit};
+use petnas_sdk::metrics::Values;
+use petnas_sdk::pet_model::{evaluate, PetModel};
+use petnas_sdk::{Artifact, Inputs, OptType, OptionSchema, Stage, StageCtx};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+pub struct Evaluate;
+
+#[derive(Deserialize)]
+struct EvaluateOptions {
+    batch_size: usize,
+}
+
+impl Stage for Evaluate {
+    fn kind(&self) -> &'static str {
+        "glue.evaluate"
+    }
+    fn doc(&self) -> &'static str {
+        "the task's official metrics on its dev split(s); writes metrics.json with parameter counts and timings"
+    }
+    fn options(&self) -> OptionSchema {
+        OptionSchema::new().opt("batch_size", OptType::Int, 64, "examples per batch")
+    }
+    fn input_kinds(&self) -> &'static [&'static str] {
+        &[kinds::MODEL, kinds::DATASET]
+    }
+    fn output_kind(&self) -> &'static str {
+        kinds::METRICS
+    }
+    fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
+        let o: EvaluateOptions = ctx.options()?;
+        let data = inputs.one(kinds::DATASET)?;
+        let info = DatasetInfo::from_artifact(data)?;
+        let model_artifact = inputs.one(kinds::MODEL)?;
+        let model = PetModel::load(model_artifact, ctx.services(), ctx.device, false)?;
+        let splits = info.eval_splits();
+        if splits.is_empty() {
+            bail!("the dataset has no labelled dev split to evaluate on");
+        }
+        let mut per_split = serde_json::Map::new();
+        let (mut examples, mut seconds) = (0, 0.0);
+        for name in &splits {
+            let split = TokenizedSplit::from_artifact(data, name)?;
+            let evaluation = evaluate(&model, &split, info.scoring, o.batch_size.max(1), info.pad_id)?;
+            examples += evaluation.examples;
+            seconds += evaluation.seconds;
+            tracing::info!(split = %name, metrics = ?evaluation.metrics, "evaluated");
+            per_split.insert(name.to_string(), json!(evaluation.metrics));
+        }
+        let main = info.scoring.main_metric();
+        let main_value = splits.iter().filter_map(|s| per_split[*s][main].as_f64()).sum::<f64>() / splits.len() as f64;
+        let plm = model.backbone.info().parameters;
+        let pet = model.pet_parameters();
+        let training = &model_artifact.meta["training"];
+        let metrics = json!({
+            "task": info.task,
+            "metric": main,
+            "value": main_value,
+            "splits": per_split,
+            "parameters": {
+                "pet": pet,
+                "head": model.head_parameters(),
+                "plm": plm,
+                "pet_percent_of_plm": 100.0 * pet as f64 / plm as f64,
+            },
+            "train_seconds": training["train_seconds"],
+            "train_samples_per_second": training["train_samples_per_second"],
+            "eval_seconds": seconds,
+            "eval_samples_per_second": examples as f64 / seconds.max(1e-9),
+            "cell": ctx.cell,
+        });
+        std::fs::write(ctx.dir().join("metrics.json"), serde_json::to_string_pretty(&metrics)?)?;
+        Ok(Artifact::new(kinds::METRICS, metrics))
+    }
+}
+
+pub struct Predict;
+
+#[derive(Deserialize)]
+struct PredictOptions {
+    split: Option<String>,
+    file: Option<String>,
+    batch_size: usize,
+}
+
+/// The file name GLUE's server expects for a task's split.
+fn submission_name(task: &str, split: &str) -> String {
+    let base = match task {
+        "cola" => "CoLA",
+        "sst2" => "SST-2",
+        "mrpc" => "MRPC",
+        "stsb" => "STS-B",
+        "qqp" => "QQP",
+        "qnli" => "QNLI",
+        "rte" => "RTE",
+        "wnli" => "WNLI",
+        "mnli" if split.ends_with("mismatched") => "MNLI-mm",
+        "mnli" => "MNLI-m",
+        other => other,
+    };
+    format!("{base}.tsv")
+}
+
+impl Stage for Predict {
+    fn kind(&self) -> &'static str {
+        "glue.predict"
+    }
+    fn doc(&self) -> &'static str {
+        "predictions for a split in GLUE's submission format (index<TAB>prediction, GLUE's label names)"
+    }
+    fn options(&self) -> OptionSchema {
+        OptionSchema::new()
+            .opt("split", OptType::Str, Value::Null, "the split (default: the test split)")
+            .opt("file", OptType::OutputPath, Value::Null, "where to write (default: GLUE's name for the task, e.g. RTE.tsv)")
+            .opt("batch_size", OptType::Int, 64, "examples per batch")
+    }
+    fn input_kinds(&self) -> &'static [&'static str] {
+        &[kinds::MODEL, kinds::DATASET]
+    }
+    fn output_kind(&self) -> &'static str {
+        kinds::REPORT
+    }
+    fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
+        let o: PredictOptions = ctx.options()?;
+        let data = inputs.one(kinds::DATASET)?;
+        let info = DatasetInfo::from_artifact(data)?;
+        let split_name = match &o.split {
+            Some(s) => s.clone(),
+            None => info
+                .splits
+                .iter()
+                .find(|(n, labelled)| !labelled && n.starts_with("test"))
+                .map(|(n, _)| n.clone())
+                .context("the dataset has no test split: name one with `split:`")?,
+        };
+        let split = TokenizedSplit::from_artifact(data, &split_name)?;
+        let index = Vec::<i64>::try_from(data.tensor(&format!("{split_name}.index"))?.to_device(tch::Device::Cpu))?;
+        let model = PetModel::load(inputs.one(kinds::MODEL)?, ctx.services(), ctx.device, false)?;
+        let evaluation = evaluate(&model, &split, info.scoring, o.batch_size.max(1), info.pad_id)?;
+        let path = ctx.output_path(&o.file.unwrap_or_else(|| submission_name(&info.task, &split_name)))?;
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&path).with_context(|| format!("cannot write {}", path.display()))?);
+        writeln!(out, "index\tprediction")?;
+        match &evaluation.predictions {
+            Values::Classes(classes) => {
+                for (i, c) in index.iter().zip(classes) {
+                    let label = info.labels.get(*c as usize).context("a predicted class outside the labels")?;
+                    writeln!(out, "{i}\t{label}")?;
+                }
+            }
+            Values::Scores(scores) => {
+                for (i, s) in index.iter().zip(scores) {
+                    // GLUE's STS-B scores lie in [0, 5].
+                    writeln!(out, "{i}\t{:.3}", s.clamp(0.0, 5.0))?;
+                }
+            }
+        }
+        out.flush()?;
+        tracing::info!(file = %path.display(), examples = split.len(), "predictions written");
+        Ok(Artifact::new(kinds::REPORT, json!({"file": path, "split": split_name, "examples": split.len(), "metrics": evaluation.metrics})))
+    }
+}

@@ -1,0 +1,80 @@
+//! Checkpoints of a running fit, so that an interrupted `train.fit` resumes where it was:
+//! parameters, optimizer state, the best parameters so far, and the loop's counters.
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use crate::optimizer::AdamW;
+
+const TENSORS: &str = "checkpoint.safetensors";
+const STATE: &str = "checkpoint.json";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LoopState {
+    /// Optimizer steps done.
+    pub step: i64,
+    pub best_metric: Option<f64>,
+    pub best_step: Option<i64>,
+    pub evaluations_since_best: i64,
+    pub history: Vec<serde_json::Value>,
+    pub train_seconds: f64,
+    pub examples_seen: i64,
+}
+
+/// Writes the checkpoint atomically: tensors and state to temporary files, then renamed.
+pub fn save(dir: &Path, opt: &AdamW, best: &[(String, Tensor)], state: &LoopState) -> Result<()> {
+    let mut tensors: Vec<(String, Tensor)> = Vec::new();
+    for ((name, p, _), (m, v)) in opt.params.iter().zip(opt.m.iter().zip(&opt.v)) {
+        tensors.push((format!("p.{name}"), p.detach().to_device(tch::Device::Cpu)));
+        tensors.push((format!("m.{name}"), m.to_device(tch::Device::Cpu)));
+        tensors.push((format!("v.{name}"), v.to_device(tch::Device::Cpu)));
+    }
+    for (name, t) in best {
+        tensors.push((format!("best.{name}"), t.to_device(tch::Device::Cpu)));
+    }
+    let tmp = dir.join(format!("{TENSORS}.tmp"));
+    Tensor::write_safetensors(&tensors, &tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    let tmp_state = dir.join(format!("{STATE}.tmp"));
+    let mut full = serde_json::to_value(state)?;
+    full["optimizer_steps"] = opt.steps.into();
+    std::fs::write(&tmp_state, serde_json::to_vec(&full)?)?;
+    // The state names the step its tensors are from: rename tensors first, state last.
+    std::fs::rename(&tmp, dir.join(TENSORS))?;
+    std::fs::rename(&tmp_state, dir.join(STATE))?;
+    Ok(())
+}
+
+/// Loads a checkpoint into the optimizer's parameters and state; returns the loop state and
+/// the best parameters, or `None` when there is no usable checkpoint.
+pub fn load(dir: &Path, opt: &mut AdamW) -> Result<Option<(LoopState, Vec<(String, Tensor)>)>> {
+    let (tensor_path, state_path) = (dir.join(TENSORS), dir.join(STATE));
+    if !tensor_path.exists() || !state_path.exists() {
+        return Ok(None);
+    }
+    let full: serde_json::Value = serde_json::from_slice(&std::fs::read(&state_path)?)?;
+    let state: LoopState = serde_json::from_value(full.clone())?;
+    let saved = Tensor::read_safetensors(&tensor_path)?;
+    let get = |name: &str| saved.iter().find(|(n, _)| n == name).map(|(_, t)| t.shallow_clone());
+    for ((name, p, _), (m, v)) in opt.params.iter_mut().zip(opt.m.iter_mut().zip(opt.v.iter_mut())) {
+        let (Some(sp), Some(sm), Some(sv)) = (get(&format!("p.{name}")), get(&format!("m.{name}")), get(&format!("v.{name}"))) else {
+            // Written for another architecture: not this stage's checkpoint.
+            return Ok(None);
+        };
+        if sp.size() != p.size() {
+            return Ok(None);
+        }
+        tch::no_grad(|| {
+            let _ = p.f_copy_(&sp.to_device(p.device()));
+        });
+        *m = sm.to_device(p.device());
+        *v = sv.to_device(p.device());
+    }
+    opt.steps = full["optimizer_steps"].as_i64().unwrap_or(state.step);
+    let best = saved
+        .iter()
+        .filter_map(|(n, t)| n.strip_prefix("best.").map(|rest| (rest.to_string(), t.shallow_clone())))
+        .collect();
+    Ok(Some((state, best)))
+}

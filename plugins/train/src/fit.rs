@@ -1,0 +1,178 @@
+//! The training loop of `train.fit`.
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use petnas_sdk::data::{BatchOptions, DatasetInfo, TokenizedSplit};
+use petnas_sdk::pet_model::{evaluate, PetModel};
+use petnas_sdk::StageCtx;
+use serde::Deserialize;
+use serde_json::json;
+use tch::{Kind, Tensor};
+
+use crate::checkpoint::{self, LoopState};
+use crate::optimizer::{learning_rate, AdamW};
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct FitOptions {
+    pub epochs: f64,
+    pub max_steps: Option<i64>,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub warmup_ratio: f64,
+    pub max_grad_norm: f64,
+    pub eval_every: i64,
+    pub early_stopping_patience: Option<i64>,
+    pub keep_best: bool,
+    pub bucket_by_length: bool,
+    pub reinit: bool,
+    pub skip_nonfinite: bool,
+    pub checkpoint_every: i64,
+}
+
+/// What the fit reports into the model artifact.
+pub struct FitReport {
+    pub summary: serde_json::Value,
+}
+
+fn loss_of(logits: &Tensor, labels: &Tensor, regression: bool) -> Tensor {
+    if regression {
+        logits.squeeze_dim(1).mse_loss(&labels.to_kind(Kind::Float), tch::Reduction::Mean)
+    } else {
+        logits.cross_entropy_for_logits(labels)
+    }
+}
+
+pub fn fit(ctx: &StageCtx, o: &FitOptions, model: &mut PetModel, info: &DatasetInfo, train: &TokenizedSplit, dev: Option<(&str, TokenizedSplit)>) -> Result<FitReport> {
+    if train.is_empty() {
+        bail!("the training split is empty");
+    }
+    if o.batch_size == 0 {
+        bail!("`batch_size` must be at least 1");
+    }
+    let steps_per_epoch = train.len().div_ceil(o.batch_size) as i64;
+    let total = match o.max_steps {
+        Some(s) if s > 0 => s,
+        _ => ((o.epochs * steps_per_epoch as f64).ceil() as i64).max(1),
+    };
+    let warmup = (o.warmup_ratio * total as f64).round() as i64;
+    let masks: BTreeMap<String, Tensor> = model.masks().into_iter().collect();
+    let mut opt = AdamW::new(model.trainable(), o.weight_decay);
+    let ckpt_dir = ctx.checkpoint_dir()?.to_path_buf();
+    let (mut state, mut best) = match checkpoint::load(&ckpt_dir, &mut opt)? {
+        Some((state, best)) => {
+            tracing::info!(step = state.step, "resuming from a checkpoint");
+            (state, best)
+        }
+        None => (LoopState::default(), Vec::new()),
+    };
+    ctx.progress().set_total(total as u64);
+    ctx.progress().advance(state.step as u64);
+    let batch_options = |epoch: i64| BatchOptions {
+        batch_size: o.batch_size,
+        shuffle_seed: Some(petnas_sdk::init::derive_seed(ctx.seed, &format!("epoch {epoch}"))),
+        bucket_by_length: o.bucket_by_length,
+    };
+    let eval_every = if o.eval_every > 0 { o.eval_every } else { steps_per_epoch };
+    let mut epoch_rows: Option<(i64, Vec<Vec<usize>>)> = None;
+    let (mut loss_sum, mut loss_count) = (0.0, 0);
+    let mut skipped = 0;
+    let started = Instant::now() - std::time::Duration::from_secs_f64(state.train_seconds);
+    let mut eval_seconds = 0.0;
+    while state.step < total {
+        ctx.check_cancelled()?;
+        let epoch = state.step / steps_per_epoch;
+        if epoch_rows.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            epoch_rows = Some((epoch, train.batch_rows(&batch_options(epoch))));
+        }
+        let rows = &epoch_rows.as_ref().expect("rows of this epoch").1[(state.step % steps_per_epoch) as usize];
+        let batch = train.batch(rows, info.pad_id, ctx.device);
+        let labels = batch.labels.as_ref().context("the training split has no labels")?;
+        let loss = loss_of(&model.logits(&batch, true)?, labels, info.regression);
+        let loss_value = loss.double_value(&[]);
+        opt.zero_grad();
+        loss.backward();
+        let norm = opt.grad_norm();
+        if !loss_value.is_finite() || !norm.is_finite() {
+            if !o.skip_nonfinite {
+                bail!("non-finite {} at step {} (loss {loss_value}, gradient norm {norm}); the last good checkpoint is kept; lower `lr` or set `skip_nonfinite: true`", if loss_value.is_finite() { "gradient" } else { "loss" }, state.step + 1);
+            }
+            skipped += 1;
+            tracing::warn!(step = state.step + 1, "non-finite loss or gradient: step skipped");
+        } else {
+            if o.max_grad_norm > 0.0 && norm > o.max_grad_norm {
+                opt.scale_grads(o.max_grad_norm / (norm + 1e-6));
+            }
+            opt.step(learning_rate(state.step, total, warmup, o.lr));
+            // Masked entries stay exactly zero: their gradient is zero, and any drift is cut.
+            tch::no_grad(|| {
+                for (name, p, _) in opt.params.iter_mut() {
+                    if let Some(mask) = masks.get(name) {
+                        let _ = p.f_mul_(mask);
+                    }
+                }
+            });
+            loss_sum += loss_value;
+            loss_count += 1;
+        }
+        state.step += 1;
+        state.examples_seen += rows.len() as i64;
+        ctx.progress().advance(1);
+        let at_eval = state.step % eval_every == 0 || state.step == total;
+        if at_eval {
+            let eval_started = Instant::now();
+            let mut entry = json!({"step": state.step, "epoch": state.step as f64 / steps_per_epoch as f64, "train_loss": loss_sum / loss_count.max(1) as f64});
+            (loss_sum, loss_count) = (0.0, 0);
+            if let Some((name, split)) = &dev {
+                let evaluation = tch::no_grad(|| evaluate(model, split, info.scoring, o.batch_size * 2, info.pad_id))?;
+                let main = evaluation.metrics.get(info.scoring.main_metric()).copied().unwrap_or(f64::NAN);
+                entry["split"] = json!(name);
+                entry["metrics"] = json!(evaluation.metrics);
+                tracing::info!(step = state.step, metric = info.scoring.main_metric(), value = main, "evaluated on {name}");
+                if state.best_metric.is_none_or(|b| main > b || b.is_nan()) && !main.is_nan() {
+                    state.best_metric = Some(main);
+                    state.best_step = Some(state.step);
+                    state.evaluations_since_best = 0;
+                    best = opt.params.iter().map(|(n, p, _)| (n.clone(), p.detach().copy())).collect();
+                } else {
+                    state.evaluations_since_best += 1;
+                }
+            }
+            state.history.push(entry);
+            eval_seconds += eval_started.elapsed().as_secs_f64();
+        }
+        state.train_seconds = started.elapsed().as_secs_f64() - eval_seconds;
+        let stop_early = at_eval && o.early_stopping_patience.is_some_and(|p| state.evaluations_since_best > p);
+        let checkpoint_now = (o.checkpoint_every > 0 && state.step % o.checkpoint_every == 0) || at_eval;
+        if checkpoint_now && state.step < total && !stop_early {
+            checkpoint::save(&ckpt_dir, &opt, &best, &state)?;
+        }
+        if stop_early {
+            tracing::info!(step = state.step, "early stopping: no improvement in {} evaluations", state.evaluations_since_best);
+            break;
+        }
+    }
+    if o.keep_best && !best.is_empty() {
+        tch::no_grad(|| {
+            for ((name, p, _), (best_name, value)) in opt.params.iter_mut().zip(&best) {
+                debug_assert_eq!(name, best_name);
+                let _ = p.f_copy_(value);
+            }
+        });
+    }
+    let train_seconds = state.train_seconds.max(1e-9);
+    Ok(FitReport {
+        summary: json!({
+            "steps": state.step,
+            "epochs": state.step as f64 / steps_per_epoch as f64,
+            "best_step": state.best_step,
+            "best_metric": state.best_metric,
+            "kept": if o.keep_best && !best.is_empty() { "best" } else { "last" },
+            "skipped_steps": skipped,
+            "train_seconds": state.train_seconds,
+            "train_samples_per_second": state.examples_seen as f64 / train_seconds,
+            "history": state.history,
+        }),
+    })
+}

@@ -1,0 +1,75 @@
+//! Training of PET modules and the task head: `train.fit`.
+mod checkpoint;
+mod fit;
+mod optimizer;
+
+use anyhow::Result;
+use petnas_sdk::artifact::kinds;
+use petnas_sdk::data::{DatasetInfo, TokenizedSplit};
+use petnas_sdk::init::derive_seed;
+use petnas_sdk::pet_model::PetModel;
+use petnas_sdk::{Artifact, Inputs, OptType, OptionSchema, Registrar, Stage, StageCtx};
+use serde_json::Value;
+
+petnas_sdk::declare_plugin!(register);
+
+fn register(registrar: &mut Registrar) {
+    registrar.stage(Fit);
+}
+
+struct Fit;
+
+impl Stage for Fit {
+    fn kind(&self) -> &'static str {
+        "train.fit"
+    }
+    fn doc(&self) -> &'static str {
+        "trains the PET modules and a task head (AdamW, warm-up and decay, clipping, best checkpoint)"
+    }
+    fn options(&self) -> OptionSchema {
+        OptionSchema::new()
+            .opt("epochs", OptType::Float, 3.0, "passes over the training split")
+            .opt("max_steps", OptType::Int, Value::Null, "optimizer steps instead of epochs")
+            .opt("batch_size", OptType::Int, 32, "examples per step")
+            .opt("lr", OptType::Float, 1e-3, "peak learning rate")
+            .opt("weight_decay", OptType::Float, 0.0, "AdamW weight decay (not on biases, LayerNorm, deltas)")
+            .opt("warmup_ratio", OptType::Float, 0.06, "share of the steps with linear warm-up; then linear decay to 0")
+            .opt("max_grad_norm", OptType::Float, 1.0, "gradient clipping by global norm (0: off)")
+            .opt("eval_every", OptType::Int, 0, "evaluate on the dev split every N steps (0: each epoch)")
+            .opt("early_stopping_patience", OptType::Int, Value::Null, "stop after N evaluations without improvement")
+            .opt("keep_best", OptType::Bool, true, "keep the parameters of the best evaluation, not the last")
+            .opt("bucket_by_length", OptType::Bool, false, "batch examples of similar length together")
+            .opt("reinit", OptType::Bool, false, "re-initialise the PET parameters first (architecture and masks kept)")
+            .opt("skip_nonfinite", OptType::Bool, false, "skip steps with a non-finite loss or gradient instead of failing")
+            .opt("checkpoint_every", OptType::Int, 200, "steps between checkpoints for resuming (0: at evaluations only)")
+    }
+    fn input_kinds(&self) -> &'static [&'static str] {
+        &[kinds::MODEL, kinds::DATASET]
+    }
+    fn output_kind(&self) -> &'static str {
+        kinds::MODEL
+    }
+    fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
+        let o: fit::FitOptions = ctx.options()?;
+        let data = inputs.one(kinds::DATASET)?;
+        let info = DatasetInfo::from_artifact(data)?;
+        let mut model = PetModel::load(inputs.one(kinds::MODEL)?, ctx.services(), ctx.device, true)?;
+        model.ensure_head(info.num_labels(), info.regression, derive_seed(ctx.seed, "head"));
+        if o.reinit {
+            for (i, module) in model.modules.iter_mut().enumerate() {
+                module.reinitialize(derive_seed(ctx.seed, &format!("reinit {i}")))?;
+            }
+        }
+        let train = TokenizedSplit::from_artifact(data, "train")?;
+        let dev = match info.eval_splits().first() {
+            Some(name) => Some((*name, TokenizedSplit::from_artifact(data, name)?)),
+            None => None,
+        };
+        tracing::info!(train = train.len(), pet = model.pet_parameters(), head = model.head_parameters(), "training");
+        let report = fit::fit(ctx, &o, &mut model, &info, &train, dev.as_ref().map(|(n, s)| (*n, s.clone())))?;
+        let mut artifact = model.to_artifact();
+        artifact.meta["training"] = report.summary;
+        artifact.meta["task"] = Value::String(info.task.clone());
+        Ok(artifact)
+    }
+}
