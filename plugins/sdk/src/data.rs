@@ -134,7 +134,13 @@ impl TokenizedSplit {
 
     /// One batch of these rows, padded to the longest, on `device`.
     pub fn batch(&self, rows: &[usize], pad_id: i64, device: Device) -> Batch {
-        let width = rows.iter().map(|&r| self.seq_len(r)).max().unwrap_or(0);
+        self.batch_padded(rows, pad_id, device, 0)
+    }
+
+    /// One batch padded to the longest of its rows, or to `min_width` if that is more
+    /// (fixed shapes, as `padding="max_length"` gives in Hugging Face).
+    pub fn batch_padded(&self, rows: &[usize], pad_id: i64, device: Device, min_width: usize) -> Batch {
+        let width = rows.iter().map(|&r| self.seq_len(r)).max().unwrap_or(0).max(min_width);
         let n = rows.len();
         let mut ids = vec![pad_id; n * width];
         let mut types = vec![0i64; n * width];

@@ -29,6 +29,7 @@ pub struct FitOptions {
     pub reinit: bool,
     pub skip_nonfinite: bool,
     pub checkpoint_every: i64,
+    pub pad_to: Option<usize>,
 }
 
 /// What the fit reports into the model artifact.
@@ -87,7 +88,7 @@ pub fn fit(ctx: &StageCtx, o: &FitOptions, model: &mut PetModel, info: &DatasetI
             epoch_rows = Some((epoch, train.batch_rows(&batch_options(epoch))));
         }
         let rows = &epoch_rows.as_ref().expect("rows of this epoch").1[(state.step % steps_per_epoch) as usize];
-        let batch = train.batch(rows, info.pad_id, ctx.device);
+        let batch = train.batch_padded(rows, info.pad_id, ctx.device, o.pad_to.unwrap_or(0));
         let labels = batch.labels.as_ref().context("the training split has no labels")?;
         let loss = loss_of(&model.logits(&batch, true)?, labels, info.regression);
         let loss_value = loss.double_value(&[]);

@@ -42,6 +42,7 @@ impl Stage for Fit {
             .opt("reinit", OptType::Bool, false, "re-initialise the PET parameters first (architecture and masks kept)")
             .opt("skip_nonfinite", OptType::Bool, false, "skip steps with a non-finite loss or gradient instead of failing")
             .opt("checkpoint_every", OptType::Int, 200, "steps between checkpoints for resuming (0: at evaluations only)")
+            .opt("pad_to", OptType::Int, Value::Null, "pad every training batch to this many tokens (default: its longest)")
     }
     fn input_kinds(&self) -> &'static [&'static str] {
         &[kinds::MODEL, kinds::DATASET]

@@ -1,0 +1,65 @@
+"""Benchmark: LoRA fine-tuning throughput and peak memory, petnas against transformers + PEFT,
+in the same run on the same machine.
+
+    scripts/bench/lora_vs_peft.sh        (sets up, installs transformers + peft, runs this)
+
+The task: all-MiniLM-L6-v2, LoRA r=8 (alpha 16) on query and value, RTE train (the first
+EXAMPLES examples; petnas takes a seeded subset of the same size), batch 32, every batch padded
+to 128 tokens, fp32, one epoch, then the dev split. Peak memory is the peak resident set size
+of each process (model loading included).
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = int(os.environ.get("EXAMPLES", "640"))
+THREADS = int(os.environ.get("THREADS", str(os.cpu_count() or 1)))
+
+
+def peak_rss(cmd, cwd=None):
+    """Runs under /usr/bin/time to read the peak resident set size (KiB) of the command."""
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as t:
+        proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", t.name, *map(str, cmd)], cwd=cwd,
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(f"{' '.join(map(str, cmd))} failed:\n{proc.stderr[-3000:]}")
+        return proc.stdout, int(Path(t.name).read_text().split()[-1]) / 1024
+
+
+def main():
+    glue = Path(os.environ.get("GLUE_DIR", ROOT.parent / "shared" / "data" / "glue"))
+    model = ROOT / "models" / "all-MiniLM-L6-v2"
+    with tempfile.TemporaryDirectory() as tmp:
+        pipeline = Path(tmp) / "bench.yaml"
+        pipeline.write_text(f"""name: bench-lora
+defaults: {{seed: 1, threads: {THREADS}}}
+stages:
+  model: {{use: plm.load, with: {{model: '{model}'}}}}
+  data: {{use: glue.load, needs: [model], with: {{task: rte, dir: '{glue}', max_len: 128, max_train_examples: {EXAMPLES}, splits: [train, dev]}}}}
+  pets: {{use: pet.attach, needs: [model], with: {{pets: [{{type: lora, targets: [query, value], rank: 8, alpha: 16}}]}}}}
+  fit: {{use: train.fit, needs: [pets, data], with: {{epochs: 1, batch_size: 32, lr: 1e-3, pad_to: 128, weight_decay: 0.0, checkpoint_every: 0}}}}
+  eval: {{use: glue.evaluate, needs: [fit, data]}}
+""")
+        _, petnas_mib = peak_rss([ROOT / "target" / "release" / "petnas", "run", pipeline, "--runs-dir", Path(tmp) / "runs"], cwd=tmp)
+        metrics = json.loads((Path(tmp) / "runs" / "bench-lora" / "default" / "eval" / "metrics.json").read_text())
+    out, peft_mib = peak_rss([sys.executable, ROOT / "scripts" / "bench" / "peft_lora.py", "--model", model, "--glue", glue,
+                              "--examples", EXAMPLES, "--threads", THREADS])
+    peft = json.loads(out.strip().splitlines()[-1])
+    rows = [
+        ("train samples/s", metrics["train_samples_per_second"], peft["train_samples_per_second"]),
+        ("eval samples/s", metrics["eval_samples_per_second"], peft["eval_samples_per_second"]),
+        ("peak memory MiB", petnas_mib, peft_mib),
+    ]
+    print(f"LoRA r=8 on query,value · all-MiniLM-L6-v2 · RTE {EXAMPLES} examples · batch 32 × 128 tokens · fp32 · {THREADS} threads")
+    print(f"{'':18} {'petnas':>10} {'PEFT':>10} {'petnas/PEFT':>12}")
+    for name, ours, theirs in rows:
+        print(f"{name:18} {ours:10.1f} {theirs:10.1f} {ours / theirs:12.2f}")
+    print(f"(dev accuracy after one epoch: petnas {metrics['value']:.3f}, PEFT {peft['accuracy']:.3f})")
+
+
+if __name__ == "__main__":
+    main()
