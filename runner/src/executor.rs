@@ -395,7 +395,7 @@ impl Job {
             let artifact = match artifact {
                 Some(a) => a.clone(),
                 None => Arc::new(
-                    store::read_artifact(dir, placement.device)
+                    Artifact::read(dir, placement.device)
                         .with_context(|| format!("cannot reuse the outputs of `{id}`"))?,
                 ),
             };

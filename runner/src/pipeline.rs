@@ -698,21 +698,39 @@ fn check_output_path(
 /// Checks a list of PET modules against the PET types' own option schemas.
 fn check_pets(node: &Node, registry: &Registry, file: &str, errors: &mut Vec<Diagnostic>) {
     let Value::Seq(items) = &node.value else {
-        errors.push(Diagnostic::at(file, node.pos, format!("expected a list of PET modules ({{type, targets, options…}}), found {}", node.type_name())));
+        errors.push(Diagnostic::at(
+            file,
+            node.pos,
+            format!(
+                "expected a list of PET modules ({{type, targets, options…}}), found {}",
+                node.type_name()
+            ),
+        ));
         return;
     };
     let known: Vec<&str> = registry.pet_types().map(|(t, _)| t.name()).collect();
     for item in items {
         let Value::Map(entries) = &item.value else {
-            errors.push(Diagnostic::at(file, item.pos, format!("a PET module is a mapping with `type`, found {}", item.type_name())));
+            errors.push(Diagnostic::at(
+                file,
+                item.pos,
+                format!("a PET module is a mapping with `type`, found {}", item.type_name()),
+            ));
             continue;
         };
         let Some((_, _, type_node)) = entries.iter().find(|(k, _, _)| k == "type") else {
-            errors.push(Diagnostic::at(file, item.pos, "a PET module needs a `type`").help(format!("PET types: {}", known.join(", "))));
+            errors.push(
+                Diagnostic::at(file, item.pos, "a PET module needs a `type`")
+                    .help(format!("PET types: {}", known.join(", "))),
+            );
             continue;
         };
         let Value::Str(type_name) = &type_node.value else {
-            errors.push(Diagnostic::at(file, type_node.pos, format!("`type` must be a string, found {}", type_node.type_name())));
+            errors.push(Diagnostic::at(
+                file,
+                type_node.pos,
+                format!("`type` must be a string, found {}", type_node.type_name()),
+            ));
             continue;
         };
         let Some((pet_type, _)) = registry.pet_types().find(|(t, _)| t.name() == type_name) else {
@@ -731,21 +749,35 @@ fn check_pets(node: &Node, registry: &Registry, file: &str, errors: &mut Vec<Dia
                 "targets" => match &value.value {
                     Value::Str(_) => {}
                     Value::Seq(targets) if targets.iter().all(|t| matches!(t.value, Value::Str(_))) => {}
-                    _ => errors.push(Diagnostic::at(file, value.pos, "`targets` must be a pattern or a list of patterns (names, `re:…`, `all-linear`)")),
+                    _ => errors.push(Diagnostic::at(
+                        file,
+                        value.pos,
+                        "`targets` must be a pattern or a list of patterns (names, `re:…`, `all-linear`)",
+                    )),
                 },
                 _ => match schema.get(key) {
                     None => {
-                        let names: Vec<&str> = ["targets"].into_iter().chain(schema.options.iter().map(|o| o.name)).collect();
-                        let d = Diagnostic::at(file, *key_pos, format!("unknown option `{key}` for PET type `{type_name}`"));
+                        let names: Vec<&str> =
+                            ["targets"].into_iter().chain(schema.options.iter().map(|o| o.name)).collect();
+                        let d = Diagnostic::at(
+                            file,
+                            *key_pos,
+                            format!("unknown option `{key}` for PET type `{type_name}`"),
+                        );
                         errors.push(match nearest(key, names.iter().copied()) {
                             Some(n) => d.help(format!("did you mean `{n}`?")),
                             None => d.help(format!("{type_name} takes: {}", names.join(", "))),
                         });
                     }
                     Some(spec) if !node_has_reference(value) => {
-                        let allowed_null = spec.default.as_ref().is_some_and(Json::is_null) && matches!(value.value, Value::Null);
+                        let allowed_null = spec.default.as_ref().is_some_and(Json::is_null)
+                            && matches!(value.value, Value::Null);
                         if let (false, Err(e)) = (allowed_null, spec.ty.check(&value.to_json())) {
-                            errors.push(Diagnostic::at(file, value.pos, format!("option `{key}` of PET type `{type_name}`: {e}")));
+                            errors.push(Diagnostic::at(
+                                file,
+                                value.pos,
+                                format!("option `{key}` of PET type `{type_name}`: {e}"),
+                            ));
                         }
                     }
                     Some(_) => {}

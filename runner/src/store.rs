@@ -13,8 +13,6 @@ use sha2::{Digest, Sha256};
 
 use crate::plugins::hex;
 
-pub const OUTPUTS_JSON: &str = "outputs.json";
-pub const OUTPUTS_TENSORS: &str = "outputs.safetensors";
 pub const STAGE_RECORD: &str = "stage.json";
 pub const LOG: &str = "log.jsonl";
 
@@ -82,7 +80,7 @@ pub fn temp_dir(cell_dir: &Path, stage: &str) -> Result<PathBuf> {
 
 /// Writes the artifact and the record into `temp`, then moves `temp` to `dir` atomically.
 pub fn commit(temp: &Path, dir: &Path, artifact: &Artifact, record: &StageRecord) -> Result<()> {
-    write_artifact(temp, artifact)?;
+    artifact.save(temp)?;
     write_json_atomic(&temp.join(STAGE_RECORD), &serde_json::to_value(record)?)?;
     if dir.exists() {
         // The stale result goes aside first: rename cannot replace a non-empty folder.
@@ -96,41 +94,6 @@ pub fn commit(temp: &Path, dir: &Path, artifact: &Artifact, record: &StageRecord
     }
     sync_dir(dir.parent().unwrap_or(dir));
     Ok(())
-}
-
-fn write_artifact(dir: &Path, artifact: &Artifact) -> Result<()> {
-    let meta = serde_json::json!({"kind": artifact.kind, "meta": artifact.meta});
-    write_json_atomic(&dir.join(OUTPUTS_JSON), &meta)?;
-    if !artifact.tensors.is_empty() {
-        let cpu: Vec<(String, tch::Tensor)> = artifact
-            .tensors
-            .iter()
-            .map(|(name, t)| (name.clone(), t.to_device(tch::Device::Cpu).contiguous()))
-            .collect();
-        let path = dir.join(OUTPUTS_TENSORS);
-        tch::Tensor::write_safetensors(&cpu, &path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    Ok(())
-}
-
-/// Reads a completed stage's artifact back, its tensors moved to `device`.
-pub fn read_artifact(dir: &Path, device: tch::Device) -> Result<Artifact> {
-    let path = dir.join(OUTPUTS_JSON);
-    let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let value: Json =
-        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
-    let kind = value["kind"].as_str().with_context(|| format!("{} has no `kind`", path.display()))?;
-    let mut artifact = Artifact::new(kind, value["meta"].clone());
-    let tensors = dir.join(OUTPUTS_TENSORS);
-    if tensors.exists() {
-        for (name, tensor) in tch::Tensor::read_safetensors(&tensors)
-            .with_context(|| format!("cannot read {}", tensors.display()))?
-        {
-            artifact.tensors.insert(name, tensor.to_device(device));
-        }
-    }
-    Ok(artifact)
 }
 
 /// Writes JSON to a temporary file, syncs it, and renames it over `path`.

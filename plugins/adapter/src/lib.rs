@@ -31,7 +31,10 @@ struct AdapterConfig {
 fn hidden(site: &Site) -> Result<i64> {
     match site.kind {
         SiteKind::Sublayer { hidden } => Ok(hidden),
-        _ => bail!("adapters attach to sub-layers (`attention_block`, `ffn_block`); `{}` is not one", site.name),
+        _ => bail!(
+            "adapters attach to sub-layers (`attention_block`, `ffn_block`); `{}` is not one",
+            site.name
+        ),
     }
 }
 
@@ -40,7 +43,10 @@ fn hidden(site: &Site) -> Result<i64> {
 fn fresh(hidden: i64, bottleneck: i64, seed: u64, device: Device) -> Vec<(&'static str, Tensor)> {
     let bound = 1.0 / (hidden as f64).sqrt();
     vec![
-        ("down.weight", init::uniform(&[bottleneck, hidden], bound, init::derive_seed(seed, "down.weight"), device)),
+        (
+            "down.weight",
+            init::uniform(&[bottleneck, hidden], bound, init::derive_seed(seed, "down.weight"), device),
+        ),
         ("down.bias", init::uniform(&[bottleneck], bound, init::derive_seed(seed, "down.bias"), device)),
         ("up.weight", init::zeros(&[hidden, bottleneck], device)),
         ("up.bias", init::zeros(&[hidden], device)),
@@ -56,10 +62,30 @@ impl PetType for AdapterType {
     }
     fn options(&self) -> OptionSchema {
         OptionSchema::new()
-            .opt("placement", OptType::Enum(&["sequential", "parallel"]), "sequential", "after the sub-layer's output, or beside it from its input")
-            .opt("bottleneck", OptType::Int, Value::Null, "bottleneck width (default: hidden / reduction_factor)")
-            .opt("reduction_factor", OptType::Float, 16.0, "hidden size / bottleneck width, when `bottleneck` is not set")
-            .opt("scaling", OptType::Float, 1.0, "factor s of the adapter's output (He et al. use 4 for parallel adapters)")
+            .opt(
+                "placement",
+                OptType::Enum(&["sequential", "parallel"]),
+                "sequential",
+                "after the sub-layer's output, or beside it from its input",
+            )
+            .opt(
+                "bottleneck",
+                OptType::Int,
+                Value::Null,
+                "bottleneck width (default: hidden / reduction_factor)",
+            )
+            .opt(
+                "reduction_factor",
+                OptType::Float,
+                16.0,
+                "hidden size / bottleneck width, when `bottleneck` is not set",
+            )
+            .opt(
+                "scaling",
+                OptType::Float,
+                1.0,
+                "factor s of the adapter's output (He et al. use 4 for parallel adapters)",
+            )
     }
     fn default_targets(&self) -> &'static [&'static str] {
         &["ffn_block"]
@@ -85,7 +111,13 @@ impl PetType for AdapterType {
             scaling: config.scaling,
         }))
     }
-    fn restore(&self, site: &Site, state: &Value, tensors: Vec<(String, Tensor)>, device: Device) -> Result<Box<dyn PetModule>> {
+    fn restore(
+        &self,
+        site: &Site,
+        state: &Value,
+        tensors: Vec<(String, Tensor)>,
+        device: Device,
+    ) -> Result<Box<dyn PetModule>> {
         hidden(site)?;
         Ok(Box::new(Adapter {
             site: site.clone(),
@@ -118,8 +150,11 @@ impl PetModule for Adapter {
     }
     fn apply(&self, input: &Tensor, output: Tensor, _train: bool) -> Tensor {
         let source = if self.parallel { input } else { &output };
-        let hidden = source.linear(&self.params.effective("down.weight"), Some(&self.params.effective("down.bias"))).relu();
-        let update = hidden.linear(&self.params.effective("up.weight"), Some(&self.params.effective("up.bias")));
+        let hidden = source
+            .linear(&self.params.effective("down.weight"), Some(&self.params.effective("down.bias")))
+            .relu();
+        let update =
+            hidden.linear(&self.params.effective("up.weight"), Some(&self.params.effective("up.bias")));
         output + update * self.scaling
     }
     fn parameters(&self) -> Vec<(String, Tensor)> {

@@ -41,11 +41,26 @@ impl PetType for BitFitType {
     fn can_attach(&self, site: &Site) -> bool {
         matches!(site.kind, SiteKind::Linear { .. } | SiteKind::LayerNorm { .. })
     }
-    fn create(&self, site: &Site, _options: &Value, device: Device, _seed: u64) -> Result<Box<dyn PetModule>> {
+    fn create(
+        &self,
+        site: &Site,
+        _options: &Value,
+        device: Device,
+        _seed: u64,
+    ) -> Result<Box<dyn PetModule>> {
         let len = bias_len(site)?;
-        Ok(Box::new(BiasDelta { site: site.clone(), params: Params::new(vec![("delta", init::zeros(&[len], device))]) }))
+        Ok(Box::new(BiasDelta {
+            site: site.clone(),
+            params: Params::new(vec![("delta", init::zeros(&[len], device))]),
+        }))
     }
-    fn restore(&self, site: &Site, _state: &Value, tensors: Vec<(String, Tensor)>, device: Device) -> Result<Box<dyn PetModule>> {
+    fn restore(
+        &self,
+        site: &Site,
+        _state: &Value,
+        tensors: Vec<(String, Tensor)>,
+        device: Device,
+    ) -> Result<Box<dyn PetModule>> {
         bias_len(site)?;
         Ok(Box::new(BiasDelta { site: site.clone(), params: Params::restore(&["delta"], tensors, device)? }))
     }

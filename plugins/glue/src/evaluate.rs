@@ -55,7 +55,8 @@ impl Stage for Evaluate {
             per_split.insert(name.to_string(), json!(evaluation.metrics));
         }
         let main = info.scoring.main_metric();
-        let main_value = splits.iter().filter_map(|s| per_split[*s][main].as_f64()).sum::<f64>() / splits.len() as f64;
+        let main_value =
+            splits.iter().filter_map(|s| per_split[*s][main].as_f64()).sum::<f64>() / splits.len() as f64;
         let plm = model.backbone.info().parameters;
         let pet = model.pet_parameters();
         let training = &model_artifact.meta["training"];
@@ -118,7 +119,12 @@ impl Stage for Predict {
     fn options(&self) -> OptionSchema {
         OptionSchema::new()
             .opt("split", OptType::Str, Value::Null, "the split (default: the test split)")
-            .opt("file", OptType::OutputPath, Value::Null, "where to write (default: GLUE's name for the task, e.g. RTE.tsv)")
+            .opt(
+                "file",
+                OptType::OutputPath,
+                Value::Null,
+                "where to write (default: GLUE's name for the task, e.g. RTE.tsv)",
+            )
             .opt("batch_size", OptType::Int, 64, "examples per batch")
     }
     fn input_kinds(&self) -> &'static [&'static str] {
@@ -141,19 +147,23 @@ impl Stage for Predict {
                 .context("the dataset has no test split: name one with `split:`")?,
         };
         let split = TokenizedSplit::from_artifact(data, &split_name)?;
-        let index = Vec::<i64>::try_from(data.tensor(&format!("{split_name}.index"))?.to_device(tch::Device::Cpu))?;
+        let index =
+            Vec::<i64>::try_from(data.tensor(&format!("{split_name}.index"))?.to_device(tch::Device::Cpu))?;
         let model = PetModel::load(inputs.one(kinds::MODEL)?, ctx.services(), ctx.device, false)?;
         let evaluation = evaluate(&model, &split, info.scoring, o.batch_size.max(1), info.pad_id)?;
         let path = ctx.output_path(&o.file.unwrap_or_else(|| submission_name(&info.task, &split_name)))?;
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let mut out = std::io::BufWriter::new(std::fs::File::create(&path).with_context(|| format!("cannot write {}", path.display()))?);
+        let mut out = std::io::BufWriter::new(
+            std::fs::File::create(&path).with_context(|| format!("cannot write {}", path.display()))?,
+        );
         writeln!(out, "index\tprediction")?;
         match &evaluation.predictions {
             Values::Classes(classes) => {
                 for (i, c) in index.iter().zip(classes) {
-                    let label = info.labels.get(*c as usize).context("a predicted class outside the labels")?;
+                    let label =
+                        info.labels.get(*c as usize).context("a predicted class outside the labels")?;
                     writeln!(out, "{i}\t{label}")?;
                 }
             }
@@ -166,6 +176,9 @@ impl Stage for Predict {
         }
         out.flush()?;
         tracing::info!(file = %path.display(), examples = split.len(), "predictions written");
-        Ok(Artifact::new(kinds::REPORT, json!({"file": path, "split": split_name, "examples": split.len(), "metrics": evaluation.metrics})))
+        Ok(Artifact::new(
+            kinds::REPORT,
+            json!({"file": path, "split": split_name, "examples": split.len(), "metrics": evaluation.metrics}),
+        ))
     }
 }

@@ -7,9 +7,9 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use petnas_sdk::{Services, Tool, ToolOutput};
 
-use petnas_sdk::metrics::{score, Values};
 use crate::reader::{read_split, Label};
 use crate::tasks::{Task, NAMES};
+use petnas_sdk::metrics::{score, Values};
 
 #[derive(Parser)]
 #[command(

@@ -45,11 +45,26 @@ impl PetType for Ia3Type {
     fn can_attach(&self, site: &Site) -> bool {
         matches!(site.kind, SiteKind::Linear { .. } | SiteKind::Activation { .. })
     }
-    fn create(&self, site: &Site, _options: &Value, device: Device, _seed: u64) -> Result<Box<dyn PetModule>> {
+    fn create(
+        &self,
+        site: &Site,
+        _options: &Value,
+        device: Device,
+        _seed: u64,
+    ) -> Result<Box<dyn PetModule>> {
         let len = width(site)?;
-        Ok(Box::new(Ia3 { site: site.clone(), params: Params::new(vec![("delta", init::zeros(&[len], device))]) }))
+        Ok(Box::new(Ia3 {
+            site: site.clone(),
+            params: Params::new(vec![("delta", init::zeros(&[len], device))]),
+        }))
     }
-    fn restore(&self, site: &Site, _state: &Value, tensors: Vec<(String, Tensor)>, device: Device) -> Result<Box<dyn PetModule>> {
+    fn restore(
+        &self,
+        site: &Site,
+        _state: &Value,
+        tensors: Vec<(String, Tensor)>,
+        device: Device,
+    ) -> Result<Box<dyn PetModule>> {
         width(site)?;
         Ok(Box::new(Ia3 { site: site.clone(), params: Params::restore(&["delta"], tensors, device)? }))
     }
@@ -100,8 +115,13 @@ impl PetModule for Ia3 {
     /// activation folds into the columns of the layer that reads it (`….output.dense`).
     fn merge_into(&self, weights: &mut BTreeMap<String, Tensor>) -> Result<bool> {
         let scale = self.scale().detach();
-        let fold = |weights: &mut BTreeMap<String, Tensor>, name: String, f: &dyn Fn(&Tensor) -> Tensor| -> Result<()> {
-            let Some(w) = weights.get(&name) else { bail!("the backbone has no weight `{name}` to merge IA3 into") };
+        let fold = |weights: &mut BTreeMap<String, Tensor>,
+                    name: String,
+                    f: &dyn Fn(&Tensor) -> Tensor|
+         -> Result<()> {
+            let Some(w) = weights.get(&name) else {
+                bail!("the backbone has no weight `{name}` to merge IA3 into")
+            };
             let merged = f(w);
             weights.insert(name, merged);
             Ok(())
@@ -112,7 +132,9 @@ impl PetModule for Ia3 {
                 fold(weights, reader, &|w| w * scale.to_device(w.device()).unsqueeze(0))?;
             }
             _ => {
-                fold(weights, format!("{}.weight", self.site.name), &|w| w * scale.to_device(w.device()).unsqueeze(1))?;
+                fold(weights, format!("{}.weight", self.site.name), &|w| {
+                    w * scale.to_device(w.device()).unsqueeze(1)
+                })?;
                 fold(weights, format!("{}.bias", self.site.name), &|b| b * scale.to_device(b.device()))?;
             }
         }

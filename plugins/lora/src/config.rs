@@ -26,13 +26,26 @@ pub fn schema() -> OptionSchema {
             "standard",
             "standard: B = 0; balanced: A and B random at one scale, their initial product subtracted",
         )
-        .opt("rank_pattern", OptType::Map, Value::Object(Map::new()), "per-site ranks: {name pattern: rank}, as PEFT")
-        .opt("alpha_pattern", OptType::Map, Value::Object(Map::new()), "per-site alphas: {name pattern: alpha}, as PEFT")
+        .opt(
+            "rank_pattern",
+            OptType::Map,
+            Value::Object(Map::new()),
+            "per-site ranks: {name pattern: rank}, as PEFT",
+        )
+        .opt(
+            "alpha_pattern",
+            OptType::Map,
+            Value::Object(Map::new()),
+            "per-site alphas: {name pattern: alpha}, as PEFT",
+        )
 }
 
 /// PEFT's rule: a pattern applies to a site whose name is the pattern or ends with `.pattern`.
 fn lookup(pattern: &Map<String, Value>, site: &str) -> Option<f64> {
-    pattern.iter().find(|(k, _)| site == k.as_str() || site.ends_with(&format!(".{k}"))).and_then(|(_, v)| v.as_f64())
+    pattern
+        .iter()
+        .find(|(k, _)| site == k.as_str() || site.ends_with(&format!(".{k}")))
+        .and_then(|(_, v)| v.as_f64())
 }
 
 impl LoraConfig {

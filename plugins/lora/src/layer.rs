@@ -23,7 +23,14 @@ pub struct Lora {
 
 impl Lora {
     /// Fresh factors for a site `inputs → outputs`.
-    pub fn init(inputs: i64, outputs: i64, rank: i64, balanced: bool, seed: u64, device: Device) -> (Tensor, Tensor) {
+    pub fn init(
+        inputs: i64,
+        outputs: i64,
+        rank: i64,
+        balanced: bool,
+        seed: u64,
+        device: Device,
+    ) -> (Tensor, Tensor) {
         // PyTorch's Kaiming-uniform bound for A, as PEFT; B zero, or at A's scale when balanced.
         let bound = 1.0 / (inputs as f64).sqrt();
         let a = init::uniform(&[rank, inputs], bound, init::derive_seed(seed, "A"), device);
@@ -48,11 +55,19 @@ impl PetModule for Lora {
         &self.site
     }
     fn apply(&self, input: &Tensor, output: Tensor, train: bool) -> Tensor {
-        let x = if train && self.dropout > 0.0 { input.dropout(self.dropout, true) } else { input.shallow_clone() };
-        let update = x.linear::<Tensor>(&self.params.effective("A"), None).linear::<Tensor>(&self.params.effective("B"), None);
+        let x = if train && self.dropout > 0.0 {
+            input.dropout(self.dropout, true)
+        } else {
+            input.shallow_clone()
+        };
+        let update = x
+            .linear::<Tensor>(&self.params.effective("A"), None)
+            .linear::<Tensor>(&self.params.effective("B"), None);
         let output = output + update * self.scaling;
         match &self.offset {
-            Some((a0, b0)) => output - input.linear::<Tensor>(a0, None).linear::<Tensor>(b0, None) * self.scaling,
+            Some((a0, b0)) => {
+                output - input.linear::<Tensor>(a0, None).linear::<Tensor>(b0, None) * self.scaling
+            }
             None => output,
         }
     }
@@ -86,21 +101,27 @@ impl PetModule for Lora {
     }
     fn reinitialize(&mut self, seed: u64) -> Result<()> {
         let (outputs, inputs) = (self.params.get("B").size()[0], self.params.get("A").size()[1]);
-        let (a, b) = Lora::init(inputs, outputs, self.rank(), self.balanced, seed, self.params.get("A").device());
+        let (a, b) =
+            Lora::init(inputs, outputs, self.rank(), self.balanced, seed, self.params.get("A").device());
         self.params.replace("A", a);
         self.params.replace("B", b);
         if self.balanced {
             // Exactly what is applied (masks included) is subtracted: the model starts unchanged.
-            self.offset = Some((self.params.effective("A").detach().copy(), self.params.effective("B").detach().copy()));
+            self.offset = Some((
+                self.params.effective("A").detach().copy(),
+                self.params.effective("B").detach().copy(),
+            ));
         }
         Ok(())
     }
     fn merge_into(&self, weights: &mut BTreeMap<String, Tensor>) -> Result<bool> {
         let name = format!("{}.weight", self.site.name);
-        let Some(w) = weights.get(&name) else { bail!("the backbone has no weight `{name}` to merge LoRA into") };
+        let Some(w) = weights.get(&name) else {
+            bail!("the backbone has no weight `{name}` to merge LoRA into")
+        };
         let mut delta = self.params.effective("B").matmul(&self.params.effective("A"));
         if let Some((a0, b0)) = &self.offset {
-            delta = delta - b0.matmul(a0);
+            delta -= b0.matmul(a0);
         }
         let merged = w + delta.to_device(w.device()) * self.scaling;
         weights.insert(name, merged.detach());
@@ -112,6 +133,9 @@ impl PetModule for Lora {
             tensors.push(("offset.A".into(), a0.shallow_clone()));
             tensors.push(("offset.B".into(), b0.shallow_clone()));
         }
-        (json!({"rank": self.rank(), "scaling": self.scaling, "dropout": self.dropout, "balanced": self.balanced}), tensors)
+        (
+            json!({"rank": self.rank(), "scaling": self.scaling, "dropout": self.dropout, "balanced": self.balanced}),
+            tensors,
+        )
     }
 }

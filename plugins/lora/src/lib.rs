@@ -61,14 +61,21 @@ impl PetType for LoraType {
             offset,
         }))
     }
-    fn restore(&self, site: &Site, state: &Value, tensors: Vec<(String, Tensor)>, device: Device) -> Result<Box<dyn PetModule>> {
+    fn restore(
+        &self,
+        site: &Site,
+        state: &Value,
+        tensors: Vec<(String, Tensor)>,
+        device: Device,
+    ) -> Result<Box<dyn PetModule>> {
         linear_shape(site)?;
         let take = |name: &str| tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t.to_device(device));
         let offset = match (take("offset.A"), take("offset.B")) {
             (Some(a), Some(b)) => Some((a, b)),
             _ => None,
         };
-        let rest: Vec<(String, Tensor)> = tensors.into_iter().filter(|(n, _)| !n.starts_with("offset.")).collect();
+        let rest: Vec<(String, Tensor)> =
+            tensors.into_iter().filter(|(n, _)| !n.starts_with("offset.")).collect();
         Ok(Box::new(Lora {
             site: site.clone(),
             params: Params::restore(&["A", "B"], rest, device)?,

@@ -49,7 +49,12 @@ impl LayerNorm {
 
     fn forward(&self, x: &Tensor, hooks: &dyn SiteHooks, train: bool) -> Tensor {
         let len = self.weight.size()[0];
-        hooks.apply(&self.site, x, x.layer_norm([len], Some(&self.weight), Some(&self.bias), self.eps, true), train)
+        hooks.apply(
+            &self.site,
+            x,
+            x.layer_norm([len], Some(&self.weight), Some(&self.bias), self.eps, true),
+            train,
+        )
     }
 }
 
@@ -253,7 +258,8 @@ impl Backbone for Encoder {
         let embedded = embed(&self.word_embeddings, ids)
             + embed(&self.position_embeddings, &self.position_ids(ids))
             + embed(&self.token_type_embeddings, &batch.token_type_ids);
-        let mut hidden = self.embeddings_norm.forward(&embedded, hooks, train).dropout(c.hidden_dropout_prob, train);
+        let mut hidden =
+            self.embeddings_norm.forward(&embedded, hooks, train).dropout(c.hidden_dropout_prob, train);
         // True where a query may attend: every real token of the sequence.
         let attend = batch.attention_mask.to_kind(Kind::Bool).view([b, 1, 1, len]);
         let attention_dropout = if train { c.attention_probs_dropout_prob } else { 0.0 };
@@ -262,11 +268,20 @@ impl Backbone for Encoder {
             let q = split(layer.query.forward(&hidden, hooks, train));
             let k = split(layer.key.forward(&hidden, hooks, train));
             let v = split(layer.value.forward(&hidden, hooks, train));
-            let context =
-                Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&attend), attention_dropout, false, None, false)
-                    .transpose(1, 2)
-                    .reshape([b, len, c.hidden_size]);
-            let attended = layer.attention_output.forward(&context, hooks, train).dropout(c.hidden_dropout_prob, train);
+            let context = Tensor::scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                Some(&attend),
+                attention_dropout,
+                false,
+                None,
+                false,
+            )
+            .transpose(1, 2)
+            .reshape([b, len, c.hidden_size]);
+            let attended =
+                layer.attention_output.forward(&context, hooks, train).dropout(c.hidden_dropout_prob, train);
             let attended = hooks.apply(&layer.attention_block, &hidden, attended, train);
             hidden = layer.attention_norm.forward(&(attended + &hidden), hooks, train);
             let inner = layer.intermediate.forward(&hidden, hooks, train);

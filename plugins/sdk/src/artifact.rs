@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use tch::Tensor;
 
@@ -51,6 +51,51 @@ impl Artifact {
                 self.tensors.keys().cloned().collect::<Vec<_>>().join(", ")
             )
         })
+    }
+}
+
+pub const OUTPUTS_JSON: &str = "outputs.json";
+pub const OUTPUTS_TENSORS: &str = "outputs.safetensors";
+
+impl Artifact {
+    /// Writes `outputs.json` (kind and metadata) and, if there are tensors,
+    /// `outputs.safetensors` into `dir`.
+    pub fn save(&self, dir: &std::path::Path) -> Result<()> {
+        let meta = serde_json::json!({"kind": self.kind, "meta": self.meta});
+        let json = dir.join(OUTPUTS_JSON);
+        std::fs::write(&json, serde_json::to_vec_pretty(&meta)?)
+            .with_context(|| format!("cannot write {}", json.display()))?;
+        if !self.tensors.is_empty() {
+            let cpu: Vec<(String, Tensor)> = self
+                .tensors
+                .iter()
+                .map(|(name, t)| (name.clone(), t.to_device(tch::Device::Cpu).contiguous()))
+                .collect();
+            let path = dir.join(OUTPUTS_TENSORS);
+            Tensor::write_safetensors(&cpu, &path)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Reads what [`Artifact::save`] wrote, tensors moved to `device`.
+    pub fn read(dir: &std::path::Path, device: tch::Device) -> Result<Artifact> {
+        let path = dir.join(OUTPUTS_JSON);
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let value: Value =
+            serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+        let kind = value["kind"].as_str().with_context(|| format!("{} has no `kind`", path.display()))?;
+        let mut artifact = Artifact::new(kind, value["meta"].clone());
+        let tensors = dir.join(OUTPUTS_TENSORS);
+        if tensors.exists() {
+            for (name, tensor) in Tensor::read_safetensors(&tensors)
+                .with_context(|| format!("cannot read {}", tensors.display()))?
+            {
+                artifact.tensors.insert(name, tensor.to_device(device));
+            }
+        }
+        Ok(artifact)
     }
 }
 

@@ -187,11 +187,20 @@ impl DatasetInfo {
         let splits = meta["splits"].as_object().context("the dataset artifact lists no splits")?;
         Ok(DatasetInfo {
             task: meta["task"].as_str().context("the dataset artifact names no task")?.to_string(),
-            labels: meta["labels"].as_array().into_iter().flatten().filter_map(|l| l.as_str().map(str::to_string)).collect(),
+            labels: meta["labels"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|l| l.as_str().map(str::to_string))
+                .collect(),
             regression: meta["regression"].as_bool().unwrap_or(false),
-            scoring: serde_json::from_value(meta["scoring"].clone()).context("the dataset artifact has no scoring")?,
+            scoring: serde_json::from_value(meta["scoring"].clone())
+                .context("the dataset artifact has no scoring")?,
             pad_id: meta["pad_id"].as_i64().unwrap_or(0),
-            splits: splits.iter().map(|(name, s)| (name.clone(), s["labelled"].as_bool().unwrap_or(false))).collect(),
+            splits: splits
+                .iter()
+                .map(|(name, s)| (name.clone(), s["labelled"].as_bool().unwrap_or(false)))
+                .collect(),
         })
     }
 
@@ -206,7 +215,11 @@ impl DatasetInfo {
 
     /// The labelled splits other than train (dev, or MNLI's dev_matched and dev_mismatched).
     pub fn eval_splits(&self) -> Vec<&str> {
-        self.splits.iter().filter(|(n, labelled)| *labelled && n != "train").map(|(n, _)| n.as_str()).collect()
+        self.splits
+            .iter()
+            .filter(|(n, labelled)| *labelled && n != "train")
+            .map(|(n, _)| n.as_str())
+            .collect()
     }
 }
 

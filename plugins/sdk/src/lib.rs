@@ -12,6 +12,7 @@ pub mod data;
 pub mod init;
 pub mod metrics;
 pub mod model;
+pub mod optim;
 pub mod options;
 pub mod params;
 pub mod pet_model;

@@ -151,7 +151,13 @@ pub trait PetType: Send + Sync {
     fn can_attach(&self, site: &Site) -> bool;
     /// A fresh module at the site (options checked against [`PetType::options`]), its
     /// parameters on `device`, initialised from `seed`.
-    fn create(&self, site: &Site, options: &Value, device: tch::Device, seed: u64) -> Result<Box<dyn PetModule>>;
+    fn create(
+        &self,
+        site: &Site,
+        options: &Value,
+        device: tch::Device,
+        seed: u64,
+    ) -> Result<Box<dyn PetModule>>;
     /// A module rebuilt from what [`PetModule::state`] returned.
     fn restore(
         &self,
@@ -209,7 +215,9 @@ pub fn site_matches(site: &Site, patterns: &[String]) -> Result<bool> {
             matches!(site.kind, SiteKind::Linear { .. })
         } else if let Some(re) = pattern.strip_prefix("re:") {
             regex::Regex::new(&format!("^(?:{re})$"))
-                .map_err(|e| anyhow::anyhow!("target pattern `{pattern}` is not a valid regular expression: {e}"))?
+                .map_err(|e| {
+                    anyhow::anyhow!("target pattern `{pattern}` is not a valid regular expression: {e}")
+                })?
                 .is_match(&site.name)
         } else {
             site.name == *pattern || site.name.ends_with(&format!(".{pattern}"))

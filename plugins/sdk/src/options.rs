@@ -65,7 +65,9 @@ impl OptType {
                 true
             }
             (OptType::Map, Value::Object(_)) => true,
-            (OptType::Pets, Value::Array(items)) => items.iter().all(|i| i.get("type").is_some_and(Value::is_string)),
+            (OptType::Pets, Value::Array(items)) => {
+                items.iter().all(|i| i.get("type").is_some_and(Value::is_string))
+            }
             _ => false,
         };
         if ok {
@@ -149,7 +151,9 @@ impl OptionSchema {
                     v.clone()
                 }
                 (None, Some(d)) => d.clone(),
-                (None, None) => return Err(format!("missing required option `{}` ({})", spec.name, spec.ty.describe())),
+                (None, None) => {
+                    return Err(format!("missing required option `{}` ({})", spec.name, spec.ty.describe()))
+                }
             };
             out.insert(spec.name.to_string(), value);
         }

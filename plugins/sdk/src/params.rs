@@ -15,7 +15,10 @@ const MASK_PREFIX: &str = "mask.";
 
 impl Params {
     pub fn new(entries: Vec<(&str, Tensor)>) -> Params {
-        Params { entries: entries.into_iter().map(|(n, t)| (n.to_string(), t)).collect(), masks: BTreeMap::new() }
+        Params {
+            entries: entries.into_iter().map(|(n, t)| (n.to_string(), t)).collect(),
+            masks: BTreeMap::new(),
+        }
     }
 
     pub fn get(&self, name: &str) -> &Tensor {
@@ -76,7 +79,8 @@ impl Params {
 
     /// Parameters and masks (`mask.<name>`), for a module's state.
     pub fn state(&self) -> Vec<(String, Tensor)> {
-        let mut out: Vec<(String, Tensor)> = self.entries.iter().map(|(n, t)| (n.clone(), t.detach())).collect();
+        let mut out: Vec<(String, Tensor)> =
+            self.entries.iter().map(|(n, t)| (n.clone(), t.detach())).collect();
         out.extend(self.masks.iter().map(|(n, m)| (format!("{MASK_PREFIX}{n}"), m.shallow_clone())));
         out
     }
@@ -93,7 +97,11 @@ impl Params {
             }
         }
         for name in names {
-            params.entries.iter().find(|(n, _)| n == name).with_context(|| format!("the saved module has no tensor `{name}`"))?;
+            params
+                .entries
+                .iter()
+                .find(|(n, _)| n == name)
+                .with_context(|| format!("the saved module has no tensor `{name}`"))?;
         }
         for (name, mask) in masks {
             params.set_mask(&name, mask)?;

@@ -35,11 +35,17 @@ impl Head {
         let device = backbone.device();
         let pooler = pooler_of(backbone);
         let mut params = vec![
-            ("classifier.weight".to_string(), init::normal(&[num_labels, h], 0.02, init::derive_seed(seed, "head.classifier"), device)),
+            (
+                "classifier.weight".to_string(),
+                init::normal(&[num_labels, h], 0.02, init::derive_seed(seed, "head.classifier"), device),
+            ),
             ("classifier.bias".to_string(), init::zeros(&[num_labels], device)),
         ];
         if pooler.is_none() {
-            params.push(("dense.weight".into(), init::normal(&[h, h], 0.02, init::derive_seed(seed, "head.dense"), device)));
+            params.push((
+                "dense.weight".into(),
+                init::normal(&[h, h], 0.02, init::derive_seed(seed, "head.dense"), device),
+            ));
             params.push(("dense.bias".into(), init::zeros(&[h], device)));
         }
         Head { num_labels, regression, pooler, params }
@@ -53,9 +59,14 @@ impl Head {
         let first = hidden.select(1, 0);
         let pooled = match &self.pooler {
             Some((w, b)) => first.linear(w, Some(b)).tanh(),
-            None => first.dropout(HEAD_DROPOUT, train).linear(self.param("dense.weight"), Some(self.param("dense.bias"))).tanh(),
+            None => first
+                .dropout(HEAD_DROPOUT, train)
+                .linear(self.param("dense.weight"), Some(self.param("dense.bias")))
+                .tanh(),
         };
-        pooled.dropout(HEAD_DROPOUT, train).linear(self.param("classifier.weight"), Some(self.param("classifier.bias")))
+        pooled
+            .dropout(HEAD_DROPOUT, train)
+            .linear(self.param("classifier.weight"), Some(self.param("classifier.bias")))
     }
 }
 
@@ -71,6 +82,9 @@ pub struct PetModel {
     pub loader: String,
     pub modules: Vec<Box<dyn PetModule>>,
     pub head: Option<Head>,
+    /// What stages note about the model for later ones (e.g. the supernet's sizes), kept
+    /// from stage to stage.
+    pub notes: serde_json::Map<String, Value>,
     sites: BTreeMap<String, Site>,
     by_site: HashMap<String, Vec<usize>>,
 }
@@ -86,44 +100,80 @@ fn tensor_copy(t: &Tensor, copy: bool) -> Tensor {
 impl PetModel {
     pub fn new(backbone: Arc<dyn Backbone>, loader: &str) -> PetModel {
         let sites = backbone.sites().into_iter().map(|s| (s.name.clone(), s)).collect();
-        PetModel { backbone, loader: loader.to_string(), modules: Vec::new(), head: None, sites, by_site: HashMap::new() }
+        PetModel {
+            backbone,
+            loader: loader.to_string(),
+            modules: Vec::new(),
+            head: None,
+            notes: serde_json::Map::new(),
+            sites,
+            by_site: HashMap::new(),
+        }
     }
 
     /// The model a `model` artifact describes, on `device`. With `copy`, its trainable
     /// tensors are copies (for stages that train: artifacts are shared and immutable).
-    pub fn load(artifact: &Artifact, services: &dyn Services, device: Device, copy: bool) -> Result<PetModel> {
+    pub fn load(
+        artifact: &Artifact,
+        services: &dyn Services,
+        device: Device,
+        copy: bool,
+    ) -> Result<PetModel> {
         if artifact.kind != kinds::MODEL {
             bail!("expected a model artifact, got {}", artifact.kind);
         }
         let backbone_meta = &artifact.meta["backbone"];
-        let loader_name = backbone_meta["loader"].as_str().context("the model artifact names no backbone loader")?;
-        let loader = services.backbone_loader(loader_name).with_context(|| format!("no loaded plugin provides the `{loader_name}` backbone loader"))?;
-        let dir = backbone_meta["info"]["dir"].as_str().context("the model artifact names no checkpoint folder")?;
+        let loader_name =
+            backbone_meta["loader"].as_str().context("the model artifact names no backbone loader")?;
+        let loader = services
+            .backbone_loader(loader_name)
+            .with_context(|| format!("no loaded plugin provides the `{loader_name}` backbone loader"))?;
+        let dir =
+            backbone_meta["info"]["dir"].as_str().context("the model artifact names no checkpoint folder")?;
         let mut model = PetModel::new(loader.load(std::path::Path::new(dir), device)?, loader_name);
         let tensors_of = |prefix: &str| -> Vec<(String, Tensor)> {
             artifact
                 .tensors
                 .iter()
-                .filter_map(|(n, t)| n.strip_prefix(prefix).map(|rest| (rest.to_string(), tensor_copy(&t.to_device(device), copy))))
+                .filter_map(|(n, t)| {
+                    n.strip_prefix(prefix)
+                        .map(|rest| (rest.to_string(), tensor_copy(&t.to_device(device), copy)))
+                })
                 .collect()
         };
         for (i, pet) in artifact.meta["pets"].as_array().into_iter().flatten().enumerate() {
             let type_name = pet["type"].as_str().context("a PET module without type")?;
-            let pet_type = services.pet_type(type_name).with_context(|| format!("no loaded plugin provides the PET type `{type_name}`"))?;
+            let pet_type = services
+                .pet_type(type_name)
+                .with_context(|| format!("no loaded plugin provides the PET type `{type_name}`"))?;
             let site_name = pet["site"].as_str().context("a PET module without site")?;
-            let site = model.sites.get(site_name).with_context(|| format!("the backbone has no site `{site_name}`"))?.clone();
+            let site = model
+                .sites
+                .get(site_name)
+                .with_context(|| format!("the backbone has no site `{site_name}`"))?
+                .clone();
             let module = pet_type.restore(&site, &pet["state"], tensors_of(&format!("pet.{i}.")), device)?;
             model.modules.push(module);
         }
         let head = &artifact.meta["head"];
         if !head.is_null() {
-            let mut restored = Head::new(model.backbone.as_ref(), head["num_labels"].as_i64().context("head without num_labels")?, head["regression"].as_bool().unwrap_or(false), 0);
+            let mut restored = Head::new(
+                model.backbone.as_ref(),
+                head["num_labels"].as_i64().context("head without num_labels")?,
+                head["regression"].as_bool().unwrap_or(false),
+                0,
+            );
             let saved = tensors_of("head.");
             for (name, value) in restored.params.iter_mut() {
-                *value = saved.iter().find(|(n, _)| n == name).map(|(_, t)| t.shallow_clone()).with_context(|| format!("the model artifact has no tensor `head.{name}`"))?;
+                *value = saved
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, t)| t.shallow_clone())
+                    .with_context(|| format!("the model artifact has no tensor `head.{name}`"))?;
             }
             model.head = Some(restored);
         }
+        model.notes = artifact.meta["notes"].as_object().cloned().unwrap_or_default();
         model.reindex();
         Ok(model)
     }
@@ -151,6 +201,7 @@ impl PetModel {
             "backbone": {"loader": self.loader, "info": self.backbone.info()},
             "pets": pets,
             "head": head,
+            "notes": self.notes,
             "parameters": {"pet": self.pet_parameters(), "head": self.head_parameters(), "backbone": self.backbone.info().parameters},
         });
         artifact
@@ -169,14 +220,25 @@ impl PetModel {
 
     /// Attaches a module of `pet_type` at every site matching `targets` that the type can
     /// take; returns how many were attached (an error when none).
-    pub fn attach(&mut self, pet_type: &dyn PetType, targets: &[String], options: &Value, seed: u64) -> Result<usize> {
+    pub fn attach(
+        &mut self,
+        pet_type: &dyn PetType,
+        targets: &[String],
+        options: &Value,
+        seed: u64,
+    ) -> Result<usize> {
         let device = self.backbone.device();
         let mut attached = 0;
         for site in self.sites.values() {
             if !site_matches(site, targets)? || !pet_type.can_attach(site) {
                 continue;
             }
-            let module = pet_type.create(site, options, device, init::derive_seed(seed, &format!("{}:{}", pet_type.name(), site.name)))?;
+            let module = pet_type.create(
+                site,
+                options,
+                device,
+                init::derive_seed(seed, &format!("{}:{}", pet_type.name(), site.name)),
+            )?;
             self.modules.push(module);
             attached += 1;
         }
@@ -278,6 +340,49 @@ impl SiteHooks for PetModel {
     }
 }
 
+/// One entry of a `pets:` option: a PET type, its targets, its options (defaults filled).
+pub struct PetSpec {
+    pub type_name: String,
+    pub targets: Vec<String>,
+    pub options: Value,
+}
+
+/// Reads `pets:` entries, checking each against its PET type's schema.
+pub fn pet_specs(pets: &[Value], services: &dyn Services) -> Result<Vec<PetSpec>> {
+    pets.iter()
+        .map(|entry| {
+            let mut map = entry.as_object().context("a PET module is a mapping with `type`")?.clone();
+            let type_name = map
+                .remove("type")
+                .and_then(|t| t.as_str().map(str::to_string))
+                .context("a PET module needs a `type`")?;
+            let pet_type =
+                services.pet_type(&type_name).with_context(|| format!("unknown PET type `{type_name}`"))?;
+            let targets = match map.remove("targets") {
+                None => pet_type.default_targets().iter().map(|t| t.to_string()).collect(),
+                Some(Value::String(t)) => vec![t],
+                Some(Value::Array(ts)) => ts.iter().filter_map(|t| t.as_str().map(str::to_string)).collect(),
+                Some(_) => bail!("`targets` of `{type_name}` must be a pattern or a list of patterns"),
+            };
+            let options =
+                pet_type.options().resolve(&map).map_err(|e| anyhow!("PET type `{type_name}`: {e}"))?;
+            Ok(PetSpec { type_name, targets, options })
+        })
+        .collect()
+}
+
+impl PetModel {
+    /// Attaches every entry of a `pets:` option; logs how many sites each took.
+    pub fn attach_all(&mut self, pets: &[Value], services: &dyn Services, seed: u64) -> Result<()> {
+        for spec in pet_specs(pets, services)? {
+            let pet_type = services.pet_type(&spec.type_name).context("PET type vanished")?;
+            let attached = self.attach(pet_type, &spec.targets, &spec.options, seed)?;
+            tracing::info!(pet = %spec.type_name, sites = attached, "attached");
+        }
+        Ok(())
+    }
+}
+
 /// Predictions for a whole split (in split order) and, when it is labelled, its metrics.
 pub struct Evaluation {
     pub predictions: Values,
@@ -287,7 +392,13 @@ pub struct Evaluation {
 }
 
 /// Runs the model over a split in batches of similar length.
-pub fn evaluate(model: &PetModel, split: &TokenizedSplit, scoring: Scoring, batch_size: usize, pad_id: i64) -> Result<Evaluation> {
+pub fn evaluate(
+    model: &PetModel,
+    split: &TokenizedSplit,
+    scoring: Scoring,
+    batch_size: usize,
+    pad_id: i64,
+) -> Result<Evaluation> {
     let started = std::time::Instant::now();
     let device = model.backbone.device();
     let options = BatchOptions { batch_size, shuffle_seed: None, bucket_by_length: true };
@@ -310,7 +421,9 @@ pub fn evaluate(model: &PetModel, split: &TokenizedSplit, scoring: Scoring, batc
     let metrics = match &split.labels {
         Labels::None => BTreeMap::new(),
         Labels::Classes(gold) => score(scoring, &predictions, &Values::Classes(gold.clone())),
-        Labels::Scores(gold) => score(scoring, &predictions, &Values::Scores(gold.iter().map(|&g| f64::from(g)).collect())),
+        Labels::Scores(gold) => {
+            score(scoring, &predictions, &Values::Scores(gold.iter().map(|&g| f64::from(g)).collect()))
+        }
     };
     Ok(Evaluation { predictions, metrics, examples: split.len(), seconds: started.elapsed().as_secs_f64() })
 }

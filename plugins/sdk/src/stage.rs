@@ -123,7 +123,19 @@ impl StageCtx {
         services: &'static dyn Services,
         checkpoints: PathBuf,
     ) -> Self {
-        StageCtx { device, seed, dtype, cell, dir, options, progress, cancelled, allowed_writes, services, checkpoints }
+        StageCtx {
+            device,
+            seed,
+            dtype,
+            cell,
+            dir,
+            options,
+            progress,
+            cancelled,
+            allowed_writes,
+            services,
+            checkpoints,
+        }
     }
 
     /// Where the stage keeps checkpoints that outlive an interrupted run: the same folder for

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use crate::optimizer::AdamW;
+use petnas_sdk::optim::AdamW;
 
 const TENSORS: &str = "checkpoint.safetensors";
 const STATE: &str = "checkpoint.json";
@@ -46,9 +46,12 @@ pub fn save(dir: &Path, opt: &AdamW, best: &[(String, Tensor)], state: &LoopStat
     Ok(())
 }
 
+/// Parameters by name (the best ones so far).
+pub type NamedTensors = Vec<(String, Tensor)>;
+
 /// Loads a checkpoint into the optimizer's parameters and state; returns the loop state and
 /// the best parameters, or `None` when there is no usable checkpoint.
-pub fn load(dir: &Path, opt: &mut AdamW) -> Result<Option<(LoopState, Vec<(String, Tensor)>)>> {
+pub fn load(dir: &Path, opt: &mut AdamW) -> Result<Option<(LoopState, NamedTensors)>> {
     let (tensor_path, state_path) = (dir.join(TENSORS), dir.join(STATE));
     if !tensor_path.exists() || !state_path.exists() {
         return Ok(None);
@@ -58,7 +61,9 @@ pub fn load(dir: &Path, opt: &mut AdamW) -> Result<Option<(LoopState, Vec<(Strin
     let saved = Tensor::read_safetensors(&tensor_path)?;
     let get = |name: &str| saved.iter().find(|(n, _)| n == name).map(|(_, t)| t.shallow_clone());
     for ((name, p, _), (m, v)) in opt.params.iter_mut().zip(opt.m.iter_mut().zip(opt.v.iter_mut())) {
-        let (Some(sp), Some(sm), Some(sv)) = (get(&format!("p.{name}")), get(&format!("m.{name}")), get(&format!("v.{name}"))) else {
+        let (Some(sp), Some(sm), Some(sv)) =
+            (get(&format!("p.{name}")), get(&format!("m.{name}")), get(&format!("v.{name}")))
+        else {
             // Written for another architecture: not this stage's checkpoint.
             return Ok(None);
         };

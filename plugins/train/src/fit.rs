@@ -2,16 +2,16 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use petnas_sdk::data::{BatchOptions, DatasetInfo, TokenizedSplit};
 use petnas_sdk::pet_model::{evaluate, PetModel};
 use petnas_sdk::StageCtx;
 use serde::Deserialize;
 use serde_json::json;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use crate::checkpoint::{self, LoopState};
-use crate::optimizer::{learning_rate, AdamW};
+use petnas_sdk::optim::{learning_rate, AdamW};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct FitOptions {
@@ -37,15 +37,14 @@ pub struct FitReport {
     pub summary: serde_json::Value,
 }
 
-fn loss_of(logits: &Tensor, labels: &Tensor, regression: bool) -> Tensor {
-    if regression {
-        logits.squeeze_dim(1).mse_loss(&labels.to_kind(Kind::Float), tch::Reduction::Mean)
-    } else {
-        logits.cross_entropy_for_logits(labels)
-    }
-}
-
-pub fn fit(ctx: &StageCtx, o: &FitOptions, model: &mut PetModel, info: &DatasetInfo, train: &TokenizedSplit, dev: Option<(&str, TokenizedSplit)>) -> Result<FitReport> {
+pub fn fit(
+    ctx: &StageCtx,
+    o: &FitOptions,
+    model: &mut PetModel,
+    info: &DatasetInfo,
+    train: &TokenizedSplit,
+    dev: Option<(&str, TokenizedSplit)>,
+) -> Result<FitReport> {
     if train.is_empty() {
         bail!("the training split is empty");
     }
@@ -87,35 +86,28 @@ pub fn fit(ctx: &StageCtx, o: &FitOptions, model: &mut PetModel, info: &DatasetI
         if epoch_rows.as_ref().is_none_or(|(e, _)| *e != epoch) {
             epoch_rows = Some((epoch, train.batch_rows(&batch_options(epoch))));
         }
-        let rows = &epoch_rows.as_ref().expect("rows of this epoch").1[(state.step % steps_per_epoch) as usize];
+        let rows =
+            &epoch_rows.as_ref().expect("rows of this epoch").1[(state.step % steps_per_epoch) as usize];
         let batch = train.batch_padded(rows, info.pad_id, ctx.device, o.pad_to.unwrap_or(0));
-        let labels = batch.labels.as_ref().context("the training split has no labels")?;
-        let loss = loss_of(&model.logits(&batch, true)?, labels, info.regression);
-        let loss_value = loss.double_value(&[]);
-        opt.zero_grad();
-        loss.backward();
-        let norm = opt.grad_norm();
-        if !loss_value.is_finite() || !norm.is_finite() {
-            if !o.skip_nonfinite {
-                bail!("non-finite {} at step {} (loss {loss_value}, gradient norm {norm}); the last good checkpoint is kept; lower `lr` or set `skip_nonfinite: true`", if loss_value.is_finite() { "gradient" } else { "loss" }, state.step + 1);
+        match opt.train_step(
+            model,
+            &batch,
+            learning_rate(state.step, total, warmup, o.lr),
+            o.max_grad_norm,
+            &masks,
+        ) {
+            Ok(loss) => {
+                loss_sum += loss;
+                loss_count += 1;
             }
-            skipped += 1;
-            tracing::warn!(step = state.step + 1, "non-finite loss or gradient: step skipped");
-        } else {
-            if o.max_grad_norm > 0.0 && norm > o.max_grad_norm {
-                opt.scale_grads(o.max_grad_norm / (norm + 1e-6));
+            Err(e) if o.skip_nonfinite => {
+                skipped += 1;
+                tracing::warn!(step = state.step + 1, "{e}: step skipped");
             }
-            opt.step(learning_rate(state.step, total, warmup, o.lr));
-            // Masked entries stay exactly zero: their gradient is zero, and any drift is cut.
-            tch::no_grad(|| {
-                for (name, p, _) in opt.params.iter_mut() {
-                    if let Some(mask) = masks.get(name) {
-                        let _ = p.f_mul_(mask);
-                    }
-                }
-            });
-            loss_sum += loss_value;
-            loss_count += 1;
+            Err(e) => bail!(
+                "{e} at step {}; the last good checkpoint is kept; lower `lr` or set `skip_nonfinite: true`",
+                state.step + 1
+            ),
         }
         state.step += 1;
         state.examples_seen += rows.len() as i64;
@@ -126,11 +118,17 @@ pub fn fit(ctx: &StageCtx, o: &FitOptions, model: &mut PetModel, info: &DatasetI
             let mut entry = json!({"step": state.step, "epoch": state.step as f64 / steps_per_epoch as f64, "train_loss": loss_sum / loss_count.max(1) as f64});
             (loss_sum, loss_count) = (0.0, 0);
             if let Some((name, split)) = &dev {
-                let evaluation = tch::no_grad(|| evaluate(model, split, info.scoring, o.batch_size * 2, info.pad_id))?;
+                let evaluation =
+                    tch::no_grad(|| evaluate(model, split, info.scoring, o.batch_size * 2, info.pad_id))?;
                 let main = evaluation.metrics.get(info.scoring.main_metric()).copied().unwrap_or(f64::NAN);
                 entry["split"] = json!(name);
                 entry["metrics"] = json!(evaluation.metrics);
-                tracing::info!(step = state.step, metric = info.scoring.main_metric(), value = main, "evaluated on {name}");
+                tracing::info!(
+                    step = state.step,
+                    metric = info.scoring.main_metric(),
+                    value = main,
+                    "evaluated on {name}"
+                );
                 if state.best_metric.is_none_or(|b| main > b || b.is_nan()) && !main.is_nan() {
                     state.best_metric = Some(main);
                     state.best_step = Some(state.step);
@@ -144,13 +142,18 @@ pub fn fit(ctx: &StageCtx, o: &FitOptions, model: &mut PetModel, info: &DatasetI
             eval_seconds += eval_started.elapsed().as_secs_f64();
         }
         state.train_seconds = started.elapsed().as_secs_f64() - eval_seconds;
-        let stop_early = at_eval && o.early_stopping_patience.is_some_and(|p| state.evaluations_since_best > p);
+        let stop_early =
+            at_eval && o.early_stopping_patience.is_some_and(|p| state.evaluations_since_best > p);
         let checkpoint_now = (o.checkpoint_every > 0 && state.step % o.checkpoint_every == 0) || at_eval;
         if checkpoint_now && state.step < total && !stop_early {
             checkpoint::save(&ckpt_dir, &opt, &best, &state)?;
         }
         if stop_early {
-            tracing::info!(step = state.step, "early stopping: no improvement in {} evaluations", state.evaluations_since_best);
+            tracing::info!(
+                step = state.step,
+                "early stopping: no improvement in {} evaluations",
+                state.evaluations_since_best
+            );
             break;
         }
     }

@@ -1,7 +1,6 @@
 //! Training of PET modules and the task head: `train.fit`.
 mod checkpoint;
 mod fit;
-mod optimizer;
 
 use anyhow::Result;
 use petnas_sdk::artifact::kinds;
@@ -33,16 +32,46 @@ impl Stage for Fit {
             .opt("batch_size", OptType::Int, 32, "examples per step")
             .opt("lr", OptType::Float, 1e-3, "peak learning rate")
             .opt("weight_decay", OptType::Float, 0.0, "AdamW weight decay (not on biases, LayerNorm, deltas)")
-            .opt("warmup_ratio", OptType::Float, 0.06, "share of the steps with linear warm-up; then linear decay to 0")
+            .opt(
+                "warmup_ratio",
+                OptType::Float,
+                0.06,
+                "share of the steps with linear warm-up; then linear decay to 0",
+            )
             .opt("max_grad_norm", OptType::Float, 1.0, "gradient clipping by global norm (0: off)")
             .opt("eval_every", OptType::Int, 0, "evaluate on the dev split every N steps (0: each epoch)")
-            .opt("early_stopping_patience", OptType::Int, Value::Null, "stop after N evaluations without improvement")
+            .opt(
+                "early_stopping_patience",
+                OptType::Int,
+                Value::Null,
+                "stop after N evaluations without improvement",
+            )
             .opt("keep_best", OptType::Bool, true, "keep the parameters of the best evaluation, not the last")
             .opt("bucket_by_length", OptType::Bool, false, "batch examples of similar length together")
-            .opt("reinit", OptType::Bool, false, "re-initialise the PET parameters first (architecture and masks kept)")
-            .opt("skip_nonfinite", OptType::Bool, false, "skip steps with a non-finite loss or gradient instead of failing")
-            .opt("checkpoint_every", OptType::Int, 200, "steps between checkpoints for resuming (0: at evaluations only)")
-            .opt("pad_to", OptType::Int, Value::Null, "pad every training batch to this many tokens (default: its longest)")
+            .opt(
+                "reinit",
+                OptType::Bool,
+                false,
+                "re-initialise the PET parameters first (architecture and masks kept)",
+            )
+            .opt(
+                "skip_nonfinite",
+                OptType::Bool,
+                false,
+                "skip steps with a non-finite loss or gradient instead of failing",
+            )
+            .opt(
+                "checkpoint_every",
+                OptType::Int,
+                200,
+                "steps between checkpoints for resuming (0: at evaluations only)",
+            )
+            .opt(
+                "pad_to",
+                OptType::Int,
+                Value::Null,
+                "pad every training batch to this many tokens (default: its longest)",
+            )
     }
     fn input_kinds(&self) -> &'static [&'static str] {
         &[kinds::MODEL, kinds::DATASET]
@@ -66,8 +95,14 @@ impl Stage for Fit {
             Some(name) => Some((*name, TokenizedSplit::from_artifact(data, name)?)),
             None => None,
         };
-        tracing::info!(train = train.len(), pet = model.pet_parameters(), head = model.head_parameters(), "training");
-        let report = fit::fit(ctx, &o, &mut model, &info, &train, dev.as_ref().map(|(n, s)| (*n, s.clone())))?;
+        tracing::info!(
+            train = train.len(),
+            pet = model.pet_parameters(),
+            head = model.head_parameters(),
+            "training"
+        );
+        let report =
+            fit::fit(ctx, &o, &mut model, &info, &train, dev.as_ref().map(|(n, s)| (*n, s.clone())))?;
         let mut artifact = model.to_artifact();
         artifact.meta["training"] = report.summary;
         artifact.meta["task"] = Value::String(info.task.clone());

@@ -1,6 +1,13 @@
 //! AdamW (decoupled weight decay, as torch.optim.AdamW) over a model's trainable tensors, with
-//! its state exposed for checkpoints, and the linear warm-up and decay schedule.
-use tch::Tensor;
+//! its state exposed for checkpoints; the linear warm-up and decay schedule; and the training
+//! step that training and the search share.
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context, Result};
+use tch::{Kind, Tensor};
+
+use crate::model::Batch;
+use crate::pet_model::PetModel;
 
 pub struct AdamW {
     pub beta1: f64,
@@ -64,7 +71,9 @@ impl AdamW {
         let bias1 = 1.0 - self.beta1.powi(self.steps as i32);
         let bias2 = 1.0 - self.beta2.powi(self.steps as i32);
         tch::no_grad(|| {
-            for ((_, p, decay), (m, v)) in self.params.iter_mut().zip(self.m.iter_mut().zip(self.v.iter_mut())) {
+            for ((_, p, decay), (m, v)) in
+                self.params.iter_mut().zip(self.m.iter_mut().zip(self.v.iter_mut()))
+            {
                 let g = p.grad();
                 if !g.defined() {
                     continue;
@@ -90,6 +99,55 @@ pub fn learning_rate(step: i64, total: i64, warmup: i64, peak: f64) -> f64 {
     }
     let remaining = (total - step) as f64 / (total - warmup).max(1) as f64;
     peak * remaining.clamp(0.0, 1.0)
+}
+
+/// The task loss of a batch: cross-entropy, or mean squared error for regression.
+pub fn task_loss(model: &PetModel, batch: &Batch, train: bool) -> Result<Tensor> {
+    let logits = model.logits(batch, train)?;
+    let labels = batch.labels.as_ref().context("the batch has no labels")?;
+    Ok(if model.head.as_ref().is_some_and(|h| h.regression) {
+        logits.squeeze_dim(1).mse_loss(&labels.to_kind(Kind::Float), tch::Reduction::Mean)
+    } else {
+        logits.cross_entropy_for_logits(labels)
+    })
+}
+
+impl AdamW {
+    /// One training step: loss, backward, clipping, update, masks re-applied. Returns the
+    /// loss, or an error naming the problem when the loss or gradient is not finite.
+    pub fn train_step(
+        &mut self,
+        model: &PetModel,
+        batch: &Batch,
+        lr: f64,
+        max_grad_norm: f64,
+        masks: &BTreeMap<String, Tensor>,
+    ) -> Result<f64> {
+        let loss = task_loss(model, batch, true)?;
+        let value = loss.double_value(&[]);
+        self.zero_grad();
+        loss.backward();
+        let norm = self.grad_norm();
+        if !value.is_finite() || !norm.is_finite() {
+            bail!(
+                "non-finite {} (loss {value}, gradient norm {norm})",
+                if value.is_finite() { "gradient" } else { "loss" }
+            );
+        }
+        if max_grad_norm > 0.0 && norm > max_grad_norm {
+            self.scale_grads(max_grad_norm / (norm + 1e-6));
+        }
+        self.step(lr);
+        // Masked entries stay exactly zero: their gradient is zero, and any drift is cut.
+        tch::no_grad(|| {
+            for (name, p, _) in self.params.iter_mut() {
+                if let Some(mask) = masks.get(name) {
+                    let _ = p.f_mul_(mask);
+                }
+            }
+        });
+        Ok(value)
+    }
 }
 
 #[cfg(test)]

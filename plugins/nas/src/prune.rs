@@ -1,0 +1,101 @@
+//! Pruning through the model contract: whole prune groups (structured, physically cut) and
+//! single entries (unstructured, masks), lowest scores first.
+use anyhow::Result;
+use petnas_sdk::model::{PetModule, PruneGroup};
+use petnas_sdk::pet_model::PetModel;
+use tch::{Kind, Tensor};
+
+use crate::scores::Scores;
+
+/// Parameters of a group that can still be non-zero.
+pub fn group_size(module: &dyn PetModule, group: &PruneGroup) -> i64 {
+    let params = module.parameters();
+    let masks = module.masks();
+    group
+        .members
+        .iter()
+        .map(|m| match masks.iter().find(|(n, _)| *n == m.param) {
+            Some((_, mask)) => m.part(mask).sum(Kind::Int64).int64_value(&[]),
+            None => params.iter().find(|(n, _)| *n == m.param).map_or(0, |(_, p)| m.part(p).numel() as i64),
+        })
+        .sum()
+}
+
+/// Removes the lowest-scoring groups until at most `target` PET parameters remain (so the
+/// target is met to within one group); modules left empty are detached. Returns how many
+/// groups were removed.
+pub fn structured(model: &mut PetModel, scores: &Scores, target: i64) -> Result<usize> {
+    let group_scores = scores.group_scores(model);
+    let mut candidates: Vec<(f64, usize, usize, i64)> = Vec::new();
+    for (i, module) in model.modules.iter().enumerate() {
+        for (j, group) in module.prune_groups().iter().enumerate() {
+            let size = group_size(module.as_ref(), group);
+            if size > 0 {
+                candidates.push((group_scores[i][j], i, j, size));
+            }
+        }
+    }
+    // Lowest score first; ties in model order, so that pruning is deterministic.
+    candidates.sort_by(|a, b| a.0.total_cmp(&b.0).then((a.1, a.2).cmp(&(b.1, b.2))));
+    let mut count = model.pet_parameters();
+    let mut removed: Vec<Vec<usize>> = vec![Vec::new(); model.modules.len()];
+    let mut n = 0;
+    for (_, i, j, size) in candidates {
+        if count <= target {
+            break;
+        }
+        removed[i].push(j);
+        count -= size;
+        n += 1;
+    }
+    let mut emptied = Vec::new();
+    for (i, module) in model.modules.iter_mut().enumerate() {
+        if removed[i].is_empty() {
+            continue;
+        }
+        let keep: Vec<usize> = (0..module.prune_groups().len()).filter(|j| !removed[i].contains(j)).collect();
+        if !module.keep_groups(&keep)? {
+            emptied.push(i);
+        }
+    }
+    model.detach(&emptied);
+    Ok(n)
+}
+
+/// Masks all but the `budget` highest-scoring live entries, exactly.
+pub fn unstructured(model: &mut PetModel, scores: &Scores, budget: i64) -> Result<i64> {
+    let live = model.pet_parameters();
+    if live <= budget {
+        return Ok(live);
+    }
+    // Every parameter's scores, dead entries at −∞, flattened in model order.
+    let mut flat = Vec::new();
+    let mut shapes = Vec::new();
+    for (i, module) in model.modules.iter().enumerate() {
+        let masks = module.masks();
+        for (name, s) in scores.entry_scores(i) {
+            let s = s.to_kind(Kind::Double);
+            let s = match masks.iter().find(|(n, _)| *n == name) {
+                Some((_, mask)) => {
+                    s.where_self(&mask.gt(0.5), &Tensor::from(f64::NEG_INFINITY).to_device(s.device()))
+                }
+                None => s,
+            };
+            shapes.push((i, name, s.size()));
+            flat.push(s.flatten(0, -1));
+        }
+    }
+    let all = Tensor::cat(&flat, 0);
+    let (_, keep) = all.topk(budget, 0, true, true);
+    let kept = all.zeros_like().to_kind(Kind::Float).index_fill(0, &keep, 1.0);
+    let mut offset = 0;
+    for (i, name, shape) in shapes {
+        let n: i64 = shape.iter().product();
+        let mask = kept.narrow(0, offset, n).view(shape.as_slice());
+        offset += n;
+        if mask.sum(Kind::Int64).int64_value(&[]) < n {
+            model.modules[i].set_mask(&name, mask)?;
+        }
+    }
+    Ok(model.pet_parameters())
+}

@@ -1,0 +1,204 @@
+//! `nas.report`: the architecture found — per layer and site, what survived of the
+//! supernet — as JSON, an SVG heatmap (layers × sites, share of parameters kept) and a short
+//! text summary of where the budget went.
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{anyhow, Result};
+use petnas_sdk::artifact::kinds;
+use petnas_sdk::model::live_parameters;
+use petnas_sdk::pet_model::PetModel;
+use petnas_sdk::{Artifact, Inputs, OptionSchema, Stage, StageCtx};
+use plotters::prelude::*;
+use serde_json::{json, Value};
+
+pub struct Report;
+
+/// `encoder.layer.3.attention.self.query` → (Some(3), `attention.self.query`).
+fn split_site(site: &str) -> (Option<i64>, String) {
+    let rest = site.strip_prefix("encoder.layer.").and_then(|r| r.split_once('.'));
+    match rest.and_then(|(n, part)| n.parse().ok().map(|n| (n, part))) {
+        Some((n, part)) => (Some(n), part.to_string()),
+        None => (None, site.to_string()),
+    }
+}
+
+/// Where a site sits: the attention sub-layer, the feed-forward one, or elsewhere.
+fn block(part: &str) -> &'static str {
+    if part.starts_with("attention") {
+        "attention"
+    } else if part.starts_with("intermediate") || part.starts_with("output") || part.starts_with("ffn") {
+        "feed-forward"
+    } else {
+        "other"
+    }
+}
+
+const PART_ORDER: &[&str] = &[
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+    "attention.output.LayerNorm",
+    "attention_block",
+    "intermediate.dense",
+    "intermediate.act",
+    "output.dense",
+    "output.LayerNorm",
+    "ffn_block",
+];
+
+struct Cell {
+    kept: i64,
+    supernet: i64,
+}
+
+impl Stage for Report {
+    fn kind(&self) -> &'static str {
+        "nas.report"
+    }
+    fn doc(&self) -> &'static str {
+        "the architecture found: architecture.json, heatmap.svg (layers × sites, share kept), summary.txt"
+    }
+    fn options(&self) -> OptionSchema {
+        OptionSchema::new()
+    }
+    fn input_kinds(&self) -> &'static [&'static str] {
+        &[kinds::MODEL]
+    }
+    fn output_kind(&self) -> &'static str {
+        kinds::REPORT
+    }
+    fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
+        let model = PetModel::load(inputs.one(kinds::MODEL)?, ctx.services(), ctx.device, false)?;
+        let supernet = model.notes.get("supernet").cloned().unwrap_or(Value::Null);
+        let sizes = supernet["modules"].as_object().cloned().unwrap_or_default();
+        let mut cells: BTreeMap<(Option<i64>, String), Cell> = BTreeMap::new();
+        for (key, size) in &sizes {
+            let site = key.split_once('@').map_or(key.as_str(), |(_, s)| s);
+            let cell = cells.entry(split_site(site)).or_insert(Cell { kept: 0, supernet: 0 });
+            cell.supernet += size["parameters"].as_i64().unwrap_or(0);
+        }
+        let mut modules = Vec::new();
+        let mut by_type: BTreeMap<String, i64> = BTreeMap::new();
+        let mut by_block: BTreeMap<&str, i64> = BTreeMap::new();
+        let mut by_layer: BTreeMap<i64, i64> = BTreeMap::new();
+        for module in &model.modules {
+            let live = live_parameters(module.as_ref());
+            let site = &module.site().name;
+            let (layer, part) = split_site(site);
+            let origin = &sizes.get(&format!("{}@{site}", module.pet_type())).cloned().unwrap_or(Value::Null);
+            modules.push(json!({
+                "site": site, "layer": layer, "part": part, "type": module.pet_type(),
+                "groups": module.prune_groups().len(), "supernet_groups": origin["groups"],
+                "parameters": live, "supernet_parameters": origin["parameters"],
+            }));
+            cells.entry((layer, part.clone())).or_insert(Cell { kept: 0, supernet: 0 }).kept += live;
+            *by_type.entry(module.pet_type().to_string()).or_default() += live;
+            *by_block.entry(block(&part)).or_default() += live;
+            if let Some(l) = layer {
+                *by_layer.entry(l).or_default() += live;
+            }
+        }
+        let total = model.pet_parameters();
+        let plm = model.backbone.info().parameters;
+        let architecture = json!({
+            "parameters": total,
+            "supernet_parameters": supernet["parameters"],
+            "percent_of_plm": 100.0 * total as f64 / plm as f64,
+            "by_type": by_type,
+            "by_block": by_block,
+            "by_layer": by_layer,
+            "modules": modules,
+            "pruning": model.notes.get("pruning"),
+        });
+        std::fs::write(ctx.dir().join("architecture.json"), serde_json::to_string_pretty(&architecture)?)?;
+        heatmap(&ctx.dir().join("heatmap.svg"), &cells, model.backbone.info().num_layers)?;
+        let summary = summary(total, supernet["parameters"].as_i64(), plm, &by_type, &by_block, &by_layer);
+        std::fs::write(ctx.dir().join("summary.txt"), &summary)?;
+        tracing::info!("{}", summary.lines().next().unwrap_or(""));
+        Ok(Artifact::new(kinds::REPORT, architecture))
+    }
+}
+
+fn percent(part: i64, total: i64) -> f64 {
+    if total == 0 {
+        0.0
+    } else {
+        100.0 * part as f64 / total as f64
+    }
+}
+
+fn summary(
+    total: i64,
+    supernet: Option<i64>,
+    plm: i64,
+    by_type: &BTreeMap<String, i64>,
+    by_block: &BTreeMap<&str, i64>,
+    by_layer: &BTreeMap<i64, i64>,
+) -> String {
+    let mut s = format!("{total} PET parameters ({:.3}% of the PLM's {plm})", percent(total, plm));
+    if let Some(n) = supernet {
+        s.push_str(&format!(", {:.1}% of the supernet's {n}", percent(total, n)));
+    }
+    s.push('\n');
+    let types: Vec<String> =
+        by_type.iter().map(|(t, n)| format!("{t} {n} ({:.0}%)", percent(*n, total))).collect();
+    s.push_str(&format!("by type: {}\n", types.join(", ")));
+    let blocks: Vec<String> =
+        by_block.iter().map(|(b, n)| format!("{b} {:.0}%", percent(*n, total))).collect();
+    s.push_str(&format!("by sub-layer: {}\n", blocks.join(", ")));
+    let layers: Vec<String> =
+        by_layer.iter().map(|(l, n)| format!("{l}: {:.0}%", percent(*n, total))).collect();
+    s.push_str(&format!("by layer: {}\n", layers.join(", ")));
+    if let Some((top, _)) = by_layer.iter().max_by_key(|(_, n)| **n) {
+        s.push_str(&format!("most of the budget went to layer {top}\n"));
+    }
+    s
+}
+
+fn heatmap(path: &Path, cells: &BTreeMap<(Option<i64>, String), Cell>, layers: i64) -> Result<()> {
+    let parts: Vec<&str> = PART_ORDER
+        .iter()
+        .copied()
+        .filter(|p| cells.keys().any(|(l, part)| l.is_some() && part == p))
+        .collect();
+    let (cell_w, cell_h, left, top) = (70i32, 28i32, 60i32, 150i32);
+    let width = (left + cell_w * parts.len().max(1) as i32 + 20) as u32;
+    let height = (top + cell_h * layers as i32 + 40) as u32;
+    let root = SVGBackend::new(path, (width, height)).into_drawing_area();
+    let err = |e: DrawingAreaErrorKind<std::io::Error>| anyhow!("cannot draw {}: {e}", path.display());
+    root.fill(&WHITE).map_err(err)?;
+    let style = ("sans-serif", 12).into_font();
+    root.draw(&Text::new("share of supernet parameters kept", (left, 12), ("sans-serif", 15).into_font()))
+        .map_err(err)?;
+    for (c, part) in parts.iter().enumerate() {
+        let x = left + c as i32 * cell_w + cell_w / 2;
+        let label =
+            Text::new(part.to_string(), (x, top - 8), style.clone().transform(FontTransform::Rotate270));
+        root.draw(&label).map_err(err)?;
+    }
+    for layer in 0..layers {
+        let y = top + layer as i32 * cell_h;
+        root.draw(&Text::new(format!("layer {layer}"), (4, y + cell_h / 2 - 6), style.clone()))
+            .map_err(err)?;
+        for (c, part) in parts.iter().enumerate() {
+            let x = left + c as i32 * cell_w;
+            let (fill, label) = match cells.get(&(Some(layer), part.to_string())) {
+                Some(cell) if cell.supernet > 0 => {
+                    let share = cell.kept as f64 / cell.supernet as f64;
+                    let shade = (255.0 * (1.0 - share.clamp(0.0, 1.0))) as u8;
+                    (RGBColor(shade, shade, 255), format!("{:.0}%", 100.0 * share))
+                }
+                _ => (RGBColor(230, 230, 230), String::new()),
+            };
+            root.draw(&Rectangle::new([(x, y), (x + cell_w - 2, y + cell_h - 2)], fill.filled()))
+                .map_err(err)?;
+            if !label.is_empty() {
+                root.draw(&Text::new(label, (x + 20, y + cell_h / 2 - 6), style.clone())).map_err(err)?;
+            }
+        }
+    }
+    root.present().map_err(err)?;
+    Ok(())
+}

@@ -1,0 +1,147 @@
+//! Importance of PET parameters and prune groups, through the model contract only.
+//!
+//! `taylor` (first order): removing θ changes the loss by about −θ·∂L/∂θ, so a parameter
+//! scores |Σ θ·∂L/∂θ| and a group |Σ over its parameters| (sums over the scoring batches,
+//! or an exponential moving average). `magnitude`: θ² (a group: its squared norm).
+//! `movement` (Sanh et al., 2020): −Σ θ·∂L/∂θ, signed — parameters moving away from zero
+//! score high.
+use anyhow::{bail, Result};
+use petnas_sdk::data::{BatchOptions, TokenizedSplit};
+use petnas_sdk::init::derive_seed;
+use petnas_sdk::optim::task_loss;
+use petnas_sdk::pet_model::PetModel;
+use petnas_sdk::StageCtx;
+use serde::Deserialize;
+use tch::{Kind, Tensor};
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ScoreOptions {
+    pub method: String,
+    pub batches: usize,
+    pub batch_size: usize,
+    /// Exponential moving average of per-batch scores instead of their sum.
+    pub ema: Option<f64>,
+}
+
+pub const METHODS: &[&str] = &["taylor", "magnitude", "movement"];
+
+/// Per-parameter scores of every module: `scores[module][param]`, shaped like the parameter.
+pub struct Scores {
+    pub method: String,
+    pub per_param: Vec<Vec<(String, Tensor)>>,
+}
+
+fn accumulate(total: &mut Tensor, value: Tensor, ema: Option<f64>, first: bool) {
+    *total = match (ema, first) {
+        (_, true) => value,
+        (Some(beta), false) => &*total * beta + value * (1.0 - beta),
+        (None, false) => &*total + value,
+    };
+}
+
+pub fn score(
+    ctx: &StageCtx,
+    model: &PetModel,
+    train: &TokenizedSplit,
+    pad_id: i64,
+    o: &ScoreOptions,
+    salt: &str,
+) -> Result<Scores> {
+    let mut per_param: Vec<Vec<(String, Tensor)>> = model
+        .modules
+        .iter()
+        .map(|m| m.parameters().into_iter().map(|(n, p)| (n, p.zeros_like().detach())).collect())
+        .collect();
+    match o.method.as_str() {
+        "magnitude" => {
+            for (module, scores) in model.modules.iter().zip(per_param.iter_mut()) {
+                let masks = module.masks();
+                for ((name, p), (_, s)) in module.parameters().into_iter().zip(scores.iter_mut()) {
+                    let value = p.detach().square();
+                    *s = match masks.iter().find(|(m, _)| *m == name) {
+                        Some((_, mask)) => value * mask,
+                        None => value,
+                    };
+                }
+            }
+        }
+        "taylor" | "movement" => {
+            if o.batches == 0 {
+                bail!("`score_batches` must be at least 1 for {} scores", o.method);
+            }
+            let options = BatchOptions {
+                batch_size: o.batch_size,
+                shuffle_seed: Some(derive_seed(ctx.seed, salt)),
+                bucket_by_length: false,
+            };
+            let rows = train.batch_rows(&options);
+            for (b, rows) in rows.iter().cycle().take(o.batches).enumerate() {
+                ctx.check_cancelled()?;
+                let batch = train.batch(rows, pad_id, ctx.device);
+                for (_, p) in model.trainable() {
+                    let mut p = p;
+                    p.zero_grad();
+                }
+                // Dropout off: scores estimate the loss of the model as it predicts.
+                task_loss(model, &batch, false)?.backward();
+                for (module, scores) in model.modules.iter().zip(per_param.iter_mut()) {
+                    for ((_, p), (_, s)) in module.parameters().into_iter().zip(scores.iter_mut()) {
+                        let g = p.grad();
+                        if g.defined() {
+                            accumulate(s, (p.detach() * g).to_kind(Kind::Float), o.ema, b == 0);
+                        }
+                    }
+                }
+            }
+            for scores in per_param.iter_mut() {
+                for (_, s) in scores.iter_mut() {
+                    *s = if o.method == "movement" { -&*s } else { s.shallow_clone() };
+                }
+            }
+        }
+        other => bail!("unknown score method `{other}` (methods: {})", METHODS.join(", ")),
+    }
+    Ok(Scores { method: o.method.clone(), per_param })
+}
+
+impl Scores {
+    /// A group's score: |Σ θ·g| over its members for taylor, the sum for the others.
+    pub fn group_scores(&self, model: &PetModel) -> Vec<Vec<f64>> {
+        model
+            .modules
+            .iter()
+            .zip(&self.per_param)
+            .map(|(module, scores)| {
+                module
+                    .prune_groups()
+                    .iter()
+                    .map(|group| {
+                        let sum: f64 = group
+                            .members
+                            .iter()
+                            .filter_map(|m| {
+                                scores
+                                    .iter()
+                                    .find(|(n, _)| *n == m.param)
+                                    .map(|(_, s)| m.part(s).sum(Kind::Double).double_value(&[]))
+                            })
+                            .sum();
+                        if self.method == "taylor" {
+                            sum.abs()
+                        } else {
+                            sum
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// A parameter entry's score: |accumulated θ·g| for taylor, the value for the others.
+    pub fn entry_scores(&self, module: usize) -> Vec<(String, Tensor)> {
+        self.per_param[module]
+            .iter()
+            .map(|(n, s)| (n.clone(), if self.method == "taylor" { s.abs() } else { s.shallow_clone() }))
+            .collect()
+    }
+}

@@ -1,0 +1,287 @@
+//! `nas.score`, `nas.prune_structured` and `nas.prune_unstructured`.
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context, Result};
+use petnas_sdk::artifact::kinds;
+use petnas_sdk::data::{BatchOptions, DatasetInfo, TokenizedSplit};
+use petnas_sdk::init::derive_seed;
+use petnas_sdk::optim::AdamW;
+use petnas_sdk::pet_model::PetModel;
+use petnas_sdk::{Artifact, Inputs, OptType, OptionSchema, Stage, StageCtx};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::prune;
+use crate::scores::{score, ScoreOptions, METHODS};
+
+/// Options every stage that scores shares.
+fn score_options(schema: OptionSchema) -> OptionSchema {
+    schema
+        .opt(
+            "score",
+            OptType::Enum(METHODS),
+            "taylor",
+            "importance: first-order Taylor |Σ θ·∂L/∂θ|, magnitude, or movement",
+        )
+        .opt("score_batches", OptType::Int, 16, "training batches the scores are accumulated over")
+        .opt("score_batch_size", OptType::Int, 32, "examples per scoring batch")
+        .opt(
+            "ema",
+            OptType::Float,
+            Value::Null,
+            "accumulate an exponential moving average (this decay) instead of a sum",
+        )
+}
+
+fn budget_options(schema: OptionSchema) -> OptionSchema {
+    schema
+        .opt("budget", OptType::Int, Value::Null, "PET parameters to keep (the task head is not counted)")
+        .opt(
+            "budget_percent",
+            OptType::Float,
+            Value::Null,
+            "PET parameters to keep, as % of the PLM's parameters",
+        )
+}
+
+#[derive(Deserialize)]
+struct Budget {
+    budget: Option<i64>,
+    budget_percent: Option<f64>,
+}
+
+impl Budget {
+    fn resolve(&self, plm: i64) -> Result<i64> {
+        match (self.budget, self.budget_percent) {
+            (Some(b), None) if b >= 0 => Ok(b),
+            (None, Some(p)) if p >= 0.0 => Ok((plm as f64 * p / 100.0).round() as i64),
+            (Some(_), Some(_)) => bail!("set `budget` or `budget_percent`, not both"),
+            (None, None) => bail!("set `budget` (parameters) or `budget_percent` (% of the PLM)"),
+            _ => bail!("the budget must not be negative"),
+        }
+    }
+}
+
+fn score_options_of(options: &Value) -> Result<ScoreOptions> {
+    Ok(ScoreOptions {
+        method: options["score"].as_str().unwrap_or("taylor").to_string(),
+        batches: options["score_batches"].as_u64().unwrap_or(16) as usize,
+        batch_size: options["score_batch_size"].as_u64().unwrap_or(32).max(1) as usize,
+        ema: options["ema"].as_f64(),
+    })
+}
+
+/// The model (copied: it will change), the dataset's info and its training split.
+fn model_and_data(ctx: &StageCtx, inputs: &Inputs) -> Result<(PetModel, DatasetInfo, TokenizedSplit)> {
+    let data = inputs.one(kinds::DATASET)?;
+    let info = DatasetInfo::from_artifact(data)?;
+    let mut model = PetModel::load(inputs.one(kinds::MODEL)?, ctx.services(), ctx.device, true)?;
+    model.ensure_head(info.num_labels(), info.regression, derive_seed(ctx.seed, "head"));
+    if model.modules.is_empty() {
+        bail!("the model has no PET modules to score or prune: build a supernet first");
+    }
+    Ok((model, info, TokenizedSplit::from_artifact(data, "train")?))
+}
+
+pub struct Score;
+
+impl Stage for Score {
+    fn kind(&self) -> &'static str {
+        "nas.score"
+    }
+    fn doc(&self) -> &'static str {
+        "importance of every PET parameter and prune group, with a per-site summary"
+    }
+    fn options(&self) -> OptionSchema {
+        score_options(OptionSchema::new())
+    }
+    fn input_kinds(&self) -> &'static [&'static str] {
+        &[kinds::MODEL, kinds::DATASET]
+    }
+    fn output_kind(&self) -> &'static str {
+        kinds::SCORES
+    }
+    fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
+        let (model, info, train) = model_and_data(ctx, inputs)?;
+        let scores =
+            score(ctx, &model, &train, info.pad_id, &score_options_of(&ctx.options::<Value>()?)?, "score")?;
+        let groups = scores.group_scores(&model);
+        let mut artifact = Artifact::new(kinds::SCORES, Value::Null);
+        let mut sites = Vec::new();
+        for (i, module) in model.modules.iter().enumerate() {
+            for (name, s) in &scores.per_param[i] {
+                artifact.tensors.insert(format!("score.{i}.{name}"), s.detach());
+            }
+            sites.push(json!({
+                "site": module.site().name,
+                "type": module.pet_type(),
+                "groups": groups[i],
+                "total": groups[i].iter().sum::<f64>(),
+            }));
+        }
+        artifact.meta = json!({"method": scores.method, "modules": sites});
+        Ok(artifact)
+    }
+}
+
+pub struct PruneStructured;
+
+#[derive(Deserialize)]
+struct StructuredOptions {
+    schedule: String,
+    rounds: usize,
+    train_steps: usize,
+    lr: f64,
+    batch_size: usize,
+}
+
+/// The parameter target after round `r` of `rounds`, from `start` down to `budget`.
+pub fn schedule_target(schedule: &str, start: i64, budget: i64, r: usize, rounds: usize) -> i64 {
+    if start <= budget {
+        return start;
+    }
+    let t = r as f64 / rounds as f64;
+    let value = match schedule {
+        "geometric" => (start as f64) * ((budget.max(1) as f64) / start as f64).powf(t),
+        _ => budget as f64 + (start - budget) as f64 * (1.0 - t).powi(3),
+    };
+    if r == rounds {
+        budget
+    } else {
+        value.round() as i64
+    }
+}
+
+impl Stage for PruneStructured {
+    fn kind(&self) -> &'static str {
+        "nas.prune_structured"
+    }
+    fn doc(&self) -> &'static str {
+        "removes the lowest-scoring prune groups down to a budget (physically cut), one-shot or over rounds"
+    }
+    fn options(&self) -> OptionSchema {
+        let schema = OptionSchema::new()
+            .opt(
+                "schedule",
+                OptType::Enum(&["cubic", "geometric"]),
+                "cubic",
+                "how the target falls from round to round",
+            )
+            .opt("rounds", OptType::Int, 1, "pruning rounds (1: one-shot)")
+            .opt("train_steps", OptType::Int, 0, "training steps between rounds")
+            .opt("lr", OptType::Float, 1e-3, "learning rate of the training between rounds")
+            .opt("batch_size", OptType::Int, 32, "examples per training step between rounds");
+        score_options(budget_options(schema))
+    }
+    fn input_kinds(&self) -> &'static [&'static str] {
+        &[kinds::MODEL, kinds::DATASET]
+    }
+    fn output_kind(&self) -> &'static str {
+        kinds::MODEL
+    }
+    fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
+        let raw: Value = ctx.options()?;
+        let o: StructuredOptions = ctx.options()?;
+        let (mut model, info, train) = model_and_data(ctx, inputs)?;
+        let budget = ctx.options::<Budget>()?.resolve(model.backbone.info().parameters)?;
+        let rounds = o.rounds.max(1);
+        let start = model.pet_parameters();
+        let checkpoints = ctx.checkpoint_dir()?.to_path_buf();
+        let mut first_round = 1;
+        let mut history: Vec<Value> = Vec::new();
+        if let Ok(saved) = Artifact::read(&checkpoints, ctx.device) {
+            model = PetModel::load(&saved, ctx.services(), ctx.device, true)?;
+            first_round = saved.meta["notes"]["pruning_round"].as_u64().context("checkpoint without round")?
+                as usize
+                + 1;
+            history = saved.meta["notes"]["pruning"].as_array().cloned().unwrap_or_default();
+            tracing::info!(round = first_round, "resuming structured pruning from a checkpoint");
+        }
+        ctx.progress().set_total(rounds as u64);
+        ctx.progress().advance(first_round as u64 - 1);
+        let scoring = score_options_of(&raw)?;
+        for r in first_round..=rounds {
+            ctx.check_cancelled()?;
+            let target = schedule_target(&o.schedule, start, budget, r, rounds);
+            let scores = score(ctx, &model, &train, info.pad_id, &scoring, &format!("round {r}"))?;
+            let removed = prune::structured(&mut model, &scores, target)?;
+            let count = model.pet_parameters();
+            tracing::info!(round = r, target, parameters = count, removed_groups = removed, "pruned");
+            history
+                .push(json!({"round": r, "target": target, "parameters": count, "removed_groups": removed}));
+            if r < rounds && o.train_steps > 0 {
+                train_between_rounds(ctx, &model, &info, &train, &o, r)?;
+            }
+            model.notes.insert("pruning".into(), Value::Array(history.clone()));
+            model.notes.insert("pruning_round".into(), json!(r));
+            if r < rounds {
+                let temp = checkpoints.with_extension("tmp");
+                std::fs::create_dir_all(&temp)?;
+                model.to_artifact().save(&temp)?;
+                std::fs::remove_dir_all(&checkpoints).ok();
+                std::fs::rename(&temp, &checkpoints)?;
+            }
+            ctx.progress().advance(1);
+        }
+        model.notes.remove("pruning_round");
+        model.notes.insert("structured_budget".into(), json!(budget));
+        Ok(model.to_artifact())
+    }
+}
+
+/// A few optimizer steps between pruning rounds, with a fresh AdamW (the shapes changed).
+fn train_between_rounds(
+    ctx: &StageCtx,
+    model: &PetModel,
+    info: &DatasetInfo,
+    train: &TokenizedSplit,
+    o: &StructuredOptions,
+    round: usize,
+) -> Result<()> {
+    let masks: BTreeMap<String, tch::Tensor> = model.masks().into_iter().collect();
+    let mut opt = AdamW::new(model.trainable(), 0.0);
+    let options = BatchOptions {
+        batch_size: o.batch_size.max(1),
+        shuffle_seed: Some(derive_seed(ctx.seed, &format!("between rounds {round}"))),
+        bucket_by_length: false,
+    };
+    let rows = train.batch_rows(&options);
+    for (step, rows) in rows.iter().cycle().take(o.train_steps).enumerate() {
+        ctx.check_cancelled()?;
+        // Dropout draws depend only on the seed, round and step: a resumed run repeats them.
+        tch::manual_seed(derive_seed(ctx.seed, &format!("round {round} step {step}")) as i64);
+        opt.train_step(model, &train.batch(rows, info.pad_id, ctx.device), o.lr, 1.0, &masks)?;
+    }
+    Ok(())
+}
+
+pub struct PruneUnstructured;
+
+impl Stage for PruneUnstructured {
+    fn kind(&self) -> &'static str {
+        "nas.prune_unstructured"
+    }
+    fn doc(&self) -> &'static str {
+        "masks all but the highest-scoring PET parameters, to the budget exactly"
+    }
+    fn options(&self) -> OptionSchema {
+        score_options(budget_options(OptionSchema::new()))
+    }
+    fn input_kinds(&self) -> &'static [&'static str] {
+        &[kinds::MODEL, kinds::DATASET]
+    }
+    fn output_kind(&self) -> &'static str {
+        kinds::MODEL
+    }
+    fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
+        let raw: Value = ctx.options()?;
+        let (mut model, info, train) = model_and_data(ctx, inputs)?;
+        let budget = ctx.options::<Budget>()?.resolve(model.backbone.info().parameters)?;
+        let before = model.pet_parameters();
+        let scores = score(ctx, &model, &train, info.pad_id, &score_options_of(&raw)?, "unstructured")?;
+        let after = prune::unstructured(&mut model, &scores, budget)?;
+        tracing::info!(before, after, budget, "masked");
+        model.notes.insert("unstructured_budget".into(), json!(budget));
+        Ok(model.to_artifact())
+    }
+}
