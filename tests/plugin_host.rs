@@ -41,7 +41,28 @@ fn plugins_lists_stage_kinds_with_their_options() {
     let listing = plugins_json(&s, &[]);
     let kinds: Vec<&str> =
         listing["stages"].as_array().unwrap().iter().map(|k| k["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["demo.data", "demo.evaluate", "demo.fit", "glue.load", "plm.load"]);
+    assert_eq!(
+        kinds,
+        [
+            "demo.data",
+            "demo.evaluate",
+            "demo.fit",
+            "glue.evaluate",
+            "glue.load",
+            "glue.predict",
+            "nas.build_supernet",
+            "nas.prune_structured",
+            "nas.prune_unstructured",
+            "nas.report",
+            "nas.score",
+            "pet.attach",
+            "plm.load",
+            "train.fit",
+        ]
+    );
+    let pets: Vec<&str> =
+        listing["pet_types"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(pets, ["adapter", "bitfit", "ia3", "lora"]);
     let commands: Vec<&str> =
         listing["commands"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(commands, ["encode", "score"]);

@@ -88,3 +88,23 @@ impl Scratch {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()))
     }
 }
+
+/// The repository's root folder.
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().expect("workspace root")
+}
+
+/// A small random RoBERTa checkpoint saved by transformers (fast to train on).
+pub fn tiny_model() -> String {
+    workspace().join("tests/fixtures/plm/tiny-roberta").display().to_string()
+}
+
+pub fn glue_fixtures() -> String {
+    workspace().join("tests/fixtures/glue").display().to_string()
+}
+
+/// The plugins of this build, loaded into the test process (for inspecting artifacts).
+pub fn registry() -> &'static petnas::plugins::Registry {
+    static REGISTRY: std::sync::OnceLock<petnas::plugins::Registry> = std::sync::OnceLock::new();
+    REGISTRY.get_or_init(|| petnas::plugins::Registry::load(&[build_dir()]))
+}

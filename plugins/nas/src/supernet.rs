@@ -37,11 +37,10 @@ impl Stage for BuildSupernet {
         "the search space: the listed PET types at their largest on every site they match"
     }
     fn options(&self) -> OptionSchema {
-        OptionSchema::new().opt(
+        OptionSchema::new().required(
             "pets",
             OptType::Pets,
-            json!([{"type": "lora", "targets": "all-linear", "rank": 16, "init": "balanced"}]),
-            "PET types at maximal size; default: LoRA rank 16 on every linear layer, balanced init",
+            "the search space: PET types at their largest, e.g. [{type: lora, targets: all-linear, rank: 16, init: balanced}]",
         )
     }
     fn input_kinds(&self) -> &'static [&'static str] {

@@ -89,6 +89,8 @@ pub fn fit(
         let rows =
             &epoch_rows.as_ref().expect("rows of this epoch").1[(state.step % steps_per_epoch) as usize];
         let batch = train.batch_padded(rows, info.pad_id, ctx.device, o.pad_to.unwrap_or(0));
+        // Dropout draws depend only on the seed and the step: a resumed fit repeats them.
+        tch::manual_seed(petnas_sdk::init::derive_seed(ctx.seed, &format!("step {}", state.step)) as i64);
         match opt.train_step(
             model,
             &batch,

@@ -1,0 +1,296 @@
+//! The search through the binary and the real plugins, on a tiny RoBERTa: budgets, masks
+//! through training, cut versus masked models, Taylor scores against finite differences, a
+//! PET type the search does not know, and resuming iterative pruning after a kill.
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use petnas_e2e::{glue_fixtures, registry, tiny_model, workspace, Scratch};
+use petnas_sdk::data::{DatasetInfo, TokenizedSplit};
+use petnas_sdk::init::derive_seed;
+use petnas_sdk::model::{GroupMember, PruneGroup};
+use petnas_sdk::optim::task_loss;
+use petnas_sdk::pet_model::PetModel;
+use petnas_sdk::Artifact;
+use tch::{Device, Kind, Tensor};
+
+fn search_pipeline(pets: &str, structured: &str, unstructured: i64) -> String {
+    format!(
+        "name: search
+defaults: {{seed: 3, threads: 1}}
+stages:
+  model: {{use: plm.load, with: {{model: '{model}'}}}}
+  data: {{use: glue.load, needs: [model], with: {{task: mrpc, dir: '{glue}', max_len: 32, max_train_examples: 64}}}}
+  supernet: {{use: nas.build_supernet, needs: [model], with: {{pets: {pets}}}}}
+  warm: {{use: train.fit, needs: [supernet, data], with: {{epochs: 1, batch_size: 16, lr: 0.005}}}}
+  structured: {{use: nas.prune_structured, needs: [warm, data], with: {structured}}}
+  unstructured: {{use: nas.prune_unstructured, needs: [structured, data], with: {{budget: {unstructured}, score_batches: 2}}}}
+  retrain: {{use: train.fit, needs: [unstructured, data], with: {{epochs: 2, batch_size: 16, lr: 0.01}}}}
+  report: {{use: nas.report, needs: [retrain]}}
+",
+        model = tiny_model(),
+        glue = glue_fixtures()
+    )
+}
+
+const MIXED: &str = "[{type: lora, targets: all-linear, rank: 4, init: balanced}, {type: bitfit}]";
+
+fn output(s: &Scratch, stage: &str) -> Artifact {
+    Artifact::read(&s.stage_dir("search", "default", stage), Device::Cpu).expect("stage outputs")
+}
+
+fn model(artifact: &Artifact) -> PetModel {
+    PetModel::load(artifact, registry(), Device::Cpu, true).expect("model artifact")
+}
+
+fn largest_group(m: &PetModel) -> i64 {
+    m.modules
+        .iter()
+        .flat_map(|module| {
+            let params = module.parameters();
+            module.prune_groups().into_iter().map(move |g| {
+                g.members
+                    .iter()
+                    .map(|mem| {
+                        mem.part(&params.iter().find(|(n, _)| *n == mem.param).unwrap().1).numel() as i64
+                    })
+                    .sum::<i64>()
+            })
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn budgets_are_met_and_pruned_entries_stay_zero_through_training() {
+    let s = Scratch::new();
+    s.write(
+        "p.yaml",
+        &search_pipeline(MIXED, "{budget: 3000, rounds: 2, train_steps: 2, score_batches: 2}", 1234),
+    );
+    let run = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+
+    let warm = model(&output(&s, "warm"));
+    let structured = model(&output(&s, "structured"));
+    let count = structured.pet_parameters();
+    assert!(count <= 3000 && count > 3000 - largest_group(&warm), "structured: {count} for a budget of 3000");
+    assert!(structured.modules.len() < warm.modules.len() || count < warm.pet_parameters());
+
+    assert_eq!(model(&output(&s, "unstructured")).pet_parameters(), 1234, "unstructured budgets are exact");
+    let retrained = output(&s, "retrain");
+    assert_eq!(model(&retrained).pet_parameters(), 1234);
+    let mut masked_entries = 0;
+    for (name, mask) in retrained.tensors.iter().filter(|(n, _)| n.contains(".mask.")) {
+        let param = retrained.tensors.get(&name.replace(".mask.", ".")).expect("masked parameter");
+        let outside = (param * (mask.ones_like() - mask)).abs().sum(Kind::Double).double_value(&[]);
+        assert_eq!(outside, 0.0, "{name}: pruned entries moved during training");
+        masked_entries += (mask.ones_like() - mask).sum(Kind::Int64).int64_value(&[]);
+    }
+    assert!(masked_entries > 0);
+
+    let summary =
+        std::fs::read_to_string(s.stage_dir("search", "default", "report").join("summary.txt")).unwrap();
+    assert!(summary.starts_with("1234 PET parameters"), "{summary}");
+    let svg =
+        std::fs::read_to_string(s.stage_dir("search", "default", "report").join("heatmap.svg")).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("attention.self.query"), "heatmap");
+    let architecture = s.read_json(&s.stage_dir("search", "default", "report").join("architecture.json"));
+    assert_eq!(architecture["parameters"], 1234);
+}
+
+/// Removes half of every module's groups from one copy (physically) and masks them in another.
+#[test]
+fn a_cut_model_computes_what_the_masked_one_does() {
+    let s = Scratch::new();
+    s.write("p.yaml", &search_pipeline(MIXED, "{budget: 3000}", 1000));
+    let run = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let warm = output(&s, "warm");
+    let (mut cut, mut masked) = (model(&warm), model(&warm));
+    for (c, m) in cut.modules.iter_mut().zip(masked.modules.iter_mut()) {
+        let groups: Vec<PruneGroup> = c.prune_groups();
+        let keep: Vec<usize> = (0..groups.len()).filter(|j| j % 2 == 0).collect();
+        let params = m.parameters();
+        let mut masks: Vec<(String, Tensor)> =
+            params.iter().map(|(n, p)| (n.clone(), p.ones_like())).collect();
+        for group in groups.iter().skip(1).step_by(2) {
+            for GroupMember { param, slice } in &group.members {
+                let mask = &mut masks.iter_mut().find(|(n, _)| n == param).unwrap().1;
+                match slice {
+                    Some((dim, index)) => {
+                        let _ = mask.select(*dim, *index).fill_(0.0);
+                    }
+                    None => {
+                        let _ = mask.fill_(0.0);
+                    }
+                }
+            }
+        }
+        for (name, mask) in masks {
+            m.set_mask(&name, mask).unwrap();
+        }
+        assert!(c.keep_groups(&keep).unwrap());
+    }
+    let data = output(&s, "data");
+    let info = DatasetInfo::from_artifact(&data).unwrap();
+    let dev = TokenizedSplit::from_artifact(&data, "dev").unwrap();
+    let batch = dev.batch(&(0..32).collect::<Vec<_>>(), info.pad_id, Device::Cpu);
+    for m in [&mut cut, &mut masked] {
+        m.ensure_head(2, false, 0);
+    }
+    let difference = tch::no_grad(|| {
+        (cut.logits(&batch, false).unwrap() - masked.logits(&batch, false).unwrap())
+            .abs()
+            .max()
+            .double_value(&[])
+    });
+    assert!(difference < 1e-5, "cut and masked models differ by {difference}");
+    assert!(
+        cut.pet_parameters() == masked.pet_parameters(),
+        "{} vs {}",
+        cut.pet_parameters(),
+        masked.pet_parameters()
+    );
+}
+
+#[test]
+fn taylor_scores_agree_with_finite_differences() {
+    let s = Scratch::new();
+    let text = search_pipeline("[{type: lora, targets: [query, value], rank: 4, init: balanced}]", "{budget: 3000}", 1000).replace(
+        "  structured:",
+        "  scores: {use: nas.score, needs: [warm, data], with: {score_batches: 1, score_batch_size: 64}}\n  structured:",
+    );
+    s.write("p.yaml", &text);
+    let run = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let scores = output(&s, "scores");
+    let data = output(&s, "data");
+    let info = DatasetInfo::from_artifact(&data).unwrap();
+    let train = TokenizedSplit::from_artifact(&data, "train").unwrap();
+    let batch = train.batch(&(0..train.len()).collect::<Vec<_>>(), info.pad_id, Device::Cpu);
+    let mut m = model(&output(&s, "warm"));
+    m.ensure_head(info.num_labels(), info.regression, derive_seed(3, "head"));
+    let loss = |m: &PetModel| tch::no_grad(|| task_loss(m, &batch, false).unwrap().double_value(&[]));
+    let group_sum = |i: usize, group: &PruneGroup| -> f64 {
+        group
+            .members
+            .iter()
+            .map(|mem| {
+                mem.part(&scores.tensors[&format!("score.{i}.{}", mem.param)])
+                    .sum(Kind::Double)
+                    .double_value(&[])
+            })
+            .sum()
+    };
+    // The six groups with the largest scores: their loss changes stand clear of float32 noise.
+    let mut ranked: Vec<(f64, usize, PruneGroup)> = (0..m.modules.len())
+        .flat_map(|i| m.modules[i].prune_groups().into_iter().map(move |g| (i, g)))
+        .map(|(i, g)| (group_sum(i, &g), i, g))
+        .collect();
+    ranked.sort_by(|a, b| b.0.abs().total_cmp(&a.0.abs()));
+    let scale = |m: &PetModel, i: usize, group: &PruneGroup, factor: f64| {
+        let params = m.modules[i].parameters();
+        tch::no_grad(|| {
+            for mem in &group.members {
+                let p = &params.iter().find(|(n, _)| *n == mem.param).unwrap().1;
+                let _ = mem.part(p).f_mul_scalar_(factor);
+            }
+        });
+    };
+    let eps = 0.05;
+    let mut compared = 0;
+    for (taylor, i, group) in ranked.iter().take(6) {
+        // Scaling the group by (1 ± eps) changes the loss by about ±eps · Σ θ·∂L/∂θ (central
+        // difference: the error is second order in eps).
+        scale(&m, *i, group, 1.0 + eps);
+        let up = loss(&m);
+        scale(&m, *i, group, (1.0 - eps) / (1.0 + eps));
+        let down = loss(&m);
+        scale(&m, *i, group, 1.0 / (1.0 - eps));
+        let finite = (up - down) / (2.0 * eps);
+        assert!(
+            (taylor - finite).abs() < 0.05 * taylor.abs(),
+            "module {i}: Taylor {taylor} vs finite difference {finite}"
+        );
+        compared += 1;
+    }
+    assert_eq!(compared, 6);
+    let meta = &scores.meta["modules"][0];
+    assert_eq!(meta["groups"].as_array().unwrap().len(), 4, "one score per rank-1 component");
+}
+
+#[test]
+fn a_pet_type_the_search_does_not_know_is_searched() {
+    let nas = workspace().join("plugins/nas/src");
+    for entry in std::fs::read_dir(&nas).unwrap().flatten() {
+        let code = std::fs::read_to_string(entry.path()).unwrap();
+        for name in ["\"ia3\"", "\"lora\"", "\"bitfit\"", "\"adapter\""] {
+            assert!(!code.contains(name), "{} names the PET type {name}", entry.path().display());
+        }
+    }
+    let s = Scratch::new();
+    s.write(
+        "p.yaml",
+        &search_pipeline(
+            "[{type: ia3}, {type: adapter, placement: parallel, bottleneck: 8}]",
+            "{budget: 600, rounds: 2}",
+            300,
+        ),
+    );
+    let run = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert_eq!(model(&output(&s, "unstructured")).pet_parameters(), 300);
+    let types: Vec<String> =
+        model(&output(&s, "retrain")).modules.iter().map(|m| m.pet_type().to_string()).collect();
+    assert!(types.iter().any(|t| t == "ia3") || types.iter().any(|t| t == "adapter"), "{types:?}");
+}
+
+fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(start.elapsed() < Duration::from_secs(120), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn structured_checkpoint(s: &Scratch) -> bool {
+    let dir = s.path().join("runs/search/default/.checkpoints");
+    std::fs::read_dir(&dir)
+        .map(|d| {
+            d.flatten().any(|e| {
+                e.file_name().to_string_lossy().starts_with("structured-")
+                    && Path::new(&e.path()).join("outputs.json").exists()
+            })
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn iterative_pruning_resumes_after_a_kill_and_ends_as_an_uninterrupted_run() {
+    let structured = "{budget: 2000, rounds: 5, train_steps: 12, score_batches: 2}";
+    let s = Scratch::new();
+    s.write("p.yaml", &search_pipeline(MIXED, structured, 1000));
+    let mut child = s
+        .command(&["run", "p.yaml"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("a pruning round's checkpoint", || structured_checkpoint(&s));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!s.stage_dir("search", "default", "structured").exists(), "killed in the middle of pruning");
+    let resumed = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(resumed.code, 0, "{}", resumed.stderr);
+    assert!(resumed.stderr.contains("resuming structured pruning from a checkpoint"), "{}", resumed.stderr);
+
+    let reference = Scratch::new();
+    reference.write("p.yaml", &search_pipeline(MIXED, structured, 1000));
+    assert_eq!(reference.petnas(&["run", "p.yaml"]).code, 0);
+    for stage in ["structured", "unstructured"] {
+        let file = |s: &Scratch| {
+            std::fs::read(s.stage_dir("search", "default", stage).join("outputs.safetensors")).unwrap()
+        };
+        assert!(file(&s) == file(&reference), "{stage} differs from an uninterrupted run");
+    }
+}

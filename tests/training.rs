@@ -1,0 +1,196 @@
+//! Training through the binary on a tiny RoBERTa: every PET type from its plugin file,
+//! seeds that reproduce, a fit resumed after a kill, non-finite losses, GLUE predictions.
+use std::time::{Duration, Instant};
+
+use petnas_e2e::{glue_fixtures, tiny_model, Scratch};
+
+fn pipeline(pets: &str, fit: &str) -> String {
+    format!(
+        "name: train
+defaults: {{seed: 5, threads: 1}}
+stages:
+  model: {{use: plm.load, with: {{model: '{model}'}}}}
+  data: {{use: glue.load, needs: [model], with: {{task: rte, dir: '{glue}', max_len: 48}}}}
+  pets: {{use: pet.attach, needs: [model], with: {{pets: {pets}}}}}
+  fit: {{use: train.fit, needs: [pets, data], with: {fit}}}
+  evaluate: {{use: glue.evaluate, needs: [fit, data]}}
+  predict: {{use: glue.predict, needs: [fit, data]}}
+",
+        model = tiny_model(),
+        glue = glue_fixtures()
+    )
+}
+
+const FIT: &str = "{epochs: 2, batch_size: 16, lr: 0.01, eval_every: 8}";
+
+fn metrics(s: &Scratch) -> serde_json::Value {
+    s.read_json(&s.stage_dir("train", "default", "evaluate").join("metrics.json"))
+}
+
+#[test]
+fn every_pet_type_trains_from_its_plugin_file() {
+    let cases = [
+        (
+            "[{type: lora, targets: [query, value], rank: 4, alpha: 8, dropout: 0.1}]",
+            2 * 2 * (4 * 32 + 32 * 4),
+        ),
+        ("[{type: bitfit}]", 2 * (5 * 32 + 64 + 2 * 32) + 32),
+        (
+            "[{type: adapter, placement: sequential, bottleneck: 4, targets: [attention_block, ffn_block]}]",
+            2 * 2 * (4 * 32 + 4 + 32 * 4 + 32),
+        ),
+        ("[{type: ia3}]", 2 * (32 + 32 + 64)),
+        (
+            "[{type: adapter, placement: parallel, scaling: 4.0, bottleneck: 8}, {type: lora, rank: 2}]",
+            2 * (8 * 32 + 8 + 32 * 8 + 32) + 2 * 2 * (2 * 32 + 32 * 2),
+        ),
+    ];
+    for (pets, parameters) in cases {
+        let s = Scratch::new();
+        s.write("p.yaml", &pipeline(pets, FIT));
+        let run = s.petnas(&["run", "p.yaml"]);
+        assert_eq!(run.code, 0, "{pets}:\n{}{}", run.stdout, run.stderr);
+        let m = metrics(&s);
+        assert_eq!(m["parameters"]["pet"], parameters, "{pets}");
+        assert_eq!(
+            m["parameters"]["head"],
+            32 * 32 + 32 + 2 * 32 + 2,
+            "a new dense layer and the classifier (RoBERTa has no pooler)"
+        );
+        assert!(m["splits"]["dev"]["accuracy"].as_f64().is_some(), "{m}");
+        assert!(m["train_samples_per_second"].as_f64().unwrap() > 0.0);
+    }
+}
+
+#[test]
+fn the_same_seed_gives_the_same_metrics_and_predictions() {
+    let pets = "[{type: lora, rank: 4, dropout: 0.1}]";
+    let runs: Vec<Scratch> = (0..2)
+        .map(|_| {
+            let s = Scratch::new();
+            s.write("p.yaml", &pipeline(pets, FIT));
+            assert_eq!(s.petnas(&["run", "p.yaml"]).code, 0);
+            s
+        })
+        .collect();
+    assert_eq!(metrics(&runs[0])["splits"], metrics(&runs[1])["splits"]);
+    let predictions = |s: &Scratch| {
+        std::fs::read_to_string(s.stage_dir("train", "default", "predict").join("RTE.tsv")).unwrap()
+    };
+    assert_eq!(predictions(&runs[0]), predictions(&runs[1]));
+    let other = Scratch::new();
+    other.write("p.yaml", &pipeline(pets, FIT).replace("seed: 5", "seed: 6"));
+    assert_eq!(other.petnas(&["run", "p.yaml"]).code, 0);
+    let fit = |s: &Scratch| {
+        std::fs::read(s.stage_dir("train", "default", "fit").join("outputs.safetensors")).unwrap()
+    };
+    assert!(fit(&runs[0]) == fit(&runs[1]));
+    assert!(fit(&runs[0]) != fit(&other), "another seed trains another model");
+}
+
+#[test]
+fn predictions_are_in_glue_submission_format() {
+    let s = Scratch::new();
+    s.write("p.yaml", &pipeline("[{type: bitfit}]", "{epochs: 1, batch_size: 16}"));
+    assert_eq!(s.petnas(&["run", "p.yaml"]).code, 0);
+    let text = std::fs::read_to_string(s.stage_dir("train", "default", "predict").join("RTE.tsv")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "index\tprediction");
+    assert_eq!(lines.len(), 21, "one line per test example");
+    for (i, line) in lines[1..].iter().enumerate() {
+        let (index, label) = line.split_once('\t').unwrap();
+        assert_eq!(index, i.to_string());
+        assert!(label == "entailment" || label == "not_entailment", "{line}");
+    }
+}
+
+fn fit_checkpoint(s: &Scratch) -> bool {
+    std::fs::read_dir(s.path().join("runs/train/default/.checkpoints"))
+        .map(|d| d.flatten().any(|e| e.path().join("checkpoint.json").exists()))
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_killed_fit_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one() {
+    let fit = "{epochs: 30, batch_size: 16, lr: 0.01, eval_every: 16, checkpoint_every: 4}";
+    let pets = "[{type: lora, rank: 4, dropout: 0.1}]";
+    let s = Scratch::new();
+    s.write("p.yaml", &pipeline(pets, fit));
+    let mut child = s
+        .command(&["run", "p.yaml"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !fit_checkpoint(&s) {
+        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!s.stage_dir("train", "default", "fit").exists(), "killed while fitting");
+    let resumed = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(resumed.code, 0, "{}", resumed.stderr);
+    assert!(resumed.stderr.contains("resuming from a checkpoint"), "{}", resumed.stderr);
+
+    let reference = Scratch::new();
+    reference.write("p.yaml", &pipeline(pets, fit));
+    assert_eq!(reference.petnas(&["run", "p.yaml"]).code, 0);
+    let weights = |s: &Scratch| {
+        std::fs::read(s.stage_dir("train", "default", "fit").join("outputs.safetensors")).unwrap()
+    };
+    assert!(weights(&s) == weights(&reference), "the resumed fit differs from an uninterrupted one");
+    assert_eq!(metrics(&s)["splits"], metrics(&reference)["splits"]);
+}
+
+#[test]
+fn a_non_finite_loss_stops_the_stage_naming_the_step_or_is_skipped() {
+    let s = Scratch::new();
+    s.write(
+        "p.yaml",
+        &pipeline("[{type: lora, rank: 4}]", "{epochs: 2, batch_size: 16, lr: 1.0e+30, max_grad_norm: 0.0}"),
+    );
+    let run = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let row = run.stdout.lines().find(|l| l.contains(" fit ")).unwrap();
+    assert!(row.contains("FAILED") && row.contains("non-finite") && row.contains("at step "), "{row}");
+    s.write(
+        "p.yaml",
+        &pipeline(
+            "[{type: lora, rank: 4}]",
+            "{epochs: 2, batch_size: 16, lr: 1.0e+30, max_grad_norm: 0.0, skip_nonfinite: true}",
+        ),
+    );
+    let skipped = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(skipped.code, 0, "{}", skipped.stderr);
+    assert!(skipped.stderr.contains("step skipped"), "{}", skipped.stderr);
+}
+
+#[test]
+fn pet_options_are_checked_before_anything_runs() {
+    let s = Scratch::new();
+    s.write("p.yaml", &pipeline("[{type: lora, rnak: 4}, {type: lorra}]", FIT));
+    let run = s.petnas(&["validate", "p.yaml"]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains(
+            "p.yaml:6:70: error: unknown option `rnak` for PET type `lora`\n  help: did you mean `rank`?"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("error: unknown PET type `lorra`\n  help: did you mean `lora`?"),
+        "{}",
+        run.stderr
+    );
+    s.write("p.yaml", &pipeline("[{type: lora, rank: four}]", FIT));
+    let run = s.petnas(&["validate", "p.yaml"]);
+    assert!(
+        run.stderr.contains("option `rank` of PET type `lora`: expected integer, found string `four`"),
+        "{}",
+        run.stderr
+    );
+}
