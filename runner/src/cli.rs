@@ -37,6 +37,13 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ReportFormat {
+    Markdown,
+    Csv,
+    Json,
+}
+
 #[derive(clap::Args)]
 struct FolderArgs {
     /// Where run folders go: <RUNS_DIR>/<pipeline>/<cell>/<stage>/.
@@ -81,6 +88,33 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// One table of every evaluated cell of runs (medians and spread over seeds), and
+    /// Pareto plots per task.
+    Report {
+        /// Run folders: runs/<pipeline>, or runs/ for all of them.
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value = "markdown")]
+        format: ReportFormat,
+        /// Also write per-cell rows (JSON) instead of groups only.
+        #[arg(long)]
+        cells: bool,
+        /// Write Pareto plots (SVG) into this folder.
+        #[arg(long, value_name = "DIR")]
+        plots: Option<PathBuf>,
+    },
+    /// Compares a run's metrics with a baseline file; exits 1 on a regression or a missing cell.
+    Regress {
+        run: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        baseline: PathBuf,
+        /// Writes JUnit XML (one test case per baseline entry).
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+        /// Rewrites the baseline with the run's values, keeping tolerances.
+        #[arg(long)]
+        update_baseline: bool,
+    },
     /// Prints versions, the build fingerprint and where libtorch is.
     Version,
     /// A command that a plugin provides.
@@ -107,6 +141,10 @@ pub fn main() -> i32 {
         }),
         Command::Plugins { json } => list_plugins(registry, json).map(|_| 0),
         Command::Plugin(args) => run_tool(&args, registry),
+        Command::Report { runs, format, cells, plots } => report(&runs, format, cells, plots.as_deref()),
+        Command::Regress { run, baseline, junit, update_baseline } => {
+            regress(&run, &baseline, junit.as_deref(), update_baseline)
+        }
         Command::Version => {
             println!(
                 "petnas {}\nfingerprint: {}\nlibtorch: {}\ncuda: {} ({cuda})",
@@ -146,6 +184,57 @@ fn run_tool(args: &[String], registry: &'static Registry) -> Result<i32> {
     print!("{}", output.stdout);
     eprint!("{}", output.stderr);
     Ok(output.code)
+}
+
+fn report(runs: &[PathBuf], format: ReportFormat, cells: bool, plots: Option<&Path>) -> Result<i32> {
+    let results = crate::results::collect(runs)?;
+    if results.is_empty() {
+        bail!(
+            "no evaluated cells (metrics.json) in {}",
+            runs.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    let groups = crate::results::group(&results);
+    match format {
+        ReportFormat::Markdown => print!("{}", crate::report::markdown(&groups)),
+        ReportFormat::Csv => print!("{}", crate::report::csv(&groups)?),
+        ReportFormat::Json if cells => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"groups": groups, "cells": results}))?
+        ),
+        ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&groups)?),
+    }
+    if let Some(dir) = plots {
+        for file in crate::report::pareto_plots(&groups, dir)? {
+            eprintln!("wrote {}", file.display());
+        }
+    }
+    Ok(0)
+}
+
+fn regress(run: &Path, baseline: &Path, junit: Option<&Path>, update: bool) -> Result<i32> {
+    let entries = crate::regress::read_baseline(baseline)?;
+    let groups = crate::results::group(&crate::results::collect(&[run.to_path_buf()])?);
+    if update {
+        crate::store::write_atomic(baseline, crate::regress::updated(&entries, &groups, 0.02).as_bytes())?;
+        eprintln!("rewrote {}", baseline.display());
+        return Ok(0);
+    }
+    let checks = crate::regress::check(&entries, &groups);
+    print!("{}", crate::regress::table(&checks));
+    if let Some(path) = junit {
+        crate::store::write_atomic(path, crate::regress::junit(&checks, baseline)?.as_bytes())?;
+    }
+    let count = |s: crate::regress::Status| checks.iter().filter(|c| c.status == s).count();
+    use crate::regress::Status::{Improved, Missing, Ok as Fine, Regressed};
+    println!(
+        "{} ok, {} improved, {} regressed, {} missing",
+        count(Fine),
+        count(Improved),
+        count(Regressed),
+        count(Missing)
+    );
+    Ok(if count(Regressed) + count(Missing) > 0 { EXIT_FAILED } else { 0 })
 }
 
 fn absolute(path: &Path) -> PathBuf {

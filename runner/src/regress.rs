@@ -1,0 +1,340 @@
+//! `petnas regress`: a run's metrics against a committed baseline file — each entry a task,
+//! method and metric with its expected value, tolerance (absolute or relative) and direction
+//! — as a table, JUnit XML for CI dashboards, and `--update-baseline`.
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::diag::{nearest, Diagnostic, Diagnostics};
+use crate::results::Group;
+use crate::yaml::{self, Node, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tolerance {
+    Absolute(f64),
+    Relative(f64),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Entry {
+    pub task: String,
+    pub method: String,
+    pub metric: String,
+    pub expected: f64,
+    pub tolerance: Tolerance,
+    /// True when higher values are better.
+    pub higher_is_better: bool,
+    #[serde(skip)]
+    pub line: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ok,
+    Regressed,
+    Improved,
+    Missing,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub entry: Entry,
+    pub observed: Option<f64>,
+    pub status: Status,
+}
+
+const ENTRY_KEYS: &[&str] =
+    &["task", "method", "metric", "expected", "tolerance", "tolerance_relative", "direction"];
+
+fn text(node: &Node, what: &str, file: &str, errors: &mut Vec<Diagnostic>) -> Option<String> {
+    match &node.value {
+        Value::Str(s) => Some(s.clone()),
+        _ => {
+            errors.push(Diagnostic::at(
+                file,
+                node.pos,
+                format!("`{what}` must be a string, found {}", node.type_name()),
+            ));
+            None
+        }
+    }
+}
+
+fn number(node: &Node, what: &str, file: &str, errors: &mut Vec<Diagnostic>) -> Option<f64> {
+    match node.value {
+        Value::Int(i) => Some(i as f64),
+        Value::Float(f) if f.is_finite() => Some(f),
+        _ => {
+            errors.push(Diagnostic::at(
+                file,
+                node.pos,
+                format!("`{what}` must be a number, found {}", node.type_name()),
+            ));
+            None
+        }
+    }
+}
+
+/// Reads a baseline file; every problem is reported with its line.
+pub fn read_baseline(path: &Path) -> Result<Vec<Entry>> {
+    let file = path.display().to_string();
+    let source = std::fs::read_to_string(path).with_context(|| format!("cannot read the baseline {file}"))?;
+    let root = yaml::parse(&source, &file).map_err(Diagnostics::from)?;
+    let mut errors = Vec::new();
+    let entries_node = match &root.value {
+        Value::Map(top) => {
+            for (key, pos, _) in top.iter().filter(|(k, _, _)| k != "entries") {
+                errors.push(
+                    Diagnostic::at(&file, *pos, format!("unknown key `{key}` in the baseline"))
+                        .help("a baseline has one key, `entries`"),
+                );
+            }
+            top.iter().find(|(k, _, _)| k == "entries").map(|(_, _, n)| n)
+        }
+        _ => None,
+    };
+    let Some(Node { value: Value::Seq(items), .. }) = entries_node else {
+        errors.push(Diagnostic::at(
+            &file,
+            root.pos,
+            "a baseline is a mapping with `entries:`, a list of {task, method, metric, expected, tolerance}",
+        ));
+        return Err(Diagnostics::sorted(errors).into());
+    };
+    let mut entries = Vec::new();
+    for item in items {
+        let Value::Map(fields) = &item.value else {
+            errors.push(Diagnostic::at(
+                &file,
+                item.pos,
+                format!("an entry is a mapping, found {}", item.type_name()),
+            ));
+            continue;
+        };
+        let get = |key: &str| fields.iter().find(|(k, _, _)| k == key).map(|(_, _, n)| n);
+        for (key, pos, _) in fields {
+            if !ENTRY_KEYS.contains(&key.as_str()) {
+                let d = Diagnostic::at(&file, *pos, format!("unknown key `{key}` in a baseline entry"));
+                errors.push(match nearest(key, ENTRY_KEYS.iter().copied()) {
+                    Some(n) => d.help(format!("did you mean `{n}`?")),
+                    None => d.help(format!("keys: {}", ENTRY_KEYS.join(", "))),
+                });
+            }
+        }
+        let required = |key: &str, errors: &mut Vec<Diagnostic>| {
+            let found = get(key);
+            if found.is_none() {
+                errors.push(Diagnostic::at(&file, item.pos, format!("the entry has no `{key}`")));
+            }
+            found
+        };
+        let task = required("task", &mut errors).and_then(|n| text(n, "task", &file, &mut errors));
+        let method = required("method", &mut errors).and_then(|n| text(n, "method", &file, &mut errors));
+        let metric = required("metric", &mut errors).and_then(|n| text(n, "metric", &file, &mut errors));
+        let expected =
+            required("expected", &mut errors).and_then(|n| number(n, "expected", &file, &mut errors));
+        let tolerance = match (get("tolerance"), get("tolerance_relative")) {
+            (Some(n), None) => number(n, "tolerance", &file, &mut errors).map(Tolerance::Absolute),
+            (None, Some(n)) => number(n, "tolerance_relative", &file, &mut errors).map(Tolerance::Relative),
+            (Some(_), Some(_)) => {
+                errors.push(Diagnostic::at(
+                    &file,
+                    item.pos,
+                    "the entry sets both `tolerance` and `tolerance_relative`",
+                ));
+                None
+            }
+            (None, None) => {
+                errors.push(Diagnostic::at(
+                    &file,
+                    item.pos,
+                    "the entry has no `tolerance` (absolute) or `tolerance_relative`",
+                ));
+                None
+            }
+        };
+        let higher_is_better = match get("direction").map(|n| (n, &n.value)) {
+            None => Some(true),
+            Some((_, Value::Str(s))) if s == "higher" => Some(true),
+            Some((_, Value::Str(s))) if s == "lower" => Some(false),
+            Some((n, _)) => {
+                errors.push(Diagnostic::at(
+                    &file,
+                    n.pos,
+                    "`direction` must be `higher` (higher is better) or `lower`",
+                ));
+                None
+            }
+        };
+        if let (
+            Some(task),
+            Some(method),
+            Some(metric),
+            Some(expected),
+            Some(tolerance),
+            Some(higher_is_better),
+        ) = (task, method, metric, expected, tolerance, higher_is_better)
+        {
+            if let Some(first) =
+                entries.iter().find(|e: &&Entry| e.task == task && e.method == method && e.metric == metric)
+            {
+                errors.push(Diagnostic::at(
+                    &file,
+                    item.pos,
+                    format!("{task}/{method}/{metric} is already listed on line {}", first.line),
+                ));
+                continue;
+            }
+            entries.push(Entry {
+                task,
+                method,
+                metric,
+                expected,
+                tolerance,
+                higher_is_better,
+                line: item.pos.line,
+            });
+        }
+    }
+    if !errors.is_empty() {
+        return Err(Diagnostics::sorted(errors).into());
+    }
+    Ok(entries)
+}
+
+/// The observed value of an entry's metric: the main metric's median, or a `split/name` one.
+fn observed(entry: &Entry, groups: &[Group]) -> Option<f64> {
+    let group = groups.iter().find(|g| g.task == entry.task && g.method == entry.method)?;
+    if group.metric == entry.metric {
+        return Some(group.median);
+    }
+    group
+        .metrics
+        .get(&entry.metric)
+        .or_else(|| {
+            group
+                .metrics
+                .iter()
+                .find(|(k, _)| k.rsplit('/').next() == Some(entry.metric.as_str()))
+                .map(|(_, v)| v)
+        })
+        .copied()
+}
+
+pub fn check(entries: &[Entry], groups: &[Group]) -> Vec<Check> {
+    entries
+        .iter()
+        .map(|entry| {
+            let observed = observed(entry, groups).filter(|v| v.is_finite());
+            let status = match observed {
+                None => Status::Missing,
+                Some(value) => {
+                    let better =
+                        if entry.higher_is_better { value - entry.expected } else { entry.expected - value };
+                    let tolerance = match entry.tolerance {
+                        Tolerance::Absolute(t) => t,
+                        Tolerance::Relative(r) => r * entry.expected.abs(),
+                    };
+                    if better < -tolerance {
+                        Status::Regressed
+                    } else if better > tolerance {
+                        Status::Improved
+                    } else {
+                        Status::Ok
+                    }
+                }
+            };
+            Check { entry: entry.clone(), observed, status }
+        })
+        .collect()
+}
+
+pub fn table(checks: &[Check]) -> String {
+    let mut out = format!(
+        "{:<8} {:<16} {:<14} {:>9} {:>9} {:>9}  status\n",
+        "task", "method", "metric", "expected", "observed", "tolerance"
+    );
+    for c in checks {
+        let e = &c.entry;
+        let tolerance = match e.tolerance {
+            Tolerance::Absolute(t) => format!("±{t}"),
+            Tolerance::Relative(r) => format!("±{}%", r * 100.0),
+        };
+        let observed = c.observed.map_or("—".to_string(), |v| format!("{v:.4}"));
+        let status = match c.status {
+            Status::Ok => "ok",
+            Status::Regressed => "REGRESSED",
+            Status::Improved => "improved",
+            Status::Missing => "MISSING",
+        };
+        out.push_str(&format!(
+            "{:<8} {:<16} {:<14} {:>9.4} {:>9} {:>9}  {status}\n",
+            e.task, e.method, e.metric, e.expected, observed, tolerance
+        ));
+    }
+    out
+}
+
+pub fn junit(checks: &[Check], baseline: &Path) -> Result<String> {
+    use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+    let mut suite = TestSuite::new(format!("petnas regress {}", baseline.display()));
+    for c in checks {
+        let e = &c.entry;
+        let status = match c.status {
+            Status::Ok | Status::Improved => TestCaseStatus::success(),
+            Status::Regressed | Status::Missing => {
+                let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                s.set_message(match c.observed {
+                    Some(v) => format!(
+                        "{}: observed {v:.4}, expected {:.4} (baseline line {})",
+                        e.metric, e.expected, e.line
+                    ),
+                    None => {
+                        format!("no result for {}/{} in the run (baseline line {})", e.task, e.method, e.line)
+                    }
+                });
+                s
+            }
+        };
+        let mut case = TestCase::new(format!("{}/{}/{}", e.task, e.method, e.metric), status);
+        case.set_classname("petnas.regress");
+        suite.add_test_case(case);
+    }
+    let mut report = Report::new("petnas regress");
+    report.add_test_suite(suite);
+    Ok(report.to_string()?)
+}
+
+/// The baseline with the observed values as expected ones (tolerances kept); methods the run
+/// has and the baseline lacks are added with `new_tolerance`.
+pub fn updated(entries: &[Entry], groups: &[Group], new_tolerance: f64) -> String {
+    let mut out = String::from(
+        "# petnas regression baseline (rewritten by `petnas regress --update-baseline`)\nentries:\n",
+    );
+    let mut line = |task: &str,
+                    method: &str,
+                    metric: &str,
+                    expected: f64,
+                    tolerance: Tolerance,
+                    higher: bool| {
+        let tolerance = match tolerance {
+            Tolerance::Absolute(t) => format!("tolerance: {t}"),
+            Tolerance::Relative(r) => format!("tolerance_relative: {r}"),
+        };
+        let direction = if higher { "" } else { ", direction: lower" };
+        out.push_str(&format!("  - {{task: {task}, method: {method}, metric: {metric}, expected: {expected:.4}, {tolerance}{direction}}}\n"));
+    };
+    for e in entries {
+        let value = observed(e, groups).filter(|v| v.is_finite()).unwrap_or(e.expected);
+        line(&e.task, &e.method, &e.metric, value, e.tolerance, e.higher_is_better);
+    }
+    for g in groups {
+        if !entries.iter().any(|e| e.task == g.task && e.method == g.method) && g.median.is_finite() {
+            line(&g.task, &g.method, &g.metric, g.median, Tolerance::Absolute(new_tolerance), true);
+        }
+    }
+    out
+}

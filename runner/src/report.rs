@@ -1,0 +1,168 @@
+//! `petnas report`: one table of every evaluated cell of one or more runs, grouped by task and
+//! method with medians and spread over seeds (Markdown, CSV or JSON), and a Pareto plot per
+//! task (metric against PET parameters, log scale, one marker per method, frontier drawn).
+use std::fmt::Write;
+use std::path::Path;
+
+use anyhow::{anyhow, Context, Result};
+use plotters::prelude::*;
+
+use crate::results::Group;
+
+pub fn markdown(groups: &[Group]) -> String {
+    let mut out = String::from("| task | method | PET params | % PLM | seeds | metric | median | spread (min–max) |\n|---|---|---:|---:|---:|---|---:|---|\n");
+    for g in groups {
+        writeln!(
+            out,
+            "| {} | {} | {} | {:.3} | {} | {} | {:.4} | {:.4}–{:.4} |",
+            g.task, g.method, g.pet_parameters, g.percent_of_plm, g.seeds, g.metric, g.median, g.min, g.max
+        )
+        .ok();
+    }
+    out
+}
+
+pub fn csv(groups: &[Group]) -> Result<String> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    writer.write_record([
+        "task",
+        "method",
+        "pet_parameters",
+        "percent_of_plm",
+        "seeds",
+        "metric",
+        "median",
+        "min",
+        "max",
+        "values",
+    ])?;
+    for g in groups {
+        let values: Vec<String> = g.values.iter().map(|v| format!("{v}")).collect();
+        writer.write_record([
+            g.task.clone(),
+            g.method.clone(),
+            g.pet_parameters.to_string(),
+            format!("{}", g.percent_of_plm),
+            g.seeds.to_string(),
+            g.metric.clone(),
+            format!("{}", g.median),
+            format!("{}", g.min),
+            format!("{}", g.max),
+            values.join(" "),
+        ])?;
+    }
+    Ok(String::from_utf8(writer.into_inner().map_err(|e| anyhow!("{e}"))?)?)
+}
+
+/// Methods not beaten by another with at most as many parameters and a higher median.
+pub fn frontier(groups: &[&Group]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..groups.len()).collect();
+    order.sort_by(|&a, &b| {
+        groups[a]
+            .pet_parameters
+            .cmp(&groups[b].pet_parameters)
+            .then(groups[b].median.total_cmp(&groups[a].median))
+    });
+    let mut best = f64::NEG_INFINITY;
+    order
+        .into_iter()
+        .filter(|&i| {
+            let on = groups[i].median > best;
+            if on {
+                best = groups[i].median;
+            }
+            on
+        })
+        .collect()
+}
+
+/// Writes `pareto-<task>.svg` into `dir`.
+pub fn pareto_plots(groups: &[Group], dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut tasks: Vec<&str> = groups.iter().map(|g| g.task.as_str()).collect();
+    tasks.dedup();
+    let mut written = Vec::new();
+    for task in tasks {
+        let members: Vec<&Group> = groups
+            .iter()
+            .filter(|g| g.task == task && g.pet_parameters > 0 && g.median.is_finite())
+            .collect();
+        if members.is_empty() {
+            continue;
+        }
+        let svg = dir.join(format!("pareto-{task}.svg"));
+        draw(SVGBackend::new(&svg, (720, 480)).into_drawing_area(), task, &members)?;
+        written.push(svg);
+    }
+    Ok(written)
+}
+
+fn draw<DB: DrawingBackend>(
+    root: DrawingArea<DB, plotters::coord::Shift>,
+    task: &str,
+    members: &[&Group],
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let err =
+        |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("cannot draw the Pareto plot of {task}: {e:?}");
+    root.fill(&WHITE).map_err(err)?;
+    let xs: Vec<f64> = members.iter().map(|g| g.pet_parameters as f64).collect();
+    let ys: Vec<f64> = members.iter().flat_map(|g| [g.min, g.max]).collect();
+    let (x0, x1) = (
+        xs.iter().copied().fold(f64::INFINITY, f64::min) / 1.5,
+        xs.iter().copied().fold(0.0, f64::max) * 1.5,
+    );
+    let (ylo, yhi) = (
+        ys.iter().copied().fold(f64::INFINITY, f64::min),
+        ys.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+    );
+    let pad = ((yhi - ylo) * 0.1).max(0.01);
+    let metric = &members[0].metric;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("{task}: {metric} against PET parameters"), ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d((x0..x1).log_scale(), (ylo - pad)..(yhi + pad))
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("trainable PET parameters (log scale)")
+        .y_desc(metric.as_str())
+        .draw()
+        .map_err(err)?;
+    let frontier = frontier(members);
+    chart
+        .draw_series(LineSeries::new(
+            frontier.iter().map(|&i| (members[i].pet_parameters as f64, members[i].median)),
+            BLACK.stroke_width(1),
+        ))
+        .map_err(err)?
+        .label("frontier")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK));
+    for (i, g) in members.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let x = g.pet_parameters as f64;
+        chart
+            .draw_series(std::iter::once(PathElement::new(
+                vec![(x, g.min), (x, g.max)],
+                color.stroke_width(1),
+            )))
+            .map_err(err)?;
+        chart
+            .draw_series(std::iter::once(Circle::new((x, g.median), 5, color.filled())))
+            .map_err(err)?
+            .label(g.method.clone())
+            .legend(move |(x, y)| Circle::new((x + 8, y), 5, color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! `petnas report` and `petnas regress` on run folders laid out as `petnas run` writes them.
+use std::path::Path;
+
+use petnas_e2e::Scratch;
+
+/// Writes one evaluated stage: `runs/<pipeline>/<cell>/<method>/{metrics,stage}.json`.
+fn evaluated(
+    root: &Path,
+    pipeline: &str,
+    cell: &str,
+    method: &str,
+    task: &str,
+    metric: &str,
+    value: f64,
+    pet: i64,
+    seed: i64,
+) {
+    let dir = root.join("runs").join(pipeline).join(cell).join(method);
+    std::fs::create_dir_all(&dir).unwrap();
+    let metrics = serde_json::json!({
+        "task": task, "metric": metric, "value": value,
+        "splits": {"dev": {metric: value, "accuracy": value - 0.01}},
+        "parameters": {"pet": pet, "head": 770, "plm": 22713216, "pet_percent_of_plm": 100.0 * pet as f64 / 22713216.0},
+        "cell": {"task": task, "seed": seed.to_string()},
+    });
+    std::fs::write(dir.join("metrics.json"), metrics.to_string()).unwrap();
+    std::fs::write(
+        dir.join("stage.json"),
+        serde_json::json!({"seed": seed, "kind": "glue.evaluate"}).to_string(),
+    )
+    .unwrap();
+    std::fs::write(root.join("runs").join(pipeline).join("run.json"), "{}").unwrap();
+}
+
+fn fixture() -> Scratch {
+    let s = Scratch::new();
+    for (seed, (lora, slora)) in [(1, (0.60, 0.62)), (2, (0.56, 0.65)), (3, (0.58, 0.61))] {
+        let cell = format!("task=rte,seed={seed}");
+        evaluated(s.path(), "exp", &cell, "lora", "rte", "accuracy", lora, 73728, seed);
+        evaluated(s.path(), "exp", &cell, "s_lora", "rte", "accuracy", slora, 73700, seed);
+        evaluated(s.path(), "exp", &cell, "bitfit", "rte", "accuracy", 0.55, 25728, seed);
+    }
+    evaluated(s.path(), "exp", "task=mrpc,seed=1", "lora", "mrpc", "f1", 0.81, 73728, 1);
+    s
+}
+
+#[test]
+fn report_groups_cells_by_task_and_method_with_medians_and_spread() {
+    let s = fixture();
+    let run = s.petnas(&["report", "runs/exp"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(
+        lines[0],
+        "| task | method | PET params | % PLM | seeds | metric | median | spread (min–max) |"
+    );
+    assert!(
+        lines.contains(&"| rte | lora | 73728 | 0.325 | 3 | accuracy | 0.5800 | 0.5600–0.6000 |"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        lines.contains(&"| rte | s_lora | 73700 | 0.324 | 3 | accuracy | 0.6200 | 0.6100–0.6500 |"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        lines.contains(&"| mrpc | lora | 73728 | 0.325 | 1 | f1 | 0.8100 | 0.8100–0.8100 |"),
+        "{}",
+        run.stdout
+    );
+
+    let csv = s.petnas(&["report", "runs", "--format", "csv"]);
+    assert!(
+        csv.stdout
+            .lines()
+            .any(|l| l == "rte,s_lora,73700,0.3244806900088477,3,accuracy,0.62,0.61,0.65,0.62 0.65 0.61"),
+        "{}",
+        csv.stdout
+    );
+    let json = s.petnas(&["report", "runs/exp", "--format", "json", "--cells"]);
+    let value: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(value["cells"].as_array().unwrap().len(), 10);
+    assert_eq!(value["groups"].as_array().unwrap().len(), 4);
+
+    let plots = s.petnas(&["report", "runs/exp", "--plots", "plots"]);
+    assert_eq!(plots.code, 0, "{}", plots.stderr);
+    let svg = std::fs::read_to_string(s.path().join("plots/pareto-rte.svg")).unwrap();
+    assert!(
+        svg.contains("rte: accuracy against PET parameters")
+            && svg.contains("s_lora")
+            && svg.contains("frontier"),
+        "the plot names task, methods and frontier"
+    );
+}
+
+#[test]
+fn report_refuses_folders_without_runs() {
+    let s = Scratch::new();
+    std::fs::create_dir_all(s.path().join("empty")).unwrap();
+    let run = s.petnas(&["report", "empty"]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("`empty` is not a run folder (no run.json in it or below it)"),
+        "{}",
+        run.stderr
+    );
+}
+
+const BASELINE: &str = "# the committed baseline
+entries:
+  - {task: rte, method: lora, metric: accuracy, expected: 0.58, tolerance: 0.01}
+  - {task: rte, method: s_lora, metric: accuracy, expected: 0.55, tolerance: 0.02}
+  - {task: rte, method: bitfit, metric: accuracy, expected: 0.60, tolerance_relative: 0.05}
+  - {task: mrpc, method: s_lora, metric: f1, expected: 0.8, tolerance: 0.05}
+  - {task: mrpc, method: lora, metric: dev/accuracy, expected: 0.80, tolerance: 0.001}
+";
+
+#[test]
+fn regress_marks_ok_improved_regressed_and_missing_cells_and_writes_junit() {
+    let s = fixture();
+    s.write("baseline.yaml", BASELINE);
+    let run = s.petnas(&["regress", "runs/exp", "--baseline", "baseline.yaml", "--junit", "junit.xml"]);
+    assert_eq!(run.code, 1, "a regression and a missing cell fail:\n{}{}", run.stdout, run.stderr);
+    let rows: Vec<&str> = run.stdout.lines().collect();
+    assert!(rows[1].starts_with("rte      lora") && rows[1].ends_with("  ok"), "{}", run.stdout);
+    assert!(rows[2].starts_with("rte      s_lora") && rows[2].ends_with("  improved"), "{}", run.stdout);
+    assert!(rows[3].starts_with("rte      bitfit") && rows[3].ends_with("  REGRESSED"), "{}", run.stdout);
+    assert!(rows[4].starts_with("mrpc     s_lora") && rows[4].ends_with("  MISSING"), "{}", run.stdout);
+    assert!(
+        rows[5].starts_with("mrpc     lora") && rows[5].ends_with("  ok"),
+        "a split/metric entry: {}",
+        run.stdout
+    );
+    assert_eq!(rows[6], "2 ok, 1 improved, 1 regressed, 1 missing");
+    let junit = std::fs::read_to_string(s.path().join("junit.xml")).unwrap();
+    assert_eq!(junit.matches("<testcase ").count(), 5, "{junit}");
+    assert_eq!(junit.matches("<failure").count(), 2, "{junit}");
+    assert!(junit.contains("name=\"rte/bitfit/accuracy\""), "{junit}");
+
+    let passing = Scratch::new();
+    for (seed, v) in [(1, 0.58), (2, 0.585), (3, 0.575)] {
+        evaluated(
+            passing.path(),
+            "exp",
+            &format!("task=rte,seed={seed}"),
+            "lora",
+            "rte",
+            "accuracy",
+            v,
+            73728,
+            seed,
+        );
+    }
+    passing.write(
+        "baseline.yaml",
+        "entries:\n  - {task: rte, method: lora, metric: accuracy, expected: 0.58, tolerance: 0.01}\n",
+    );
+    let ok = passing.petnas(&["regress", "runs/exp", "--baseline", "baseline.yaml"]);
+    assert_eq!(ok.code, 0, "{}", ok.stdout);
+}
+
+#[test]
+fn update_baseline_takes_the_run_values_and_keeps_tolerances() {
+    let s = fixture();
+    s.write("baseline.yaml", BASELINE);
+    let run = s.petnas(&["regress", "runs/exp", "--baseline", "baseline.yaml", "--update-baseline"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let text = std::fs::read_to_string(s.path().join("baseline.yaml")).unwrap();
+    assert!(
+        text.contains("  - {task: rte, method: s_lora, metric: accuracy, expected: 0.6200, tolerance: 0.02}"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "  - {task: rte, method: bitfit, metric: accuracy, expected: 0.5500, tolerance_relative: 0.05}"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("  - {task: mrpc, method: s_lora, metric: f1, expected: 0.8000, tolerance: 0.05}"),
+        "kept when missing: {text}"
+    );
+    let again = s.petnas(&["regress", "runs/exp", "--baseline", "baseline.yaml"]);
+    assert!(again.stdout.ends_with("4 ok, 0 improved, 0 regressed, 1 missing\n"), "{}", again.stdout);
+}
+
+#[test]
+fn malformed_baselines_are_errors_naming_the_line() {
+    let s = fixture();
+    let cases = [
+        ("entries:\n  - {task: rte, method: lora, metric: accuracy, expected: 0.5, tolerance: 0.1, tolerence: 1}\n", "baseline.yaml:2:80: error: unknown key `tolerence` in a baseline entry\n  help: did you mean `tolerance`?"),
+        ("entries:\n  - {task: rte, method: lora, metric: accuracy, tolerance: 0.1}\n", "baseline.yaml:2:5: error: the entry has no `expected`"),
+        ("entries:\n  - {task: rte, method: lora, metric: accuracy, expected: high, tolerance: 0.1}\n", "baseline.yaml:2:59: error: `expected` must be a number, found a string"),
+        ("entries:\n  - {task: rte, method: lora, metric: accuracy, expected: 0.5, tolerance: 0.1, tolerance_relative: 0.1}\n", "baseline.yaml:2:5: error: the entry sets both `tolerance` and `tolerance_relative`"),
+        ("entries:\n  - {task: rte, method: lora, metric: accuracy, expected: 0.5, tolerance: 0.1, direction: up}\n", "baseline.yaml:2:91: error: `direction` must be `higher` (higher is better) or `lower`"),
+        ("entries:\n  - {task: rte, method: lora, metric: accuracy, expected: 0.5, tolerance: 0.1}\n  - {task: rte, method: lora, metric: accuracy, expected: 0.6, tolerance: 0.1}\n", "baseline.yaml:3:5: error: rte/lora/accuracy is already listed on line 2"),
+        ("tasks: []\n", "baseline.yaml:1:1: error: unknown key `tasks` in the baseline"),
+    ];
+    for (text, expected) in cases {
+        s.write("baseline.yaml", text);
+        let run = s.petnas(&["regress", "runs/exp", "--baseline", "baseline.yaml"]);
+        assert_eq!(run.code, 2, "{text}");
+        assert!(run.stderr.contains(expected), "expected\n{expected}\ngot\n{}", run.stderr);
+    }
+}
