@@ -3,18 +3,9 @@ use std::path::Path;
 
 use petnas_e2e::Scratch;
 
-/// Writes one evaluated stage: `runs/<pipeline>/<cell>/<method>/{metrics,stage}.json`.
-fn evaluated(
-    root: &Path,
-    pipeline: &str,
-    cell: &str,
-    method: &str,
-    task: &str,
-    metric: &str,
-    value: f64,
-    pet: i64,
-    seed: i64,
-) {
+/// Writes one evaluated stage: `runs/exp/task=<task>,seed=<seed>/<method>/{metrics,stage}.json`.
+fn evaluated(root: &Path, method: &str, task: &str, metric: &str, value: f64, pet: i64, seed: i64) {
+    let (pipeline, cell) = ("exp", format!("task={task},seed={seed}"));
     let dir = root.join("runs").join(pipeline).join(cell).join(method);
     std::fs::create_dir_all(&dir).unwrap();
     let metrics = serde_json::json!({
@@ -35,12 +26,11 @@ fn evaluated(
 fn fixture() -> Scratch {
     let s = Scratch::new();
     for (seed, (lora, slora)) in [(1, (0.60, 0.62)), (2, (0.56, 0.65)), (3, (0.58, 0.61))] {
-        let cell = format!("task=rte,seed={seed}");
-        evaluated(s.path(), "exp", &cell, "lora", "rte", "accuracy", lora, 73728, seed);
-        evaluated(s.path(), "exp", &cell, "s_lora", "rte", "accuracy", slora, 73700, seed);
-        evaluated(s.path(), "exp", &cell, "bitfit", "rte", "accuracy", 0.55, 25728, seed);
+        evaluated(s.path(), "lora", "rte", "accuracy", lora, 73728, seed);
+        evaluated(s.path(), "s_lora", "rte", "accuracy", slora, 73700, seed);
+        evaluated(s.path(), "bitfit", "rte", "accuracy", 0.55, 25728, seed);
     }
-    evaluated(s.path(), "exp", "task=mrpc,seed=1", "lora", "mrpc", "f1", 0.81, 73728, 1);
+    evaluated(s.path(), "lora", "mrpc", "f1", 0.81, 73728, 1);
     s
 }
 
