@@ -233,3 +233,22 @@ fn plan_prints_every_cell_and_stage() {
     assert!(dot.stdout.contains("\"0/data\" -> \"0/fit\";"), "{}", dot.stdout);
     assert_eq!(dot.stdout.matches("subgraph").count(), 3);
 }
+
+#[test]
+fn every_committed_pipeline_validates() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files = Vec::new();
+    for dir in ["pipelines", "pipelines/baselines", "pipelines/nas"] {
+        for entry in std::fs::read_dir(root.join(dir)).unwrap().flatten() {
+            if entry.path().extension().is_some_and(|e| e == "yaml") && !entry.path().to_string_lossy().ends_with(".baseline.yaml") {
+                files.push(entry.path().canonicalize().unwrap());
+            }
+        }
+    }
+    assert!(files.len() >= 12, "{files:?}");
+    let s = Scratch::new();
+    for file in files {
+        let run = s.petnas(&["validate", file.to_str().unwrap()]);
+        assert_eq!(run.code, 0, "{}: {}", file.display(), run.stderr);
+    }
+}
