@@ -240,7 +240,9 @@ fn every_committed_pipeline_validates() {
     let mut files = Vec::new();
     for dir in ["pipelines", "pipelines/baselines", "pipelines/nas"] {
         for entry in std::fs::read_dir(root.join(dir)).unwrap().flatten() {
-            if entry.path().extension().is_some_and(|e| e == "yaml") && !entry.path().to_string_lossy().ends_with(".baseline.yaml") {
+            if entry.path().extension().is_some_and(|e| e == "yaml")
+                && !entry.path().to_string_lossy().ends_with(".baseline.yaml")
+            {
                 files.push(entry.path().canonicalize().unwrap());
             }
         }

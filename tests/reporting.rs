@@ -169,7 +169,7 @@ fn update_baseline_takes_the_run_values_and_keeps_tolerances() {
 fn malformed_baselines_are_errors_naming_the_line() {
     let s = fixture();
     let cases = [
-        ("entries:\n  - {task: rte, method: lora, metric: accuracy, expected: 0.5, tolerance: 0.1, tolerence: 1}\n", "baseline.yaml:2:80: error: unknown key `tolerence` in a baseline entry\n  help: did you mean `tolerance`?"),
+        ("entries:\n  - {task: rte, method: lora, metric: accuracy, expected: 0.5, tolerance: 0.1, tolerence: 1}\n", "baseline.yaml:2:80: error: unknown key in a baseline entry `tolerence`\n  help: did you mean `tolerance`?"),
         ("entries:\n  - {task: rte, method: lora, metric: accuracy, tolerance: 0.1}\n", "baseline.yaml:2:5: error: the entry has no `expected`"),
         ("entries:\n  - {task: rte, method: lora, metric: accuracy, expected: high, tolerance: 0.1}\n", "baseline.yaml:2:59: error: `expected` must be a number, found a string"),
         ("entries:\n  - {task: rte, method: lora, metric: accuracy, expected: 0.5, tolerance: 0.1, tolerance_relative: 0.1}\n", "baseline.yaml:2:5: error: the entry sets both `tolerance` and `tolerance_relative`"),

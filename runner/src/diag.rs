@@ -85,3 +85,12 @@ pub fn nearest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) ->
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
 }
+
+/// "unknown KEY" with the nearest known key as help, or the list of known keys.
+pub fn unknown_key(file: &str, pos: Pos, key: &str, what: &str, known: &[&str]) -> Diagnostic {
+    let d = Diagnostic::at(file, pos, format!("unknown {what} `{key}`"));
+    match nearest(key, known.iter().copied()) {
+        Some(n) => d.help(format!("did you mean `{n}`?")),
+        None => d.help(format!("expected one of: {}", known.join(", "))),
+    }
+}

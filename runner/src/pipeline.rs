@@ -9,7 +9,7 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use petnas_sdk::options::{describe_value, OptType};
 use serde_json::Value as Json;
 
-use crate::diag::{nearest, Diagnostic, Diagnostics, Pos};
+use crate::diag::{nearest, unknown_key, Diagnostic, Diagnostics, Pos};
 use crate::matrix::{self, Cell, Matrix};
 use crate::plugins::Registry;
 use crate::yaml::{self, Node, Value};
@@ -177,14 +177,6 @@ pub fn parse(text: &str, file: &str, registry: &Registry, ctx: &Context) -> Resu
         return Err(Diagnostics::sorted(errors));
     }
     Ok(Pipeline { name: name.unwrap_or_default(), file: PathBuf::from(file), defaults, cells, stages })
-}
-
-fn unknown_key(file: &str, pos: Pos, key: &str, what: &str, known: &[&str]) -> Diagnostic {
-    let d = Diagnostic::at(file, pos, format!("unknown {what} `{key}`"));
-    match nearest(key, known.iter().copied()) {
-        Some(n) => d.help(format!("did you mean `{n}`?")),
-        None => d.help(format!("expected one of: {}", known.join(", "))),
-    }
 }
 
 fn expect_string<'a>(

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::diag::{nearest, Diagnostic, Diagnostics};
+use crate::diag::{unknown_key, Diagnostic, Diagnostics};
 use crate::results::Group;
 use crate::yaml::{self, Node, Value};
 
@@ -117,11 +117,7 @@ pub fn read_baseline(path: &Path) -> Result<Vec<Entry>> {
         let get = |key: &str| fields.iter().find(|(k, _, _)| k == key).map(|(_, _, n)| n);
         for (key, pos, _) in fields {
             if !ENTRY_KEYS.contains(&key.as_str()) {
-                let d = Diagnostic::at(&file, *pos, format!("unknown key `{key}` in a baseline entry"));
-                errors.push(match nearest(key, ENTRY_KEYS.iter().copied()) {
-                    Some(n) => d.help(format!("did you mean `{n}`?")),
-                    None => d.help(format!("keys: {}", ENTRY_KEYS.join(", "))),
-                });
+                errors.push(unknown_key(&file, *pos, key, "key in a baseline entry", ENTRY_KEYS));
             }
         }
         let required = |key: &str, errors: &mut Vec<Diagnostic>| {

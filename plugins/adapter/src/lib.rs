@@ -157,14 +157,11 @@ impl PetModule for Adapter {
             hidden.linear(&self.params.effective("up.weight"), Some(&self.params.effective("up.bias")));
         output + update * self.scaling
     }
-    fn parameters(&self) -> Vec<(String, Tensor)> {
-        self.params.list()
+    fn params(&self) -> &Params {
+        &self.params
     }
-    fn masks(&self) -> Vec<(String, Tensor)> {
-        self.params.masks()
-    }
-    fn set_mask(&mut self, param: &str, mask: Tensor) -> Result<()> {
-        self.params.set_mask(param, mask)
+    fn params_mut(&mut self) -> &mut Params {
+        &mut self.params
     }
     fn prune_groups(&self) -> Vec<PruneGroup> {
         let mut groups: Vec<PruneGroup> = (0..self.bottleneck())

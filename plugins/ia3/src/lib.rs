@@ -91,14 +91,11 @@ impl PetModule for Ia3 {
     fn apply(&self, _input: &Tensor, output: Tensor, _train: bool) -> Tensor {
         output * self.scale()
     }
-    fn parameters(&self) -> Vec<(String, Tensor)> {
-        self.params.list()
+    fn params(&self) -> &Params {
+        &self.params
     }
-    fn masks(&self) -> Vec<(String, Tensor)> {
-        self.params.masks()
-    }
-    fn set_mask(&mut self, param: &str, mask: Tensor) -> Result<()> {
-        self.params.set_mask(param, mask)
+    fn params_mut(&mut self) -> &mut Params {
+        &mut self.params
     }
     fn prune_groups(&self) -> Vec<PruneGroup> {
         vec![PruneGroup { members: vec![GroupMember { param: "delta".into(), slice: None }] }]

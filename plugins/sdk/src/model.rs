@@ -174,12 +174,21 @@ pub trait PetModule: Send {
     fn site(&self) -> &Site;
     /// The site's output with this module's contribution; masked entries count as zero.
     fn apply(&self, input: &Tensor, output: Tensor, train: bool) -> Tensor;
+    /// The module's trainable tensors with their masks.
+    fn params(&self) -> &crate::params::Params;
+    fn params_mut(&mut self) -> &mut crate::params::Params;
     /// Trainable parameters (leaf tensors that require grad), by name.
-    fn parameters(&self) -> Vec<(String, Tensor)>;
+    fn parameters(&self) -> Vec<(String, Tensor)> {
+        self.params().list()
+    }
     /// The 0/1 masks of masked parameters, by parameter name.
-    fn masks(&self) -> Vec<(String, Tensor)>;
+    fn masks(&self) -> Vec<(String, Tensor)> {
+        self.params().masks()
+    }
     /// Masks a parameter: its masked entries are zeroed now and stay zero.
-    fn set_mask(&mut self, param: &str, mask: Tensor) -> Result<()>;
+    fn set_mask(&mut self, param: &str, mask: Tensor) -> Result<()> {
+        self.params_mut().set_mask(param, mask)
+    }
     fn prune_groups(&self) -> Vec<PruneGroup>;
     /// Keeps these groups and physically removes the others (a LoRA rank shrinks). Returns
     /// false when nothing is left, and the module is to be detached.
