@@ -1,5 +1,5 @@
 //! PET modules on a model: `pet.attach` puts modules of any registered PET type on the sites
-//! their targets match.
+//! their targets match; `pet.export` writes a trained model for others (Hugging Face, PEFT).
 use anyhow::Result;
 use petnas_sdk::artifact::kinds;
 use petnas_sdk::pet_model::PetModel;
@@ -7,10 +7,13 @@ use petnas_sdk::{Artifact, Inputs, OptType, OptionSchema, Registrar, Stage, Stag
 use serde::Deserialize;
 use serde_json::Value;
 
+mod export;
+
 petnas_sdk::declare_plugin!(register);
 
 fn register(registrar: &mut Registrar) {
     registrar.stage(Attach);
+    registrar.stage(export::Export);
 }
 
 struct Attach;

@@ -51,6 +51,12 @@ impl Head {
         Head { num_labels, regression, pooler, params }
     }
 
+    /// Whether the head starts from the backbone's pre-trained pooler (BERT) rather than a
+    /// new dense layer (RoBERTa).
+    pub fn has_pooler(&self) -> bool {
+        self.pooler.is_some()
+    }
+
     fn param(&self, name: &str) -> &Tensor {
         &self.params.iter().find(|(n, _)| n == name).expect("head parameter").1
     }

@@ -1,0 +1,257 @@
+//! `pet.export`: a trained model in the formats others read. `model/` is the petnas model
+//! artifact; `merged/` a Hugging Face sequence-classification checkpoint with every PET module
+//! folded into the weights (when all of them merge); `peft/` PEFT's LoRA adapter folder
+//! (`adapter_config.json` with `target_modules`, `rank_pattern`, `alpha_pattern`, and
+//! `adapter_model.safetensors` with PEFT's key names) when the model's modules are all LoRA.
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use petnas_sdk::artifact::kinds;
+use petnas_sdk::data::{DatasetInfo, TokenizedSplit};
+use petnas_sdk::pet_model::PetModel;
+use petnas_sdk::{Artifact, Inputs, OptType, OptionSchema, Stage, StageCtx};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tch::{Device, Tensor};
+
+pub struct Export;
+
+#[derive(Deserialize)]
+struct ExportOptions {
+    dir: String,
+    check_examples: usize,
+}
+
+const TOKENIZER_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+];
+
+/// Hugging Face's names: the encoder's prefix and the sequence-classification architecture.
+fn hf_names(model_type: &str) -> (String, String) {
+    let prefix = model_type.replace('-', "_");
+    let architecture = match model_type {
+        "bert" => "BertForSequenceClassification",
+        "xlm-roberta" => "XLMRobertaForSequenceClassification",
+        "camembert" => "CamembertForSequenceClassification",
+        _ => "RobertaForSequenceClassification",
+    };
+    (prefix, architecture.to_string())
+}
+
+/// The head's tensors under the names of the Hugging Face classifier.
+fn head_tensors(model: &PetModel) -> Result<Vec<(String, Tensor)>> {
+    let mut out = Vec::new();
+    let pooler = model.head.as_ref().is_some_and(|h| h.has_pooler());
+    for (name, t) in
+        model.trainable().into_iter().filter_map(|(n, t)| n.strip_prefix("head.").map(|n| (n.to_string(), t)))
+    {
+        let hf = match (pooler, name.as_str()) {
+            (true, n) => n.to_string(),
+            (false, "dense.weight") => "classifier.dense.weight".into(),
+            (false, "dense.bias") => "classifier.dense.bias".into(),
+            (false, "classifier.weight") => "classifier.out_proj.weight".into(),
+            (false, "classifier.bias") => "classifier.out_proj.bias".into(),
+            (false, other) => bail!("unexpected head tensor `{other}`"),
+        };
+        out.push((hf, t.detach().to_device(Device::Cpu)));
+    }
+    Ok(out)
+}
+
+fn write_checkpoint(
+    dir: &Path,
+    model: &PetModel,
+    weights: &BTreeMap<String, Tensor>,
+    labels: &[String],
+) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let info = model.backbone.info();
+    let (prefix, architecture) = hf_names(&info.model_type);
+    let mut tensors: Vec<(String, Tensor)> = weights
+        .iter()
+        .map(|(n, t)| (format!("{prefix}.{n}"), t.to_device(Device::Cpu).contiguous()))
+        .collect();
+    tensors.extend(head_tensors(model)?);
+    Tensor::write_safetensors(&tensors, dir.join("model.safetensors"))?;
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(info.dir.join("config.json"))?)?;
+    let head = model.head.as_ref().context("the model has no task head: train it first")?;
+    config["architectures"] = json!([architecture]);
+    let names: Vec<String> = if head.regression { vec!["LABEL_0".into()] } else { labels.to_vec() };
+    config["id2label"] = names
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (i.to_string(), json!(l)))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    config["label2id"] = names
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.clone(), json!(i)))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    config["problem_type"] =
+        json!(if head.regression { "regression" } else { "single_label_classification" });
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+    for file in TOKENIZER_FILES {
+        let source = info.dir.join(file);
+        if source.exists() {
+            std::fs::copy(&source, dir.join(file))?;
+        }
+    }
+    Ok(())
+}
+
+/// PEFT's adapter folder for an all-LoRA model; a base checkpoint beside it when balanced
+/// initial products must be subtracted from the frozen weights.
+fn write_peft(dir: &Path, model: &PetModel, labels: &[String]) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let info = model.backbone.info();
+    let (prefix, _) = hf_names(&info.model_type);
+    let mut tensors = Vec::new();
+    let mut ranks: BTreeMap<String, i64> = BTreeMap::new();
+    let mut alphas: BTreeMap<String, f64> = BTreeMap::new();
+    let mut base: BTreeMap<String, Tensor> = model.backbone.weights().into_iter().collect();
+    let mut offsets = false;
+    for module in &model.modules {
+        let site = &module.site().name;
+        let (state, saved) = module.state();
+        let get = |n: &str| saved.iter().find(|(k, _)| k == n).map(|(_, t)| t.shallow_clone());
+        let (a, b) = (module.params().effective("A").detach(), module.params().effective("B").detach());
+        let rank = state["rank"].as_i64().context("LoRA state without rank")?;
+        let scaling = state["scaling"].as_f64().context("LoRA state without scaling")?;
+        ranks.insert(site.clone(), rank);
+        alphas.insert(site.clone(), scaling * rank as f64);
+        tensors.push((
+            format!("base_model.model.{prefix}.{site}.lora_A.weight"),
+            a.to_device(Device::Cpu).contiguous(),
+        ));
+        tensors.push((
+            format!("base_model.model.{prefix}.{site}.lora_B.weight"),
+            b.to_device(Device::Cpu).contiguous(),
+        ));
+        if let (Some(a0), Some(b0)) = (get("offset.A"), get("offset.B")) {
+            let name = format!("{site}.weight");
+            let w = base.get(&name).with_context(|| format!("no weight `{name}`"))?;
+            let corrected = w - b0.matmul(&a0).to_device(w.device()) * scaling;
+            base.insert(name, corrected);
+            offsets = true;
+        }
+    }
+    for (name, t) in head_tensors(model)? {
+        tensors.push((format!("base_model.model.{name}"), t));
+    }
+    Tensor::write_safetensors(&tensors, dir.join("adapter_model.safetensors"))?;
+    let base_path = if offsets {
+        write_checkpoint(&dir.join("base"), model, &base, labels)?;
+        "base".to_string()
+    } else {
+        info.dir.display().to_string()
+    };
+    // The most common rank and alpha are the defaults; the others go in the patterns.
+    let mode = |values: Vec<String>| {
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for v in values {
+            *counts.entry(v).or_default() += 1;
+        }
+        counts.into_iter().max_by_key(|(_, c)| *c).map(|(v, _)| v).unwrap_or_default()
+    };
+    let r: i64 = mode(ranks.values().map(i64::to_string).collect()).parse().unwrap_or(8);
+    let alpha: f64 = mode(alphas.values().map(|a| a.to_string()).collect()).parse().unwrap_or(8.0);
+    let rank_pattern: BTreeMap<&String, &i64> = ranks.iter().filter(|(_, v)| **v != r).collect();
+    let alpha_pattern: BTreeMap<&String, &f64> = alphas.iter().filter(|(_, v)| **v != alpha).collect();
+    let config = json!({
+        "peft_type": "LORA",
+        "task_type": "SEQ_CLS",
+        "base_model_name_or_path": base_path,
+        "r": r,
+        "lora_alpha": alpha,
+        "lora_dropout": 0.0,
+        "target_modules": ranks.keys().collect::<Vec<_>>(),
+        "rank_pattern": rank_pattern,
+        "alpha_pattern": alpha_pattern,
+        "modules_to_save": ["classifier"],
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "init_lora_weights": true,
+        "inference_mode": true,
+        "use_rslora": false,
+        "use_dora": false,
+    });
+    std::fs::write(dir.join("adapter_config.json"), serde_json::to_string_pretty(&config)?)?;
+    Ok(())
+}
+
+impl Stage for Export {
+    fn kind(&self) -> &'static str {
+        "pet.export"
+    }
+    fn doc(&self) -> &'static str {
+        "a trained model as a petnas artifact, a merged Hugging Face checkpoint, and PEFT's LoRA adapter folder"
+    }
+    fn options(&self) -> OptionSchema {
+        OptionSchema::new().opt("dir", OptType::OutputPath, "export", "where the exports go").opt(
+            "check_examples",
+            OptType::Int,
+            8,
+            "dev examples whose logits are saved to check the exports against",
+        )
+    }
+    fn input_kinds(&self) -> &'static [&'static str] {
+        &[kinds::MODEL, kinds::DATASET]
+    }
+    fn output_kind(&self) -> &'static str {
+        kinds::REPORT
+    }
+    fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
+        let o: ExportOptions = ctx.options()?;
+        let dir = ctx.output_path(&o.dir)?;
+        let artifact = inputs.one(kinds::MODEL)?;
+        let data = inputs.one(kinds::DATASET)?;
+        let info = DatasetInfo::from_artifact(data)?;
+        let model = PetModel::load(artifact, ctx.services(), ctx.device, false)?;
+        std::fs::create_dir_all(dir.join("model"))?;
+        model.to_artifact().save(&dir.join("model"))?;
+        let mut written = vec!["model"];
+        let mut weights: BTreeMap<String, Tensor> =
+            model.backbone.weights().into_iter().map(|(n, t)| (n, t.copy())).collect();
+        let mut merges = true;
+        for module in &model.modules {
+            merges &= module.merge_into(&mut weights)?;
+        }
+        if merges {
+            write_checkpoint(&dir.join("merged"), &model, &weights, &info.labels)?;
+            written.push("merged");
+        } else {
+            tracing::info!("no merged checkpoint: a PET module does not fold into the weights");
+        }
+        if !model.modules.is_empty() && model.modules.iter().all(|m| m.pet_type() == "lora") {
+            write_peft(&dir.join("peft"), &model, &info.labels)?;
+            written.push("peft");
+        }
+        // Token ids and logits of a few dev examples, to check the exports elsewhere.
+        let split_name =
+            info.eval_splits().first().map(|s| s.to_string()).context("the dataset has no dev split")?;
+        let split = TokenizedSplit::from_artifact(data, &split_name)?;
+        let rows: Vec<usize> = (0..split.len().min(o.check_examples)).collect();
+        let batch = split.batch(&rows, info.pad_id, ctx.device);
+        let logits = tch::no_grad(|| model.logits(&batch, false))?.to_device(Device::Cpu);
+        let as_rows = |t: &Tensor| -> Result<Vec<Vec<f64>>> {
+            Ok(Vec::<Vec<f64>>::try_from(t.to_kind(tch::Kind::Double))?)
+        };
+        let check = json!({
+            "input_ids": as_rows(&batch.input_ids.to_device(Device::Cpu))?,
+            "token_type_ids": as_rows(&batch.token_type_ids.to_device(Device::Cpu))?,
+            "attention_mask": as_rows(&batch.attention_mask.to_device(Device::Cpu))?,
+            "logits": as_rows(&logits)?,
+        });
+        std::fs::write(dir.join("check.json"), serde_json::to_string(&check)?)?;
+        tracing::info!(dir = %dir.display(), exports = ?written, "exported");
+        Ok(Artifact::new(kinds::REPORT, json!({"dir": dir, "exports": written})))
+    }
+}

@@ -1,0 +1,51 @@
+"""Checks a `pet.export` folder on the Python side: the merged checkpoint loads with
+transformers' AutoModelForSequenceClassification, and the LoRA adapter with
+peft.PeftModel.from_pretrained, and both give the logits petnas saved in check.json.
+
+    .venv/bin/pip install transformers peft
+    .venv/bin/python scripts/reference/check_peft_export.py runs/<pipeline>/<cell>/<stage>/export
+"""
+import json
+import sys
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForSequenceClassification
+
+
+def logits_of(model, check):
+    batch = {k: torch.tensor(check[k], dtype=torch.long) for k in ("input_ids", "attention_mask")}
+    if model.config.model_type == "bert":
+        batch["token_type_ids"] = torch.tensor(check["token_type_ids"], dtype=torch.long)
+    with torch.no_grad():
+        return model.eval()(**batch).logits
+
+
+def main():
+    export = Path(sys.argv[1])
+    check = json.loads((export / "check.json").read_text())
+    want = torch.tensor(check["logits"])
+    worst = 0.0
+    if (export / "merged").exists():
+        merged = AutoModelForSequenceClassification.from_pretrained(export / "merged")
+        diff = (logits_of(merged, check) - want).abs().max().item()
+        print(f"merged checkpoint: max |logit difference| = {diff:.2e}")
+        worst = max(worst, diff)
+    peft_dir = export / "peft"
+    if peft_dir.exists():
+        from peft import PeftModel
+        config = json.loads((peft_dir / "adapter_config.json").read_text())
+        base_path = Path(config["base_model_name_or_path"])
+        base_path = base_path if base_path.is_absolute() else peft_dir / base_path
+        base = AutoModelForSequenceClassification.from_pretrained(base_path, num_labels=len(want[0]))
+        model = PeftModel.from_pretrained(base, peft_dir)
+        diff = (logits_of(model, check) - want).abs().max().item()
+        print(f"PEFT adapter: max |logit difference| = {diff:.2e}")
+        worst = max(worst, diff)
+    if worst > 1e-4:
+        sys.exit(f"the exports differ from petnas by {worst:.2e}")
+    print("ok")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+//! `pet.export` read back into petnas: the merged Hugging Face checkpoint and PEFT's adapter
+//! folder give the logits of the model they came from. (The Python side — transformers and
+//! PEFT loading the same folders — is scripts/reference/check_peft_export.py.)
+use std::path::{Path, PathBuf};
+
+use petnas_e2e::{glue_fixtures, registry, tiny_model, Scratch};
+use petnas_sdk::model::Batch;
+use petnas_sdk::pet_model::PetModel;
+use petnas_sdk::Artifact;
+use serde_json::{json, Value};
+use tch::{Device, Kind, Tensor};
+
+fn export(pets: &str) -> (Scratch, PathBuf) {
+    let s = Scratch::new();
+    s.write(
+        "p.yaml",
+        &format!(
+            "name: export
+defaults: {{seed: 2, threads: 1}}
+stages:
+  model: {{use: plm.load, with: {{model: '{}'}}}}
+  data: {{use: glue.load, needs: [model], with: {{task: rte, dir: '{}', max_len: 32, max_train_examples: 32}}}}
+  pets: {{use: pet.attach, needs: [model], with: {{pets: {pets}}}}}
+  fit: {{use: train.fit, needs: [pets, data], with: {{epochs: 1, batch_size: 16, lr: 0.01}}}}
+  export: {{use: pet.export, needs: [fit, data]}}
+",
+            tiny_model(),
+            glue_fixtures()
+        ),
+    );
+    let run = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let dir = s.stage_dir("export", "default", "export").join("export");
+    (s, dir)
+}
+
+fn check(dir: &Path) -> (Batch, Tensor) {
+    let check: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("check.json")).unwrap()).unwrap();
+    let matrix = |key: &str, kind: Kind| {
+        let rows: Vec<Vec<f64>> = serde_json::from_value(check[key].clone()).unwrap();
+        let (n, m) = (rows.len() as i64, rows[0].len() as i64);
+        Tensor::from_slice(&rows.concat()).view([n, m]).to_kind(kind)
+    };
+    let batch = Batch {
+        input_ids: matrix("input_ids", Kind::Int64),
+        token_type_ids: matrix("token_type_ids", Kind::Int64),
+        attention_mask: matrix("attention_mask", Kind::Int64),
+        labels: None,
+        rows: vec![],
+    };
+    (batch, matrix("logits", Kind::Float))
+}
+
+fn assert_same_logits(model: &PetModel, dir: &Path, what: &str) {
+    let (batch, want) = check(dir);
+    let got = tch::no_grad(|| model.logits(&batch, false).unwrap());
+    let diff = (got - want).abs().max().double_value(&[]);
+    assert!(diff < 1e-5, "{what}: logits differ by {diff}");
+}
+
+/// A model artifact for a Hugging Face folder with the head tensors renamed back.
+fn reimport(
+    backbone: &Path,
+    pets: Vec<Value>,
+    mut tensors: Vec<(String, Tensor)>,
+    head: &[(String, Tensor)],
+) -> PetModel {
+    for (hf, t) in head {
+        let name = match hf.trim_start_matches("base_model.model.") {
+            "classifier.dense.weight" => "head.dense.weight",
+            "classifier.dense.bias" => "head.dense.bias",
+            "classifier.out_proj.weight" => "head.classifier.weight",
+            "classifier.out_proj.bias" => "head.classifier.bias",
+            _ => continue,
+        };
+        tensors.push((name.to_string(), t.shallow_clone()));
+    }
+    let mut artifact = Artifact::new(
+        "model",
+        json!({"backbone": {"loader": "hf", "info": {"dir": backbone}}, "pets": pets, "head": {"num_labels": 2, "regression": false}}),
+    );
+    artifact.tensors = tensors.into_iter().collect();
+    PetModel::load(&artifact, registry(), Device::Cpu, false).unwrap()
+}
+
+#[test]
+fn lora_exports_to_a_merged_checkpoint_and_peft_folder_with_the_same_logits() {
+    let (_s, dir) = export("[{type: lora, targets: [query, value, output.dense], rank: 4, alpha: 8, init: balanced, rank_pattern: {output.dense: 2}}]");
+    let saved = Artifact::read(&dir.join("model"), Device::Cpu).unwrap();
+    assert_same_logits(
+        &PetModel::load(&saved, registry(), Device::Cpu, false).unwrap(),
+        &dir,
+        "model artifact",
+    );
+
+    let merged_tensors = Tensor::read_safetensors(dir.join("merged/model.safetensors")).unwrap();
+    assert_same_logits(
+        &reimport(&dir.join("merged"), vec![], vec![], &merged_tensors),
+        &dir,
+        "merged checkpoint",
+    );
+
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("peft/adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["peft_type"], "LORA");
+    assert_eq!(config["r"], 4);
+    // `output.dense` matches both dense outputs of a layer, as in PEFT.
+    assert_eq!(config["target_modules"].as_array().unwrap().len(), 8);
+    assert_eq!(config["rank_pattern"]["encoder.layer.0.output.dense"], 2);
+    assert_eq!(
+        config["base_model_name_or_path"], "base",
+        "balanced offsets are folded into a base checkpoint"
+    );
+    let adapter = Tensor::read_safetensors(dir.join("peft/adapter_model.safetensors")).unwrap();
+    let mut pets = Vec::new();
+    let mut tensors = Vec::new();
+    for (name, a) in adapter.iter().filter(|(n, _)| n.ends_with(".lora_A.weight")) {
+        let site = name.trim_start_matches("base_model.model.roberta.").trim_end_matches(".lora_A.weight");
+        let b = &adapter.iter().find(|(n, _)| *n == name.replace("lora_A", "lora_B")).unwrap().1;
+        let rank = a.size()[0];
+        let alpha = config["alpha_pattern"]
+            .get(site)
+            .and_then(Value::as_f64)
+            .unwrap_or(config["lora_alpha"].as_f64().unwrap());
+        let i = pets.len();
+        pets.push(json!({"type": "lora", "site": site, "state": {"rank": rank, "scaling": alpha / rank as f64, "dropout": 0.0, "balanced": false}}));
+        tensors.push((format!("pet.{i}.A"), a.shallow_clone()));
+        tensors.push((format!("pet.{i}.B"), b.shallow_clone()));
+    }
+    assert_same_logits(&reimport(&dir.join("peft/base"), pets, tensors, &adapter), &dir, "PEFT adapter");
+}
+
+#[test]
+fn bias_and_ia3_merge_and_adapters_do_not() {
+    let (_s, dir) = export("[{type: bitfit}, {type: ia3}]");
+    let merged_tensors = Tensor::read_safetensors(dir.join("merged/model.safetensors")).unwrap();
+    assert_same_logits(
+        &reimport(&dir.join("merged"), vec![], vec![], &merged_tensors),
+        &dir,
+        "merged bias + IA3",
+    );
+    assert!(!dir.join("peft").exists(), "no PEFT LoRA folder for other PET types");
+
+    let (_s, dir) = export("[{type: adapter, bottleneck: 4}]");
+    assert!(!dir.join("merged").exists(), "adapters do not fold into the weights");
+    let saved = Artifact::read(&dir.join("model"), Device::Cpu).unwrap();
+    assert_same_logits(
+        &PetModel::load(&saved, registry(), Device::Cpu, false).unwrap(),
+        &dir,
+        "adapter model artifact",
+    );
+}
