@@ -65,7 +65,7 @@ fn plugins_lists_stage_kinds_with_their_options() {
     assert_eq!(pets, ["adapter", "bitfit", "ia3", "lora"]);
     let commands: Vec<&str> =
         listing["commands"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(commands, ["encode", "score"]);
+    assert_eq!(commands, ["encode", "glue-throughput", "score"]);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! GLUE: `glue.load` (tokenised splits of any task), `glue.evaluate` (official metrics),
 //! `glue.predict` (submission files) and `petnas score` (submission files scored against a
 //! labelled split).
+mod bench;
 mod evaluate;
 mod load;
 mod reader;
@@ -16,6 +17,7 @@ fn register(registrar: &mut Registrar) {
     registrar.stage(evaluate::Evaluate);
     registrar.stage(evaluate::Predict);
     registrar.tool(score::Score);
+    registrar.tool(bench::Throughput);
 }
 
 #[cfg(test)]
