@@ -99,7 +99,7 @@ enum Command {
         /// Also write per-cell rows (JSON) instead of groups only.
         #[arg(long)]
         cells: bool,
-        /// Write Pareto plots (SVG) into this folder.
+        /// Write Pareto plots (SVG and PNG) into this folder.
         #[arg(long, value_name = "DIR")]
         plots: Option<PathBuf>,
     },

@@ -76,7 +76,30 @@ pub fn frontier(groups: &[&Group]) -> Vec<usize> {
         .collect()
 }
 
-/// Writes `pareto-<task>.svg` into `dir`.
+/// Renders an SVG file as PNG beside it (text in the system's fonts).
+fn png_of(svg: &Path) -> Result<std::path::PathBuf> {
+    let mut options = resvg::usvg::Options::default();
+    let fonts = options.fontdb_mut();
+    fonts.load_system_fonts();
+    // Plots ask for `sans-serif`: map it to a font this machine has.
+    if let Some(family) = ["DejaVu Sans", "Liberation Sans", "Noto Sans", "FreeSans"]
+        .into_iter()
+        .find(|f| fonts.faces().any(|face| face.families.iter().any(|(name, _)| name == f)))
+    {
+        fonts.set_sans_serif_family(family);
+    }
+    let tree = resvg::usvg::Tree::from_data(&std::fs::read(svg)?, &options)
+        .with_context(|| format!("cannot read {}", svg.display()))?;
+    let size = tree.size().to_int_size();
+    let mut pixmap = resvg::tiny_skia::Pixmap::new(size.width(), size.height()).context("empty plot")?;
+    pixmap.fill(resvg::tiny_skia::Color::WHITE);
+    resvg::render(&tree, resvg::tiny_skia::Transform::default(), &mut pixmap.as_mut());
+    let png = svg.with_extension("png");
+    pixmap.save_png(&png).with_context(|| format!("cannot write {}", png.display()))?;
+    Ok(png)
+}
+
+/// Writes `pareto-<task>.svg` and `pareto-<task>.png` into `dir`.
 pub fn pareto_plots(groups: &[Group], dir: &Path) -> Result<Vec<std::path::PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut tasks: Vec<&str> = groups.iter().map(|g| g.task.as_str()).collect();
@@ -92,6 +115,7 @@ pub fn pareto_plots(groups: &[Group], dir: &Path) -> Result<Vec<std::path::PathB
         }
         let svg = dir.join(format!("pareto-{task}.svg"));
         draw(SVGBackend::new(&svg, (720, 480)).into_drawing_area(), task, &members)?;
+        written.push(png_of(&svg)?);
         written.push(svg);
     }
     Ok(written)
