@@ -56,6 +56,7 @@ fn plugins_lists_stage_kinds_with_their_options() {
             "nas.report",
             "nas.score",
             "pet.attach",
+            "pet.export",
             "plm.load",
             "train.fit",
         ]
