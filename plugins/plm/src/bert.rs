@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Result;
-use petnas_sdk::model::{Backbone, BackboneInfo, Batch, Site, SiteHooks, SiteKind, TextEncoder};
+use petnas_sdk::model::{Backbone, BackboneInfo, Batch, Dropout, Site, SiteHooks, SiteKind, TextEncoder};
 use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::Weights;
@@ -249,8 +249,10 @@ impl Backbone for Encoder {
         self.tokenizer.as_ref()
     }
 
-    fn forward(&self, batch: &Batch, hooks: &dyn SiteHooks, train: bool) -> Tensor {
+    fn forward(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: Dropout) -> Tensor {
         let c = &self.config;
+        let train = dropout.training();
+        let hidden_dropout = dropout.rate(c.hidden_dropout_prob);
         let ids = &batch.input_ids;
         let (b, len) = (ids.size()[0], ids.size()[1]);
         let (heads, head_dim) = (c.num_attention_heads, c.hidden_size / c.num_attention_heads);
@@ -258,11 +260,10 @@ impl Backbone for Encoder {
         let embedded = embed(&self.word_embeddings, ids)
             + embed(&self.position_embeddings, &self.position_ids(ids))
             + embed(&self.token_type_embeddings, &batch.token_type_ids);
-        let mut hidden =
-            self.embeddings_norm.forward(&embedded, hooks, train).dropout(c.hidden_dropout_prob, train);
+        let mut hidden = self.embeddings_norm.forward(&embedded, hooks, train).dropout(hidden_dropout, train);
         // True where a query may attend: every real token of the sequence.
         let attend = batch.attention_mask.to_kind(Kind::Bool).view([b, 1, 1, len]);
-        let attention_dropout = if train { c.attention_probs_dropout_prob } else { 0.0 };
+        let attention_dropout = dropout.rate(c.attention_probs_dropout_prob);
         let split = |x: Tensor| x.view([b, len, heads, head_dim]).transpose(1, 2);
         for layer in &self.layers {
             let q = split(layer.query.forward(&hidden, hooks, train));
@@ -281,12 +282,12 @@ impl Backbone for Encoder {
             .transpose(1, 2)
             .reshape([b, len, c.hidden_size]);
             let attended =
-                layer.attention_output.forward(&context, hooks, train).dropout(c.hidden_dropout_prob, train);
+                layer.attention_output.forward(&context, hooks, train).dropout(hidden_dropout, train);
             let attended = hooks.apply(&layer.attention_block, &hidden, attended, train);
             hidden = layer.attention_norm.forward(&(attended + &hidden), hooks, train);
             let inner = layer.intermediate.forward(&hidden, hooks, train);
             let activated = hooks.apply(&layer.activation_site, &inner, self.activation(&inner), train);
-            let out = layer.output.forward(&activated, hooks, train).dropout(c.hidden_dropout_prob, train);
+            let out = layer.output.forward(&activated, hooks, train).dropout(hidden_dropout, train);
             let out = hooks.apply(&layer.ffn_block, &hidden, out, train);
             hidden = layer.output_norm.forward(&(out + &hidden), hooks, train);
         }

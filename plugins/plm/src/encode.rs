@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Parser;
-use petnas_sdk::model::{Batch, NoHooks};
+use petnas_sdk::model::{Batch, Dropout, NoHooks};
 use petnas_sdk::{Services, Tool, ToolOutput};
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
@@ -56,7 +56,7 @@ impl Tool for Encode {
             labels: None,
             rows: vec![0],
         };
-        let hidden = tch::no_grad(|| model.forward(&batch, &NoHooks, false)).squeeze_dim(0);
+        let hidden = tch::no_grad(|| model.forward(&batch, &NoHooks, Dropout::Off)).squeeze_dim(0);
         let vector = |t: Tensor| Vec::<f32>::try_from(t).unwrap_or_default();
         let out = json!({
             "model": model.info().dir,

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use petnas_sdk::data::{Labels, TokenizedSplit};
-use petnas_sdk::model::{BackboneLoader, NoHooks};
+use petnas_sdk::model::{BackboneLoader, Dropout, NoHooks};
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
@@ -60,7 +60,7 @@ fn assert_parity(model_dir: &Path, prefix: &str) {
             flat(&case["attention_mask"]),
             "{prefix} case {i}: attention mask"
         );
-        let got = tch::no_grad(|| model.forward(&batch, &NoHooks, false));
+        let got = tch::no_grad(|| model.forward(&batch, &NoHooks, Dropout::Off));
         let want = &hidden.iter().find(|(n, _)| *n == format!("case{i}")).unwrap().1;
         // Padding positions are compared too: they are computed, and must not disturb the rest.
         let diff = (&got - want).abs().max().double_value(&[]);
@@ -161,7 +161,7 @@ fn encode(dir: &Path) -> Tensor {
         model.tokenizer().encode_batch(&[("the cat sat", Some("on a mat .")), ("a cat", None)], 32).unwrap();
     let split = TokenizedSplit::from_encodings(&encodings, Labels::None);
     let batch = split.batch(&[0, 1], model.tokenizer().pad_id(), Device::Cpu);
-    tch::no_grad(|| model.forward(&batch, &NoHooks, false))
+    tch::no_grad(|| model.forward(&batch, &NoHooks, Dropout::Off))
 }
 
 #[test]

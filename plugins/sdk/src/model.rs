@@ -94,14 +94,40 @@ pub struct BackboneInfo {
     pub parameters: i64,
 }
 
+/// Dropout in a forward pass.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Dropout {
+    /// Evaluation: no dropout.
+    Off,
+    /// Training with the rates the checkpoint's config sets.
+    Configured,
+    /// Training with this rate for hidden states and attention alike.
+    Rate(f64),
+}
+
+impl Dropout {
+    pub fn training(self) -> bool {
+        self != Dropout::Off
+    }
+
+    /// The rate to use where the checkpoint configures `configured`.
+    pub fn rate(self, configured: f64) -> f64 {
+        match self {
+            Dropout::Off => 0.0,
+            Dropout::Configured => configured,
+            Dropout::Rate(p) => p,
+        }
+    }
+}
+
 /// A frozen pre-trained encoder exposing named sites.
 pub trait Backbone: Send + Sync {
     fn info(&self) -> &BackboneInfo;
     fn device(&self) -> tch::Device;
     fn sites(&self) -> Vec<Site>;
     fn tokenizer(&self) -> &dyn TextEncoder;
-    /// Last hidden states `[batch, len, hidden]`; dropout only when `train`.
-    fn forward(&self, batch: &Batch, hooks: &dyn SiteHooks, train: bool) -> Tensor;
+    /// Last hidden states `[batch, len, hidden]`.
+    fn forward(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: Dropout) -> Tensor;
     /// The frozen weights by their checkpoint names (for merging and export).
     fn weights(&self) -> Vec<(String, Tensor)>;
 }

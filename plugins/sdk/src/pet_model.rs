@@ -13,7 +13,9 @@ use crate::artifact::{kinds, Artifact};
 use crate::data::{BatchOptions, Labels, TokenizedSplit};
 use crate::init;
 use crate::metrics::{score, Scoring, Values};
-use crate::model::{live_parameters, site_matches, Backbone, Batch, PetModule, PetType, Site, SiteHooks};
+use crate::model::{
+    live_parameters, site_matches, Backbone, Batch, Dropout, PetModule, PetType, Site, SiteHooks,
+};
 use crate::services::Services;
 
 /// Dropout before the head's layers, as in BERT's sequence classifiers.
@@ -88,6 +90,8 @@ pub struct PetModel {
     pub loader: String,
     pub modules: Vec<Box<dyn PetModule>>,
     pub head: Option<Head>,
+    /// Dropout while training: the checkpoint's rates unless set (train.fit's `dropout`).
+    pub training_dropout: Option<f64>,
     /// What stages note about the model for later ones (e.g. the supernet's sizes), kept
     /// from stage to stage.
     pub notes: serde_json::Map<String, Value>,
@@ -111,6 +115,7 @@ impl PetModel {
             loader: loader.to_string(),
             modules: Vec::new(),
             head: None,
+            training_dropout: None,
             notes: serde_json::Map::new(),
             sites,
             by_site: HashMap::new(),
@@ -277,7 +282,12 @@ impl PetModel {
     /// Logits `[batch, num_labels]` (one column for regression).
     pub fn logits(&self, batch: &Batch, train: bool) -> Result<Tensor> {
         let head = self.head.as_ref().ok_or_else(|| anyhow!("the model has no task head: train it first"))?;
-        let hidden = self.backbone.forward(batch, self, train);
+        let dropout = match (train, self.training_dropout) {
+            (false, _) => Dropout::Off,
+            (true, Some(p)) => Dropout::Rate(p),
+            (true, None) => Dropout::Configured,
+        };
+        let hidden = self.backbone.forward(batch, self, dropout);
         Ok(head.forward(&hidden, train))
     }
 

@@ -30,6 +30,7 @@ pub struct FitOptions {
     pub skip_nonfinite: bool,
     pub checkpoint_every: i64,
     pub pad_to: Option<usize>,
+    pub dropout: Option<f64>,
 }
 
 /// What the fit reports into the model artifact.

@@ -72,6 +72,12 @@ impl Stage for Fit {
                 Value::Null,
                 "pad every training batch to this many tokens (default: its longest)",
             )
+            .opt(
+                "dropout",
+                OptType::Float,
+                Value::Null,
+                "hidden and attention dropout while training (default: the checkpoint's)",
+            )
     }
     fn input_kinds(&self) -> &'static [&'static str] {
         &[kinds::MODEL, kinds::DATASET]
@@ -85,6 +91,10 @@ impl Stage for Fit {
         let info = DatasetInfo::from_artifact(data)?;
         let mut model = PetModel::load(inputs.one(kinds::MODEL)?, ctx.services(), ctx.device, true)?;
         model.ensure_head(info.num_labels(), info.regression, derive_seed(ctx.seed, "head"));
+        if let Some(p) = o.dropout {
+            anyhow::ensure!((0.0..1.0).contains(&p), "`dropout` must be in [0, 1), got {p}");
+            model.training_dropout = Some(p);
+        }
         if o.reinit {
             for (i, module) in model.modules.iter_mut().enumerate() {
                 module.reinitialize(derive_seed(ctx.seed, &format!("reinit {i}")))?;
