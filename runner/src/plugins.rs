@@ -184,10 +184,6 @@ impl Registry {
     pub fn tools(&self) -> impl Iterator<Item = (&dyn Tool, &PluginInfo)> {
         self.tools.values().map(|(t, i)| (t.as_ref(), &self.plugins[*i]))
     }
-
-    pub fn backbone_loaders(&self) -> impl Iterator<Item = (&dyn BackboneLoader, &PluginInfo)> {
-        self.backbone_loaders.values().map(|(l, i)| (l.as_ref(), &self.plugins[*i]))
-    }
 }
 
 impl Services for Registry {

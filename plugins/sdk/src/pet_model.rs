@@ -225,10 +225,6 @@ impl PetModel {
         }
     }
 
-    pub fn sites(&self) -> impl Iterator<Item = &Site> {
-        self.sites.values()
-    }
-
     /// Attaches a module of `pet_type` at every site matching `targets` that the type can
     /// take; returns how many were attached (an error when none).
     pub fn attach(
@@ -326,13 +322,6 @@ impl PetModel {
     /// Trainable parameters of the head (the pre-trained pooler is frozen and not counted).
     pub fn head_parameters(&self) -> i64 {
         self.head.as_ref().map_or(0, |h| h.params.iter().map(|(_, t)| t.numel() as i64).sum())
-    }
-
-    /// Sets every trainable tensor's `requires_grad` (off for evaluation).
-    pub fn set_trainable(&self, on: bool) {
-        for (_, t) in self.trainable() {
-            let _ = t.shallow_clone().set_requires_grad(on);
-        }
     }
 
     /// Predictions of a batch: class ids, or scores for regression.
