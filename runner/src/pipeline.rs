@@ -148,7 +148,7 @@ pub fn parse(text: &str, file: &str, registry: &Registry, ctx: &Context) -> Resu
         match key.as_str() {
             "name" => name = parse_name(value, file, &mut errors),
             "description" => {
-                expect_string(value, "description", file, &mut errors);
+                value.expect_str("description", file, &mut errors);
             }
             "defaults" => defaults = parse_defaults(value, file, &mut errors),
             "matrix" => matrix = Matrix::parse(value, file, &mut errors),
@@ -179,25 +179,6 @@ pub fn parse(text: &str, file: &str, registry: &Registry, ctx: &Context) -> Resu
     Ok(Pipeline { name: name.unwrap_or_default(), file: PathBuf::from(file), defaults, cells, stages })
 }
 
-fn expect_string<'a>(
-    node: &'a Node,
-    what: &str,
-    file: &str,
-    errors: &mut Vec<Diagnostic>,
-) -> Option<&'a str> {
-    match &node.value {
-        Value::Str(s) => Some(s),
-        _ => {
-            errors.push(Diagnostic::at(
-                file,
-                node.pos,
-                format!("`{what}` must be a string, found {}", node.type_name()),
-            ));
-            None
-        }
-    }
-}
-
 /// Names become folder names: letters, digits, `.`, `_`, `-`, not starting with a dot.
 fn valid_folder_name(name: &str) -> bool {
     !name.is_empty()
@@ -206,7 +187,7 @@ fn valid_folder_name(name: &str) -> bool {
 }
 
 fn parse_name(node: &Node, file: &str, errors: &mut Vec<Diagnostic>) -> Option<String> {
-    let name = expect_string(node, "name", file, errors)?;
+    let name = node.expect_str("name", file, errors)?;
     if valid_folder_name(name) {
         Some(name.to_string())
     } else {
@@ -386,7 +367,7 @@ fn parse_stage<'a>(
         match key.as_str() {
             "use" => {
                 stage.use_pos = value.pos;
-                if let Some(kind) = expect_string(value, "use", file, errors) {
+                if let Some(kind) = value.expect_str("use", file, errors) {
                     if registry.stage(kind).is_some() {
                         stage.kind = Some(kind.to_string());
                     } else {
@@ -717,14 +698,7 @@ fn check_pets(node: &Node, registry: &Registry, file: &str, errors: &mut Vec<Dia
             );
             continue;
         };
-        let Value::Str(type_name) = &type_node.value else {
-            errors.push(Diagnostic::at(
-                file,
-                type_node.pos,
-                format!("`type` must be a string, found {}", type_node.type_name()),
-            ));
-            continue;
-        };
+        let Some(type_name) = type_node.expect_str("type", file, errors) else { continue };
         let Some((pet_type, _)) = registry.pet_types().find(|(t, _)| t.name() == type_name) else {
             let d = Diagnostic::at(file, type_node.pos, format!("unknown PET type `{type_name}`"));
             let hint = match nearest(type_name, known.iter().copied()) {

@@ -49,20 +49,6 @@ pub struct Check {
 const ENTRY_KEYS: &[&str] =
     &["task", "method", "metric", "expected", "tolerance", "tolerance_relative", "direction"];
 
-fn text(node: &Node, what: &str, file: &str, errors: &mut Vec<Diagnostic>) -> Option<String> {
-    match &node.value {
-        Value::Str(s) => Some(s.clone()),
-        _ => {
-            errors.push(Diagnostic::at(
-                file,
-                node.pos,
-                format!("`{what}` must be a string, found {}", node.type_name()),
-            ));
-            None
-        }
-    }
-}
-
 fn number(node: &Node, what: &str, file: &str, errors: &mut Vec<Diagnostic>) -> Option<f64> {
     match node.value {
         Value::Int(i) => Some(i as f64),
@@ -127,9 +113,12 @@ pub fn read_baseline(path: &Path) -> Result<Vec<Entry>> {
             }
             found
         };
-        let task = required("task", &mut errors).and_then(|n| text(n, "task", &file, &mut errors));
-        let method = required("method", &mut errors).and_then(|n| text(n, "method", &file, &mut errors));
-        let metric = required("metric", &mut errors).and_then(|n| text(n, "metric", &file, &mut errors));
+        let task = required("task", &mut errors)
+            .and_then(|n| n.expect_str("task", &file, &mut errors).map(str::to_string));
+        let method = required("method", &mut errors)
+            .and_then(|n| n.expect_str("method", &file, &mut errors).map(str::to_string));
+        let metric = required("metric", &mut errors)
+            .and_then(|n| n.expect_str("metric", &file, &mut errors).map(str::to_string));
         let expected =
             required("expected", &mut errors).and_then(|n| number(n, "expected", &file, &mut errors));
         let tolerance = match (get("tolerance"), get("tolerance_relative")) {

@@ -43,6 +43,21 @@ impl Node {
         }
     }
 
+    /// The node's text, or an error saying it must be a string (pushed onto `errors`).
+    pub fn expect_str(&self, what: &str, file: &str, errors: &mut Vec<Diagnostic>) -> Option<&str> {
+        match &self.value {
+            Value::Str(s) => Some(s),
+            _ => {
+                errors.push(Diagnostic::at(
+                    file,
+                    self.pos,
+                    format!("`{what}` must be a string, found {}", self.type_name()),
+                ));
+                None
+            }
+        }
+    }
+
     /// The JSON form of the node (what stage options are handed over as).
     pub fn to_json(&self) -> serde_json::Value {
         use serde_json::Value as J;
