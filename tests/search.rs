@@ -139,7 +139,7 @@ fn a_cut_model_computes_what_the_masked_one_does() {
         m.ensure_head(2, false, 0);
     }
     let difference = tch::no_grad(|| {
-        (cut.logits(&batch, false).unwrap() - masked.logits(&batch, false).unwrap())
+        (cut.logits(&batch, None).unwrap() - masked.logits(&batch, None).unwrap())
             .abs()
             .max()
             .double_value(&[])
@@ -170,7 +170,7 @@ fn taylor_scores_agree_with_finite_differences() {
     let batch = train.batch(&(0..train.len()).collect::<Vec<_>>(), info.pad_id, Device::Cpu);
     let mut m = model(&output(&s, "warm"));
     m.ensure_head(info.num_labels(), info.regression, derive_seed(3, "head"));
-    let loss = |m: &PetModel| tch::no_grad(|| task_loss(m, &batch, false).unwrap().double_value(&[]));
+    let loss = |m: &PetModel| tch::no_grad(|| task_loss(m, &batch, None).unwrap().double_value(&[]));
     let group_sum = |i: usize, group: &PruneGroup| -> f64 {
         group
             .members

@@ -39,8 +39,8 @@ impl DeviceSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum DType {
     Fp32,
+    /// Training under bf16 autocast (mixed precision; parameters stay fp32).
     Bf16,
-    Fp16,
 }
 
 impl DType {
@@ -48,7 +48,6 @@ impl DType {
         match self {
             DType::Fp32 => tch::Kind::Float,
             DType::Bf16 => tch::Kind::BFloat16,
-            DType::Fp16 => tch::Kind::Half,
         }
     }
 }
@@ -226,17 +225,16 @@ fn parse_defaults(node: &Node, file: &str, errors: &mut Vec<Diagnostic>) -> Defa
                 value.pos,
                 format!("`seed` must be a non-negative integer, found {}", describe_value(&value.to_json())),
             )),
-            ("dtype", Value::Str(s)) if matches!(s.as_str(), "fp32" | "bf16" | "fp16") => {
-                defaults.dtype = match s.as_str() {
-                    "bf16" => DType::Bf16,
-                    "fp16" => DType::Fp16,
-                    _ => DType::Fp32,
-                }
+            ("dtype", Value::Str(s)) if matches!(s.as_str(), "fp32" | "bf16") => {
+                defaults.dtype = if s == "bf16" { DType::Bf16 } else { DType::Fp32 }
             }
             ("dtype", _) => errors.push(Diagnostic::at(
                 file,
                 value.pos,
-                format!("`dtype` must be fp32, bf16 or fp16, found {}", describe_value(&value.to_json())),
+                format!(
+                    "`dtype` must be fp32 or bf16 (bf16 autocast), found {}",
+                    describe_value(&value.to_json())
+                ),
             )),
             ("threads", Value::Int(i)) if *i >= 0 => defaults.threads = *i as usize,
             ("threads", _) => errors.push(Diagnostic::at(

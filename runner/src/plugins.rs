@@ -100,7 +100,7 @@ impl Registry {
             "plugin contract version {} differs from this petnas's {CONTRACT_VERSION}; rebuild the plugin against this petnas",
             declaration.contract_version
         );
-        // SAFETY: contract 1 declarations hold NUL-terminated static strings.
+        // SAFETY: declarations of this contract hold NUL-terminated static strings.
         let (fingerprint, name, version) = unsafe {
             (
                 CStr::from_ptr(declaration.fingerprint).to_string_lossy().into_owned(),

@@ -6,7 +6,8 @@ in the same run on the same machine.
 The task: all-MiniLM-L6-v2, LoRA r=8 (alpha 16) on query and value, RTE train (the first
 EXAMPLES examples; petnas takes a seeded subset of the same size), batch 32, every batch padded
 to 128 tokens, fp32, one epoch, then the dev split. Peak memory is the peak resident set size
-of each process (model loading included).
+of each process (model loading included). Where a CUDA GPU is present, both train on it with
+bf16 autocast instead (peak memory is then still the process's host memory).
 """
 import json
 import os
@@ -18,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = int(os.environ.get("EXAMPLES", "640"))
 THREADS = int(os.environ.get("THREADS", str(os.cpu_count() or 1)))
+CUDA = __import__("torch").cuda.is_available()
 
 
 def peak_rss(cmd, cwd=None):
@@ -36,25 +38,27 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         pipeline = Path(tmp) / "bench.yaml"
         pipeline.write_text(f"""name: bench-lora
-defaults: {{seed: 1, threads: {THREADS}}}
+defaults: {{seed: 1, threads: {THREADS}, device: {'cuda' if CUDA else 'cpu'}}}
 stages:
   model: {{use: plm.load, with: {{model: '{model}'}}}}
   data: {{use: glue.load, needs: [model], with: {{task: rte, dir: '{glue}', max_len: 128, max_train_examples: {EXAMPLES}, splits: [train, dev]}}}}
   pets: {{use: pet.attach, needs: [model], with: {{pets: [{{type: lora, targets: [query, value], rank: 8, alpha: 16}}]}}}}
-  fit: {{use: train.fit, needs: [pets, data], with: {{epochs: 1, batch_size: 32, lr: 1e-3, pad_to: 128, weight_decay: 0.0, checkpoint_every: 0}}}}
+  fit: {{use: train.fit, needs: [pets, data], with: {{epochs: 1, batch_size: 32, lr: 1e-3, pad_to: 128, weight_decay: 0.0, checkpoint_every: 0, bf16: {'true' if CUDA else 'false'}}}}}
   eval: {{use: glue.evaluate, needs: [fit, data]}}
 """)
         _, petnas_mib = peak_rss([ROOT / "target" / "release" / "petnas", "run", pipeline, "--runs-dir", Path(tmp) / "runs"], cwd=tmp)
         metrics = json.loads((Path(tmp) / "runs" / "bench-lora" / "default" / "eval" / "metrics.json").read_text())
     out, peft_mib = peak_rss([sys.executable, ROOT / "scripts" / "bench" / "peft_lora.py", "--model", model, "--glue", glue,
-                              "--examples", EXAMPLES, "--threads", THREADS])
+                              "--examples", EXAMPLES, "--threads", THREADS,
+                              *(["--device", "cuda", "--bf16"] if CUDA else [])])
     peft = json.loads(out.strip().splitlines()[-1])
     rows = [
         ("train samples/s", metrics["train_samples_per_second"], peft["train_samples_per_second"]),
         ("eval samples/s", metrics["eval_samples_per_second"], peft["eval_samples_per_second"]),
         ("peak memory MiB", petnas_mib, peft_mib),
     ]
-    print(f"LoRA r=8 on query,value · all-MiniLM-L6-v2 · RTE {EXAMPLES} examples · batch 32 × 128 tokens · fp32 · {THREADS} threads")
+    precision = "CUDA, bf16 autocast" if CUDA else f"fp32 · {THREADS} threads"
+    print(f"LoRA r=8 on query,value · all-MiniLM-L6-v2 · RTE {EXAMPLES} examples · batch 32 × 128 tokens · {precision}")
     print(f"{'':18} {'petnas':>10} {'PEFT':>10} {'petnas/PEFT':>12}")
     for name, ours, theirs in rows:
         print(f"{name:18} {ours:10.1f} {theirs:10.1f} {ours / theirs:12.2f}")

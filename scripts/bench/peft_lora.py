@@ -2,7 +2,7 @@
 LoRA r=8 on query and value, batch 32, sequences padded to 128 tokens, fp32, AdamW with linear
 warm-up and decay, gradient clipping at 1.0. Prints one JSON line with throughput.
 
-    python peft_lora.py --model DIR --glue DIR --task rte --examples 640 --threads 2
+    python peft_lora.py --model DIR --glue DIR --task rte --examples 640 --threads 2 [--device cuda --bf16]
 """
 import argparse
 import json
@@ -33,6 +33,8 @@ def main():
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast for the forward passes")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -42,6 +44,15 @@ def main():
     tokenizer = AutoTokenizer.from_pretrained(a.model)
     model = AutoModelForSequenceClassification.from_pretrained(a.model, num_labels=2)
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"], task_type="SEQ_CLS"))
+    model.to(a.device)
+    device_type = torch.device(a.device).type
+
+    def on_device(batch):
+        return {k: v.to(a.device) for k, v in batch.items()}
+
+    def synchronize():
+        if device_type == "cuda":
+            torch.cuda.synchronize()
     steps = (len(train) + a.batch_size - 1) // a.batch_size
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=a.lr, weight_decay=0.0)
     schedule = get_linear_schedule_with_warmup(opt, round(0.06 * steps), steps)
@@ -52,12 +63,14 @@ def main():
         rows = [train[i] for i in order[s * a.batch_size:(s + 1) * a.batch_size]]
         batch = tokenizer([r[0] for r in rows], [r[1] for r in rows], truncation=True, max_length=a.max_len,
                           padding="max_length", return_tensors="pt")
-        out = model(**batch, labels=torch.tensor([r[2] for r in rows]))
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=a.bf16):
+            out = model(**on_device(batch), labels=torch.tensor([r[2] for r in rows], device=a.device))
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         schedule.step()
         opt.zero_grad()
+    synchronize()
     train_seconds = time.perf_counter() - started
     model.eval()
     started = time.perf_counter()
@@ -67,8 +80,9 @@ def main():
             rows = dev[s:s + 64]
             batch = tokenizer([r[0] for r in rows], [r[1] for r in rows], truncation=True, max_length=a.max_len,
                               padding=True, return_tensors="pt")
-            predicted = model(**batch).logits.argmax(-1)
+            predicted = model(**on_device(batch)).logits.argmax(-1).cpu()
             correct += int((predicted == torch.tensor([r[2] for r in rows])).sum())
+    synchronize()
     eval_seconds = time.perf_counter() - started
     print(json.dumps({"train_samples_per_second": len(train) / train_seconds, "eval_samples_per_second": len(dev) / eval_seconds,
                       "train_seconds": train_seconds, "accuracy": correct / len(dev)}))

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Context, Result};
-use petnas_sdk::model::{GroupMember, PetModule, PetType, PruneGroup, Site, SiteKind};
+use petnas_sdk::model::{Dropout, GroupMember, PetModule, PetType, PruneGroup, Site, SiteKind};
 use petnas_sdk::params::Params;
 use petnas_sdk::{init, OptType, OptionSchema, Registrar};
 use serde::Deserialize;
@@ -148,7 +148,7 @@ impl PetModule for Adapter {
     fn site(&self) -> &Site {
         &self.site
     }
-    fn apply(&self, input: &Tensor, output: Tensor, _train: bool) -> Tensor {
+    fn apply(&self, input: &Tensor, output: Tensor, _dropout: &Dropout) -> Tensor {
         let source = if self.parallel { input } else { &output };
         let hidden = source
             .linear(&self.params.effective("down.weight"), Some(&self.params.effective("down.bias")))

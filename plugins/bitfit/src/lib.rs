@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
-use petnas_sdk::model::{GroupMember, PetModule, PetType, PruneGroup, Site, SiteKind};
+use petnas_sdk::model::{Dropout, GroupMember, PetModule, PetType, PruneGroup, Site, SiteKind};
 use petnas_sdk::params::Params;
 use petnas_sdk::{init, OptionSchema, Registrar};
 use serde_json::{json, Value};
@@ -20,7 +20,7 @@ struct BitFitType;
 fn bias_len(site: &Site) -> Result<i64> {
     match site.kind {
         SiteKind::Linear { out_features, .. } => Ok(out_features),
-        SiteKind::LayerNorm { len } => Ok(len),
+        SiteKind::LayerNorm { len, .. } => Ok(len),
         _ => bail!("bias tuning attaches to linear layers and LayerNorms; `{}` is neither", site.name),
     }
 }
@@ -78,7 +78,7 @@ impl PetModule for BiasDelta {
     fn site(&self) -> &Site {
         &self.site
     }
-    fn apply(&self, _input: &Tensor, output: Tensor, _train: bool) -> Tensor {
+    fn apply(&self, _input: &Tensor, output: Tensor, _dropout: &Dropout) -> Tensor {
         output + self.params.effective("delta")
     }
     fn params(&self) -> &Params {

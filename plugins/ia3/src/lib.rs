@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
-use petnas_sdk::model::{GroupMember, PetModule, PetType, PruneGroup, Site, SiteKind};
+use petnas_sdk::model::{Dropout, GroupMember, PetModule, PetType, PruneGroup, Site, SiteKind};
 use petnas_sdk::params::Params;
 use petnas_sdk::{init, OptionSchema, Registrar};
 use serde_json::{json, Value};
@@ -88,7 +88,7 @@ impl PetModule for Ia3 {
     fn site(&self) -> &Site {
         &self.site
     }
-    fn apply(&self, _input: &Tensor, output: Tensor, _train: bool) -> Tensor {
+    fn apply(&self, _input: &Tensor, output: Tensor, _dropout: &Dropout) -> Tensor {
         output * self.scale()
     }
     fn params(&self) -> &Params {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
 use petnas_sdk::init;
-use petnas_sdk::model::{GroupMember, PetModule, PruneGroup, Site};
+use petnas_sdk::model::{Dropout, GroupMember, PetModule, PruneGroup, Site};
 use petnas_sdk::params::Params;
 use serde_json::{json, Value};
 use tch::{Device, Tensor};
@@ -54,13 +54,9 @@ impl PetModule for Lora {
     fn site(&self) -> &Site {
         &self.site
     }
-    fn apply(&self, input: &Tensor, output: Tensor, train: bool) -> Tensor {
-        let x = if train && self.dropout > 0.0 {
-            input.dropout(self.dropout, true)
-        } else {
-            input.shallow_clone()
-        };
-        let update = x
+    fn apply(&self, input: &Tensor, output: Tensor, dropout: &Dropout) -> Tensor {
+        let update = dropout
+            .apply(input.shallow_clone(), self.dropout)
             .linear::<Tensor>(&self.params.effective("A"), None)
             .linear::<Tensor>(&self.params.effective("B"), None);
         let output = output + update * self.scaling;

@@ -83,7 +83,7 @@ pub fn score(
                     p.zero_grad();
                 }
                 // Dropout off: scores estimate the loss of the model as it predicts.
-                task_loss(model, &batch, false)?.backward();
+                task_loss(model, &batch, None)?.backward();
                 for (module, scores) in model.modules.iter().zip(per_param.iter_mut()) {
                     for ((_, p), (_, s)) in module.parameters().into_iter().zip(scores.iter_mut()) {
                         let g = p.grad();

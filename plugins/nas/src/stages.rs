@@ -240,6 +240,7 @@ fn train_between_rounds(
 ) -> Result<()> {
     let masks: BTreeMap<String, tch::Tensor> = model.masks().into_iter().collect();
     let mut opt = AdamW::new(model.trainable(), 0.0);
+    opt.bf16 = ctx.dtype == tch::Kind::BFloat16;
     let options = BatchOptions {
         batch_size: o.batch_size.max(1),
         shuffle_seed: Some(derive_seed(ctx.seed, &format!("between rounds {round}"))),
@@ -248,9 +249,11 @@ fn train_between_rounds(
     let rows = train.batch_rows(&options);
     for (step, rows) in rows.iter().cycle().take(o.train_steps).enumerate() {
         ctx.check_cancelled()?;
-        // Dropout draws depend only on the seed, round and step: a resumed run repeats them.
-        tch::manual_seed(derive_seed(ctx.seed, &format!("round {round} step {step}")) as i64);
-        opt.train_step(model, &train.batch(rows, info.pad_id, ctx.device), o.lr, 1.0, &masks)?;
+        // Dropout draws depend only on the seed, round and step: a resumed run repeats them
+        // (libtorch's generator is seeded too: it draws dropout on CUDA).
+        let dropout_seed = derive_seed(ctx.seed, &format!("round {round} step {step}"));
+        tch::manual_seed(dropout_seed as i64);
+        opt.train_step(model, &train.batch(rows, info.pad_id, ctx.device), o.lr, 1.0, &masks, dropout_seed)?;
     }
     Ok(())
 }

@@ -25,8 +25,8 @@ impl Linear {
         })
     }
 
-    fn forward(&self, x: &Tensor, hooks: &dyn SiteHooks, train: bool) -> Tensor {
-        hooks.apply(&self.site, x, x.linear(&self.weight, Some(&self.bias)), train)
+    fn forward(&self, x: &Tensor, hooks: &dyn SiteHooks, dropout: &Dropout) -> Tensor {
+        hooks.apply(&self.site, x, x.linear(&self.weight, Some(&self.bias)), dropout)
     }
 }
 
@@ -47,13 +47,60 @@ impl LayerNorm {
         })
     }
 
-    fn forward(&self, x: &Tensor, hooks: &dyn SiteHooks, train: bool) -> Tensor {
+    fn forward(&self, x: &Tensor, hooks: &dyn SiteHooks, dropout: &Dropout) -> Tensor {
         let len = self.weight.size()[0];
         hooks.apply(
             &self.site,
             x,
             x.layer_norm([len], Some(&self.weight), Some(&self.bias), self.eps, true),
-            train,
+            dropout,
+        )
+    }
+}
+
+/// Multi-head attention over `[batch, heads, len, head_dim]` queries, keys and values.
+struct Attention {
+    /// True where a query may attend: every real token of the sequence, `[batch, 1, 1, len]`.
+    attend: Tensor,
+    /// For the explicit path: 0 where a query may attend and -inf elsewhere,
+    /// `[batch · heads, 1, len]`.
+    additive_mask: Tensor,
+    scale: f64,
+    dropout_rate: f64,
+}
+
+impl Attention {
+    fn new(attention_mask: &Tensor, heads: i64, head_dim: i64, dropout_rate: f64) -> Attention {
+        let (b, len) = (attention_mask.size()[0], attention_mask.size()[1]);
+        let attend = attention_mask.to_kind(Kind::Bool).view([b, 1, 1, len]);
+        let additive_mask = Tensor::zeros([b, 1, 1, len], (Kind::Float, attend.device()))
+            .masked_fill(&attend.logical_not(), f64::NEG_INFINITY)
+            .expand([b, heads, 1, len], false)
+            .reshape([b * heads, 1, len]);
+        Attention { attend, additive_mask, scale: 1.0 / (head_dim as f64).sqrt(), dropout_rate }
+    }
+
+    fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor, dropout: &Dropout) -> Tensor {
+        if self.dropout_rate > 0.0 && q.device() == Device::Cpu {
+            // libtorch's fused kernels cannot drop attention probabilities on the CPU (its
+            // fallback draws them with the slow `bernoulli_`): softmax(q·kᵀ/√d + mask)
+            // explicitly, scale and mask fused into one batched product.
+            let shape = q.size();
+            let batched = |x: &Tensor| x.reshape([shape[0] * shape[1], shape[2], shape[3]]);
+            let scores =
+                self.additive_mask.baddbmm(&batched(q), &batched(k).transpose(1, 2), 1.0, self.scale);
+            let probabilities = dropout.apply(scores.softmax(-1, Kind::Float), self.dropout_rate);
+            return probabilities.bmm(&batched(v)).view(shape.as_slice());
+        }
+        Tensor::scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            Some(&self.attend),
+            self.dropout_rate,
+            false,
+            None,
+            false,
         )
     }
 }
@@ -225,7 +272,8 @@ impl Backbone for Encoder {
             name: l.site.clone(),
             kind: SiteKind::Linear { in_features: inputs, out_features: outputs },
         };
-        let norm = |n: &LayerNorm| Site { name: n.site.clone(), kind: SiteKind::LayerNorm { len: h } };
+        let norm =
+            |n: &LayerNorm| Site { name: n.site.clone(), kind: SiteKind::LayerNorm { len: h, eps: n.eps } };
         let mut sites = vec![norm(&self.embeddings_norm)];
         for layer in &self.layers {
             sites.extend([
@@ -249,9 +297,8 @@ impl Backbone for Encoder {
         self.tokenizer.as_ref()
     }
 
-    fn forward(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: Dropout) -> Tensor {
+    fn forward(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Tensor {
         let c = &self.config;
-        let train = dropout.training();
         let hidden_dropout = dropout.rate(c.hidden_dropout_prob);
         let ids = &batch.input_ids;
         let (b, len) = (ids.size()[0], ids.size()[1]);
@@ -260,36 +307,30 @@ impl Backbone for Encoder {
         let embedded = embed(&self.word_embeddings, ids)
             + embed(&self.position_embeddings, &self.position_ids(ids))
             + embed(&self.token_type_embeddings, &batch.token_type_ids);
-        let mut hidden = self.embeddings_norm.forward(&embedded, hooks, train).dropout(hidden_dropout, train);
-        // True where a query may attend: every real token of the sequence.
-        let attend = batch.attention_mask.to_kind(Kind::Bool).view([b, 1, 1, len]);
-        let attention_dropout = dropout.rate(c.attention_probs_dropout_prob);
+        let mut hidden =
+            dropout.apply(self.embeddings_norm.forward(&embedded, hooks, dropout), hidden_dropout);
+        let attention = Attention::new(
+            &batch.attention_mask,
+            heads,
+            head_dim,
+            dropout.rate(c.attention_probs_dropout_prob),
+        );
         let split = |x: Tensor| x.view([b, len, heads, head_dim]).transpose(1, 2);
         for layer in &self.layers {
-            let q = split(layer.query.forward(&hidden, hooks, train));
-            let k = split(layer.key.forward(&hidden, hooks, train));
-            let v = split(layer.value.forward(&hidden, hooks, train));
-            let context = Tensor::scaled_dot_product_attention(
-                &q,
-                &k,
-                &v,
-                Some(&attend),
-                attention_dropout,
-                false,
-                None,
-                false,
-            )
-            .transpose(1, 2)
-            .reshape([b, len, c.hidden_size]);
+            let q = split(layer.query.forward(&hidden, hooks, dropout));
+            let k = split(layer.key.forward(&hidden, hooks, dropout));
+            let v = split(layer.value.forward(&hidden, hooks, dropout));
+            let context =
+                attention.forward(&q, &k, &v, dropout).transpose(1, 2).reshape([b, len, c.hidden_size]);
             let attended =
-                layer.attention_output.forward(&context, hooks, train).dropout(hidden_dropout, train);
-            let attended = hooks.apply(&layer.attention_block, &hidden, attended, train);
-            hidden = layer.attention_norm.forward(&(attended + &hidden), hooks, train);
-            let inner = layer.intermediate.forward(&hidden, hooks, train);
-            let activated = hooks.apply(&layer.activation_site, &inner, self.activation(&inner), train);
-            let out = layer.output.forward(&activated, hooks, train).dropout(hidden_dropout, train);
-            let out = hooks.apply(&layer.ffn_block, &hidden, out, train);
-            hidden = layer.output_norm.forward(&(out + &hidden), hooks, train);
+                dropout.apply(layer.attention_output.forward(&context, hooks, dropout), hidden_dropout);
+            let attended = hooks.apply(&layer.attention_block, &hidden, attended, dropout);
+            hidden = layer.attention_norm.forward(&(attended + &hidden), hooks, dropout);
+            let inner = layer.intermediate.forward(&hidden, hooks, dropout);
+            let activated = hooks.apply(&layer.activation_site, &inner, self.activation(&inner), dropout);
+            let out = dropout.apply(layer.output.forward(&activated, hooks, dropout), hidden_dropout);
+            let out = hooks.apply(&layer.ffn_block, &hidden, out, dropout);
+            hidden = layer.output_norm.forward(&(out + &hidden), hooks, dropout);
         }
         hidden
     }

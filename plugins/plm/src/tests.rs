@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use petnas_sdk::data::{Labels, TokenizedSplit};
-use petnas_sdk::model::{BackboneLoader, Dropout, NoHooks};
+use petnas_sdk::model::{BackboneLoader, Dropout, NoHooks, Rates};
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
@@ -60,7 +60,7 @@ fn assert_parity(model_dir: &Path, prefix: &str) {
             flat(&case["attention_mask"]),
             "{prefix} case {i}: attention mask"
         );
-        let got = tch::no_grad(|| model.forward(&batch, &NoHooks, Dropout::Off));
+        let got = tch::no_grad(|| model.forward(&batch, &NoHooks, &Dropout::off()));
         let want = &hidden.iter().find(|(n, _)| *n == format!("case{i}")).unwrap().1;
         // Padding positions are compared too: they are computed, and must not disturb the rest.
         let diff = (&got - want).abs().max().double_value(&[]);
@@ -76,6 +76,43 @@ fn the_default_model_matches_transformers() {
 #[test]
 fn roberta_matches_transformers() {
     assert_parity(&fixtures().join("tiny-roberta"), "roberta");
+}
+
+/// A padded batch of RTE pairs, tokenised by `model`.
+fn rte_batch(model: &dyn petnas_sdk::model::Backbone, max_len: usize) -> petnas_sdk::model::Batch {
+    let sentences = glue_sentences();
+    let refs: Vec<(&str, Option<&str>)> = sentences.iter().map(|(a, b)| (a.as_str(), b.as_deref())).collect();
+    let split = TokenizedSplit::from_encodings(
+        &model.tokenizer().encode_batch(&refs, max_len).unwrap(),
+        Labels::None,
+    );
+    split.batch(&(0..split.len()).collect::<Vec<_>>(), model.tokenizer().pad_id(), Device::Cpu)
+}
+
+#[test]
+fn training_attention_with_nothing_dropped_matches_the_fused_evaluation_path() {
+    // A rate this small drops no entry (masks are drawn to 1/65536) but takes the explicit
+    // attention path that training on the CPU uses.
+    let model = HfLoader.load(&workspace().join(crate::DEFAULT_MODEL), Device::Cpu).unwrap();
+    let batch = rte_batch(model.as_ref(), 64);
+    let fused = tch::no_grad(|| model.forward(&batch, &NoHooks, &Dropout::off()));
+    let explicit =
+        tch::no_grad(|| model.forward(&batch, &NoHooks, &Dropout::training(Rates::Fixed(1e-9), 1)));
+    let real = batch.attention_mask.unsqueeze(-1).to_kind(Kind::Bool);
+    let diff = (fused - explicit).abs().masked_select(&real).max().double_value(&[]);
+    assert!(diff < 1e-4, "max abs difference {diff}");
+}
+
+#[test]
+fn training_dropout_changes_the_output_and_repeats_with_its_seed() {
+    let model = HfLoader.load(&workspace().join(crate::DEFAULT_MODEL), Device::Cpu).unwrap();
+    let batch = rte_batch(model.as_ref(), 64);
+    let pass =
+        |seed| tch::no_grad(|| model.forward(&batch, &NoHooks, &Dropout::training(Rates::Configured, seed)));
+    let evaluation = tch::no_grad(|| model.forward(&batch, &NoHooks, &Dropout::off()));
+    assert!(pass(5).equal(&pass(5)));
+    assert!((pass(5) - pass(6)).abs().max().double_value(&[]) > 1e-3);
+    assert!((pass(5) - evaluation).abs().max().double_value(&[]) > 1e-3);
 }
 
 /// GLUE sentences (with their quirks: quotes, accents, long pairs) for tokenizer checks.
@@ -161,7 +198,7 @@ fn encode(dir: &Path) -> Tensor {
         model.tokenizer().encode_batch(&[("the cat sat", Some("on a mat .")), ("a cat", None)], 32).unwrap();
     let split = TokenizedSplit::from_encodings(&encodings, Labels::None);
     let batch = split.batch(&[0, 1], model.tokenizer().pad_id(), Device::Cpu);
-    tch::no_grad(|| model.forward(&batch, &NoHooks, Dropout::Off))
+    tch::no_grad(|| model.forward(&batch, &NoHooks, &Dropout::off()))
 }
 
 #[test]

@@ -8,7 +8,9 @@
 //! that is what the fingerprint pins.
 
 pub mod artifact;
+pub mod autocast;
 pub mod data;
+pub mod dropout;
 pub mod init;
 pub mod metrics;
 pub mod model;
@@ -29,14 +31,14 @@ pub use stage::{Progress, Stage, StageCtx};
 pub use tool::{Tool, ToolOutput};
 
 /// Bumped whenever [`PluginDeclaration`] or any type crossing the plugin boundary changes.
-pub const CONTRACT_VERSION: u32 = 1;
+pub const CONTRACT_VERSION: u32 = 2;
 
 macro_rules! fingerprint_literal {
     () => {
         concat!(
             "petnas-sdk ",
             env!("CARGO_PKG_VERSION"),
-            "; contract 1; ",
+            "; contract 2; ",
             env!("PETNAS_RUSTC_VERSION"),
             "; tch 0.24.0; libtorch 2.11.0; profile ",
             env!("PETNAS_BUILD_PROFILE")
@@ -45,7 +47,7 @@ macro_rules! fingerprint_literal {
 }
 
 /// What host and plugin must agree on byte for byte before any Rust value crosses between
-/// them. (`contract 1` repeats [`CONTRACT_VERSION`]: `concat!` takes literals only.)
+/// them. (`contract 2` repeats [`CONTRACT_VERSION`]: `concat!` takes literals only.)
 pub const FINGERPRINT: &str = fingerprint_literal!();
 
 /// [`FINGERPRINT`] as a C string, the form it takes inside a [`PluginDeclaration`].

@@ -10,6 +10,7 @@ use anyhow::Result;
 use serde_json::Value;
 use tch::Tensor;
 
+pub use crate::dropout::{Dropout, Rates};
 use crate::options::OptionSchema;
 
 /// What sits at a named place of the backbone. Sites are named like the Hugging Face modules
@@ -19,8 +20,9 @@ use crate::options::OptionSchema;
 pub enum SiteKind {
     /// A linear map `in_features → out_features` (with its bias); hooks see its input and output.
     Linear { in_features: i64, out_features: i64 },
-    /// A layer norm over `len` features; hooks see its input and normalised output.
-    LayerNorm { len: i64 },
+    /// A layer norm over `len` features with its `eps`; hooks see its input and normalised
+    /// output.
+    LayerNorm { len: i64, eps: f64 },
     /// The feed-forward activation (`encoder.layer.3.intermediate.act`); hooks see its input
     /// and output, `len` features wide.
     Activation { len: i64 },
@@ -39,15 +41,15 @@ pub struct Site {
 /// What a backbone calls at every site during its forward pass.
 pub trait SiteHooks {
     /// The site's output after the modules attached there, given its input and output;
-    /// `train` is on while training (for dropout).
-    fn apply(&self, site: &str, input: &Tensor, output: Tensor, train: bool) -> Tensor;
+    /// `dropout` is the pass's (off in evaluation).
+    fn apply(&self, site: &str, input: &Tensor, output: Tensor, dropout: &Dropout) -> Tensor;
 }
 
 /// No PET modules: the frozen backbone as it is.
 pub struct NoHooks;
 
 impl SiteHooks for NoHooks {
-    fn apply(&self, _site: &str, _input: &Tensor, output: Tensor, _train: bool) -> Tensor {
+    fn apply(&self, _site: &str, _input: &Tensor, output: Tensor, _dropout: &Dropout) -> Tensor {
         output
     }
 }
@@ -94,32 +96,6 @@ pub struct BackboneInfo {
     pub parameters: i64,
 }
 
-/// Dropout in a forward pass.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Dropout {
-    /// Evaluation: no dropout.
-    Off,
-    /// Training with the rates the checkpoint's config sets.
-    Configured,
-    /// Training with this rate for hidden states and attention alike.
-    Rate(f64),
-}
-
-impl Dropout {
-    pub fn training(self) -> bool {
-        self != Dropout::Off
-    }
-
-    /// The rate to use where the checkpoint configures `configured`.
-    pub fn rate(self, configured: f64) -> f64 {
-        match self {
-            Dropout::Off => 0.0,
-            Dropout::Configured => configured,
-            Dropout::Rate(p) => p,
-        }
-    }
-}
-
 /// A frozen pre-trained encoder exposing named sites.
 pub trait Backbone: Send + Sync {
     fn info(&self) -> &BackboneInfo;
@@ -127,7 +103,7 @@ pub trait Backbone: Send + Sync {
     fn sites(&self) -> Vec<Site>;
     fn tokenizer(&self) -> &dyn TextEncoder;
     /// Last hidden states `[batch, len, hidden]`.
-    fn forward(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: Dropout) -> Tensor;
+    fn forward(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Tensor;
     /// The frozen weights by their checkpoint names (for merging and export).
     fn weights(&self) -> Vec<(String, Tensor)>;
 }
@@ -199,7 +175,7 @@ pub trait PetModule: Send {
     fn pet_type(&self) -> &'static str;
     fn site(&self) -> &Site;
     /// The site's output with this module's contribution; masked entries count as zero.
-    fn apply(&self, input: &Tensor, output: Tensor, train: bool) -> Tensor;
+    fn apply(&self, input: &Tensor, output: Tensor, dropout: &Dropout) -> Tensor;
     /// The module's trainable tensors with their masks.
     fn params(&self) -> &crate::params::Params;
     fn params_mut(&mut self) -> &mut crate::params::Params;

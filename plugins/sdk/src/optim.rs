@@ -19,6 +19,8 @@ pub struct AdamW {
     pub m: Vec<Tensor>,
     pub v: Vec<Tensor>,
     pub steps: i64,
+    /// Forward passes under bf16 autocast (see [`crate::autocast`]).
+    pub bf16: bool,
 }
 
 /// Biases, LayerNorm parameters and bias-like deltas get no weight decay.
@@ -34,7 +36,17 @@ impl AdamW {
             let decay = decays(&n);
             (n, p, decay)
         });
-        AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay, params: params.collect(), m, v, steps: 0 }
+        AdamW {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay,
+            params: params.collect(),
+            m,
+            v,
+            steps: 0,
+            bf16: false,
+        }
     }
 
     pub fn zero_grad(&mut self) {
@@ -101,9 +113,10 @@ pub fn learning_rate(step: i64, total: i64, warmup: i64, peak: f64) -> f64 {
     peak * remaining.clamp(0.0, 1.0)
 }
 
-/// The task loss of a batch: cross-entropy, or mean squared error for regression.
-pub fn task_loss(model: &PetModel, batch: &Batch, train: bool) -> Result<Tensor> {
-    let logits = model.logits(batch, train)?;
+/// The task loss of a batch: cross-entropy, or mean squared error for regression; with
+/// `dropout_seed`, a training pass (see [`PetModel::logits`]).
+pub fn task_loss(model: &PetModel, batch: &Batch, dropout_seed: Option<u64>) -> Result<Tensor> {
+    let logits = model.logits(batch, dropout_seed)?;
     let labels = batch.labels.as_ref().context("the batch has no labels")?;
     Ok(if model.head.as_ref().is_some_and(|h| h.regression) {
         logits.squeeze_dim(1).mse_loss(&labels.to_kind(Kind::Float), tch::Reduction::Mean)
@@ -113,8 +126,10 @@ pub fn task_loss(model: &PetModel, batch: &Batch, train: bool) -> Result<Tensor>
 }
 
 impl AdamW {
-    /// One training step: loss, backward, clipping, update, masks re-applied. Returns the
-    /// loss, or an error naming the problem when the loss or gradient is not finite.
+    /// One training step: loss (dropout drawn from `dropout_seed`; under bf16 autocast when
+    /// `bf16`), backward, clipping,
+    /// update, masks re-applied. Returns the loss, or an error naming the problem when the
+    /// loss or gradient is not finite.
     pub fn train_step(
         &mut self,
         model: &PetModel,
@@ -122,8 +137,11 @@ impl AdamW {
         lr: f64,
         max_grad_norm: f64,
         masks: &BTreeMap<String, Tensor>,
+        dropout_seed: u64,
     ) -> Result<f64> {
-        let loss = task_loss(model, batch, true)?;
+        let loss = crate::autocast::bf16(self.bf16, model.backbone.device(), || {
+            task_loss(model, batch, Some(dropout_seed))
+        })??;
         let value = loss.double_value(&[]);
         self.zero_grad();
         loss.backward();

@@ -14,7 +14,7 @@ use crate::data::{BatchOptions, Labels, TokenizedSplit};
 use crate::init;
 use crate::metrics::{score, Scoring, Values};
 use crate::model::{
-    live_parameters, site_matches, Backbone, Batch, Dropout, PetModule, PetType, Site, SiteHooks,
+    live_parameters, site_matches, Backbone, Batch, Dropout, PetModule, PetType, Rates, Site, SiteHooks,
 };
 use crate::services::Services;
 
@@ -63,17 +63,17 @@ impl Head {
         &self.params.iter().find(|(n, _)| n == name).expect("head parameter").1
     }
 
-    fn forward(&self, hidden: &Tensor, train: bool) -> Tensor {
+    fn forward(&self, hidden: &Tensor, dropout: &Dropout) -> Tensor {
         let first = hidden.select(1, 0);
         let pooled = match &self.pooler {
             Some((w, b)) => first.linear(w, Some(b)).tanh(),
-            None => first
-                .dropout(HEAD_DROPOUT, train)
+            None => dropout
+                .apply(first, HEAD_DROPOUT)
                 .linear(self.param("dense.weight"), Some(self.param("dense.bias")))
                 .tanh(),
         };
-        pooled
-            .dropout(HEAD_DROPOUT, train)
+        dropout
+            .apply(pooled, HEAD_DROPOUT)
             .linear(self.param("classifier.weight"), Some(self.param("classifier.bias")))
     }
 }
@@ -275,16 +275,18 @@ impl PetModel {
         self.head = Some(Head::new(self.backbone.as_ref(), num_labels, regression, seed));
     }
 
-    /// Logits `[batch, num_labels]` (one column for regression).
-    pub fn logits(&self, batch: &Batch, train: bool) -> Result<Tensor> {
+    /// Logits `[batch, num_labels]` (one column for regression); with `dropout_seed`, a
+    /// training pass with dropout masks drawn from that seed.
+    pub fn logits(&self, batch: &Batch, dropout_seed: Option<u64>) -> Result<Tensor> {
         let head = self.head.as_ref().ok_or_else(|| anyhow!("the model has no task head: train it first"))?;
-        let dropout = match (train, self.training_dropout) {
-            (false, _) => Dropout::Off,
-            (true, Some(p)) => Dropout::Rate(p),
-            (true, None) => Dropout::Configured,
+        let dropout = match dropout_seed {
+            None => Dropout::off(),
+            Some(seed) => {
+                Dropout::training(self.training_dropout.map_or(Rates::Configured, Rates::Fixed), seed)
+            }
         };
-        let hidden = self.backbone.forward(batch, self, dropout);
-        Ok(head.forward(&hidden, train))
+        let hidden = self.backbone.forward(batch, self, &dropout);
+        Ok(head.forward(&hidden, &dropout))
     }
 
     /// Trainable tensors: `pet.<i>.<name>` and `head.<name>`.
@@ -326,7 +328,7 @@ impl PetModel {
 
     /// Predictions of a batch: class ids, or scores for regression.
     pub fn predict(&self, batch: &Batch) -> Result<Tensor> {
-        let logits = tch::no_grad(|| self.logits(batch, false))?;
+        let logits = tch::no_grad(|| self.logits(batch, None))?;
         Ok(match &self.head {
             Some(h) if h.regression => logits.squeeze_dim(1).to_kind(Kind::Float),
             _ => logits.argmax(1, false),
@@ -335,10 +337,10 @@ impl PetModel {
 }
 
 impl SiteHooks for PetModel {
-    fn apply(&self, site: &str, input: &Tensor, mut output: Tensor, train: bool) -> Tensor {
+    fn apply(&self, site: &str, input: &Tensor, mut output: Tensor, dropout: &Dropout) -> Tensor {
         if let Some(indices) = self.by_site.get(site) {
             for &i in indices {
-                output = self.modules[i].apply(input, output, train);
+                output = self.modules[i].apply(input, output, dropout);
             }
         }
         output

@@ -31,6 +31,7 @@ pub struct FitOptions {
     pub checkpoint_every: i64,
     pub pad_to: Option<usize>,
     pub dropout: Option<f64>,
+    pub bf16: Option<bool>,
 }
 
 /// What the fit reports into the model artifact.
@@ -60,6 +61,7 @@ pub fn fit(
     let warmup = (o.warmup_ratio * total as f64).round() as i64;
     let masks: BTreeMap<String, Tensor> = model.masks().into_iter().collect();
     let mut opt = AdamW::new(model.trainable(), o.weight_decay);
+    opt.bf16 = o.bf16.unwrap_or(ctx.dtype == tch::Kind::BFloat16);
     let ckpt_dir = ctx.checkpoint_dir()?.to_path_buf();
     let (mut state, mut best) = match checkpoint::load(&ckpt_dir, &mut opt)? {
         Some((state, best)) => {
@@ -90,14 +92,17 @@ pub fn fit(
         let rows =
             &epoch_rows.as_ref().expect("rows of this epoch").1[(state.step % steps_per_epoch) as usize];
         let batch = train.batch_padded(rows, info.pad_id, ctx.device, o.pad_to.unwrap_or(0));
-        // Dropout draws depend only on the seed and the step: a resumed fit repeats them.
-        tch::manual_seed(petnas_sdk::init::derive_seed(ctx.seed, &format!("step {}", state.step)) as i64);
+        // Dropout draws depend only on the seed and the step: a resumed fit repeats them
+        // (libtorch's generator is seeded too: it draws dropout on CUDA).
+        let dropout_seed = petnas_sdk::init::derive_seed(ctx.seed, &format!("step {}", state.step));
+        tch::manual_seed(dropout_seed as i64);
         match opt.train_step(
             model,
             &batch,
             learning_rate(state.step, total, warmup, o.lr),
             o.max_grad_norm,
             &masks,
+            dropout_seed,
         ) {
             Ok(loss) => {
                 loss_sum += loss;

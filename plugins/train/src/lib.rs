@@ -78,6 +78,12 @@ impl Stage for Fit {
                 Value::Null,
                 "hidden and attention dropout while training (default: the checkpoint's)",
             )
+            .opt(
+                "bf16",
+                OptType::Bool,
+                Value::Null,
+                "bf16 autocast while training (mixed precision, as transformers' `bf16=True`; parameters and optimizer state stay fp32); default: the pipeline's `dtype`",
+            )
     }
     fn input_kinds(&self) -> &'static [&'static str] {
         &[kinds::MODEL, kinds::DATASET]

@@ -1,0 +1,110 @@
+//! bf16 autocast (mixed precision), as `torch.autocast(device_type, dtype=torch.bfloat16)`:
+//! matrix products run in bf16, precision-sensitive ops (softmax, norms, losses) in fp32, and
+//! parameters and optimizer state stay fp32.
+//!
+//! tch only switches CUDA autocast on, in libtorch's default dtype (fp16). libtorch's
+//! per-device switches, `at::autocast::set_autocast_enabled` and `set_autocast_dtype`, are
+//! exported C++ functions taking one-byte enums, so they are looked up by their (Itanium ABI)
+//! names in the libtorch this process already has loaded.
+use std::sync::OnceLock;
+
+use anyhow::{anyhow, Result};
+use tch::Device;
+
+type SetEnabled = unsafe extern "C" fn(device_type: i8, enabled: bool);
+type IsEnabled = unsafe extern "C" fn(device_type: i8) -> bool;
+type SetDtype = unsafe extern "C" fn(device_type: i8, dtype: i8);
+type GetDtype = unsafe extern "C" fn(device_type: i8) -> i8;
+
+struct Switches {
+    set_enabled: SetEnabled,
+    is_enabled: IsEnabled,
+    set_dtype: SetDtype,
+    get_dtype: GetDtype,
+}
+
+/// `c10::DeviceType` and `c10::ScalarType` values (c10/core/DeviceType.h, ScalarType.h).
+const CPU: i8 = 0;
+const CUDA: i8 = 1;
+const BFLOAT16: i8 = 15;
+
+fn switches() -> Result<&'static Switches> {
+    static SWITCHES: OnceLock<Result<Switches, String>> = OnceLock::new();
+    SWITCHES
+        .get_or_init(|| {
+            let this = libloading::os::unix::Library::this();
+            // SAFETY: the names are libtorch's own exports (PyTorch 2.11, the version the
+            // fingerprint pins), and the types spell their C++ signatures: one-byte enums and
+            // bool passed by value, returning void, bool or a one-byte enum.
+            unsafe {
+                let symbol = |name: &str| -> Result<*const (), String> {
+                    this.get::<*const ()>(name.as_bytes())
+                        .map(|s| *s)
+                        .map_err(|e| format!("libtorch has no `{name}`: {e}"))
+                };
+                Ok(Switches {
+                    set_enabled: std::mem::transmute::<*const (), SetEnabled>(symbol(
+                        "_ZN2at8autocast20set_autocast_enabledEN3c1010DeviceTypeEb",
+                    )?),
+                    is_enabled: std::mem::transmute::<*const (), IsEnabled>(symbol(
+                        "_ZN2at8autocast19is_autocast_enabledEN3c1010DeviceTypeE",
+                    )?),
+                    set_dtype: std::mem::transmute::<*const (), SetDtype>(symbol(
+                        "_ZN2at8autocast18set_autocast_dtypeEN3c1010DeviceTypeENS1_10ScalarTypeE",
+                    )?),
+                    get_dtype: std::mem::transmute::<*const (), GetDtype>(symbol(
+                        "_ZN2at8autocast18get_autocast_dtypeEN3c1010DeviceTypeE",
+                    )?),
+                })
+            }
+        })
+        .as_ref()
+        .map_err(|e| anyhow!("bf16 autocast is unavailable: {e}"))
+}
+
+/// Runs `f` with bf16 autocast on `device`'s kind of device when `enabled`, else plainly.
+/// The previous autocast state is restored afterwards (and autocast's cast cache cleared).
+pub fn bf16<T>(enabled: bool, device: Device, f: impl FnOnce() -> T) -> Result<T> {
+    if !enabled {
+        return Ok(f());
+    }
+    let s = switches()?;
+    let device_type = if device == Device::Cpu { CPU } else { CUDA };
+    // SAFETY: see `switches`; the calls only flip libtorch's thread-local autocast state.
+    let (was_enabled, was_dtype) = unsafe { ((s.is_enabled)(device_type), (s.get_dtype)(device_type)) };
+    unsafe {
+        (s.set_dtype)(device_type, BFLOAT16);
+        (s.set_enabled)(device_type, true);
+    }
+    // SAFETY: torch-sys's C wrappers of libtorch's autocast nesting counter and cast cache.
+    unsafe { torch_sys::at_autocast_increment_nesting() };
+    let out = f();
+    unsafe {
+        if torch_sys::at_autocast_decrement_nesting() == 0 {
+            torch_sys::at_autocast_clear_cache();
+        }
+        (s.set_enabled)(device_type, was_enabled);
+        (s.set_dtype)(device_type, was_dtype);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use tch::{Device, Kind, Tensor};
+
+    #[test]
+    fn products_run_in_bf16_inside_and_fp32_outside() {
+        let x = Tensor::ones([4, 8], (Kind::Float, Device::Cpu));
+        let w = Tensor::ones([3, 8], (Kind::Float, Device::Cpu));
+        let inside =
+            super::bf16(true, Device::Cpu, || (x.linear::<Tensor>(&w, None), x.softmax(-1, None))).unwrap();
+        assert_eq!(inside.0.kind(), Kind::BFloat16);
+        assert_eq!(inside.1.kind(), Kind::Float);
+        assert_eq!(x.linear::<Tensor>(&w, None).kind(), Kind::Float);
+        assert_eq!(
+            super::bf16(false, Device::Cpu, || x.linear::<Tensor>(&w, None)).unwrap().kind(),
+            Kind::Float
+        );
+    }
+}
