@@ -54,7 +54,7 @@ fn check(dir: &Path) -> (Batch, Tensor) {
 
 fn assert_same_logits(model: &PetModel, dir: &Path, what: &str) {
     let (batch, want) = check(dir);
-    let got = tch::no_grad(|| model.logits(&batch, false).unwrap());
+    let got = tch::no_grad(|| model.logits(&batch, None).unwrap());
     let diff = (got - want).abs().max().double_value(&[]);
     assert!(diff < 1e-5, "{what}: logits differ by {diff}");
 }
@@ -130,6 +130,24 @@ fn lora_exports_to_a_merged_checkpoint_and_peft_folder_with_the_same_logits() {
         tensors.push((format!("pet.{i}.B"), b.shallow_clone()));
     }
     assert_same_logits(&reimport(&dir.join("peft/base"), pets, tensors, &adapter), &dir, "PEFT adapter");
+}
+
+#[test]
+fn full_fine_tuning_merges_into_a_checkpoint_with_the_same_logits() {
+    let (_s, dir) = export("[{type: full}]");
+    let merged_tensors = Tensor::read_safetensors(dir.join("merged/model.safetensors")).unwrap();
+    assert_same_logits(&reimport(&dir.join("merged"), vec![], vec![], &merged_tensors), &dir, "merged full");
+    let pretrained = Tensor::read_safetensors(Path::new(&tiny_model()).join("model.safetensors")).unwrap();
+    let changed = |name: &str| {
+        let find = |list: &[(String, Tensor)]| {
+            list.iter().find(|(n, _)| n.trim_start_matches("roberta.") == name).unwrap().1.shallow_clone()
+        };
+        (find(&merged_tensors) - find(&pretrained)).abs().max().double_value(&[]) > 0.0
+    };
+    for name in ["encoder.layer.0.attention.self.key.weight", "encoder.layer.1.output.LayerNorm.weight"] {
+        assert!(changed(name), "{name} was trained");
+    }
+    assert!(!changed("embeddings.word_embeddings.weight"), "embeddings stay frozen");
 }
 
 #[test]

@@ -40,6 +40,8 @@ fn every_pet_type_trains_from_its_plugin_file() {
             2 * 2 * (4 * 32 + 4 + 32 * 4 + 32),
         ),
         ("[{type: ia3}]", 2 * (32 + 32 + 64)),
+        // Every linear weight and bias, every LayerNorm gain and bias (the embeddings' too).
+        ("[{type: full}]", 2 * (4 * (32 * 32 + 32) + (32 * 64 + 64) + (64 * 32 + 32) + 2 * 64) + 64),
         (
             "[{type: adapter, placement: parallel, scaling: 4.0, bottleneck: 8}, {type: lora, rank: 2}]",
             2 * (8 * 32 + 8 + 32 * 8 + 32) + 2 * 2 * (2 * 32 + 32 * 2),
@@ -215,4 +217,33 @@ fn dropout_can_be_set_for_training() {
     let (_, bad) = fit_of("{epochs: 1, batch_size: 16, dropout: 1.5}");
     assert_eq!(bad.code, 1);
     assert!(bad.stdout.contains("`dropout` must be in [0, 1), got 1.5"), "{}", bad.stdout);
+}
+
+#[test]
+fn bf16_autocast_trains_in_mixed_precision_with_fp32_parameters() {
+    let pets = "[{type: lora, rank: 4}]";
+    let fit_of = |fit: &str| {
+        let s = Scratch::new();
+        s.write("p.yaml", &pipeline(pets, fit));
+        let run = s.petnas(&["run", "p.yaml"]);
+        assert_eq!(run.code, 0, "{fit}:\n{}", run.stderr);
+        s
+    };
+    let fp32 = fit_of("{epochs: 1, batch_size: 16}");
+    let bf16 = fit_of("{epochs: 1, batch_size: 16, bf16: true}");
+    let tensors = |s: &Scratch| {
+        let path = s.stage_dir("train", "default", "fit").join("outputs.safetensors");
+        tch::Tensor::read_safetensors(path).unwrap().into_iter().collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let (fp32, bf16) = (tensors(&fp32), tensors(&bf16));
+    assert_eq!(fp32.len(), bf16.len());
+    let mut largest = 0f64;
+    for (name, a) in &fp32 {
+        let b = &bf16[name];
+        assert_eq!(b.kind(), tch::Kind::Float, "{name}: parameters stay fp32");
+        assert!(b.isfinite().all().int64_value(&[]) == 1, "{name}: finite");
+        largest = largest.max((a - b).abs().max().double_value(&[]));
+    }
+    // bf16 products round differently: the runs part, but only by rounding, not divergence.
+    assert!(largest > 0.0 && largest < 0.05, "largest parameter difference {largest}");
 }

@@ -240,7 +240,7 @@ impl Stage for Export {
         let split = TokenizedSplit::from_artifact(data, &split_name)?;
         let rows: Vec<usize> = (0..split.len().min(o.check_examples)).collect();
         let batch = split.batch(&rows, info.pad_id, ctx.device);
-        let logits = tch::no_grad(|| model.logits(&batch, false))?.to_device(Device::Cpu);
+        let logits = tch::no_grad(|| model.logits(&batch, None))?.to_device(Device::Cpu);
         let as_rows = |t: &Tensor| -> Result<Vec<Vec<f64>>> {
             Ok(Vec::<Vec<f64>>::try_from(t.to_kind(tch::Kind::Double))?)
         };
