@@ -63,7 +63,7 @@ fn plugins_lists_stage_kinds_with_their_options() {
     );
     let pets: Vec<&str> =
         listing["pet_types"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
-    assert_eq!(pets, ["adapter", "bitfit", "ia3", "lora"]);
+    assert_eq!(pets, ["adapter", "bitfit", "full", "ia3", "lora"]);
     let commands: Vec<&str> =
         listing["commands"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(commands, ["encode", "glue-throughput", "score"]);
