@@ -85,12 +85,14 @@ impl Attention {
             // libtorch's fused kernels cannot drop attention probabilities on the CPU (its
             // fallback draws them with the slow `bernoulli_`): softmax(q·kᵀ/√d + mask)
             // explicitly, scale and mask fused into one batched product.
-            let shape = q.size();
-            let batched = |x: &Tensor| x.reshape([shape[0] * shape[1], shape[2], shape[3]]);
+            let batched = |x: &Tensor| {
+                let s = x.size();
+                x.reshape([s[0] * s[1], s[2], s[3]])
+            };
             let scores =
                 self.additive_mask.baddbmm(&batched(q), &batched(k).transpose(1, 2), 1.0, self.scale);
             let probabilities = dropout.apply(scores.softmax(-1, Kind::Float), self.dropout_rate);
-            return probabilities.bmm(&batched(v)).view(shape.as_slice());
+            return probabilities.bmm(&batched(v)).view(q.size().as_slice());
         }
         Tensor::scaled_dot_product_attention(
             q,
@@ -133,6 +135,66 @@ pub struct Encoder {
 }
 
 impl Encoder {
+    /// Last hidden states `[batch, len, hidden]`, or `[batch, 1, hidden]` of the first token
+    /// with `first_token_only`: the last layer then computes only what that token needs
+    /// (its query, attention and feed-forward; keys and values of every token) — the same
+    /// values for most of a layer's less work.
+    fn encode(
+        &self,
+        batch: &Batch,
+        hooks: &dyn SiteHooks,
+        dropout: &Dropout,
+        first_token_only: bool,
+    ) -> Tensor {
+        let c = &self.config;
+        let hidden_dropout = dropout.rate(c.hidden_dropout_prob);
+        let ids = &batch.input_ids;
+        let b = ids.size()[0];
+        let (heads, head_dim) = (c.num_attention_heads, c.hidden_size / c.num_attention_heads);
+        let embed = |table: &Tensor, ids: &Tensor| Tensor::embedding(table, ids, -1, false, false);
+        let embedded = embed(&self.word_embeddings, ids)
+            + embed(&self.position_embeddings, &self.position_ids(ids))
+            + embed(&self.token_type_embeddings, &batch.token_type_ids);
+        let mut hidden =
+            dropout.apply(self.embeddings_norm.forward(&embedded, hooks, dropout), hidden_dropout);
+        let attention = Attention::new(
+            &batch.attention_mask,
+            heads,
+            head_dim,
+            dropout.rate(c.attention_probs_dropout_prob),
+        );
+        let split = |x: Tensor| {
+            let positions = x.size()[1];
+            x.view([b, positions, heads, head_dim]).transpose(1, 2)
+        };
+        let last = self.layers.len().saturating_sub(1);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let queries =
+                if first_token_only && i == last { hidden.narrow(1, 0, 1) } else { hidden.shallow_clone() };
+            let q = split(layer.query.forward(&queries, hooks, dropout));
+            let k = split(layer.key.forward(&hidden, hooks, dropout));
+            let v = split(layer.value.forward(&hidden, hooks, dropout));
+            let context = attention.forward(&q, &k, &v, dropout).transpose(1, 2).reshape([
+                b,
+                queries.size()[1],
+                c.hidden_size,
+            ]);
+            let attended =
+                dropout.apply(layer.attention_output.forward(&context, hooks, dropout), hidden_dropout);
+            let attended = hooks.apply(&layer.attention_block, &queries, attended, dropout);
+            hidden = layer.attention_norm.forward(&(attended + &queries), hooks, dropout);
+            let inner = layer.intermediate.forward(&hidden, hooks, dropout);
+            let activated = hooks.apply(&layer.activation_site, &inner, self.activation(&inner), dropout);
+            let out = dropout.apply(layer.output.forward(&activated, hooks, dropout), hidden_dropout);
+            let out = hooks.apply(&layer.ffn_block, &hidden, out, dropout);
+            hidden = layer.output_norm.forward(&(out + &hidden), hooks, dropout);
+        }
+        if first_token_only && self.layers.is_empty() {
+            return hidden.narrow(1, 0, 1);
+        }
+        hidden
+    }
+
     pub fn load(dir: &Path, device: Device, tokenizer: Arc<dyn TextEncoder>) -> Result<Encoder> {
         let config = HfConfig::read(dir)?;
         let mut w = Weights::read(dir, &config.name_prefixes())?;
@@ -298,41 +360,11 @@ impl Backbone for Encoder {
     }
 
     fn forward(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Tensor {
-        let c = &self.config;
-        let hidden_dropout = dropout.rate(c.hidden_dropout_prob);
-        let ids = &batch.input_ids;
-        let (b, len) = (ids.size()[0], ids.size()[1]);
-        let (heads, head_dim) = (c.num_attention_heads, c.hidden_size / c.num_attention_heads);
-        let embed = |table: &Tensor, ids: &Tensor| Tensor::embedding(table, ids, -1, false, false);
-        let embedded = embed(&self.word_embeddings, ids)
-            + embed(&self.position_embeddings, &self.position_ids(ids))
-            + embed(&self.token_type_embeddings, &batch.token_type_ids);
-        let mut hidden =
-            dropout.apply(self.embeddings_norm.forward(&embedded, hooks, dropout), hidden_dropout);
-        let attention = Attention::new(
-            &batch.attention_mask,
-            heads,
-            head_dim,
-            dropout.rate(c.attention_probs_dropout_prob),
-        );
-        let split = |x: Tensor| x.view([b, len, heads, head_dim]).transpose(1, 2);
-        for layer in &self.layers {
-            let q = split(layer.query.forward(&hidden, hooks, dropout));
-            let k = split(layer.key.forward(&hidden, hooks, dropout));
-            let v = split(layer.value.forward(&hidden, hooks, dropout));
-            let context =
-                attention.forward(&q, &k, &v, dropout).transpose(1, 2).reshape([b, len, c.hidden_size]);
-            let attended =
-                dropout.apply(layer.attention_output.forward(&context, hooks, dropout), hidden_dropout);
-            let attended = hooks.apply(&layer.attention_block, &hidden, attended, dropout);
-            hidden = layer.attention_norm.forward(&(attended + &hidden), hooks, dropout);
-            let inner = layer.intermediate.forward(&hidden, hooks, dropout);
-            let activated = hooks.apply(&layer.activation_site, &inner, self.activation(&inner), dropout);
-            let out = dropout.apply(layer.output.forward(&activated, hooks, dropout), hidden_dropout);
-            let out = hooks.apply(&layer.ffn_block, &hidden, out, dropout);
-            hidden = layer.output_norm.forward(&(out + &hidden), hooks, dropout);
-        }
-        hidden
+        self.encode(batch, hooks, dropout, false)
+    }
+
+    fn forward_first_token(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Tensor {
+        self.encode(batch, hooks, dropout, true).squeeze_dim(1)
     }
 
     fn weights(&self) -> Vec<(String, Tensor)> {

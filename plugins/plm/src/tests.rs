@@ -104,6 +104,19 @@ fn training_attention_with_nothing_dropped_matches_the_fused_evaluation_path() {
 }
 
 #[test]
+fn the_first_token_path_gives_the_first_token_of_the_full_pass() {
+    let model = HfLoader.load(&workspace().join(crate::DEFAULT_MODEL), Device::Cpu).unwrap();
+    let batch = rte_batch(model.as_ref(), 64);
+    for dropout in [Dropout::off(), Dropout::training(Rates::Fixed(1e-9), 1)] {
+        let full = tch::no_grad(|| model.forward(&batch, &NoHooks, &dropout)).select(1, 0);
+        let first = tch::no_grad(|| model.forward_first_token(&batch, &NoHooks, &dropout));
+        assert_eq!(first.size(), full.size());
+        let diff = (first - full).abs().max().double_value(&[]);
+        assert!(diff < 1e-4, "training {}: max abs difference {diff}", dropout.is_training());
+    }
+}
+
+#[test]
 fn training_dropout_changes_the_output_and_repeats_with_its_seed() {
     let model = HfLoader.load(&workspace().join(crate::DEFAULT_MODEL), Device::Cpu).unwrap();
     let batch = rte_batch(model.as_ref(), 64);

@@ -104,6 +104,11 @@ pub trait Backbone: Send + Sync {
     fn tokenizer(&self) -> &dyn TextEncoder;
     /// Last hidden states `[batch, len, hidden]`.
     fn forward(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Tensor;
+    /// The first token's last hidden state `[batch, hidden]`, all a classification head reads;
+    /// a backbone may skip the last layer's work for the other positions.
+    fn forward_first_token(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Tensor {
+        self.forward(batch, hooks, dropout).select(1, 0)
+    }
     /// The frozen weights by their checkpoint names (for merging and export).
     fn weights(&self) -> Vec<(String, Tensor)>;
 }

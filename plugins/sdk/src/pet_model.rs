@@ -63,8 +63,8 @@ impl Head {
         &self.params.iter().find(|(n, _)| n == name).expect("head parameter").1
     }
 
-    fn forward(&self, hidden: &Tensor, dropout: &Dropout) -> Tensor {
-        let first = hidden.select(1, 0);
+    /// Logits from the first token's last hidden state `[batch, hidden]`.
+    fn forward(&self, first: Tensor, dropout: &Dropout) -> Tensor {
         let pooled = match &self.pooler {
             Some((w, b)) => first.linear(w, Some(b)).tanh(),
             None => dropout
@@ -285,8 +285,8 @@ impl PetModel {
                 Dropout::training(self.training_dropout.map_or(Rates::Configured, Rates::Fixed), seed)
             }
         };
-        let hidden = self.backbone.forward(batch, self, &dropout);
-        Ok(head.forward(&hidden, &dropout))
+        let first = self.backbone.forward_first_token(batch, self, &dropout);
+        Ok(head.forward(first, &dropout))
     }
 
     /// Trainable tensors: `pet.<i>.<name>` and `head.<name>`.
