@@ -85,6 +85,25 @@ fn report_groups_cells_by_task_and_method_with_medians_and_spread() {
 }
 
 #[test]
+fn report_leaves_out_stages_the_last_run_did_not_have() {
+    let s = fixture();
+    // The last run of `exp` had lora and s_lora only: bitfit's folders are from an earlier
+    // version of the pipeline.
+    let stages: Vec<serde_json::Value> = (1..=3)
+        .flat_map(|seed| {
+            ["lora", "s_lora"]
+                .map(|m| serde_json::json!({"cell": format!("task=rte,seed={seed}"), "stage": m}))
+        })
+        .chain([serde_json::json!({"cell": "task=mrpc,seed=1", "stage": "lora"})])
+        .collect();
+    s.write("runs/exp/run.json", &serde_json::json!({"stages": stages}).to_string());
+    let run = s.petnas(&["report", "runs/exp"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("| rte | s_lora |"), "{}", run.stdout);
+    assert!(!run.stdout.contains("bitfit"), "{}", run.stdout);
+}
+
+#[test]
 fn report_refuses_folders_without_runs() {
     let s = Scratch::new();
     std::fs::create_dir_all(s.path().join("empty")).unwrap();

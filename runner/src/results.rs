@@ -77,6 +77,7 @@ pub fn collect(dirs: &[PathBuf]) -> Result<Vec<Evaluated>> {
     for dir in dirs {
         for pipeline_dir in pipeline_dirs(dir)? {
             let pipeline = pipeline_dir.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
+            let ran = stages_of_last_run(&pipeline_dir);
             let mut cells: Vec<PathBuf> = std::fs::read_dir(&pipeline_dir)?
                 .flatten()
                 .map(|e| e.path())
@@ -95,12 +96,31 @@ pub fn collect(dirs: &[PathBuf]) -> Result<Vec<Evaluated>> {
                     .collect();
                 stages.sort();
                 for stage_dir in stages {
+                    let stage = stage_dir.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
+                    if ran.as_ref().is_some_and(|ran| !ran.contains(&(cell.clone(), stage))) {
+                        continue;
+                    }
                     out.push(read_result(&stage_dir, &pipeline, &cell)?);
                 }
             }
         }
     }
     Ok(out)
+}
+
+/// The (cell, stage) pairs that the pipeline's last run had, from its run.json: folders an
+/// earlier version of the pipeline left behind are not its results. None when run.json lists
+/// no stages.
+fn stages_of_last_run(pipeline_dir: &Path) -> Option<std::collections::BTreeSet<(String, String)>> {
+    let run: Value =
+        serde_json::from_str(&std::fs::read_to_string(pipeline_dir.join("run.json")).ok()?).ok()?;
+    let stages = run["stages"].as_array()?;
+    Some(
+        stages
+            .iter()
+            .filter_map(|s| Some((s["cell"].as_str()?.to_string(), s["stage"].as_str()?.to_string())))
+            .collect(),
+    )
 }
 
 fn read_result(stage_dir: &Path, pipeline: &str, cell: &str) -> Result<Evaluated> {
