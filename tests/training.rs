@@ -197,35 +197,33 @@ fn pet_options_are_checked_before_anything_runs() {
     );
 }
 
+/// Runs the pipeline with LoRA rank 4 and the given `train.fit` options.
+fn lora_fit(fit: &str) -> (Scratch, petnas_e2e::Run) {
+    let s = Scratch::new();
+    s.write("p.yaml", &pipeline("[{type: lora, rank: 4}]", fit));
+    let run = s.petnas(&["run", "p.yaml"]);
+    (s, run)
+}
+
 #[test]
 fn dropout_can_be_set_for_training() {
-    let pets = "[{type: lora, rank: 4}]";
-    let fit_of = |fit: &str| {
-        let s = Scratch::new();
-        s.write("p.yaml", &pipeline(pets, fit));
-        let run = s.petnas(&["run", "p.yaml"]);
-        (s, run)
-    };
-    let (configured, run) = fit_of("{epochs: 1, batch_size: 16}");
+    let (configured, run) = lora_fit("{epochs: 1, batch_size: 16}");
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let (none, run) = fit_of("{epochs: 1, batch_size: 16, dropout: 0.0}");
+    let (none, run) = lora_fit("{epochs: 1, batch_size: 16, dropout: 0.0}");
     assert_eq!(run.code, 0, "{}", run.stderr);
     let weights = |s: &Scratch| {
         std::fs::read(s.stage_dir("train", "default", "fit").join("outputs.safetensors")).unwrap()
     };
     assert!(weights(&configured) != weights(&none), "switching dropout off changes training");
-    let (_, bad) = fit_of("{epochs: 1, batch_size: 16, dropout: 1.5}");
+    let (_, bad) = lora_fit("{epochs: 1, batch_size: 16, dropout: 1.5}");
     assert_eq!(bad.code, 1);
     assert!(bad.stdout.contains("`dropout` must be in [0, 1), got 1.5"), "{}", bad.stdout);
 }
 
 #[test]
 fn bf16_autocast_trains_in_mixed_precision_with_fp32_parameters() {
-    let pets = "[{type: lora, rank: 4}]";
     let fit_of = |fit: &str| {
-        let s = Scratch::new();
-        s.write("p.yaml", &pipeline(pets, fit));
-        let run = s.petnas(&["run", "p.yaml"]);
+        let (s, run) = lora_fit(fit);
         assert_eq!(run.code, 0, "{fit}:\n{}", run.stderr);
         s
     };

@@ -62,9 +62,11 @@ impl LayerNorm {
 struct Attention {
     /// True where a query may attend: every real token of the sequence, `[batch, 1, 1, len]`.
     attend: Tensor,
-    /// For the explicit path: 0 where a query may attend and -inf elsewhere,
-    /// `[batch · heads, 1, len]`.
-    additive_mask: Tensor,
+    /// Set when attention probabilities are dropped on the CPU, which libtorch's fused
+    /// kernels cannot do (their fallback draws them with the slow `bernoulli_`): then
+    /// softmax(q·kᵀ/√d + mask) runs explicitly, with this mask, 0 where a query may attend and
+    /// -inf elsewhere, `[batch · heads, 1, len]`.
+    explicit_mask: Option<Tensor>,
     scale: f64,
     dropout_rate: f64,
 }
@@ -73,24 +75,23 @@ impl Attention {
     fn new(attention_mask: &Tensor, heads: i64, head_dim: i64, dropout_rate: f64) -> Attention {
         let (b, len) = (attention_mask.size()[0], attention_mask.size()[1]);
         let attend = attention_mask.to_kind(Kind::Bool).view([b, 1, 1, len]);
-        let additive_mask = Tensor::zeros([b, 1, 1, len], (Kind::Float, attend.device()))
-            .masked_fill(&attend.logical_not(), f64::NEG_INFINITY)
-            .expand([b, heads, 1, len], false)
-            .reshape([b * heads, 1, len]);
-        Attention { attend, additive_mask, scale: 1.0 / (head_dim as f64).sqrt(), dropout_rate }
+        let explicit_mask = (dropout_rate > 0.0 && attend.device() == Device::Cpu).then(|| {
+            Tensor::zeros([b, 1, 1, len], (Kind::Float, Device::Cpu))
+                .masked_fill(&attend.logical_not(), f64::NEG_INFINITY)
+                .expand([b, heads, 1, len], false)
+                .reshape([b * heads, 1, len])
+        });
+        Attention { attend, explicit_mask, scale: 1.0 / (head_dim as f64).sqrt(), dropout_rate }
     }
 
     fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor, dropout: &Dropout) -> Tensor {
-        if self.dropout_rate > 0.0 && q.device() == Device::Cpu {
-            // libtorch's fused kernels cannot drop attention probabilities on the CPU (its
-            // fallback draws them with the slow `bernoulli_`): softmax(q·kᵀ/√d + mask)
-            // explicitly, scale and mask fused into one batched product.
+        if let Some(mask) = &self.explicit_mask {
             let batched = |x: &Tensor| {
                 let s = x.size();
                 x.reshape([s[0] * s[1], s[2], s[3]])
             };
-            let scores =
-                self.additive_mask.baddbmm(&batched(q), &batched(k).transpose(1, 2), 1.0, self.scale);
+            // Scale and mask fused into one batched product.
+            let scores = mask.baddbmm(&batched(q), &batched(k).transpose(1, 2), 1.0, self.scale);
             let probabilities = dropout.apply(scores.softmax(-1, Kind::Float), self.dropout_rate);
             return probabilities.bmm(&batched(v)).view(q.size().as_slice());
         }

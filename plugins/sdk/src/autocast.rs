@@ -37,29 +37,27 @@ fn switches() -> Result<&'static Switches> {
             // fingerprint pins), and the types spell their C++ signatures: one-byte enums and
             // bool passed by value, returning void, bool or a one-byte enum.
             unsafe {
-                let symbol = |name: &str| -> Result<*const (), String> {
-                    this.get::<*const ()>(name.as_bytes())
-                        .map(|s| *s)
-                        .map_err(|e| format!("libtorch has no `{name}`: {e}"))
-                };
                 Ok(Switches {
-                    set_enabled: std::mem::transmute::<*const (), SetEnabled>(symbol(
-                        "_ZN2at8autocast20set_autocast_enabledEN3c1010DeviceTypeEb",
-                    )?),
-                    is_enabled: std::mem::transmute::<*const (), IsEnabled>(symbol(
-                        "_ZN2at8autocast19is_autocast_enabledEN3c1010DeviceTypeE",
-                    )?),
-                    set_dtype: std::mem::transmute::<*const (), SetDtype>(symbol(
+                    set_enabled: symbol(&this, "_ZN2at8autocast20set_autocast_enabledEN3c1010DeviceTypeEb")?,
+                    is_enabled: symbol(&this, "_ZN2at8autocast19is_autocast_enabledEN3c1010DeviceTypeE")?,
+                    set_dtype: symbol(
+                        &this,
                         "_ZN2at8autocast18set_autocast_dtypeEN3c1010DeviceTypeENS1_10ScalarTypeE",
-                    )?),
-                    get_dtype: std::mem::transmute::<*const (), GetDtype>(symbol(
-                        "_ZN2at8autocast18get_autocast_dtypeEN3c1010DeviceTypeE",
-                    )?),
+                    )?,
+                    get_dtype: symbol(&this, "_ZN2at8autocast18get_autocast_dtypeEN3c1010DeviceTypeE")?,
                 })
             }
         })
         .as_ref()
         .map_err(|e| anyhow!("bf16 autocast is unavailable: {e}"))
+}
+
+/// The function `name` of the process's libtorch, as a `T` (a function pointer type).
+///
+/// # Safety
+/// `T` must be the function's true signature.
+unsafe fn symbol<T: Copy>(lib: &libloading::os::unix::Library, name: &str) -> Result<T, String> {
+    unsafe { lib.get::<T>(name.as_bytes()) }.map(|s| *s).map_err(|e| format!("libtorch has no `{name}`: {e}"))
 }
 
 /// Runs `f` with bf16 autocast on `device`'s kind of device when `enabled`, else plainly.
