@@ -242,6 +242,7 @@ impl Encoder {
                 num_heads: config.num_attention_heads,
                 vocab_size: config.vocab_size,
                 parameters: 0,
+                classifier_dropout: config.classifier_dropout.unwrap_or(config.hidden_dropout_prob),
             },
             device,
             word_embeddings,

@@ -28,6 +28,8 @@ pub struct HfConfig {
     #[serde(default = "default_dropout")]
     pub attention_probs_dropout_prob: f64,
     #[serde(default)]
+    pub classifier_dropout: Option<f64>,
+    #[serde(default)]
     pub pad_token_id: Option<i64>,
     #[serde(default)]
     pub position_embedding_type: Option<String>,

@@ -128,6 +128,23 @@ fn training_dropout_changes_the_output_and_repeats_with_its_seed() {
     assert!((pass(5) - evaluation).abs().max().double_value(&[]) > 1e-3);
 }
 
+#[test]
+fn a_training_dropout_of_zero_switches_off_the_heads_dropout_too() {
+    let backbone = HfLoader.load(&workspace().join(crate::DEFAULT_MODEL), Device::Cpu).unwrap();
+    let batch = rte_batch(backbone.as_ref(), 64);
+    let mut model = petnas_sdk::pet_model::PetModel::new(backbone, "hf");
+    model.ensure_head(1, true, 3);
+    let logits =
+        |model: &petnas_sdk::pet_model::PetModel, seed| tch::no_grad(|| model.logits(&batch, seed)).unwrap();
+    let evaluation = logits(&model, None);
+    // The checkpoint's rates (classifier dropout 0.1 included) change the logits…
+    assert!((logits(&model, Some(5)) - &evaluation).abs().max().double_value(&[]) > 1e-4);
+    // …and `dropout: 0` leaves no dropout anywhere: training logits are evaluation logits.
+    model.training_dropout = Some(0.0);
+    let diff = (logits(&model, Some(5)) - &evaluation).abs().max().double_value(&[]);
+    assert!(diff < 1e-5, "max abs difference {diff}");
+}
+
 /// GLUE sentences (with their quirks: quotes, accents, long pairs) for tokenizer checks.
 fn glue_sentences() -> Vec<(String, Option<String>)> {
     let text = std::fs::read_to_string(workspace().join("tests/fixtures/glue/RTE/dev.tsv")).unwrap();

@@ -94,6 +94,9 @@ pub struct BackboneInfo {
     pub vocab_size: i64,
     /// Parameters of the encoder (the base of "% of the PLM" budgets).
     pub parameters: i64,
+    /// Dropout before a sequence-classification head, as Hugging Face's classifiers take it:
+    /// the config's `classifier_dropout`, else its `hidden_dropout_prob`.
+    pub classifier_dropout: f64,
 }
 
 /// A frozen pre-trained encoder exposing named sites.

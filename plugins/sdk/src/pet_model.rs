@@ -18,9 +18,6 @@ use crate::model::{
 };
 use crate::services::Services;
 
-/// Dropout before the head's layers, as in BERT's sequence classifiers.
-const HEAD_DROPOUT: f64 = 0.1;
-
 /// A sequence-classification (or regression) head on the first token: the backbone's
 /// pre-trained pooler (frozen) when it has one, else a new dense layer, then tanh and a
 /// linear classifier.
@@ -63,17 +60,19 @@ impl Head {
         &self.params.iter().find(|(n, _)| n == name).expect("head parameter").1
     }
 
-    /// Logits from the first token's last hidden state `[batch, hidden]`.
-    fn forward(&self, first: Tensor, dropout: &Dropout) -> Tensor {
+    /// Logits from the first token's last hidden state `[batch, hidden]`, with dropout
+    /// before the head's layers at `rate` while training (as BERT's and RoBERTa's sequence
+    /// classifiers).
+    fn forward(&self, first: Tensor, dropout: &Dropout, rate: f64) -> Tensor {
         let pooled = match &self.pooler {
             Some((w, b)) => first.linear(w, Some(b)).tanh(),
             None => dropout
-                .apply(first, HEAD_DROPOUT)
+                .apply(first, rate)
                 .linear(self.param("dense.weight"), Some(self.param("dense.bias")))
                 .tanh(),
         };
         dropout
-            .apply(pooled, HEAD_DROPOUT)
+            .apply(pooled, rate)
             .linear(self.param("classifier.weight"), Some(self.param("classifier.bias")))
     }
 }
@@ -286,7 +285,7 @@ impl PetModel {
             }
         };
         let first = self.backbone.forward_first_token(batch, self, &dropout);
-        Ok(head.forward(first, &dropout))
+        Ok(head.forward(first, &dropout, dropout.rate(self.backbone.info().classifier_dropout)))
     }
 
     /// Trainable tensors: `pet.<i>.<name>` and `head.<name>`.

@@ -76,7 +76,7 @@ impl Stage for Fit {
                 "dropout",
                 OptType::Float,
                 Value::Null,
-                "hidden and attention dropout while training (default: the checkpoint's)",
+                "hidden, attention and classifier dropout while training (default: the checkpoint's)",
             )
             .opt(
                 "bf16",
