@@ -126,6 +126,7 @@ impl Matrix {
                 continue;
             };
             let mut rule = Vec::new();
+            let errors_before = errors.len();
             for (axis, axis_pos, value) in entries {
                 let Some((_, values)) = self.axes.iter().find(|(a, _)| a == axis) else {
                     errors.push(self.unknown_axis(axis, file, *axis_pos));
@@ -147,7 +148,11 @@ impl Matrix {
                     )),
                 }
             }
-            self.exclude.push(rule);
+            // A rule with a wrong entry is not kept in part: what is left of it would exclude
+            // more than was written (and report "no cell left" on top of the real error).
+            if errors.len() == errors_before {
+                self.exclude.push(rule);
+            }
         }
     }
 
@@ -322,6 +327,14 @@ mod tests {
             (5, "unknown matrix axis `sede`"),
         ]);
         assert_eq!(errors[4].help.as_deref(), Some("did you mean `seed`?"));
+    }
+
+    #[test]
+    fn an_exclude_rule_with_a_wrong_value_excludes_nothing() {
+        let (m, errors) = matrix("task: [mrpc]\nepochs: [3, 5]\nexclude:\n  - {task: stsb, epochs: 3}\n");
+        let got: Vec<&str> = errors.iter().map(|e| e.message.as_str()).collect();
+        assert_eq!(got, ["`exclude` names `stsb`, which is not a value of axis `task`"]);
+        assert_eq!(m.cells().len(), 2, "the rule's other entry (epochs: 3) must not act alone");
     }
 
     #[test]
