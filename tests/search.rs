@@ -258,7 +258,10 @@ fn structured_checkpoint(s: &Scratch) -> bool {
     std::fs::read_dir(&dir)
         .map(|d| {
             d.flatten().any(|e| {
-                e.file_name().to_string_lossy().starts_with("structured-")
+                let name = e.file_name().to_string_lossy().into_owned();
+                // Not the copy being written (`.tmp`), which is no checkpoint yet.
+                name.starts_with("structured-")
+                    && !name.ends_with(".tmp")
                     && Path::new(&e.path()).join("outputs.json").exists()
             })
         })
