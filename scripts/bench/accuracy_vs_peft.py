@@ -1,10 +1,14 @@
 """LoRA fine-tuning accuracy in transformers + PEFT with the recipe of
 pipelines/accuracy-vs-peft.yaml (LoRA r=8, alpha 16 on query and value, AdamW lr 1e-3 without
 weight decay, 6% warm-up then linear decay, clipping at 1.0, batch 32, 128 tokens padded per
-batch, evaluation each epoch keeping the best), on the same GLUE files, seeds 1-3; prints one
-JSON line per task and seed.
+batch, evaluation each epoch keeping the best; 3 epochs on MRPC, 5 on STS-B), on the same
+GLUE files, seeds 1-3; prints one JSON line per task and seed: the best dev value and each
+epoch's.
 
-    GLUE_DIR=… EPOCHS=3 .venv/bin/python scripts/bench/accuracy_vs_peft.py
+    GLUE_DIR=… .venv/bin/python scripts/bench/accuracy_vs_peft.py
+
+TASKS (default "mrpc stsb"), SEEDS (default "1 2 3"), EPOCHS (default: the task's) and
+THREADS narrow or widen the run.
 """
 import json
 import os
@@ -20,6 +24,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_
 
 ROOT = Path(__file__).resolve().parents[2]
 TASKS = {"mrpc": ("MRPC", 3, 4, 0, 2), "stsb": ("STS-B", 7, 8, 9, 1)}  # folder, text a, text b, label, labels
+EPOCHS = {"mrpc": 3, "stsb": 5}
 
 
 def read(path, task):
@@ -55,7 +60,7 @@ def run(task, seed, glue, epochs):
     steps_per_epoch = (len(train) + 31) // 32
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.0)
     schedule = get_linear_schedule_with_warmup(opt, round(0.06 * steps_per_epoch * epochs), steps_per_epoch * epochs)
-    best = float("-inf")
+    per_epoch = []
     model.train()
     for epoch in range(epochs):
         order = torch.randperm(len(train)).tolist()
@@ -68,17 +73,19 @@ def run(task, seed, glue, epochs):
             opt.step()
             schedule.step()
             opt.zero_grad()
-        best = max(best, evaluate(model, tokenizer, dev, task))
-    return best
+        per_epoch.append(evaluate(model, tokenizer, dev, task))
+    return per_epoch
 
 
 def main():
     glue = Path(os.environ.get("GLUE_DIR", ROOT.parent / "shared" / "data" / "glue"))
-    epochs = int(os.environ.get("EPOCHS", "3"))
     torch.set_num_threads(int(os.environ.get("THREADS", str(os.cpu_count() or 1))))
-    for task in TASKS:
-        for seed in (1, 2, 3):
-            print(json.dumps({"task": task, "seed": seed, "value": run(task, seed, glue, epochs)}), flush=True)
+    for task in os.environ.get("TASKS", " ".join(TASKS)).split():
+        if task not in TASKS:
+            raise SystemExit(f"TASKS: unknown task {task!r} (one of {', '.join(TASKS)})")
+        for seed in (int(s) for s in os.environ.get("SEEDS", "1 2 3").split()):
+            per_epoch = run(task, seed, glue, int(os.environ.get("EPOCHS", EPOCHS[task])))
+            print(json.dumps({"task": task, "seed": seed, "value": max(per_epoch), "per_epoch": per_epoch}), flush=True)
 
 
 if __name__ == "__main__":
