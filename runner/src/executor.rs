@@ -446,7 +446,11 @@ impl Job {
         };
         drop(_log);
         store::commit(&temp, &self.dir, &artifact, &record)?;
-        std::fs::remove_dir_all(store::checkpoint_dir(&self.cell_dir, &self.stage_id, &self.key)).ok();
+        petnas_sdk::artifact::remove_checkpoint(&store::checkpoint_dir(
+            &self.cell_dir,
+            &self.stage_id,
+            &self.key,
+        ));
         Ok((Arc::new(artifact), record))
     }
 }

@@ -82,16 +82,9 @@ pub fn temp_dir(cell_dir: &Path, stage: &str) -> Result<PathBuf> {
 pub fn commit(temp: &Path, dir: &Path, artifact: &Artifact, record: &StageRecord) -> Result<()> {
     artifact.save(temp)?;
     write_json_atomic(&temp.join(STAGE_RECORD), &serde_json::to_value(record)?)?;
-    if dir.exists() {
-        // The stale result goes aside first: rename cannot replace a non-empty folder.
-        let aside = temp
-            .with_file_name(format!(".old-{}", temp.file_name().and_then(|n| n.to_str()).unwrap_or("stage")));
-        fs::rename(dir, &aside).with_context(|| format!("cannot move aside {}", dir.display()))?;
-        fs::rename(temp, dir).with_context(|| format!("cannot move {} into place", temp.display()))?;
-        fs::remove_dir_all(&aside).ok();
-    } else {
-        fs::rename(temp, dir).with_context(|| format!("cannot move {} into place", temp.display()))?;
-    }
+    let aside =
+        temp.with_file_name(format!(".old-{}", temp.file_name().and_then(|n| n.to_str()).unwrap_or("stage")));
+    petnas_sdk::artifact::replace_dir(temp, dir, &aside)?;
     sync_dir(dir.parent().unwrap_or(dir));
     Ok(())
 }

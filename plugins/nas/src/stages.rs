@@ -189,10 +189,7 @@ impl Stage for PruneStructured {
         let checkpoints = ctx.checkpoint_dir()?.to_path_buf();
         let mut first_round = 1;
         let mut history: Vec<Value> = Vec::new();
-        let previous = checkpoints.with_extension("previous");
-        let saved =
-            Artifact::read(&checkpoints, ctx.device).or_else(|_| Artifact::read(&previous, ctx.device));
-        if let Ok(saved) = saved {
+        if let Ok(saved) = Artifact::read_checkpoint(&checkpoints, ctx.device) {
             model = PetModel::load(&saved, ctx.services(), ctx.device, true)?;
             first_round = saved.meta["notes"]["pruning_round"].as_u64().context("checkpoint without round")?
                 as usize
@@ -218,26 +215,10 @@ impl Stage for PruneStructured {
             model.notes.insert("pruning".into(), Value::Array(history.clone()));
             model.notes.insert("pruning_round".into(), json!(r));
             if r < rounds {
-                // Written aside, then swapped in: whenever the run is killed, the checkpoint
-                // or the one before it (kept as `previous` during the swap) is complete.
-                let temp = checkpoints.with_extension("tmp");
-                std::fs::remove_dir_all(&temp).ok();
-                std::fs::create_dir_all(&temp)?;
-                model.to_artifact().save(&temp)?;
-                std::fs::remove_dir_all(&previous).ok();
-                if checkpoints.join("outputs.json").exists() {
-                    std::fs::rename(&checkpoints, &previous)?;
-                } else {
-                    std::fs::remove_dir_all(&checkpoints).ok();
-                }
-                std::fs::rename(&temp, &checkpoints)?;
-                std::fs::remove_dir_all(&previous).ok();
+                model.to_artifact().save_checkpoint(&checkpoints)?;
             }
             ctx.progress().advance(1);
         }
-        // The runner removes the checkpoint itself once the stage is done; not its siblings.
-        std::fs::remove_dir_all(&previous).ok();
-        std::fs::remove_dir_all(checkpoints.with_extension("tmp")).ok();
         model.notes.remove("pruning_round");
         model.notes.insert("structured_budget".into(), json!(budget));
         Ok(model.to_artifact())

@@ -5,6 +5,7 @@
 //! `outputs.safetensors` (the tensors) and `outputs.json` (kind and metadata), which is all
 //! a later run needs to reuse it.
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -57,6 +58,33 @@ impl Artifact {
 pub const OUTPUTS_JSON: &str = "outputs.json";
 pub const OUTPUTS_TENSORS: &str = "outputs.safetensors";
 
+/// Moves the folder `temp` to `dir`, replacing what is there. The old folder goes to `aside`
+/// first (rename cannot replace a non-empty folder) and is removed last, so whenever the
+/// process dies, `dir` or `aside` holds a complete folder.
+pub fn replace_dir(temp: &Path, dir: &Path, aside: &Path) -> Result<()> {
+    if dir.exists() {
+        // Only now may an older `aside` go: until `dir` is complete again, it may be the one.
+        std::fs::remove_dir_all(aside).ok();
+        std::fs::rename(dir, aside).with_context(|| format!("cannot move aside {}", dir.display()))?;
+    }
+    std::fs::rename(temp, dir).with_context(|| format!("cannot move {} into place", temp.display()))?;
+    std::fs::remove_dir_all(aside).ok();
+    Ok(())
+}
+
+/// A folder beside the checkpoint `dir`: where the next one is written (`tmp`), or where the
+/// last one waits while it is replaced (`previous`).
+fn checkpoint_sibling(dir: &Path, role: &str) -> PathBuf {
+    dir.with_extension(role)
+}
+
+/// Removes a stage's checkpoint folder and what [`Artifact::save_checkpoint`] left beside it.
+pub fn remove_checkpoint(dir: &Path) {
+    for path in [dir.to_path_buf(), checkpoint_sibling(dir, "tmp"), checkpoint_sibling(dir, "previous")] {
+        std::fs::remove_dir_all(path).ok();
+    }
+}
+
 impl Artifact {
     /// Writes `outputs.json` (kind and metadata) and, if there are tensors,
     /// `outputs.safetensors` into `dir`.
@@ -76,6 +104,26 @@ impl Artifact {
                 .with_context(|| format!("cannot write {}", path.display()))?;
         }
         Ok(())
+    }
+
+    /// Saves the artifact as the checkpoint in `dir`, replacing the one there: whenever the
+    /// process dies, [`Artifact::read_checkpoint`] finds a complete checkpoint, this one or
+    /// the one before.
+    pub fn save_checkpoint(&self, dir: &Path) -> Result<()> {
+        let temp = checkpoint_sibling(dir, "tmp");
+        std::fs::remove_dir_all(&temp).ok();
+        std::fs::create_dir_all(&temp).with_context(|| format!("cannot create {}", temp.display()))?;
+        self.save(&temp)?;
+        if !dir.join(OUTPUTS_JSON).exists() {
+            // The empty folder the runner hands out is no checkpoint to keep aside.
+            std::fs::remove_dir_all(dir).ok();
+        }
+        replace_dir(&temp, dir, &checkpoint_sibling(dir, "previous"))
+    }
+
+    /// The checkpoint [`Artifact::save_checkpoint`] last completed in `dir`.
+    pub fn read_checkpoint(dir: &Path, device: tch::Device) -> Result<Artifact> {
+        Artifact::read(dir, device).or_else(|_| Artifact::read(&checkpoint_sibling(dir, "previous"), device))
     }
 
     /// Reads what [`Artifact::save`] wrote, tensors moved to `device`.
@@ -132,5 +180,45 @@ impl Inputs {
         }
         let parts: Vec<String> = self.by_stage.iter().map(|(s, a)| format!("{s}: {}", a.kind)).collect();
         parts.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn checkpoint(round: i64) -> Artifact {
+        Artifact::new("model", json!({"round": round})).with_tensor("w", Tensor::from_slice(&[round as f32]))
+    }
+
+    fn round_of(dir: &Path) -> i64 {
+        Artifact::read_checkpoint(dir, tch::Device::Cpu).unwrap().meta["round"].as_i64().unwrap()
+    }
+
+    #[test]
+    fn a_checkpoint_survives_a_kill_at_any_point_of_its_replacement() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("structured-0123");
+        // The runner hands stages an empty checkpoint folder.
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(Artifact::read_checkpoint(&dir, tch::Device::Cpu).is_err());
+        checkpoint(1).save_checkpoint(&dir).unwrap();
+        checkpoint(2).save_checkpoint(&dir).unwrap();
+        assert_eq!(round_of(&dir), 2);
+        // Killed while writing round 3: a partial copy beside it is ignored.
+        std::fs::create_dir_all(dir.with_extension("tmp")).unwrap();
+        std::fs::write(dir.with_extension("tmp").join(OUTPUTS_JSON), "{").unwrap();
+        assert_eq!(round_of(&dir), 2);
+        // Killed between the two renames: round 2 waits aside and is found there, beside the
+        // empty folder the resumed run is handed.
+        std::fs::rename(&dir, dir.with_extension("previous")).unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(round_of(&dir), 2);
+        checkpoint(3).save_checkpoint(&dir).unwrap();
+        assert_eq!(round_of(&dir), 3);
+        assert!(!dir.with_extension("tmp").exists() && !dir.with_extension("previous").exists());
+        remove_checkpoint(&dir);
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0, "nothing left behind");
     }
 }
