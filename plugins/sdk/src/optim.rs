@@ -104,10 +104,12 @@ impl AdamW {
     }
 }
 
-/// Linear warm-up over `warmup` steps to `peak`, then linear decay to 0 at `total`.
+/// Linear warm-up over `warmup` steps to `peak`, then linear decay to 0 at `total`: the
+/// schedule of transformers' `get_linear_schedule_with_warmup`, whose first step runs at 0
+/// (it still feeds AdamW's moments), so a recipe's `warmup_ratio` means the same in both.
 pub fn learning_rate(step: i64, total: i64, warmup: i64, peak: f64) -> f64 {
-    if warmup > 0 && step < warmup {
-        return peak * (step + 1) as f64 / warmup as f64;
+    if step < warmup {
+        return peak * step as f64 / warmup as f64;
     }
     let remaining = (total - step) as f64 / (total - warmup).max(1) as f64;
     peak * remaining.clamp(0.0, 1.0)
@@ -190,8 +192,9 @@ mod tests {
 
     #[test]
     fn warmup_then_linear_decay() {
-        assert_eq!(learning_rate(0, 100, 10, 1.0), 0.1);
-        assert_eq!(learning_rate(9, 100, 10, 1.0), 1.0);
+        assert_eq!(learning_rate(0, 100, 10, 1.0), 0.0);
+        assert_eq!(learning_rate(1, 100, 10, 1.0), 0.1);
+        assert_eq!(learning_rate(9, 100, 10, 1.0), 0.9);
         assert_eq!(learning_rate(10, 100, 10, 1.0), 1.0);
         assert!((learning_rate(55, 100, 10, 1.0) - 0.5).abs() < 1e-12);
         assert_eq!(learning_rate(100, 100, 10, 1.0), 0.0);
