@@ -1,17 +1,25 @@
 """Checks that petnas trains LoRA exactly as transformers + PEFT do, step by step.
 
-petnas attaches LoRA (r=8, alpha 16 on query and value) to the default model, exports that
-untrained state (a fit with lr 0) as a PEFT adapter folder, and trains the same state for
-STEPS full-batch steps on the 256 STS-B pairs of tests/fixtures/glue (AdamW lr 1e-3, linear
-decay, clipping at 1.0, dropout off: the one thing the two tools cannot draw alike). This
-script loads the export with peft.PeftModel, replays the steps in PyTorch, and prints both
-loss curves; it fails when they part by more than 1e-4.
+petnas attaches LoRA (r=8, alpha 16 on query and value) to the default model and exports that
+untrained state (a fit with lr 0) as a PEFT adapter folder; petnas then trains the same state
+while this script loads the export with peft.PeftModel and replays the same steps in PyTorch
+(AdamW lr 1e-3, linear warm-up and decay, clipping at 1.0, batches in the same order, dropout
+off: the one thing the two tools cannot draw alike). It prints both curves side by side.
+
+- default: STEPS (20) full-batch steps on the 256 STS-B pairs of tests/fixtures/glue, no
+  warm-up; fails when the losses part by more than 1e-4. 1.5-3.5 min.
+- FULL=1: a whole STS-B run on GLUE_DIR, EPOCHS (5) epochs of batch 32 with 6% warm-up, the
+  training rows in one seeded order per epoch (written out and trained in file order by both);
+  prints each epoch's mean training loss and dev Pearson. One thread each, run side by side:
+  about 20 min.
 
     .venv/bin/pip install transformers peft
     .venv/bin/python scripts/reference/trajectory_vs_peft.py   # after scripts/setup.sh
 """
 import json
 import os
+import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,77 +27,152 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel
+from scipy.stats import pearsonr
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts" / "bench"))
 from accuracy_vs_peft import read  # noqa: E402
 
-STEPS = int(os.environ.get("STEPS", "20"))
-GLUE = ROOT / "tests" / "fixtures" / "glue"
 MODEL = ROOT / "models" / "all-MiniLM-L6-v2"
-FIT = "{{max_steps: {steps}, batch_size: 256, lr: {lr}, warmup_ratio: 0.0, max_grad_norm: 1.0, dropout: 0.0, eval_every: 1, keep_best: false}}"
-PIPELINE = """name: trajectory
-defaults: {{device: cpu, seed: 1}}
+FIT = ("{{max_steps: {steps}, batch_size: {batch}, lr: {lr}, warmup_ratio: {warmup}, max_grad_norm: 1.0, "
+       "dropout: 0.0, eval_every: {eval_every}, keep_best: false, shuffle: false}}")
+PIPELINE = """name: {name}
+defaults: {{device: cpu, seed: 1, threads: 1}}
 stages:
   model: {{use: plm.load, with: {{model: '{model}'}}}}
-  data: {{use: glue.load, needs: [model], with: {{task: stsb, dir: '{glue}', max_len: 128, splits: [train]}}}}
-  checks: {{use: glue.load, needs: [model], with: {{task: stsb, dir: '{glue}', max_len: 128, splits: [train, dev]}}}}
+  data: {{use: glue.load, needs: [model], with: {{task: stsb, dir: '{glue}', max_len: 128, splits: {splits}}}}}
   pets: {{use: pet.attach, needs: [model], with: {{pets: [{{type: lora, targets: [query, value], rank: 8, alpha: 16}}]}}}}
-  untrained: {{use: train.fit, needs: [pets, data], with: {untrained}}}
-  export: {{use: pet.export, needs: [untrained, checks]}}
   fit: {{use: train.fit, needs: [pets, data], with: {fit}}}
+"""
+EXPORT = """  checks: {{use: glue.load, needs: [model], with: {{task: stsb, dir: '{glue}', max_len: 128, splits: [train, dev]}}}}
+  export: {{use: pet.export, needs: [fit, checks]}}
 """
 
 
-def petnas_losses(runs):
-    pipeline = Path(runs) / "trajectory.yaml"
-    pipeline.write_text(PIPELINE.format(
-        model=MODEL, glue=GLUE, untrained=FIT.format(steps=1, lr=0.0), fit=FIT.format(steps=STEPS, lr=0.001)))
-    run = subprocess.run([str(ROOT / "target" / "release" / "petnas"), "run", str(pipeline), "--runs-dir", runs],
-                         capture_output=True, text=True)
+class Recipe:
+    def __init__(self, full):
+        self.full = full
+        if full:
+            self.epochs = int(os.environ.get("EPOCHS", "5"))
+            self.batch, self.warmup = 32, 0.06
+        else:
+            self.epochs, self.batch, self.warmup = 1, 256, 0.0
+
+    def write_data(self, glue):
+        """The training rows in the order both tools train them, and the dev split."""
+        source = Path(os.environ.get("GLUE_DIR", ROOT.parent / "shared" / "data" / "glue")) if self.full \
+            else ROOT / "tests" / "fixtures" / "glue"
+        lines = (source / "STS-B" / "train.tsv").read_text(encoding="utf-8-sig").splitlines()
+        header, rows = lines[0], [line for line in lines[1:] if line]
+        ordered = []
+        for epoch in range(self.epochs):
+            order = list(range(len(rows)))
+            if self.full:
+                random.Random(epoch).shuffle(order)
+            ordered += [rows[i] for i in order]
+        (glue / "STS-B").mkdir(parents=True)
+        (glue / "STS-B" / "train.tsv").write_text("\n".join([header] + ordered) + "\n", encoding="utf-8")
+        shutil.copy(source / "STS-B" / "dev.tsv", glue / "STS-B" / "dev.tsv")
+        self.steps_per_epoch = (len(rows) + self.batch - 1) // self.batch
+        self.file_steps = (len(ordered) + self.batch - 1) // self.batch
+        self.steps = self.file_steps if self.full else int(os.environ.get("STEPS", "20"))
+        self.eval_every = self.steps_per_epoch if self.full else 1
+
+    def pipeline(self, runs, glue, name, lr, steps, export):
+        fit = FIT.format(steps=steps, batch=self.batch, lr=lr, warmup=self.warmup, eval_every=self.eval_every)
+        splits = "[train, dev]" if self.full else "[train]"
+        text = PIPELINE.format(name=name, model=MODEL, glue=glue, splits=splits, fit=fit)
+        if export:
+            text += EXPORT.format(glue=glue)
+        path = Path(runs) / f"{name}.yaml"
+        path.write_text(text)
+        return [str(ROOT / "target" / "release" / "petnas"), "run", str(path), "--runs-dir", runs]
+
+
+def finished(run, what):
     if run.returncode != 0:
-        sys.exit(f"petnas failed:\n{run.stdout}{run.stderr}")
-    cell = Path(runs) / "trajectory" / "default"
-    history = json.loads((cell / "fit" / "outputs.json").read_text())["meta"]["training"]["history"]
-    return [h["train_loss"] for h in history], cell / "export" / "export" / "peft"
+        sys.exit(f"petnas failed ({what}):\n{run.stdout}{run.stderr}")
 
 
-def peft_losses(peft_dir):
+def petnas_history(runs, name):
+    outputs = Path(runs) / name / "default" / "fit" / "outputs.json"
+    return json.loads(outputs.read_text())["meta"]["training"]["history"]
+
+
+def peft_history(recipe, peft_dir, glue):
     tokenizer = AutoTokenizer.from_pretrained(MODEL)
     base = AutoModelForSequenceClassification.from_pretrained(
         MODEL, num_labels=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     model = PeftModel.from_pretrained(base, peft_dir, is_trainable=True)
-    rows = read(GLUE / "STS-B" / "train.tsv", "stsb")
-    batch = tokenizer([r[0] for r in rows], [r[1] for r in rows], truncation=True, max_length=128,
-                      padding=True, return_tensors="pt")
-    labels = torch.tensor([r[2] for r in rows], dtype=torch.float)
+    rows = read(glue / "STS-B" / "train.tsv", "stsb")
+    dev = read(glue / "STS-B" / "dev.tsv", "stsb")
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.0)
-    schedule = get_linear_schedule_with_warmup(opt, 0, STEPS)
+    schedule = get_linear_schedule_with_warmup(opt, round(recipe.warmup * recipe.steps), recipe.steps)
+
+    def encode(part):
+        return tokenizer([r[0] for r in part], [r[1] for r in part], truncation=True, max_length=128,
+                         padding=True, return_tensors="pt")
+
+    def pearson():
+        model.eval()
+        with torch.no_grad():
+            predictions = [v for s in range(0, len(dev), 2 * recipe.batch)
+                           for v in model(**encode(dev[s:s + 2 * recipe.batch])).logits.squeeze(-1).tolist()]
+        model.train()
+        return pearsonr(predictions, [r[2] for r in dev])[0]
+
     model.train()
-    losses = []
-    for _ in range(STEPS):
-        loss = model(**batch, labels=labels).loss
+    history, losses = [], []
+    for step in range(1, recipe.steps + 1):
+        start = (step - 1) % recipe.file_steps * recipe.batch
+        part = rows[start:start + recipe.batch]
+        loss = model(**encode(part), labels=torch.tensor([r[2] for r in part], dtype=torch.float)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         schedule.step()
         opt.zero_grad()
         losses.append(loss.item())
-    return losses
+        if step % recipe.eval_every == 0 or step == recipe.steps:
+            entry = {"step": step, "train_loss": sum(losses) / len(losses)}
+            if recipe.full:
+                entry["pearson"] = pearson()
+            history.append(entry)
+            losses = []
+    return history
 
 
 def main():
+    recipe = Recipe(os.environ.get("FULL") == "1")
+    torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as runs:
-        ours, peft_dir = petnas_losses(runs)
-        theirs = peft_losses(peft_dir)
+        glue = Path(runs) / "glue"
+        recipe.write_data(glue)
+        finished(subprocess.run(recipe.pipeline(runs, glue, "untrained", 0.0, 1, export=True),
+                                capture_output=True, text=True), "export")
+        peft_dir = Path(runs) / "untrained" / "default" / "export" / "export" / "peft"
+        training = subprocess.Popen(recipe.pipeline(runs, glue, "trained", 0.001, recipe.steps, export=False),
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        theirs = peft_history(recipe, peft_dir, glue)
+        output, _ = training.communicate()
+        finished(subprocess.CompletedProcess(training.args, training.returncode, output, ""), "training")
+        ours = petnas_history(runs, "trained")
+    if recipe.full:
+        print("| step | petnas loss | PEFT loss | petnas Pearson | PEFT Pearson | difference |")
+        print("|---:|---:|---:|---:|---:|---:|")
+        for a, b in zip(ours, theirs):
+            ours_pearson = a["metrics"]["pearson"]
+            print(f"| {b['step']} | {a['train_loss']:.4f} | {b['train_loss']:.4f} | {ours_pearson:.4f} "
+                  f"| {b['pearson']:.4f} | {ours_pearson - b['pearson']:+.4f} |")
+        return
     print("| step | petnas loss | PEFT loss | difference |\n|---:|---:|---:|---:|")
-    for step, (a, b) in enumerate(zip(ours, theirs), 1):
-        print(f"| {step} | {a:.6f} | {b:.6f} | {a - b:+.1e} |")
-    worst = max(abs(a - b) for a, b in zip(ours, theirs))
-    if len(ours) != STEPS or worst > 1e-4:
+    for a, b in zip(ours, theirs):
+        print(f"| {b['step']} | {a['train_loss']:.6f} | {b['train_loss']:.6f} | {a['train_loss'] - b['train_loss']:+.1e} |")
+    worst = max(abs(a["train_loss"] - b["train_loss"]) for a, b in zip(ours, theirs))
+    if len(ours) != recipe.steps or worst > 1e-4:
         sys.exit(f"the trajectories part: {len(ours)} petnas steps, largest difference {worst:.2e}")
-    print(f"ok: {STEPS} steps, largest difference {worst:.1e}")
+    print(f"ok: {recipe.steps} steps, largest difference {worst:.1e}")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ pub struct FitOptions {
     pub eval_every: i64,
     pub early_stopping_patience: Option<i64>,
     pub keep_best: bool,
+    pub shuffle: bool,
     pub bucket_by_length: bool,
     pub reinit: bool,
     pub skip_nonfinite: bool,
@@ -74,7 +75,7 @@ pub fn fit(
     ctx.progress().advance(state.step as u64);
     let batch_options = |epoch: i64| BatchOptions {
         batch_size: o.batch_size,
-        shuffle_seed: Some(petnas_sdk::init::derive_seed(ctx.seed, &format!("epoch {epoch}"))),
+        shuffle_seed: o.shuffle.then(|| petnas_sdk::init::derive_seed(ctx.seed, &format!("epoch {epoch}"))),
         bucket_by_length: o.bucket_by_length,
     };
     let eval_every = if o.eval_every > 0 { o.eval_every } else { steps_per_epoch };

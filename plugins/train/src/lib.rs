@@ -47,6 +47,12 @@ impl Stage for Fit {
                 "stop after N evaluations without improvement",
             )
             .opt("keep_best", OptType::Bool, true, "keep the parameters of the best evaluation, not the last")
+            .opt(
+                "shuffle",
+                OptType::Bool,
+                true,
+                "draw a new order of the training split each epoch (false: the file's order, to replay another tool's run)",
+            )
             .opt("bucket_by_length", OptType::Bool, false, "batch examples of similar length together")
             .opt(
                 "reinit",
