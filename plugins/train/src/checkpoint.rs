@@ -77,9 +77,15 @@ pub fn load(dir: &Path, opt: &mut AdamW) -> Result<Option<(LoopState, NamedTenso
         *v = sv.to_device(p.device());
     }
     opt.steps = full["optimizer_steps"].as_i64().unwrap_or(state.step);
-    let best = saved
-        .iter()
-        .filter_map(|(n, t)| n.strip_prefix("best.").map(|rest| (rest.to_string(), t.shallow_clone())))
-        .collect();
+    // In the optimizer's order, as the fit pairs them (the file keeps its own order).
+    let mut best = Vec::new();
+    if saved.iter().any(|(n, _)| n.starts_with("best.")) {
+        for (name, _, _) in &opt.params {
+            let Some(t) = get(&format!("best.{name}")) else {
+                return Ok(None);
+            };
+            best.push((name.clone(), t));
+        }
+    }
     Ok(Some((state, best)))
 }
