@@ -89,3 +89,26 @@ pub fn load(dir: &Path, opt: &mut AdamW) -> Result<Option<(LoopState, NamedTenso
     }
     Ok(Some((state, best)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn best_parameters_come_back_in_the_optimizers_order() {
+        // The optimizer's order (PET modules, then the head) is neither the file's nor by name.
+        let names = ["pet.1.B", "pet.1.A", "pet.0.B", "pet.0.A", "head.dense.weight", "head.classifier.bias"];
+        let params =
+            names.iter().enumerate().map(|(i, n)| (n.to_string(), Tensor::from_slice(&[i as f32]))).collect();
+        let mut opt = AdamW::new(params, 0.0);
+        let best: NamedTensors = opt.params.iter().map(|(n, p, _)| (n.clone(), p * 10)).collect();
+        let dir = tempfile::tempdir().unwrap();
+        save(dir.path(), &opt, &best, &LoopState { step: 3, ..LoopState::default() }).unwrap();
+        let (state, loaded) = load(dir.path(), &mut opt).unwrap().expect("a checkpoint");
+        assert_eq!(state.step, 3);
+        let loaded: Vec<(&str, f32)> =
+            loaded.iter().map(|(n, t)| (n.as_str(), t.double_value(&[0]) as f32)).collect();
+        let want: Vec<(&str, f32)> = names.iter().enumerate().map(|(i, n)| (*n, i as f32 * 10.0)).collect();
+        assert_eq!(loaded, want);
+    }
+}
