@@ -221,6 +221,28 @@ fn dropout_can_be_set_for_training() {
 }
 
 #[test]
+fn shuffle_false_trains_every_epoch_in_the_files_order() {
+    // lr 0 and no dropout: the parameters stay put, so a step's loss depends only on its batch.
+    let step_losses = |shuffle: bool| {
+        let fit = format!(
+            "{{epochs: 2, batch_size: 16, lr: 0.0, dropout: 0.0, eval_every: 1, shuffle: {shuffle}}}"
+        );
+        let (s, run) = lora_fit(&fit);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let outputs = s.read_json(&s.stage_dir("train", "default", "fit").join("outputs.json"));
+        let history = outputs["meta"]["training"]["history"].as_array().unwrap().clone();
+        let losses: Vec<f64> = history.iter().map(|h| h["train_loss"].as_f64().unwrap()).collect();
+        let half = losses.len() / 2;
+        (losses[..half].to_vec(), losses[half..].to_vec())
+    };
+    let (first, second) = step_losses(false);
+    assert!(first.len() > 1);
+    assert_eq!(first, second, "both epochs take the file's order");
+    let (first, second) = step_losses(true);
+    assert_ne!(first, second, "each epoch draws a new order");
+}
+
+#[test]
 fn bf16_autocast_trains_in_mixed_precision_with_fp32_parameters() {
     let fit_of = |fit: &str| {
         let (s, run) = lora_fit(fit);
