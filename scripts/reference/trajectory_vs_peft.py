@@ -4,7 +4,7 @@ petnas attaches LoRA (r=8, alpha 16 on query and value) to the default model and
 untrained state (a fit with lr 0) as a PEFT adapter folder; petnas then trains the same state
 while this script loads the export with peft.PeftModel and replays the same steps in PyTorch
 (AdamW lr 1e-3, linear warm-up and decay, clipping at 1.0, batches in the same order, dropout
-off: the one thing the two tools cannot draw alike). It prints both curves side by side.
+off). It prints both curves side by side.
 
 - default: STEPS (20) full-batch steps on the 256 STS-B pairs of tests/fixtures/glue, no
   warm-up; fails when the losses part by more than 1e-4. 1.5-3.5 min.
@@ -12,6 +12,11 @@ off: the one thing the two tools cannot draw alike). It prints both curves side 
   training rows in one seeded order per epoch (written out and trained in file order by both);
   prints each epoch's mean training loss and dev Pearson; fails when either parts by more
   than 1e-3. One thread each, run side by side: about 17 min.
+- DROPOUT=1 (with either): dropout on, at the checkpoint's rates, in both. PyTorch then draws
+  no mask of its own: every dropout call of the PEFT model (eager attention, so that attention
+  probabilities are dropped by a call too) takes the mask petnas draws at the same place of
+  the same step, recomputed here from petnas's generator (plugins/sdk/src/dropout.rs). The
+  runs then differ in nothing random, and the same tolerances hold.
 
     .venv/bin/pip install transformers peft
     .venv/bin/python scripts/reference/trajectory_vs_peft.py   # after scripts/setup.sh
@@ -25,6 +30,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 from peft import PeftModel
 from scipy.stats import pearsonr
@@ -36,9 +42,10 @@ from accuracy_vs_peft import read  # noqa: E402
 
 MODEL = ROOT / "models" / "all-MiniLM-L6-v2"
 FIT = ("{{max_steps: {steps}, batch_size: {batch}, lr: {lr}, warmup_ratio: {warmup}, max_grad_norm: 1.0, "
-       "dropout: 0.0, eval_every: {eval_every}, keep_best: false, shuffle: false}}")
+       "{dropout}eval_every: {eval_every}, keep_best: false, shuffle: false}}")
+SEED = 1
 PIPELINE = """name: {name}
-defaults: {{device: cpu, seed: 1, threads: 1}}
+defaults: {{device: cpu, seed: {seed}, threads: 1}}
 stages:
   model: {{use: plm.load, with: {{model: '{model}'}}}}
   data: {{use: glue.load, needs: [model], with: {{task: stsb, dir: '{glue}', max_len: 128, splits: {splits}}}}}
@@ -51,8 +58,8 @@ EXPORT = """  checks: {{use: glue.load, needs: [model], with: {{task: stsb, dir:
 
 
 class Recipe:
-    def __init__(self, full):
-        self.full = full
+    def __init__(self, full, dropout):
+        self.full, self.dropout = full, dropout
         if full:
             self.epochs = int(os.environ.get("EPOCHS", "5"))
             self.batch, self.warmup = 32, 0.06
@@ -80,14 +87,78 @@ class Recipe:
         self.eval_every = self.steps_per_epoch if self.full else 1
 
     def pipeline(self, runs, glue, name, lr, steps, export):
-        fit = FIT.format(steps=steps, batch=self.batch, lr=lr, warmup=self.warmup, eval_every=self.eval_every)
+        fit = FIT.format(steps=steps, batch=self.batch, lr=lr, warmup=self.warmup, eval_every=self.eval_every,
+                         dropout="" if self.dropout else "dropout: 0.0, ")
         splits = "[train, dev]" if self.full else "[train]"
-        text = PIPELINE.format(name=name, model=MODEL, glue=glue, splits=splits, fit=fit)
+        text = PIPELINE.format(name=name, seed=SEED, model=MODEL, glue=glue, splits=splits, fit=fit)
         if export:
             text += EXPORT.format(glue=glue)
         path = Path(runs) / f"{name}.yaml"
         path.write_text(text)
         return [str(ROOT / "target" / "release" / "petnas"), "run", str(path), "--runs-dir", runs]
+
+
+MASK64 = (1 << 64) - 1
+
+
+def splitmix64(z):
+    """SplitMix64's output function on Python ints or uint64 arrays, wrapping as Rust does."""
+    with np.errstate(over="ignore"):
+        if isinstance(z, np.ndarray):
+            z = z + np.uint64(0x9E3779B97F4A7C15)
+            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            return z ^ (z >> np.uint64(31))
+    z = (z + 0x9E3779B97F4A7C15) & MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return z ^ (z >> 31)
+
+
+def derive_seed(seed, part):
+    """petnas_sdk::init::derive_seed: FNV-1a over `part`, mixed with `seed`."""
+    value = 0xCBF29CE484222325 ^ ((seed * 0x9E3779B97F4A7C15) & MASK64)
+    for byte in part.encode():
+        value = ((value ^ byte) * 0x100000001B3) & MASK64
+    return value
+
+
+class PetnasMasks:
+    """torch.nn.functional.dropout, with the masks petnas draws in the same step at the same call.
+
+    petnas's last layer computes only the first token's rows (the classifier reads nothing
+    else), so its last three masks cover those rows; the other rows of PyTorch's full-length
+    tensors keep everything, which changes nothing the loss depends on."""
+
+    def __init__(self, layers):
+        self.last_layer_calls = range(1 + 3 * (layers - 1), 1 + 3 * layers)
+        self.key, self.call = None, 0
+
+    def start_step(self, step):
+        self.key, self.call = splitmix64(derive_seed(SEED, f"step {step}")), 0
+
+    def mask(self, shape, p):
+        n = int(np.prod(shape))
+        key = splitmix64(self.key ^ ((self.call * 0xD1B54A32D192ED03) & MASK64))
+        with np.errstate(over="ignore"):
+            words = np.arange((n + 3) // 4, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(key)
+        bits = splitmix64(words)
+        draws = np.stack([(bits >> np.uint64(16 * j)) & np.uint64(0xFFFF) for j in range(4)], axis=1).reshape(-1)[:n]
+        kept = np.where(draws >= round(p * 65536), np.float32(1.0 / (1.0 - p)), np.float32(0.0))
+        return torch.from_numpy(kept.astype(np.float32).reshape(shape))
+
+    def __call__(self, x, p=0.5, training=True, inplace=False):
+        if not training or p == 0.0:
+            return x
+        if self.call in self.last_layer_calls:
+            mask = torch.ones(x.shape)
+            first = list(x.shape)
+            first[-2] = 1
+            mask[..., :1, :] = self.mask(first, p)
+        else:
+            mask = self.mask(list(x.shape), p)
+        self.call += 1
+        return x * mask
 
 
 def finished(returncode, output, what):
@@ -102,8 +173,13 @@ def petnas_history(runs, name):
 
 def peft_history(recipe, peft_dir, glue):
     tokenizer = AutoTokenizer.from_pretrained(MODEL)
-    base = AutoModelForSequenceClassification.from_pretrained(
-        MODEL, num_labels=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    if recipe.dropout:
+        base = AutoModelForSequenceClassification.from_pretrained(MODEL, num_labels=1, attn_implementation="eager")
+        masks = PetnasMasks(base.config.num_hidden_layers)
+        torch.nn.functional.dropout = masks
+    else:
+        base = AutoModelForSequenceClassification.from_pretrained(
+            MODEL, num_labels=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     model = PeftModel.from_pretrained(base, peft_dir, is_trainable=True)
     rows = read(glue / "STS-B" / "train.tsv", "stsb")
     dev = read(glue / "STS-B" / "dev.tsv", "stsb")
@@ -127,6 +203,8 @@ def peft_history(recipe, peft_dir, glue):
     for step in range(1, recipe.steps + 1):
         start = (step - 1) % recipe.file_steps * recipe.batch
         part = rows[start:start + recipe.batch]
+        if recipe.dropout:
+            masks.start_step(step - 1)
         loss = model(**encode(part), labels=torch.tensor([r[2] for r in part], dtype=torch.float)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -144,7 +222,7 @@ def peft_history(recipe, peft_dir, glue):
 
 
 def main():
-    recipe = Recipe(os.environ.get("FULL") == "1")
+    recipe = Recipe(os.environ.get("FULL") == "1", os.environ.get("DROPOUT") == "1")
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as runs:
         glue = Path(runs) / "glue"
