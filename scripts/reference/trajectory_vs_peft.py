@@ -16,7 +16,8 @@ off). It prints both curves side by side.
   no mask of its own: every dropout call of the PEFT model (eager attention, so that attention
   probabilities are dropped by a call too) takes the mask petnas draws at the same place of
   the same step, recomputed here from petnas's generator (plugins/sdk/src/dropout.rs). The
-  runs then differ in nothing random, and the same tolerances hold.
+  runs then differ in nothing random, and the same tolerances hold (FULL=1 DROPOUT=1: about
+  20 min).
 
     .venv/bin/pip install transformers peft
     .venv/bin/python scripts/reference/trajectory_vs_peft.py   # after scripts/setup.sh
