@@ -103,17 +103,14 @@ MASK64 = (1 << 64) - 1
 
 
 def splitmix64(z):
-    """SplitMix64's output function on Python ints or uint64 arrays, wrapping as Rust does."""
+    """SplitMix64's output function on uint64 arrays (or one Python int), wrapping as Rust does."""
+    if not isinstance(z, np.ndarray):
+        return int(splitmix64(np.array(z, dtype=np.uint64)))
     with np.errstate(over="ignore"):
-        if isinstance(z, np.ndarray):
-            z = z + np.uint64(0x9E3779B97F4A7C15)
-            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-            return z ^ (z >> np.uint64(31))
-    z = (z + 0x9E3779B97F4A7C15) & MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
-    return z ^ (z >> 31)
+        z = z + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
 
 
 def derive_seed(seed, part):
@@ -146,7 +143,7 @@ class PetnasMasks:
         bits = splitmix64(words)
         draws = np.stack([(bits >> np.uint64(16 * j)) & np.uint64(0xFFFF) for j in range(4)], axis=1).reshape(-1)[:n]
         kept = np.where(draws >= round(p * 65536), np.float32(1.0 / (1.0 - p)), np.float32(0.0))
-        return torch.from_numpy(kept.astype(np.float32).reshape(shape))
+        return torch.from_numpy(kept.reshape(shape))
 
     def __call__(self, x, p=0.5, training=True, inplace=False):
         if not training or p == 0.0:
