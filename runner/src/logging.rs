@@ -2,7 +2,7 @@
 //! stage's own events, plugins' included, into its `log.jsonl`.
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{LineWriter, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -16,7 +16,8 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
-type LogFile = Arc<Mutex<BufWriter<File>>>;
+// Line-buffered: a running stage's log can be followed, and a killed run keeps its lines.
+type LogFile = Arc<Mutex<LineWriter<File>>>;
 
 /// Open stage logs by the id of the stage's span.
 fn stage_logs() -> &'static Mutex<HashMap<u64, LogFile>> {
@@ -28,7 +29,7 @@ fn stage_logs() -> &'static Mutex<HashMap<u64, LogFile>> {
 pub struct StageLogGuard(Option<u64>);
 
 pub fn open_stage_log(span: &tracing::Span, path: &Path) -> std::io::Result<StageLogGuard> {
-    let file = Arc::new(Mutex::new(BufWriter::new(File::create(path)?)));
+    let file = Arc::new(Mutex::new(LineWriter::new(File::create(path)?)));
     let id = span.id().map(|id| id.into_u64());
     if let Some(id) = id {
         lock(stage_logs()).insert(id, file);
@@ -150,4 +151,28 @@ pub fn init(json: bool) {
             .boxed()
     };
     tracing_subscriber::registry().with(terminal).with(StageLogLayer.with_filter(LevelFilter::INFO)).init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stage_log_has_each_line_while_the_stage_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.jsonl");
+        let subscriber = tracing_subscriber::registry().with(StageLogLayer);
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("stage");
+            let _guard = open_stage_log(&span, &path).unwrap();
+            span.in_scope(|| tracing::info!(step = 360, "evaluated on dev"));
+            tracing::info!("outside the stage");
+            let text = std::fs::read_to_string(&path).unwrap();
+            let lines: Vec<serde_json::Value> =
+                text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+            assert_eq!(lines.len(), 1, "{text}");
+            assert_eq!(lines[0]["fields"]["message"], "evaluated on dev");
+            assert_eq!(lines[0]["fields"]["step"], 360);
+        });
+    }
 }
