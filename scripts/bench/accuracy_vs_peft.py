@@ -8,7 +8,8 @@ epoch's.
     GLUE_DIR=… .venv/bin/python scripts/bench/accuracy_vs_peft.py
 
 TASKS (default "mrpc stsb"), SEEDS (default "1 2 3"), EPOCHS (default: the task's) and
-THREADS narrow or widen the run.
+THREADS narrow or widen the run. STOP_AFTER=N ends each run after its Nth epoch, the schedule
+still planned over all EPOCHS (how fast seeds cross STS-B's learning threshold, at less cost).
 """
 import json
 import os
@@ -47,7 +48,7 @@ def evaluate(model, tokenizer, dev, task):
     return pearsonr(predictions, gold)[0] if task == "stsb" else f1_score(gold, predictions)
 
 
-def run(task, seed, glue, epochs):
+def run(task, seed, glue, epochs, stop_after):
     torch.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed)
@@ -62,7 +63,7 @@ def run(task, seed, glue, epochs):
     schedule = get_linear_schedule_with_warmup(opt, round(0.06 * steps_per_epoch * epochs), steps_per_epoch * epochs)
     per_epoch = []
     model.train()
-    for epoch in range(epochs):
+    for epoch in range(min(epochs, stop_after)):
         order = torch.randperm(len(train)).tolist()
         for s in range(steps_per_epoch):
             rows = [train[i] for i in order[s * 32:(s + 1) * 32]]
@@ -84,7 +85,8 @@ def main():
         if task not in TASKS:
             raise SystemExit(f"TASKS: unknown task {task!r} (one of {', '.join(TASKS)})")
         for seed in (int(s) for s in os.environ.get("SEEDS", "1 2 3").split()):
-            per_epoch = run(task, seed, glue, int(os.environ.get("EPOCHS", EPOCHS[task])))
+            epochs = int(os.environ.get("EPOCHS", EPOCHS[task]))
+            per_epoch = run(task, seed, glue, epochs, int(os.environ.get("STOP_AFTER", epochs)))
             print(json.dumps({"task": task, "seed": seed, "value": max(per_epoch), "per_epoch": per_epoch}), flush=True)
 
 
