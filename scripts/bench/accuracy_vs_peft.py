@@ -78,6 +78,13 @@ def run(task, seed, glue, epochs, stop_after):
     return per_epoch
 
 
+def stop_after(epochs):
+    value = os.environ.get("STOP_AFTER", str(epochs))
+    if not value.isdigit() or not 1 <= int(value) <= epochs:
+        raise SystemExit(f"STOP_AFTER: {value!r} is not a number of epochs from 1 to {epochs}")
+    return int(value)
+
+
 def main():
     glue = Path(os.environ.get("GLUE_DIR", ROOT.parent / "shared" / "data" / "glue"))
     torch.set_num_threads(int(os.environ.get("THREADS", str(os.cpu_count() or 1))))
@@ -86,7 +93,7 @@ def main():
             raise SystemExit(f"TASKS: unknown task {task!r} (one of {', '.join(TASKS)})")
         for seed in (int(s) for s in os.environ.get("SEEDS", "1 2 3").split()):
             epochs = int(os.environ.get("EPOCHS", EPOCHS[task]))
-            per_epoch = run(task, seed, glue, epochs, int(os.environ.get("STOP_AFTER", epochs)))
+            per_epoch = run(task, seed, glue, epochs, stop_after(epochs))
             print(json.dumps({"task": task, "seed": seed, "value": max(per_epoch), "per_epoch": per_epoch}), flush=True)
 
 
