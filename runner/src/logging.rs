@@ -16,7 +16,7 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
-// Line-buffered: a running stage's log can be followed, and a killed run keeps its lines.
+// Line-buffered, so that a running stage's log can be followed as it is written.
 type LogFile = Arc<Mutex<LineWriter<File>>>;
 
 /// Open stage logs by the id of the stage's span.
