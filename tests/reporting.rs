@@ -5,14 +5,36 @@ use petnas_e2e::Scratch;
 
 /// Writes one evaluated stage: `runs/exp/task=<task>,seed=<seed>/<method>/{metrics,stage}.json`.
 fn evaluated(root: &Path, method: &str, task: &str, metric: &str, value: f64, pet: i64, seed: i64) {
-    let (pipeline, cell) = ("exp", format!("task={task},seed={seed}"));
+    evaluated_at(root, &[], method, task, metric, value, pet, seed);
+}
+
+/// The same in a cell with other matrix axes: `task=<task>,<axis>=<value>…,seed=<seed>`.
+#[allow(clippy::too_many_arguments)]
+fn evaluated_at(
+    root: &Path,
+    axes: &[(&str, &str)],
+    method: &str,
+    task: &str,
+    metric: &str,
+    value: f64,
+    pet: i64,
+    seed: i64,
+) {
+    let pipeline = "exp";
+    let mut cell = format!("task={task}");
+    let mut values = serde_json::json!({"task": task, "seed": seed.to_string()});
+    for (axis, v) in axes {
+        cell.push_str(&format!(",{axis}={v}"));
+        values[axis] = serde_json::json!(v);
+    }
+    cell.push_str(&format!(",seed={seed}"));
     let dir = root.join("runs").join(pipeline).join(cell).join(method);
     std::fs::create_dir_all(&dir).unwrap();
     let metrics = serde_json::json!({
         "task": task, "metric": metric, "value": value,
         "splits": {"dev": {metric: value, "accuracy": value - 0.01}},
         "parameters": {"pet": pet, "head": 770, "plm": 22713216, "pet_percent_of_plm": 100.0 * pet as f64 / 22713216.0},
-        "cell": {"task": task, "seed": seed.to_string()},
+        "cell": values,
     });
     std::fs::write(dir.join("metrics.json"), metrics.to_string()).unwrap();
     std::fs::write(
@@ -64,7 +86,7 @@ fn report_groups_cells_by_task_and_method_with_medians_and_spread() {
     assert!(
         csv.stdout
             .lines()
-            .any(|l| l == "rte,s_lora,73700,0.3244806900088477,3,accuracy,0.62,0.61,0.65,0.62 0.65 0.61"),
+            .any(|l| l == "rte,exp,s_lora,73700,0.3244806900088477,3,accuracy,0.62,0.61,0.65,0.62 0.65 0.61"),
         "{}",
         csv.stdout
     );
@@ -81,6 +103,89 @@ fn report_groups_cells_by_task_and_method_with_medians_and_spread() {
             && svg.contains("s_lora")
             && svg.contains("frontier"),
         "the plot names task, methods and frontier"
+    );
+}
+
+#[test]
+fn report_keeps_budgets_apart_counts_distinct_seeds_and_reads_a_run_named_twice_once() {
+    let s = Scratch::new();
+    for (seed, (small, large)) in [(1, (0.70, 0.80)), (2, (0.72, 0.84)), (3, (0.74, 0.82))] {
+        evaluated_at(s.path(), &[("budget", "12864")], "s_lora", "mrpc", "f1", small, 12672, seed);
+        evaluated_at(s.path(), &[("budget", "73728")], "s_lora", "mrpc", "f1", large, 72960, seed);
+        evaluated_at(s.path(), &[("budget", "3000")], "s_lora", "mrpc", "f1", small - 0.1, 2880, seed);
+    }
+    let run = s.petnas(&["report", "runs", "runs/exp"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(
+        lines[0],
+        "| task | budget | method | PET params | % PLM | seeds | metric | median | spread (min–max) |"
+    );
+    assert_eq!(lines.len(), 5, "one row per budget, budgets in numeric order:\n{}", run.stdout);
+    assert_eq!(lines[2], "| mrpc | 3000 | s_lora | 2880 | 0.013 | 3 | f1 | 0.6200 | 0.6000–0.6400 |");
+    assert_eq!(lines[3], "| mrpc | 12864 | s_lora | 12672 | 0.056 | 3 | f1 | 0.7200 | 0.7000–0.7400 |");
+    assert_eq!(lines[4], "| mrpc | 73728 | s_lora | 72960 | 0.321 | 3 | f1 | 0.8200 | 0.8000–0.8400 |");
+
+    let cells = s.petnas(&["report", "runs/exp", "--format", "csv", "--cells"]);
+    assert_eq!(cells.code, 0, "{}", cells.stderr);
+    let rows: Vec<&str> = cells.stdout.lines().collect();
+    assert_eq!(
+        rows[0],
+        "task,pipeline,budget,method,pet_parameters,percent_of_plm,seeds,metric,seed=1,seed=2,seed=3"
+    );
+    assert!(
+        rows[3].starts_with("mrpc,exp,73728,s_lora,72960,") && rows[3].ends_with(",3,f1,0.8,0.84,0.82"),
+        "{}",
+        cells.stdout
+    );
+
+    s.write(
+        "baseline.yaml",
+        "entries:\n  - {task: mrpc, method: s_lora, metric: f1, expected: 0.82, tolerance: 0.01}\n",
+    );
+    let ambiguous = s.petnas(&["regress", "runs/exp", "--baseline", "baseline.yaml"]);
+    assert_eq!(ambiguous.code, 2, "{}", ambiguous.stdout);
+    assert!(
+        ambiguous.stderr.contains("mrpc/s_lora/f1 matches 3 results of the run ({budget: 3000}, {budget: 12864}, {budget: 73728}): add `axes:` to the entry to pick one"),
+        "{}",
+        ambiguous.stderr
+    );
+    s.write(
+        "baseline.yaml",
+        "entries:\n  - {task: mrpc, method: s_lora, axes: {budget: 73728}, metric: f1, expected: 0.82, tolerance: 0.01}\n  - {task: mrpc, method: s_lora, axes: {budget: 12864}, metric: f1, expected: 0.80, tolerance: 0.01}\n",
+    );
+    let picked = s.petnas(&["regress", "runs/exp", "--baseline", "baseline.yaml"]);
+    assert_eq!(picked.code, 1, "{}", picked.stdout);
+    assert!(picked.stdout.contains("mrpc     s_lora[budget=73728] f1"), "{}", picked.stdout);
+    assert!(picked.stdout.ends_with("1 ok, 0 improved, 1 regressed, 0 missing\n"), "{}", picked.stdout);
+}
+
+#[test]
+fn regress_refuses_a_negative_tolerance_and_names_the_metrics_of_a_wrong_metric_name() {
+    let s = fixture();
+    s.write(
+        "baseline.yaml",
+        "entries:\n  - {task: rte, method: lora, metric: accuracy, expected: 0.58, tolerance: -0.01}\n",
+    );
+    let negative = s.petnas(&["regress", "runs/exp", "--baseline", "baseline.yaml"]);
+    assert_eq!(negative.code, 2, "{}", negative.stdout);
+    assert!(
+        negative.stderr.contains("baseline.yaml:2:76: error: `tolerance` must not be negative, got -0.01"),
+        "{}",
+        negative.stderr
+    );
+    s.write(
+        "baseline.yaml",
+        "entries:\n  - {task: rte, method: lora, metric: acuracy, expected: 0.58, tolerance: 0.01}\n",
+    );
+    let misspelt = s.petnas(&["regress", "runs/exp", "--baseline", "baseline.yaml"]);
+    assert_eq!(misspelt.code, 2, "{}", misspelt.stdout);
+    assert!(
+        misspelt
+            .stderr
+            .contains("baseline line 2: rte/lora has no metric `acuracy` (metrics: accuracy, dev/accuracy)"),
+        "{}",
+        misspelt.stderr
     );
 }
 

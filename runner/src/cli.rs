@@ -88,15 +88,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// One table of every evaluated cell of runs (medians and spread over seeds), and
-    /// Pareto plots per task.
+    /// One table of every evaluated cell of runs, a row per task, other matrix values and
+    /// method (medians and spread over seeds), and Pareto plots per task.
     Report {
         /// Run folders: runs/<pipeline>, or runs/ for all of them.
         #[arg(required = true)]
         runs: Vec<PathBuf>,
         #[arg(long, value_enum, default_value = "markdown")]
         format: ReportFormat,
-        /// Also write per-cell rows (JSON) instead of groups only.
+        /// Every cell's value: a column per seed (CSV), or every cell beside the groups (JSON).
         #[arg(long)]
         cells: bool,
         /// Write Pareto plots (SVG and PNG) into this folder.
@@ -194,10 +194,10 @@ fn report(runs: &[PathBuf], format: ReportFormat, cells: bool, plots: Option<&Pa
             runs.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ")
         );
     }
-    let groups = crate::results::group(&results);
+    let groups = crate::results::group(&results)?;
     match format {
         ReportFormat::Markdown => print!("{}", crate::report::markdown(&groups)),
-        ReportFormat::Csv => print!("{}", crate::report::csv(&groups)?),
+        ReportFormat::Csv => print!("{}", crate::report::csv(&groups, cells)?),
         ReportFormat::Json if cells => println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({"groups": groups, "cells": results}))?
@@ -214,13 +214,13 @@ fn report(runs: &[PathBuf], format: ReportFormat, cells: bool, plots: Option<&Pa
 
 fn regress(run: &Path, baseline: &Path, junit: Option<&Path>, update: bool) -> Result<i32> {
     let entries = crate::regress::read_baseline(baseline)?;
-    let groups = crate::results::group(&crate::results::collect(&[run.to_path_buf()])?);
+    let groups = crate::results::group(&crate::results::collect(&[run.to_path_buf()])?)?;
     if update {
-        crate::store::write_atomic(baseline, crate::regress::updated(&entries, &groups, 0.02).as_bytes())?;
+        crate::store::write_atomic(baseline, crate::regress::updated(&entries, &groups, 0.02)?.as_bytes())?;
         eprintln!("rewrote {}", baseline.display());
         return Ok(0);
     }
-    let checks = crate::regress::check(&entries, &groups);
+    let checks = crate::regress::check(&entries, &groups)?;
     print!("{}", crate::regress::table(&checks));
     if let Some(path) = junit {
         crate::store::write_atomic(path, crate::regress::junit(&checks, baseline)?.as_bytes())?;

@@ -1,9 +1,11 @@
 //! `petnas regress`: a run's metrics against a committed baseline file — each entry a task,
-//! method and metric with its expected value, tolerance (absolute or relative) and direction
-//! — as a table, JUnit XML for CI dashboards, and `--update-baseline`.
+//! method (and, where the matrix has other axes, their values) and metric with its expected
+//! value, tolerance (absolute or relative) and direction — as a table, JUnit XML for CI
+//! dashboards, and `--update-baseline`.
+use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::diag::{unknown_key, Diagnostic, Diagnostics};
@@ -21,6 +23,8 @@ pub enum Tolerance {
 pub struct Entry {
     pub task: String,
     pub method: String,
+    /// Values of matrix axes other than `task` and `seed` that pick the result.
+    pub axes: BTreeMap<String, String>,
     pub metric: String,
     pub expected: f64,
     pub tolerance: Tolerance,
@@ -47,7 +51,45 @@ pub struct Check {
 }
 
 const ENTRY_KEYS: &[&str] =
-    &["task", "method", "metric", "expected", "tolerance", "tolerance_relative", "direction"];
+    &["task", "method", "axes", "metric", "expected", "tolerance", "tolerance_relative", "direction"];
+
+/// `axes: {budget: 12864}`: matrix values as the cell's folder name writes them.
+fn axes(node: &Node, file: &str, errors: &mut Vec<Diagnostic>) -> Option<BTreeMap<String, String>> {
+    let Value::Map(fields) = &node.value else {
+        errors.push(Diagnostic::at(
+            file,
+            node.pos,
+            format!("`axes` must be a mapping of matrix axis → value, found {}", node.type_name()),
+        ));
+        return None;
+    };
+    let mut out = BTreeMap::new();
+    for (axis, pos, value) in fields {
+        if axis == "task" || axis == "seed" {
+            errors.push(Diagnostic::at(
+                file,
+                *pos,
+                format!("`{axis}` is not an axis to pick a result by: the entry's `task` names the task, and results are medians over seeds"),
+            ));
+            continue;
+        }
+        match &value.value {
+            Value::Str(v) => out.insert(axis.clone(), v.clone()),
+            Value::Int(v) => out.insert(axis.clone(), v.to_string()),
+            Value::Float(v) => out.insert(axis.clone(), v.to_string()),
+            Value::Bool(v) => out.insert(axis.clone(), v.to_string()),
+            _ => {
+                errors.push(Diagnostic::at(
+                    file,
+                    value.pos,
+                    format!("the value of axis `{axis}` must be a scalar, found {}", value.type_name()),
+                ));
+                None
+            }
+        };
+    }
+    Some(out)
+}
 
 fn number(node: &Node, what: &str, file: &str, errors: &mut Vec<Diagnostic>) -> Option<f64> {
     match node.value {
@@ -119,11 +161,27 @@ pub fn read_baseline(path: &Path) -> Result<Vec<Entry>> {
             .and_then(|n| n.expect_str("method", &file, &mut errors).map(str::to_string));
         let metric = required("metric", &mut errors)
             .and_then(|n| n.expect_str("metric", &file, &mut errors).map(str::to_string));
+        let entry_axes = match get("axes") {
+            Some(n) => axes(n, &file, &mut errors),
+            None => Some(BTreeMap::new()),
+        };
         let expected =
             required("expected", &mut errors).and_then(|n| number(n, "expected", &file, &mut errors));
+        let non_negative = |n: &Node, what: &str, errors: &mut Vec<Diagnostic>| {
+            let value = number(n, what, &file, errors)?;
+            if value < 0.0 {
+                errors.push(Diagnostic::at(
+                    &file,
+                    n.pos,
+                    format!("`{what}` must not be negative, got {value}"),
+                ));
+                return None;
+            }
+            Some(value)
+        };
         let tolerance = match (get("tolerance"), get("tolerance_relative")) {
-            (Some(n), None) => number(n, "tolerance", &file, &mut errors).map(Tolerance::Absolute),
-            (None, Some(n)) => number(n, "tolerance_relative", &file, &mut errors).map(Tolerance::Relative),
+            (Some(n), None) => non_negative(n, "tolerance", &mut errors).map(Tolerance::Absolute),
+            (None, Some(n)) => non_negative(n, "tolerance_relative", &mut errors).map(Tolerance::Relative),
             (Some(_), Some(_)) => {
                 errors.push(Diagnostic::at(
                     &file,
@@ -157,25 +215,27 @@ pub fn read_baseline(path: &Path) -> Result<Vec<Entry>> {
         if let (
             Some(task),
             Some(method),
+            Some(axes),
             Some(metric),
             Some(expected),
             Some(tolerance),
             Some(higher_is_better),
-        ) = (task, method, metric, expected, tolerance, higher_is_better)
+        ) = (task, method, entry_axes, metric, expected, tolerance, higher_is_better)
         {
-            if let Some(first) =
-                entries.iter().find(|e: &&Entry| e.task == task && e.method == method && e.metric == metric)
-            {
+            if let Some(first) = entries.iter().find(|e: &&Entry| {
+                e.task == task && e.method == method && e.axes == axes && e.metric == metric
+            }) {
                 errors.push(Diagnostic::at(
                     &file,
                     item.pos,
-                    format!("{task}/{method}/{metric} is already listed on line {}", first.line),
+                    format!("{} is already listed on line {}", first.name(), first.line),
                 ));
                 continue;
             }
             entries.push(Entry {
                 task,
                 method,
+                axes,
                 metric,
                 expected,
                 tolerance,
@@ -190,30 +250,76 @@ pub fn read_baseline(path: &Path) -> Result<Vec<Entry>> {
     Ok(entries)
 }
 
-/// The observed value of an entry's metric: the main metric's median, or a `split/name` one.
-fn observed(entry: &Entry, groups: &[Group]) -> Option<f64> {
-    let group = groups.iter().find(|g| g.task == entry.task && g.method == entry.method)?;
-    if group.metric == entry.metric {
-        return Some(group.median);
+impl Entry {
+    /// `task/method/metric`, with the axis values where it names some.
+    pub fn name(&self) -> String {
+        let axes: Vec<String> = self.axes.iter().map(|(a, v)| format!("{a}={v}")).collect();
+        match axes.is_empty() {
+            true => format!("{}/{}/{}", self.task, self.method, self.metric),
+            false => format!("{}/{}[{}]/{}", self.task, self.method, axes.join(","), self.metric),
+        }
     }
-    group
-        .metrics
-        .get(&entry.metric)
-        .or_else(|| {
-            group
-                .metrics
-                .iter()
-                .find(|(k, _)| k.rsplit('/').next() == Some(entry.metric.as_str()))
-                .map(|(_, v)| v)
-        })
-        .copied()
+
+    fn picks(&self, group: &Group) -> bool {
+        group.task == self.task
+            && group.method == self.method
+            && self.axes.iter().all(|(a, v)| group.axes.get(a) == Some(v))
+    }
 }
 
-pub fn check(entries: &[Entry], groups: &[Group]) -> Vec<Check> {
+/// The result an entry names: none when the run lacks it, an error when it names several
+/// (matrix axes tell them apart) or a metric the result does not have.
+fn observed(entry: &Entry, groups: &[Group]) -> Result<Option<f64>> {
+    let picked: Vec<&Group> = groups.iter().filter(|g| entry.picks(g)).collect();
+    let group = match picked.as_slice() {
+        [] => return Ok(None),
+        [one] => *one,
+        several => {
+            let which: Vec<String> = several
+                .iter()
+                .map(|g| g.axes.iter().map(|(a, v)| format!("{a}: {v}")).collect::<Vec<_>>().join(", "))
+                .collect();
+            bail!(
+                "baseline line {}: {} matches {} results of the run ({{{}}}): add `axes:` to the entry to pick one",
+                entry.line,
+                entry.name(),
+                several.len(),
+                which.join("}, {")
+            );
+        }
+    };
+    if group.metric == entry.metric {
+        return Ok(Some(group.median));
+    }
+    let found = group.metrics.get(&entry.metric).or_else(|| {
+        group
+            .metrics
+            .iter()
+            .find(|(k, _)| k.rsplit('/').next() == Some(entry.metric.as_str()))
+            .map(|(_, v)| v)
+    });
+    match found {
+        Some(v) => Ok(Some(*v)),
+        None => {
+            let mut known: Vec<&str> = vec![group.metric.as_str()];
+            known.extend(group.metrics.keys().map(String::as_str));
+            bail!(
+                "baseline line {}: {}/{} has no metric `{}` (metrics: {})",
+                entry.line,
+                entry.task,
+                entry.method,
+                entry.metric,
+                known.join(", ")
+            )
+        }
+    }
+}
+
+pub fn check(entries: &[Entry], groups: &[Group]) -> Result<Vec<Check>> {
     entries
         .iter()
         .map(|entry| {
-            let observed = observed(entry, groups).filter(|v| v.is_finite());
+            let observed = observed(entry, groups)?.filter(|v| v.is_finite());
             let status = match observed {
                 None => Status::Missing,
                 Some(value) => {
@@ -232,7 +338,7 @@ pub fn check(entries: &[Entry], groups: &[Group]) -> Vec<Check> {
                     }
                 }
             };
-            Check { entry: entry.clone(), observed, status }
+            Ok(Check { entry: entry.clone(), observed, status })
         })
         .collect()
 }
@@ -257,10 +363,24 @@ pub fn table(checks: &[Check]) -> String {
         };
         out.push_str(&format!(
             "{:<8} {:<16} {:<14} {:>9.4} {:>9} {:>9}  {status}\n",
-            e.task, e.method, e.metric, e.expected, observed, tolerance
+            e.task,
+            method_label(e),
+            e.metric,
+            e.expected,
+            observed,
+            tolerance
         ));
     }
     out
+}
+
+/// The method with the axis values the entry picks it by.
+fn method_label(e: &Entry) -> String {
+    let axes: Vec<String> = e.axes.iter().map(|(a, v)| format!("{a}={v}")).collect();
+    match axes.is_empty() {
+        true => e.method.clone(),
+        false => format!("{}[{}]", e.method, axes.join(",")),
+    }
 }
 
 pub fn junit(checks: &[Check], baseline: &Path) -> Result<String> {
@@ -278,13 +398,18 @@ pub fn junit(checks: &[Check], baseline: &Path) -> Result<String> {
                         e.metric, e.expected, e.line
                     ),
                     None => {
-                        format!("no result for {}/{} in the run (baseline line {})", e.task, e.method, e.line)
+                        format!(
+                            "no result for {}/{} in the run (baseline line {})",
+                            e.task,
+                            method_label(e),
+                            e.line
+                        )
                     }
                 });
                 s
             }
         };
-        let mut case = TestCase::new(format!("{}/{}/{}", e.task, e.method, e.metric), status);
+        let mut case = TestCase::new(e.name(), status);
         case.set_classname("petnas.regress");
         suite.add_test_case(case);
     }
@@ -295,31 +420,45 @@ pub fn junit(checks: &[Check], baseline: &Path) -> Result<String> {
 
 /// The baseline with the observed values as expected ones (tolerances kept); methods the run
 /// has and the baseline lacks are added with `new_tolerance`.
-pub fn updated(entries: &[Entry], groups: &[Group], new_tolerance: f64) -> String {
+pub fn updated(entries: &[Entry], groups: &[Group], new_tolerance: f64) -> Result<String> {
     let mut out = String::from(
         "# petnas regression baseline (rewritten by `petnas regress --update-baseline`)\nentries:\n",
     );
-    let mut line = |task: &str,
-                    method: &str,
-                    metric: &str,
-                    expected: f64,
-                    tolerance: Tolerance,
-                    higher: bool| {
-        let tolerance = match tolerance {
+    let mut line = |e: &Entry| {
+        let tolerance = match e.tolerance {
             Tolerance::Absolute(t) => format!("tolerance: {t}"),
             Tolerance::Relative(r) => format!("tolerance_relative: {r}"),
         };
-        let direction = if higher { "" } else { ", direction: lower" };
-        out.push_str(&format!("  - {{task: {task}, method: {method}, metric: {metric}, expected: {expected:.4}, {tolerance}{direction}}}\n"));
+        let direction = if e.higher_is_better { "" } else { ", direction: lower" };
+        let axes = match e.axes.is_empty() {
+            true => String::new(),
+            false => {
+                let values: Vec<String> = e.axes.iter().map(|(a, v)| format!("{a}: '{v}'")).collect();
+                format!("axes: {{{}}}, ", values.join(", "))
+            }
+        };
+        out.push_str(&format!(
+            "  - {{task: {}, method: {}, {axes}metric: {}, expected: {:.4}, {tolerance}{direction}}}\n",
+            e.task, e.method, e.metric, e.expected
+        ));
     };
     for e in entries {
-        let value = observed(e, groups).filter(|v| v.is_finite()).unwrap_or(e.expected);
-        line(&e.task, &e.method, &e.metric, value, e.tolerance, e.higher_is_better);
+        let value = observed(e, groups)?.filter(|v| v.is_finite()).unwrap_or(e.expected);
+        line(&Entry { expected: value, ..e.clone() });
     }
     for g in groups {
-        if !entries.iter().any(|e| e.task == g.task && e.method == g.method) && g.median.is_finite() {
-            line(&g.task, &g.method, &g.metric, g.median, Tolerance::Absolute(new_tolerance), true);
+        if !entries.iter().any(|e| e.picks(g)) && g.median.is_finite() {
+            line(&Entry {
+                task: g.task.clone(),
+                method: g.method.clone(),
+                axes: g.axes.clone(),
+                metric: g.metric.clone(),
+                expected: g.median,
+                tolerance: Tolerance::Absolute(new_tolerance),
+                higher_is_better: true,
+                line: 0,
+            });
         }
     }
-    out
+    Ok(out)
 }

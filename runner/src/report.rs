@@ -7,51 +7,119 @@ use std::path::Path;
 use anyhow::{anyhow, Context, Result};
 use plotters::prelude::*;
 
-use crate::results::Group;
+use crate::results::{axes_of, Group};
+
+/// The columns that tell groups apart besides task and method: the pipeline where the
+/// groups come from several, and every matrix axis other than `task` and `seed`.
+fn label_columns(groups: &[Group]) -> (bool, Vec<String>) {
+    let first = groups.first().map(|g| g.pipeline.as_str());
+    (groups.iter().any(|g| Some(g.pipeline.as_str()) != first), axes_of(groups))
+}
+
+fn axis_value<'a>(g: &'a Group, axis: &str) -> &'a str {
+    g.axes.get(axis).map_or("", String::as_str)
+}
 
 pub fn markdown(groups: &[Group]) -> String {
-    let mut out = String::from("| task | method | PET params | % PLM | seeds | metric | median | spread (min–max) |\n|---|---|---:|---:|---:|---|---:|---|\n");
+    let (by_pipeline, axes) = label_columns(groups);
+    let mut head = vec!["task".to_string()];
+    if by_pipeline {
+        head.push("pipeline".into());
+    }
+    head.extend(axes.iter().cloned());
+    let labels = head.len();
+    head.extend(
+        ["method", "PET params", "% PLM", "seeds", "metric", "median", "spread (min–max)"].map(String::from),
+    );
+    let align: Vec<&str> = (0..head.len())
+        .map(|i| {
+            if i == labels + 1 || i == labels + 2 || i == labels + 3 || i == labels + 5 {
+                "---:"
+            } else {
+                "---"
+            }
+        })
+        .collect();
+    let mut out = format!("| {} |\n|{}|\n", head.join(" | "), align.join("|"));
     for g in groups {
-        writeln!(
-            out,
-            "| {} | {} | {} | {:.3} | {} | {} | {:.4} | {:.4}–{:.4} |",
-            g.task, g.method, g.pet_parameters, g.percent_of_plm, g.seeds, g.metric, g.median, g.min, g.max
-        )
-        .ok();
+        let mut row = vec![g.task.clone()];
+        if by_pipeline {
+            row.push(g.pipeline.clone());
+        }
+        row.extend(axes.iter().map(|a| axis_value(g, a).to_string()));
+        row.extend([
+            g.method.clone(),
+            g.pet_parameters.to_string(),
+            format!("{:.3}", g.percent_of_plm),
+            g.seeds.to_string(),
+            g.metric.clone(),
+            format!("{:.4}", g.median),
+            format!("{:.4}–{:.4}", g.min, g.max),
+        ]);
+        writeln!(out, "| {} |", row.join(" | ")).ok();
     }
     out
 }
 
-pub fn csv(groups: &[Group]) -> Result<String> {
+/// One row per group: its labels, parameters, metric and summary over seeds; with `cells`,
+/// one column per seed (`seed=N`) holding that cell's value instead of the summary.
+pub fn csv(groups: &[Group], cells: bool) -> Result<String> {
+    let axes = axes_of(groups);
+    let mut seeds: Vec<Option<i64>> =
+        groups.iter().flat_map(|g| g.seed_values.iter().map(|(s, _)| *s)).collect();
+    seeds.sort();
+    seeds.dedup();
+    let seed_column = |s: &Option<i64>| s.map_or("seed=none".to_string(), |s| format!("seed={s}"));
     let mut writer = csv::Writer::from_writer(Vec::new());
-    writer.write_record([
-        "task",
-        "method",
-        "pet_parameters",
-        "percent_of_plm",
-        "seeds",
-        "metric",
-        "median",
-        "min",
-        "max",
-        "values",
-    ])?;
+    let mut head: Vec<String> = vec!["task".into(), "pipeline".into()];
+    head.extend(axes.iter().cloned());
+    head.extend(["method", "pet_parameters", "percent_of_plm", "seeds", "metric"].map(String::from));
+    if cells {
+        head.extend(seeds.iter().map(seed_column));
+    } else {
+        head.extend(["median", "min", "max", "values"].map(String::from));
+    }
+    writer.write_record(&head)?;
     for g in groups {
-        let values: Vec<String> = g.values.iter().map(|v| format!("{v}")).collect();
-        writer.write_record([
-            g.task.clone(),
+        let mut row: Vec<String> = vec![g.task.clone(), g.pipeline.clone()];
+        row.extend(axes.iter().map(|a| axis_value(g, a).to_string()));
+        row.extend([
             g.method.clone(),
             g.pet_parameters.to_string(),
             format!("{}", g.percent_of_plm),
             g.seeds.to_string(),
             g.metric.clone(),
-            format!("{}", g.median),
-            format!("{}", g.min),
-            format!("{}", g.max),
-            values.join(" "),
-        ])?;
+        ]);
+        if cells {
+            row.extend(seeds.iter().map(|s| {
+                g.seed_values
+                    .iter()
+                    .find(|(seed, _)| seed == s)
+                    .map_or(String::new(), |(_, v)| format!("{v}"))
+            }));
+        } else {
+            let values: Vec<String> = g.values.iter().map(|v| format!("{v}")).collect();
+            row.extend([
+                format!("{}", g.median),
+                format!("{}", g.min),
+                format!("{}", g.max),
+                values.join(" "),
+            ]);
+        }
+        writer.write_record(&row)?;
     }
     Ok(String::from_utf8(writer.into_inner().map_err(|e| anyhow!("{e}"))?)?)
+}
+
+/// A group's name in a plot's legend: its method and the axis values that set it apart.
+fn legend(g: &Group, axes: &[String]) -> String {
+    let mut name = g.method.clone();
+    for axis in axes {
+        if let Some(v) = g.axes.get(axis) {
+            name.push_str(&format!(" {axis}={v}"));
+        }
+    }
+    name
 }
 
 /// Methods not beaten by another with at most as many parameters and a higher median.
@@ -166,6 +234,7 @@ where
         .map_err(err)?
         .label("frontier")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK));
+    let axes = axes_of(&members.iter().map(|g| (*g).clone()).collect::<Vec<_>>());
     for (i, g) in members.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         let x = g.pet_parameters as f64;
@@ -178,7 +247,7 @@ where
         chart
             .draw_series(std::iter::once(Circle::new((x, g.median), 5, color.filled())))
             .map_err(err)?
-            .label(g.method.clone())
+            .label(legend(g, &axes))
             .legend(move |(x, y)| Circle::new((x + 8, y), 5, color.filled()));
     }
     chart

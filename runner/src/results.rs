@@ -1,7 +1,8 @@
 //! The results of runs, as `petnas report` and `petnas regress` read them: every stage that
-//! wrote a `metrics.json` (glue.evaluate) is one result, grouped by task and method (the
-//! stage's id) over the seeds of the matrix.
-use std::collections::BTreeMap;
+//! wrote a `metrics.json` (glue.evaluate) is one result, grouped by pipeline, task, every
+//! other matrix axis and method (the stage's id), over the seeds of the matrix.
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -16,6 +17,8 @@ pub struct Evaluated {
     pub method: String,
     pub task: String,
     pub seed: Option<i64>,
+    /// The cell's matrix values other than `task` and `seed`.
+    pub axes: BTreeMap<String, String>,
     pub pet_parameters: i64,
     pub head_parameters: i64,
     pub percent_of_plm: f64,
@@ -25,19 +28,26 @@ pub struct Evaluated {
     pub metrics: BTreeMap<String, f64>,
 }
 
-/// A method on a task over its seeds.
+/// A method on a task at one value of every other matrix axis, over its seeds.
 #[derive(Debug, Clone, Serialize)]
 pub struct Group {
+    pub pipeline: String,
     pub task: String,
+    /// Matrix values other than `task` and `seed`, shared by the group's cells.
+    pub axes: BTreeMap<String, String>,
     pub method: String,
+    /// The median over seeds (structured pruning meets a budget to within one group).
     pub pet_parameters: i64,
     pub percent_of_plm: f64,
     pub metric: String,
+    /// Distinct seeds.
     pub seeds: usize,
     pub median: f64,
     pub min: f64,
     pub max: f64,
+    /// The main metric by seed, in seed order.
     pub values: Vec<f64>,
+    pub seed_values: Vec<(Option<i64>, f64)>,
     /// Medians of every metric (`split/name`).
     pub metrics: BTreeMap<String, f64>,
 }
@@ -72,10 +82,16 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
+/// Every evaluated cell under the folders given; a run folder named twice (`runs` and
+/// `runs/exp`) is read once.
 pub fn collect(dirs: &[PathBuf]) -> Result<Vec<Evaluated>> {
     let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
     for dir in dirs {
         for pipeline_dir in pipeline_dirs(dir)? {
+            if !seen.insert(std::fs::canonicalize(&pipeline_dir).unwrap_or_else(|_| pipeline_dir.clone())) {
+                continue;
+            }
             let pipeline = pipeline_dir.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
             let ran = stages_of_last_run(&pipeline_dir);
             let mut cells: Vec<PathBuf> = std::fs::read_dir(&pipeline_dir)?
@@ -135,9 +151,14 @@ fn read_result(stage_dir: &Path, pipeline: &str, cell: &str) -> Result<Evaluated
         }
     }
     let seed = m["cell"]["seed"].as_str().and_then(|s| s.parse().ok()).or_else(|| stage["seed"].as_i64());
+    let axes = cell_values(&m["cell"], cell)
+        .into_iter()
+        .filter(|(axis, _)| axis != "seed" && axis != "task")
+        .collect();
     Ok(Evaluated {
         pipeline: pipeline.to_string(),
         cell: cell.to_string(),
+        axes,
         method: stage_dir.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string(),
         task: m["task"].as_str().unwrap_or("?").to_string(),
         seed,
@@ -150,44 +171,104 @@ fn read_result(stage_dir: &Path, pipeline: &str, cell: &str) -> Result<Evaluated
     })
 }
 
-/// Groups results by task and method (in first-seen order), with medians over seeds.
-pub fn group(results: &[Evaluated]) -> Vec<Group> {
-    let mut keys: Vec<(String, String)> = Vec::new();
+/// A cell's matrix values: as the stage recorded them, else read from the cell's folder name
+/// (`task=rte,budget=12864,seed=1`; `default` has none).
+fn cell_values(recorded: &Value, cell: &str) -> BTreeMap<String, String> {
+    match recorded.as_object() {
+        Some(values) => values
+            .iter()
+            .map(|(axis, v)| (axis.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_string)))
+            .collect(),
+        None => cell
+            .split(',')
+            .filter_map(|part| part.split_once('='))
+            .map(|(axis, v)| (axis.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
+/// Matrix values in a natural order: numbers by value (budget 3000 before 12864), text as text.
+pub fn compare_values(a: &str, b: &str) -> Ordering {
+    match (a.parse::<f64>(), b.parse::<f64>()) {
+        (Ok(x), Ok(y)) => x.total_cmp(&y),
+        _ => a.cmp(b),
+    }
+}
+
+fn compare_axes(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> Ordering {
+    let axes: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    for axis in axes {
+        let order = match (a.get(axis), b.get(axis)) {
+            (Some(x), Some(y)) => compare_values(x, y),
+            (x, y) => x.cmp(&y),
+        };
+        if order != Ordering::Equal {
+            return order;
+        }
+    }
+    Ordering::Equal
+}
+
+/// Every matrix axis any group has (other than `task` and `seed`), in name order.
+pub fn axes_of(groups: &[Group]) -> Vec<String> {
+    let axes: BTreeSet<&String> = groups.iter().flat_map(|g| g.axes.keys()).collect();
+    axes.into_iter().cloned().collect()
+}
+
+/// Groups results by pipeline, task, the other matrix axes and method, with medians over
+/// distinct seeds; ordered by task, then the axes' values, then the order methods first
+/// appear in.
+pub fn group(results: &[Evaluated]) -> Result<Vec<Group>> {
+    type Key = (String, String, BTreeMap<String, String>, String);
+    let mut keys: Vec<Key> = Vec::new();
     for r in results {
-        let key = (r.task.clone(), r.method.clone());
+        let key = (r.task.clone(), r.pipeline.clone(), r.axes.clone(), r.method.clone());
         if !keys.contains(&key) {
             keys.push(key);
         }
     }
-    keys.sort_by(|a, b| a.0.cmp(&b.0));
+    keys.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| compare_axes(&a.2, &b.2)));
     keys.into_iter()
-        .map(|(task, method)| {
-            let members: Vec<&Evaluated> =
-                results.iter().filter(|r| r.task == task && r.method == method).collect();
-            let mut values: Vec<f64> = members.iter().map(|r| r.value).collect();
+        .map(|(task, pipeline, axes, method)| {
+            let mut members: Vec<&Evaluated> = results
+                .iter()
+                .filter(|r| r.task == task && r.pipeline == pipeline && r.axes == axes && r.method == method)
+                .collect();
+            members.sort_by_key(|r| r.seed);
+            if let Some(pair) = members.windows(2).find(|w| w[0].seed == w[1].seed) {
+                bail!(
+                    "cells `{}` and `{}` of {pipeline} both give {method} on {task} with seed {}: \
+                     their other matrix values should tell them apart",
+                    pair[0].cell,
+                    pair[1].cell,
+                    pair[0].seed.map_or("(none)".to_string(), |s| s.to_string())
+                );
+            }
+            let values: Vec<f64> = members.iter().map(|r| r.value).collect();
             let mut metrics = BTreeMap::new();
             for name in members[0].metrics.keys() {
                 let mut vs: Vec<f64> = members.iter().filter_map(|r| r.metrics.get(name).copied()).collect();
                 metrics.insert(name.clone(), median(&mut vs));
             }
-            let ordered = {
-                let mut v = values.clone();
-                v.sort_by(f64::total_cmp);
-                v
-            };
-            Group {
-                pet_parameters: members[0].pet_parameters,
-                percent_of_plm: members[0].percent_of_plm,
+            let mut ordered = values.clone();
+            let mut parameters: Vec<f64> = members.iter().map(|r| r.pet_parameters as f64).collect();
+            let mut percents: Vec<f64> = members.iter().map(|r| r.percent_of_plm).collect();
+            Ok(Group {
+                pet_parameters: median(&mut parameters).round() as i64,
+                percent_of_plm: median(&mut percents),
                 metric: members[0].metric.clone(),
                 seeds: members.len(),
-                median: median(&mut values),
+                median: median(&mut ordered),
                 min: ordered.first().copied().unwrap_or(f64::NAN),
                 max: ordered.last().copied().unwrap_or(f64::NAN),
-                values: members.iter().map(|r| r.value).collect(),
+                seed_values: members.iter().map(|r| (r.seed, r.value)).collect(),
+                values,
                 metrics,
+                pipeline,
                 task,
+                axes,
                 method,
-            }
+            })
         })
         .collect()
 }
