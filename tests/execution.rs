@@ -286,3 +286,95 @@ fn outputs_go_outside_the_run_folder_only_where_allowed() {
     assert_eq!(allowed.code, 0, "{}", allowed.stderr);
     assert!(s.path().join("exports/2.0.tsv").exists());
 }
+
+/// A `budget`-like axis that only some stages read: `data` and `fit` are the same in both
+/// cells, `evaluate` runs where `when` says, `refit` reads the axis.
+const TWINS: &str = "name: twins
+defaults: {threads: 1}
+matrix:
+  steps: [50, 100]
+stages:
+  data: {use: demo.data, with: {n: 128}}
+  fit: {use: demo.fit, needs: [data], with: {steps: 200}}
+  refit: {use: demo.fit, needs: [data], with: {steps: '${matrix.steps}'}}
+  evaluate: {use: demo.evaluate, needs: [data, fit], when: {steps: 100}}
+";
+
+#[test]
+fn cells_share_stages_their_axes_do_not_change_and_when_picks_the_cells_of_a_stage() {
+    let s = Scratch::new();
+    s.write("p.yaml", TWINS);
+    let validate = s.petnas(&["validate", "p.yaml"]);
+    assert_eq!(
+        validate.stdout.trim(),
+        "p.yaml: ok (2 cell(s) × 4 stage(s), 7 stage runs)",
+        "{}",
+        validate.stderr
+    );
+    let run = s.petnas(&["run", "p.yaml", "--jobs", "2"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(
+        summary_line(&run.stdout).starts_with("5 done, 2 reused, 0 failed"),
+        "data and fit are computed once, refit in each cell:\n{}",
+        run.stdout
+    );
+    assert!(!s.stage_dir("twins", "steps=50", "evaluate").exists(), "`when` leaves it out of steps=50");
+    assert!(s.stage_dir("twins", "steps=100", "evaluate").join("metrics.json").exists());
+    for stage in ["data", "fit"] {
+        let files = |cell: &str| files_of(&s.stage_dir("twins", cell, stage));
+        assert_eq!(files("steps=50"), files("steps=100"), "{stage} is the same in both cells");
+    }
+    let refit = |cell: &str| s.read_json(&s.stage_dir("twins", cell, "refit").join("outputs.json"));
+    assert_eq!(
+        (refit("steps=50")["meta"]["steps"].clone(), refit("steps=100")["meta"]["steps"].clone()),
+        (50.into(), 100.into())
+    );
+
+    // A cell added later takes the shared stages from a finished one.
+    s.write("p.yaml", &TWINS.replace("[50, 100]", "[50, 100, 150]"));
+    let more = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(more.code, 0, "{}", more.stderr);
+    assert!(summary_line(&more.stdout).starts_with("1 done, 9 reused"), "{}", more.stdout);
+    assert!(more.stderr.contains("reused from another cell (content key matches)"), "{}", more.stderr);
+
+    // --force reruns a stage once and lets its twins copy it.
+    let forced = s.petnas(&["run", "p.yaml", "--force", "fit"]);
+    assert_eq!(forced.code, 0, "{}", forced.stderr);
+    assert!(
+        summary_line(&forced.stdout).starts_with("2 done, 8 reused"),
+        "fit once, then evaluate:\n{}",
+        forced.stdout
+    );
+}
+
+#[test]
+fn when_is_checked_before_anything_runs() {
+    let s = Scratch::new();
+    let cases = [
+        ("when: {step: 100}", "unknown matrix axis `step`"),
+        ("when: {steps: 70}", "`when` names `70`, which is not a value of axis `steps`"),
+        ("when: [100]", "`when` of stage `evaluate` must be a mapping of matrix axis → value or list of values, found a list"),
+    ];
+    for (when, expected) in cases {
+        s.write("p.yaml", &TWINS.replace("when: {steps: 100}", when));
+        let run = s.petnas(&["validate", "p.yaml"]);
+        assert_eq!(run.code, 2, "{when}");
+        assert!(run.stderr.contains(expected), "{when}: {}", run.stderr);
+    }
+    s.write(
+        "p.yaml",
+        &TWINS.replace(
+            "fit: {use: demo.fit, needs: [data], with: {steps: 200}}",
+            "fit: {use: demo.fit, needs: [data], with: {steps: 200}, when: {steps: 50}}",
+        ),
+    );
+    let run = s.petnas(&["validate", "p.yaml"]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains(
+            "stage `evaluate` runs in cell steps=100, where `fit`, which it needs, does not (its `when`)"
+        ),
+        "{}",
+        run.stderr
+    );
+}

@@ -40,7 +40,7 @@ fn a_valid_pipeline_validates() {
     s.write("p.yaml", VALID);
     let run = s.petnas(&["validate", "p.yaml"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert_eq!(run.stdout.trim(), "p.yaml: ok (4 cell(s) × 3 stage(s))");
+    assert_eq!(run.stdout.trim(), "p.yaml: ok (4 cell(s) × 3 stage(s), 12 stage runs)");
 }
 
 #[test]

@@ -267,3 +267,67 @@ fn bf16_autocast_trains_in_mixed_precision_with_fp32_parameters() {
     // bf16 products round differently: the runs part, but only by rounding, not divergence.
     assert!(largest > 0.0 && largest < 0.05, "largest parameter difference {largest}");
 }
+
+#[test]
+fn a_validation_split_held_out_of_train_selects_the_best_parameters_and_dev_is_reported() {
+    let s = Scratch::new();
+    let text = pipeline("[{type: lora, rank: 2}]", FIT)
+        .replace("max_len: 48}", "max_len: 48, validation_fraction: 0.25}");
+    s.write("p.yaml", &text);
+    let run = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let data = s.read_json(&s.stage_dir("train", "default", "data").join("outputs.json"))["meta"].clone();
+    let tensors =
+        petnas_sdk::Artifact::read(&s.stage_dir("train", "default", "data"), tch::Device::Cpu).unwrap();
+    let lines =
+        |split: &str| Vec::<i64>::try_from(tensors.tensor(&format!("{split}.index")).unwrap()).unwrap();
+    let (train, validation) = (lines("train"), lines("validation"));
+    assert_eq!((train.len(), validation.len()), (192, 64));
+    assert_eq!(data["splits"]["validation"]["examples"], 64);
+    let mut all: Vec<i64> = train.iter().chain(&validation).copied().collect();
+    all.sort();
+    assert_eq!(all, (0..256).collect::<Vec<i64>>(), "every training line in one of the two, once");
+
+    let log = std::fs::read_to_string(s.stage_dir("train", "default", "fit").join("log.jsonl")).unwrap();
+    assert!(log.contains("evaluated on validation") && !log.contains("evaluated on dev"), "{log}");
+    let metrics = metrics(&s);
+    assert_eq!(
+        metrics["splits"].as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["dev"],
+        "the validation split is not reported: {metrics}"
+    );
+    let fit = s.read_json(&s.stage_dir("train", "default", "fit").join("outputs.json"));
+    assert!(fit["meta"]["training"]["history"][0]["split"] == "validation", "{fit}");
+
+    s.write("p.yaml", &text.replace("validation_fraction: 0.25", "validation_fraction: 1.5"));
+    let bad = s.petnas(&["run", "p.yaml"]);
+    assert_ne!(bad.code, 0);
+    assert!(bad.stderr.contains("`validation_fraction` must be in (0, 1), got 1.5"), "{}", bad.stderr);
+}
+
+#[test]
+fn a_changed_pet_type_plugin_recomputes_the_stages_that_run_its_modules() {
+    let s = Scratch::new();
+    let plugins = s.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let lora = plugins.join("libpetnas_lora.so");
+    std::fs::copy(petnas_e2e::plugin_file("lora"), &lora).unwrap();
+    s.write("p.yaml", &pipeline("[{type: lora, rank: 2}]", "{max_steps: 2, batch_size: 16}"));
+    let args = ["run", "p.yaml", "--plugin-dir", "plugins"];
+    assert_eq!(s.petnas(&args).code, 0);
+    let same = s.petnas(&args);
+    assert!(same.stdout.lines().last().unwrap().starts_with("0 done, 6 reused"), "{}", same.stdout);
+    // The same plugin rebuilt differently: its bytes change, its stages must not be reused.
+    let mut bytes = std::fs::read(&lora).unwrap();
+    bytes.push(0);
+    std::fs::write(&lora, bytes).unwrap();
+    let changed = s.petnas(&args);
+    assert_eq!(changed.code, 0, "{}", changed.stderr);
+    for stage in ["pets", "fit", "evaluate"] {
+        assert!(
+            changed.stdout.lines().any(|l| l.starts_with(&format!("default  {stage:<9} done"))),
+            "{stage} runs LoRA's code and is recomputed:\n{}",
+            changed.stdout
+        );
+    }
+}

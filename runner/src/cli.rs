@@ -132,7 +132,13 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Run { file, jobs, force, folders } => run(&file, jobs, force, &folders, registry),
         Command::Validate { file, folders } => load(&file, &folders, registry).map(|p| {
-            println!("{}: ok ({} cell(s) × {} stage(s))", file.display(), p.cells.len(), p.stages.len());
+            println!(
+                "{}: ok ({} cell(s) × {} stage(s), {} stage runs)",
+                file.display(),
+                p.cells.len(),
+                p.stages.len(),
+                p.stage_runs()
+            );
             0
         }),
         Command::Plan { file, dot, folders } => load(&file, &folders, registry).map(|p| {

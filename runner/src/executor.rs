@@ -1,6 +1,8 @@
 //! Runs the expanded pipeline: every (cell, stage) pair is a node; ready nodes run in
-//! parallel up to `--jobs`, complete stages whose content key matches are reused, a failure
-//! skips only what depends on it, and Ctrl-C stops within a couple of seconds.
+//! parallel up to `--jobs`, complete stages whose content key matches are reused — also from
+//! another cell, where cells differ only in values the stage does not read (a supernet
+//! trained once for every budget) —, a failure skips only what depends on it, and Ctrl-C
+//! stops within a couple of seconds.
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -120,6 +122,7 @@ pub fn run(
             consumers[*dep] += 1;
         }
     }
+    let services_sha256 = registry.services_sha256();
     let (sender, receiver) = mpsc::channel::<Finished>();
     let mut running = 0usize;
     let mut cancel_deadline: Option<Instant> = None;
@@ -161,7 +164,6 @@ pub fn run(
                 {
                     continue;
                 }
-                progressed = true;
                 let stage = &pipeline.stages[node.stage];
                 let (kind, plugin) =
                     registry.stage(&stage.kind).context("stage kind vanished after validation")?;
@@ -181,6 +183,7 @@ pub fn run(
                         tracing::error!("{}/{}: failed: {e:#}", cell.name, stage.id);
                         states[i] = State::Finished(Status::Failed(format!("{e:#}")));
                         display.stage_finished();
+                        progressed = true;
                         continue;
                     }
                 };
@@ -190,15 +193,60 @@ pub fn run(
                     external: &external,
                     inputs: &inputs,
                     plugin_sha256: &plugin.sha256,
+                    services_sha256: &services_sha256,
                     seed,
                     dtype: &format!("{:?}", placement.dtype),
                     device: if placement.device.is_cuda() { "cuda" } else { "cpu" },
                 }
                 .key();
+                // A twin in this run: the same content key in another cell.
+                let twin = (0..nodes.len()).find(|&j| {
+                    j != i
+                        && keys[j].as_deref() == Some(key.as_str())
+                        && matches!(
+                            states[j],
+                            State::Running | State::Finished(Status::Done | Status::Reused)
+                        )
+                });
+                if twin.is_some_and(|j| matches!(states[j], State::Running)) {
+                    continue; // it is being computed: wait for it
+                }
+                progressed = true;
                 keys[i] = Some(key.clone());
-                if !forced.contains(&node.stage) && store::completed(&node.dir, &key).is_some() {
+                let forced_here = forced.contains(&node.stage);
+                if !forced_here && store::completed(&node.dir, &key).is_some() {
                     tracing::info!(cell = %cell.name, stage = %stage.id, "reused (content key matches)");
                     states[i] = State::Finished(Status::Reused);
+                    display.stage_finished();
+                    continue;
+                }
+                // Forced stages rerun once, then serve their twins; otherwise any complete
+                // copy with this key (from this run or an earlier one) serves.
+                let source = twin.map(|j| nodes[j].dir.clone()).or_else(|| {
+                    (!forced_here)
+                        .then(|| {
+                            nodes
+                                .iter()
+                                .filter(|n| n.stage == node.stage && n.dir != node.dir)
+                                .find(|n| store::completed(&n.dir, &key).is_some())
+                                .map(|n| n.dir.clone())
+                        })
+                        .flatten()
+                });
+                if let Some(from) = source {
+                    match store::copy_completed(&from, &node.dir, &pipeline_dir.join(&cell.name), &stage.id) {
+                        Ok(()) => {
+                            tracing::info!(cell = %cell.name, stage = %stage.id, from = %from.display(), "reused from another cell (content key matches)");
+                            if let Some(artifact) = twin.and_then(|j| artifacts.get(&j).cloned()) {
+                                artifacts.insert(i, artifact);
+                            }
+                            states[i] = State::Finished(Status::Reused);
+                        }
+                        Err(e) => {
+                            tracing::error!("{}/{}: failed: {e:#}", cell.name, stage.id);
+                            states[i] = State::Finished(Status::Failed(format!("{e:#}")));
+                        }
+                    }
                     display.stage_finished();
                     continue;
                 }
@@ -210,11 +258,6 @@ pub fn run(
                     dir: node.dir.clone(),
                     stage_id: stage.id.clone(),
                     cell_name: cell.name.clone(),
-                    cell_values: cell
-                        .values
-                        .iter()
-                        .map(|(a, v)| (a.clone(), crate::matrix::display(v)))
-                        .collect(),
                     kind,
                     plugin_name: plugin.name.clone(),
                     plugin_version: plugin.version.clone(),
@@ -330,17 +373,20 @@ fn forced_stages(pipeline: &Pipeline, force: &[String]) -> Result<BTreeSet<usize
     Ok(forced)
 }
 
+/// The (cell, stage) pairs that run, each with the nodes it needs.
 fn expand(pipeline: &Pipeline, pipeline_dir: &Path) -> Vec<Node> {
-    let per_cell = pipeline.stages.len();
-    let mut nodes = Vec::new();
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut index: BTreeMap<(usize, usize), usize> = BTreeMap::new();
     for (c, cell) in pipeline.cells.iter().enumerate() {
-        for (s, stage) in pipeline.stages.iter().enumerate() {
+        for (s, stage) in pipeline.stages_in(c) {
+            // Validation saw to it that what a stage needs runs in its cells, earlier in order.
             let deps = stage
                 .needs
                 .iter()
                 .filter_map(|n| pipeline.stage_index(n))
-                .map(|j| c * per_cell + j)
+                .filter_map(|j| index.get(&(c, j)).copied())
                 .collect();
+            index.insert((c, s), nodes.len());
             nodes.push(Node {
                 cell: c,
                 stage: s,
@@ -358,7 +404,6 @@ struct Job {
     dir: PathBuf,
     stage_id: String,
     cell_name: String,
-    cell_values: BTreeMap<String, String>,
     kind: &'static dyn petnas_sdk::Stage,
     plugin_name: String,
     plugin_version: String,
@@ -406,7 +451,6 @@ impl Job {
             placement.device,
             self.seed,
             placement.dtype.kind(),
-            self.cell_values.clone(),
             temp.clone(),
             self.options.clone(),
             Arc::new(progress),

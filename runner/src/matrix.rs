@@ -125,35 +125,113 @@ impl Matrix {
                 ));
                 continue;
             };
-            let mut rule = Vec::new();
             let errors_before = errors.len();
-            for (axis, axis_pos, value) in entries {
-                let Some((_, values)) = self.axes.iter().find(|(a, _)| a == axis) else {
-                    errors.push(self.unknown_axis(axis, file, *axis_pos));
-                    continue;
-                };
-                match scalar_json(value) {
-                    Some(v) if values.iter().any(|x| display(x) == display(&v)) => {
-                        rule.push((axis.clone(), v))
-                    }
-                    Some(v) => errors.push(Diagnostic::at(
-                        file,
-                        value.pos,
-                        format!("`exclude` names `{}`, which is not a value of axis `{axis}`", display(&v)),
-                    )),
-                    None => errors.push(Diagnostic::at(
-                        file,
-                        value.pos,
-                        format!("`exclude` values must be strings or numbers, found {}", value.type_name()),
-                    )),
-                }
-            }
+            let rule: Vec<(String, Json)> = entries
+                .iter()
+                .filter_map(|(axis, axis_pos, value)| {
+                    let v = self.axis_value(axis, *axis_pos, value, "`exclude`", file, errors)?;
+                    Some((axis.clone(), v))
+                })
+                .collect();
             // A rule with a wrong entry is not kept in part: what is left of it would exclude
             // more than was written (and report "no cell left" on top of the real error).
             if errors.len() == errors_before {
                 self.exclude.push(rule);
             }
         }
+    }
+
+    /// One value of `axis` written in `what` (`exclude`, a stage's `when`): an error when the
+    /// axis is unknown or the value is not one of its values.
+    fn axis_value(
+        &self,
+        axis: &str,
+        axis_pos: Pos,
+        value: &Node,
+        what: &str,
+        file: &str,
+        errors: &mut Vec<Diagnostic>,
+    ) -> Option<Json> {
+        let Some((_, values)) = self.axes.iter().find(|(a, _)| a == axis) else {
+            errors.push(self.unknown_axis(axis, file, axis_pos));
+            return None;
+        };
+        match scalar_json(value) {
+            Some(v) if values.iter().any(|x| display(x) == display(&v)) => Some(v),
+            Some(v) => {
+                let listed: Vec<String> = values.iter().map(display).collect();
+                errors.push(
+                    Diagnostic::at(
+                        file,
+                        value.pos,
+                        format!("{what} names `{}`, which is not a value of axis `{axis}`", display(&v)),
+                    )
+                    .help(format!("`{axis}` takes: {}", listed.join(", "))),
+                );
+                None
+            }
+            None => {
+                errors.push(Diagnostic::at(
+                    file,
+                    value.pos,
+                    format!("{what} values must be strings or numbers, found {}", value.type_name()),
+                ));
+                None
+            }
+        }
+    }
+
+    /// A stage's `when:` — axis → a value or a list of values: the cells where the stage runs
+    /// (one flag per cell of `cells`). None when it has errors.
+    pub fn when(
+        &self,
+        node: &Node,
+        stage: &str,
+        cells: &[Cell],
+        file: &str,
+        errors: &mut Vec<Diagnostic>,
+    ) -> Option<Vec<bool>> {
+        let Value::Map(entries) = &node.value else {
+            errors.push(Diagnostic::at(
+                file,
+                node.pos,
+                format!("`when` of stage `{stage}` must be a mapping of matrix axis → value or list of values, found {}", node.type_name()),
+            ));
+            return None;
+        };
+        let errors_before = errors.len();
+        let mut rule: Vec<(String, Vec<Json>)> = Vec::new();
+        for (axis, axis_pos, value) in entries {
+            let items: Vec<&Node> = match &value.value {
+                Value::Seq(items) => items.iter().collect(),
+                _ => vec![value],
+            };
+            let values = items
+                .into_iter()
+                .filter_map(|item| self.axis_value(axis, *axis_pos, item, "`when`", file, errors))
+                .collect();
+            rule.push((axis.clone(), values));
+        }
+        if errors.len() != errors_before {
+            return None;
+        }
+        let runs: Vec<bool> = cells
+            .iter()
+            .map(|cell| {
+                rule.iter().all(|(axis, values)| {
+                    cell.get(axis).is_some_and(|v| values.iter().any(|w| display(w) == display(v)))
+                })
+            })
+            .collect();
+        if !runs.contains(&true) {
+            errors.push(Diagnostic::at(
+                file,
+                node.pos,
+                format!("`when` of stage `{stage}` matches no cell of the matrix"),
+            ));
+            return None;
+        }
+        Some(runs)
     }
 
     pub fn unknown_axis(&self, axis: &str, file: &str, pos: Pos) -> Diagnostic {

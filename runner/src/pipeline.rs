@@ -16,7 +16,7 @@ use crate::yaml::{self, Node, Value};
 
 const TOP_LEVEL_KEYS: &[&str] = &["name", "description", "defaults", "matrix", "stages"];
 const DEFAULTS_KEYS: &[&str] = &["device", "seed", "dtype", "threads"];
-const STAGE_KEYS: &[&str] = &["use", "needs", "with"];
+const STAGE_KEYS: &[&str] = &["use", "needs", "with", "when"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum DeviceSpec {
@@ -76,7 +76,9 @@ pub struct StageDecl {
     pub pos: Pos,
     pub kind: String,
     pub needs: Vec<String>,
-    /// Options per cell, checked, defaults filled in.
+    /// Per cell: whether the stage runs there (its `when`; every cell without one).
+    pub runs_in: Vec<bool>,
+    /// Options per cell, checked, defaults filled in (null where the stage does not run).
     pub options: Vec<Json>,
 }
 
@@ -93,6 +95,16 @@ pub struct Pipeline {
 impl Pipeline {
     pub fn stage_index(&self, id: &str) -> Option<usize> {
         self.stages.iter().position(|s| s.id == id)
+    }
+
+    /// The stages that run in cell `c`, in dependency order.
+    pub fn stages_in(&self, c: usize) -> impl Iterator<Item = (usize, &StageDecl)> {
+        self.stages.iter().enumerate().filter(move |(_, s)| s.runs_in[c])
+    }
+
+    /// How many (cell, stage) pairs run.
+    pub fn stage_runs(&self) -> usize {
+        self.stages.iter().map(|s| s.runs_in.iter().filter(|r| **r).count()).sum()
     }
 
     /// The seed of a cell: its `seed` matrix value when the matrix has a seed axis.
@@ -258,6 +270,7 @@ struct RawStage<'a> {
     use_pos: Pos,
     needs: Vec<(String, Pos)>,
     with: Option<&'a Node>,
+    when: Option<&'a Node>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -319,14 +332,32 @@ fn parse_stages(
         return Vec::new();
     };
     check_input_kinds(&raw, registry, file, errors);
+    let runs_in: Vec<Vec<bool>> = raw
+        .iter()
+        .map(|stage| match stage.when {
+            Some(node) => {
+                matrix.when(node, &stage.id, cells, file, errors).unwrap_or_else(|| vec![false; cells.len()])
+            }
+            None => vec![true; cells.len()],
+        })
+        .collect();
+    check_needs_run(&raw, &runs_in, cells, file, errors);
     order
         .into_iter()
         .map(|i| {
             let stage = &raw[i];
             let options = match (&stage.kind, registry.stage(stage.kind.as_deref().unwrap_or(""))) {
-                (Some(_), Some((kind, _))) => {
-                    check_options(stage, kind.options(), file, matrix, cells, ctx, registry, errors)
-                }
+                (Some(_), Some((kind, _))) => check_options(
+                    stage,
+                    kind.options(),
+                    file,
+                    matrix,
+                    cells,
+                    &runs_in[i],
+                    ctx,
+                    registry,
+                    errors,
+                ),
                 _ => Vec::new(),
             };
             StageDecl {
@@ -334,10 +365,39 @@ fn parse_stages(
                 pos: stage.pos,
                 kind: stage.kind.clone().unwrap_or_default(),
                 needs: stage.needs.iter().map(|(n, _)| n.clone()).collect(),
+                runs_in: runs_in[i].clone(),
                 options,
             }
         })
         .collect()
+}
+
+/// Wherever a stage runs, the stages it needs run too.
+fn check_needs_run(
+    raw: &[RawStage],
+    runs_in: &[Vec<bool>],
+    cells: &[Cell],
+    file: &str,
+    errors: &mut Vec<Diagnostic>,
+) {
+    for (i, stage) in raw.iter().enumerate() {
+        for (need, pos) in &stage.needs {
+            let Some(j) = raw.iter().position(|s| &s.id == need) else { continue };
+            if let Some(c) = (0..cells.len()).find(|&c| runs_in[i][c] && !runs_in[j][c]) {
+                errors.push(
+                    Diagnostic::at(
+                        file,
+                        *pos,
+                        format!(
+                            "stage `{}` runs in cell {}, where `{need}`, which it needs, does not (its `when`)",
+                            stage.id, cells[c].name
+                        ),
+                    )
+                    .help(format!("give `{}` a `when` inside `{need}`'s", stage.id)),
+                );
+            }
+        }
+    }
 }
 
 fn parse_stage<'a>(
@@ -348,8 +408,15 @@ fn parse_stage<'a>(
     registry: &Registry,
     errors: &mut Vec<Diagnostic>,
 ) -> RawStage<'a> {
-    let mut stage =
-        RawStage { id: id.to_string(), pos, kind: None, use_pos: body.pos, needs: Vec::new(), with: None };
+    let mut stage = RawStage {
+        id: id.to_string(),
+        pos,
+        kind: None,
+        use_pos: body.pos,
+        needs: Vec::new(),
+        with: None,
+        when: None,
+    };
     let Value::Map(entries) = &body.value else {
         errors.push(Diagnostic::at(
             file,
@@ -393,6 +460,7 @@ fn parse_stage<'a>(
                     format!("`needs` must be a stage id or a list of them, found {}", value.type_name()),
                 )),
             },
+            "when" => stage.when = Some(value),
             "with" => match &value.value {
                 Value::Map(_) => stage.with = Some(value),
                 Value::Null => {}
@@ -448,7 +516,7 @@ fn topological_order(raw: &[RawStage], file: &str, errors: &mut Vec<Diagnostic>)
         }
     }
     match toposort(&graph, None) {
-        Ok(order) => Some(order.into_iter().map(|n| graph[n]).collect()),
+        Ok(_) => Some(file_order_first(&graph, &nodes)),
         Err(_) => {
             for scc in tarjan_scc(&graph).into_iter().filter(|c| c.len() > 1) {
                 let mut members: Vec<usize> = scc.iter().map(|n| graph[*n]).collect();
@@ -464,6 +532,28 @@ fn topological_order(raw: &[RawStage], file: &str, errors: &mut Vec<Diagnostic>)
             None
         }
     }
+}
+
+/// A dependency order of an acyclic graph that keeps the file's order wherever the needs
+/// allow (Kahn's algorithm taking the earliest ready stage), so stages start as written.
+fn file_order_first(graph: &DiGraph<usize, ()>, nodes: &[NodeIndex]) -> Vec<usize> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let mut waiting: Vec<usize> =
+        nodes.iter().map(|&n| graph.neighbors_directed(n, petgraph::Direction::Incoming).count()).collect();
+    let mut ready: BinaryHeap<Reverse<usize>> =
+        (0..nodes.len()).filter(|&i| waiting[i] == 0).map(Reverse).collect();
+    let mut order = Vec::with_capacity(nodes.len());
+    while let Some(Reverse(i)) = ready.pop() {
+        order.push(i);
+        for next in graph.neighbors(nodes[i]).map(|n| graph[n]) {
+            waiting[next] -= 1;
+            if waiting[next] == 0 {
+                ready.push(Reverse(next));
+            }
+        }
+    }
+    order
 }
 
 /// A cycle through `start` that stays inside its strongly connected component.
@@ -545,6 +635,7 @@ fn check_options(
     file: &str,
     matrix: &Matrix,
     cells: &[Cell],
+    runs_in: &[bool],
     ctx: &Context,
     registry: &Registry,
     errors: &mut Vec<Diagnostic>,
@@ -600,7 +691,11 @@ fn check_options(
     }
     cells
         .iter()
-        .map(|cell| {
+        .zip(runs_in)
+        .map(|(cell, runs)| {
+            if !runs {
+                return Json::Null;
+            }
             let mut options = serde_json::Map::new();
             for spec in &schema.options {
                 let value = match given.iter().find(|(k, _, _)| k == spec.name) {

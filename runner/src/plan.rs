@@ -11,14 +11,14 @@ pub fn text(pipeline: &Pipeline) -> String {
         out,
         "pipeline {}: {cells} cell(s) × {stages} stage(s) = {} stage runs",
         pipeline.name,
-        cells * stages
+        pipeline.stage_runs()
     )
     .ok();
     let width = pipeline.stages.iter().map(|s| s.id.len()).max().unwrap_or(0);
     let kind_width = pipeline.stages.iter().map(|s| s.kind.len()).max().unwrap_or(0);
     for (c, cell) in pipeline.cells.iter().enumerate() {
         writeln!(out, "cell {} (seed {})", cell.name, pipeline.cell_seed(cell)).ok();
-        for stage in &pipeline.stages {
+        for (_, stage) in pipeline.stages_in(c) {
             let needs = if stage.needs.is_empty() {
                 String::new()
             } else {
@@ -36,7 +36,7 @@ pub fn dot(pipeline: &Pipeline) -> String {
     writeln!(out, "digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box];", escape(&pipeline.name)).ok();
     for (c, cell) in pipeline.cells.iter().enumerate() {
         writeln!(out, "  subgraph \"cluster_{c}\" {{\n    label=\"{}\";", escape(&cell.name)).ok();
-        for stage in &pipeline.stages {
+        for (_, stage) in pipeline.stages_in(c) {
             writeln!(
                 out,
                 "    \"{c}/{}\" [label=\"{}\\n{}\"];",
@@ -46,7 +46,7 @@ pub fn dot(pipeline: &Pipeline) -> String {
             )
             .ok();
         }
-        for stage in &pipeline.stages {
+        for (_, stage) in pipeline.stages_in(c) {
             for need in &stage.needs {
                 writeln!(out, "    \"{c}/{}\" -> \"{c}/{}\";", escape(need), escape(&stage.id)).ok();
             }

@@ -177,6 +177,23 @@ impl Registry {
         self.stages.values().map(|(s, i)| (s.as_ref(), &self.plugins[*i]))
     }
 
+    /// One hash over every plugin that serves other plugins' stages (PET types, backbone
+    /// loaders): a stage runs their code through the model it is handed, so a changed PET
+    /// type must change the content key of every stage, not only of its own plugin's.
+    pub fn services_sha256(&self) -> String {
+        let mut serving: Vec<(&str, &str)> = self
+            .pet_types
+            .values()
+            .map(|(_, i)| *i)
+            .chain(self.backbone_loaders.values().map(|(_, i)| *i))
+            .map(|i| (self.plugins[i].name.as_str(), self.plugins[i].sha256.as_str()))
+            .collect();
+        serving.sort();
+        serving.dedup();
+        let text: Vec<String> = serving.iter().map(|(n, h)| format!("{n}:{h}")).collect();
+        hex(&Sha256::digest(text.join("\n")))
+    }
+
     pub fn tool(&self, name: &str) -> Option<&dyn Tool> {
         self.tools.get(name).map(|(t, _)| t.as_ref())
     }

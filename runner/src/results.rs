@@ -150,11 +150,9 @@ fn read_result(stage_dir: &Path, pipeline: &str, cell: &str) -> Result<Evaluated
             metrics.insert(format!("{split}/{name}"), v.as_f64().unwrap_or(f64::NAN));
         }
     }
-    let seed = m["cell"]["seed"].as_str().and_then(|s| s.parse().ok()).or_else(|| stage["seed"].as_i64());
-    let axes = cell_values(&m["cell"], cell)
-        .into_iter()
-        .filter(|(axis, _)| axis != "seed" && axis != "task")
-        .collect();
+    let values = cell_values(cell);
+    let seed = values.get("seed").and_then(|s| s.parse().ok()).or_else(|| stage["seed"].as_i64());
+    let axes = values.into_iter().filter(|(axis, _)| axis != "seed" && axis != "task").collect();
     Ok(Evaluated {
         pipeline: pipeline.to_string(),
         cell: cell.to_string(),
@@ -171,20 +169,13 @@ fn read_result(stage_dir: &Path, pipeline: &str, cell: &str) -> Result<Evaluated
     })
 }
 
-/// A cell's matrix values: as the stage recorded them, else read from the cell's folder name
-/// (`task=rte,budget=12864,seed=1`; `default` has none).
-fn cell_values(recorded: &Value, cell: &str) -> BTreeMap<String, String> {
-    match recorded.as_object() {
-        Some(values) => values
-            .iter()
-            .map(|(axis, v)| (axis.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_string)))
-            .collect(),
-        None => cell
-            .split(',')
-            .filter_map(|part| part.split_once('='))
-            .map(|(axis, v)| (axis.to_string(), v.to_string()))
-            .collect(),
-    }
+/// A cell's matrix values, from its folder name (`task=rte,budget=12864,seed=1`; `default`
+/// has none): matrix values hold neither `,` nor `=`.
+fn cell_values(cell: &str) -> BTreeMap<String, String> {
+    cell.split(',')
+        .filter_map(|part| part.split_once('='))
+        .map(|(axis, v)| (axis.to_string(), v.to_string()))
+        .collect()
 }
 
 /// Matrix values in a natural order: numbers by value (budget 3000 before 12864), text as text.

@@ -18,9 +18,8 @@ pub fn write_resolved(dir: &Path, pipeline: &Pipeline) -> Result<()> {
         .enumerate()
         .map(|(c, cell)| {
             let stages: serde_json::Map<String, serde_json::Value> = pipeline
-                .stages
-                .iter()
-                .map(|s| (s.id.clone(), json!({"use": s.kind, "needs": s.needs, "with": s.options[c]})))
+                .stages_in(c)
+                .map(|(_, s)| (s.id.clone(), json!({"use": s.kind, "needs": s.needs, "with": s.options[c]})))
                 .collect();
             json!({"cell": cell.name, "seed": pipeline.cell_seed(cell), "stages": stages})
         })

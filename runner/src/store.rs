@@ -25,6 +25,8 @@ pub struct KeyParts<'a> {
     pub external: &'a str,
     pub inputs: &'a BTreeMap<String, String>,
     pub plugin_sha256: &'a str,
+    /// The plugins whose PET types and backbone loaders the stage may run.
+    pub services_sha256: &'a str,
     pub seed: u64,
     pub dtype: &'a str,
     pub device: &'a str,
@@ -86,6 +88,36 @@ pub fn commit(temp: &Path, dir: &Path, artifact: &Artifact, record: &StageRecord
         temp.with_file_name(format!(".old-{}", temp.file_name().and_then(|n| n.to_str()).unwrap_or("stage")));
     petnas_sdk::artifact::replace_dir(temp, dir, &aside)?;
     sync_dir(dir.parent().unwrap_or(dir));
+    Ok(())
+}
+
+/// Puts a copy of the complete stage folder `from` (files hard-linked where the filesystem
+/// allows: stage outputs are never changed in place) at `dir`, atomically.
+pub fn copy_completed(from: &Path, dir: &Path, cell_dir: &Path, stage: &str) -> Result<()> {
+    let temp = temp_dir(cell_dir, stage)?;
+    let copied = link_tree(from, &temp);
+    if let Err(e) = copied {
+        fs::remove_dir_all(&temp).ok();
+        return Err(e.context(format!("cannot copy {} to {}", from.display(), dir.display())));
+    }
+    let aside =
+        temp.with_file_name(format!(".old-{}", temp.file_name().and_then(|n| n.to_str()).unwrap_or("stage")));
+    petnas_sdk::artifact::replace_dir(&temp, dir, &aside)?;
+    sync_dir(cell_dir);
+    Ok(())
+}
+
+fn link_tree(from: &Path, to: &Path) -> Result<()> {
+    fs::create_dir_all(to)?;
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            link_tree(&entry.path(), &target)?;
+        } else if fs::hard_link(entry.path(), &target).is_err() {
+            fs::copy(entry.path(), &target)?;
+        }
+    }
     Ok(())
 }
 

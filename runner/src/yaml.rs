@@ -151,7 +151,7 @@ pub fn parse(text: &str, file: &str) -> Result<Node, Diagnostic> {
                 let (node, anchor) = match frame {
                     Frame::Seq { pos, anchor, items } => (Node { pos, value: Value::Seq(items) }, anchor),
                     Frame::Map { pos, anchor, entries, .. } => {
-                        (Node { pos, value: Value::Map(entries) }, anchor)
+                        (Node { pos, value: Value::Map(merge_keys(entries, file)?) }, anchor)
                     }
                 };
                 if anchor > 0 {
@@ -189,6 +189,47 @@ pub fn parse(text: &str, file: &str) -> Result<Node, Diagnostic> {
         }
     }
     document.ok_or_else(|| Diagnostic::file(file, "the file is empty"))
+}
+
+/// YAML's merge key: `<<: *defaults` (or a list of aliases) adds the entries of those mappings
+/// that the mapping does not set itself; of several, the first that sets a key wins.
+fn merge_keys(entries: Vec<(String, Pos, Node)>, file: &str) -> Result<Vec<(String, Pos, Node)>, Diagnostic> {
+    if !entries.iter().any(|(k, _, _)| k == "<<") {
+        return Ok(entries);
+    }
+    let (merges, mut out): (Vec<_>, Vec<_>) = entries.into_iter().partition(|(k, _, _)| k == "<<");
+    for (_, _, node) in merges {
+        let sources = match node.value {
+            Value::Map(merged) => vec![merged],
+            Value::Seq(items) => items
+                .into_iter()
+                .map(|item| match item.value {
+                    Value::Map(merged) => Ok(merged),
+                    _ => Err(Diagnostic::at(
+                        file,
+                        item.pos,
+                        format!("`<<` merges mappings, found {}", item.type_name()),
+                    )),
+                })
+                .collect::<Result<_, _>>()?,
+            _ => {
+                return Err(Diagnostic::at(
+                    file,
+                    node.pos,
+                    format!(
+                        "`<<` merges a mapping (an alias such as `*defaults`) or a list of them, found {}",
+                        node.type_name()
+                    ),
+                ))
+            }
+        };
+        for (key, pos, value) in sources.into_iter().flatten() {
+            if !out.iter().any(|(k, _, _)| *k == key) {
+                out.push((key, pos, value));
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn syntax_error(text: &str, file: &str, error: &yaml_rust2::ScanError) -> Diagnostic {
@@ -324,6 +365,18 @@ mod tests {
     fn aliases_expand() {
         let doc = parse("a: &x [1, 2]\nb: *x\n", "t.yaml").unwrap();
         assert_eq!(doc.to_json(), serde_json::json!({"a": [1, 2], "b": [1, 2]}));
+    }
+
+    #[test]
+    fn merge_keys_add_what_the_mapping_does_not_set() {
+        let doc =
+            parse("a: &base {x: 1, y: 2}\nb: {<<: *base, y: 3, z: 4}\nc: {<<: [*base, {w: 5}]}\n", "m.yaml")
+                .unwrap();
+        let json = doc.to_json();
+        assert_eq!(json["b"], serde_json::json!({"x": 1, "y": 3, "z": 4}));
+        assert_eq!(json["c"], serde_json::json!({"x": 1, "y": 2, "w": 5}));
+        let err = parse("a: {<<: 3}\n", "m.yaml").unwrap_err();
+        assert!(err.message.contains("`<<` merges a mapping"), "{err}");
     }
 
     #[test]

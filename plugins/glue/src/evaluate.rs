@@ -75,7 +75,6 @@ impl Stage for Evaluate {
             "train_samples_per_second": training["train_samples_per_second"],
             "eval_seconds": seconds,
             "eval_samples_per_second": examples as f64 / seconds.max(1e-9),
-            "cell": ctx.cell,
         });
         std::fs::write(ctx.dir().join("metrics.json"), serde_json::to_string_pretty(&metrics)?)?;
         Ok(Artifact::new(kinds::METRICS, metrics))

@@ -3,7 +3,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use petnas_sdk::artifact::kinds;
-use petnas_sdk::data::{Labels, TokenizedSplit};
+use petnas_sdk::data::{Labels, TokenizedSplit, TRAIN, VALIDATION};
+use petnas_sdk::model::TextEncoder;
 use petnas_sdk::{Artifact, Inputs, OptType, OptionSchema, Stage, StageCtx};
 use rand::seq::index::sample;
 use rand::SeedableRng;
@@ -25,6 +26,7 @@ struct LoadOptions {
     max_len: usize,
     max_train_examples: Option<usize>,
     train_fraction: Option<f64>,
+    validation_fraction: Option<f64>,
     splits: Option<Vec<String>>,
     skip_bad_lines: bool,
 }
@@ -84,6 +86,35 @@ fn task(name: &str) -> Result<&'static Task> {
     Task::get(name).with_context(|| format!("unknown GLUE task `{name}` (tasks: {})", NAMES.join(", ")))
 }
 
+/// Moves a seeded random share of the training examples (in file order) into a split of
+/// their own.
+fn hold_out(split: &mut Split, fraction: f64, seed: u64) -> Result<Split> {
+    if !(fraction > 0.0 && fraction < 1.0) {
+        bail!("`validation_fraction` must be in (0, 1), got {fraction}");
+    }
+    let n = split.examples.len();
+    let held = ((n as f64) * fraction).round() as usize;
+    if held == 0 || held == n {
+        bail!("`validation_fraction` {fraction} of {n} training examples leaves no validation or no training example");
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut rows = sample(&mut rng, n, held).into_vec();
+    rows.sort_unstable();
+    let mut validation = Split { examples: Vec::with_capacity(held), bad_lines: Vec::new() };
+    let mut train = Vec::with_capacity(n - held);
+    let mut next = rows.iter().peekable();
+    for (i, example) in std::mem::take(&mut split.examples).into_iter().enumerate() {
+        if next.peek() == Some(&&i) {
+            next.next();
+            validation.examples.push(example);
+        } else {
+            train.push(example);
+        }
+    }
+    split.examples = train;
+    Ok(validation)
+}
+
 /// Keeps a seeded random subset of the training examples, in file order.
 fn subsample(split: &mut Split, o: &LoadOptions, seed: u64) -> Result<()> {
     let n = split.examples.len();
@@ -105,6 +136,57 @@ fn subsample(split: &mut Split, o: &LoadOptions, seed: u64) -> Result<()> {
         split.examples = rows.into_iter().map(|r| examples[r].clone()).collect();
     }
     Ok(())
+}
+
+struct Tokenized {
+    tensors: Vec<(String, Tensor)>,
+    /// Examples cut at `max_len`.
+    at_max_len: usize,
+}
+
+/// A split's examples tokenised, with their labels and their line indices, as tensors named
+/// `<split>.<what>`.
+fn tokenize(
+    task: &Task,
+    split: &Split,
+    labelled: bool,
+    tokenizer: &dyn TextEncoder,
+    max_len: usize,
+    name: &str,
+) -> Result<Tokenized> {
+    let texts: Vec<(&str, Option<&str>)> =
+        split.examples.iter().map(|e| (e.first.as_str(), e.second.as_deref())).collect();
+    let encodings = tokenizer.encode_batch(&texts, max_len)?;
+    let labels = if !labelled {
+        Labels::None
+    } else if task.is_regression() {
+        Labels::Scores(
+            split
+                .examples
+                .iter()
+                .map(|e| match e.label {
+                    Some(Label::Score(s)) => s,
+                    _ => f32::NAN,
+                })
+                .collect(),
+        )
+    } else {
+        Labels::Classes(
+            split
+                .examples
+                .iter()
+                .map(|e| match e.label {
+                    Some(Label::Class(c)) => c,
+                    _ => -1,
+                })
+                .collect(),
+        )
+    };
+    let mut tensors = TokenizedSplit::from_encodings(&encodings, labels).to_tensors(name);
+    let index: Vec<i64> = split.examples.iter().map(|e| e.index).collect();
+    tensors.push((format!("{name}.index"), Tensor::from_slice(&index)));
+    let at_max_len = encodings.iter().filter(|e| e.ids.len() == max_len).count();
+    Ok(Tokenized { tensors, at_max_len })
 }
 
 impl Stage for Load {
@@ -135,6 +217,12 @@ impl Stage for Load {
                 OptType::Float,
                 Value::Null,
                 "keep this share of the training examples (seeded)",
+            )
+            .opt(
+                "validation_fraction",
+                OptType::Float,
+                Value::Null,
+                "hold this share of the training examples out as a `validation` split (seeded), which train.fit selects on instead of dev",
             )
             .opt(
                 "splits",
@@ -198,49 +286,24 @@ impl Stage for Load {
             for (line, reason) in &split.bad_lines {
                 tracing::warn!("{}:{line}: skipped: {reason}", path.display());
             }
-            if name == "train" {
+            let mut parts = Vec::new();
+            if name == TRAIN {
                 subsample(&mut split, &o, ctx.seed)?;
+                if let Some(fraction) = o.validation_fraction {
+                    let seed = petnas_sdk::init::derive_seed(ctx.seed, "validation");
+                    parts.push((VALIDATION.to_string(), hold_out(&mut split, fraction, seed)?));
+                }
             }
-            let texts: Vec<(&str, Option<&str>)> =
-                split.examples.iter().map(|e| (e.first.as_str(), e.second.as_deref())).collect();
-            let encodings = tokenizer.encode_batch(&texts, o.max_len)?;
-            let labels = if !labelled {
-                Labels::None
-            } else if task.is_regression() {
-                Labels::Scores(
-                    split
-                        .examples
-                        .iter()
-                        .map(|e| match e.label {
-                            Some(Label::Score(s)) => s,
-                            _ => f32::NAN,
-                        })
-                        .collect(),
-                )
-            } else {
-                Labels::Classes(
-                    split
-                        .examples
-                        .iter()
-                        .map(|e| match e.label {
-                            Some(Label::Class(c)) => c,
-                            _ => -1,
-                        })
-                        .collect(),
-                )
-            };
-            let tokenized = TokenizedSplit::from_encodings(&encodings, labels);
-            for (tensor_name, tensor) in tokenized.to_tensors(name) {
-                artifact.tensors.insert(tensor_name, tensor);
+            parts.insert(0, (name.clone(), split));
+            for (name, split) in parts {
+                let tokenized = tokenize(task, &split, labelled, tokenizer.as_ref(), o.max_len, &name)?;
+                artifact.tensors.extend(tokenized.tensors);
+                tracing::info!(split = %name, examples = split.examples.len(), skipped = split.bad_lines.len(), at_max_len = tokenized.at_max_len, "{} read", path.display());
+                split_meta.insert(
+                    name,
+                    json!({"file": path, "examples": split.examples.len(), "skipped_lines": split.bad_lines.len(), "labelled": labelled}),
+                );
             }
-            let index: Vec<i64> = split.examples.iter().map(|e| e.index).collect();
-            artifact.tensors.insert(format!("{name}.index"), Tensor::from_slice(&index));
-            let truncated = encodings.iter().filter(|e| e.ids.len() == o.max_len).count();
-            tracing::info!(split = %name, examples = split.examples.len(), skipped = split.bad_lines.len(), at_max_len = truncated, "{} read", path.display());
-            split_meta.insert(
-                name.clone(),
-                json!({"file": path, "examples": split.examples.len(), "skipped_lines": split.bad_lines.len(), "labelled": labelled}),
-            );
             ctx.progress().advance(1);
         }
         artifact.meta = json!({

@@ -78,7 +78,28 @@ fn checkpoint_sibling(dir: &Path, role: &str) -> PathBuf {
     dir.with_extension(role)
 }
 
-/// Removes a stage's checkpoint folder and what [`Artifact::save_checkpoint`] left beside it.
+/// Replaces the checkpoint folder `dir` with a fresh one that `write` fills: whenever the
+/// process dies, [`last_checkpoint`] finds a complete folder, this one or the one before.
+pub fn save_checkpoint(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let temp = checkpoint_sibling(dir, "tmp");
+    std::fs::remove_dir_all(&temp).ok();
+    std::fs::create_dir_all(&temp).with_context(|| format!("cannot create {}", temp.display()))?;
+    write(&temp)?;
+    if std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none()) {
+        // The empty folder the runner hands out is no checkpoint to keep aside.
+        std::fs::remove_dir_all(dir).ok();
+    }
+    replace_dir(&temp, dir, &checkpoint_sibling(dir, "previous"))
+}
+
+/// The folder of the last checkpoint [`save_checkpoint`] completed in `dir`, if any: `dir`,
+/// or the one kept aside while `dir` was being replaced. `complete` says whether a folder
+/// holds a whole checkpoint.
+pub fn last_checkpoint(dir: &Path, complete: impl Fn(&Path) -> bool) -> Option<PathBuf> {
+    [dir.to_path_buf(), checkpoint_sibling(dir, "previous")].into_iter().find(|d| complete(d))
+}
+
+/// Removes a stage's checkpoint folder and what [`save_checkpoint`] left beside it.
 pub fn remove_checkpoint(dir: &Path) {
     for path in [dir.to_path_buf(), checkpoint_sibling(dir, "tmp"), checkpoint_sibling(dir, "previous")] {
         std::fs::remove_dir_all(path).ok();
@@ -106,24 +127,16 @@ impl Artifact {
         Ok(())
     }
 
-    /// Saves the artifact as the checkpoint in `dir`, replacing the one there: whenever the
-    /// process dies, [`Artifact::read_checkpoint`] finds a complete checkpoint, this one or
-    /// the one before.
+    /// Saves the artifact as the checkpoint in `dir` ([`save_checkpoint`]).
     pub fn save_checkpoint(&self, dir: &Path) -> Result<()> {
-        let temp = checkpoint_sibling(dir, "tmp");
-        std::fs::remove_dir_all(&temp).ok();
-        std::fs::create_dir_all(&temp).with_context(|| format!("cannot create {}", temp.display()))?;
-        self.save(&temp)?;
-        if !dir.join(OUTPUTS_JSON).exists() {
-            // The empty folder the runner hands out is no checkpoint to keep aside.
-            std::fs::remove_dir_all(dir).ok();
-        }
-        replace_dir(&temp, dir, &checkpoint_sibling(dir, "previous"))
+        save_checkpoint(dir, |temp| self.save(temp))
     }
 
     /// The checkpoint [`Artifact::save_checkpoint`] last completed in `dir`.
     pub fn read_checkpoint(dir: &Path, device: tch::Device) -> Result<Artifact> {
-        Artifact::read(dir, device).or_else(|_| Artifact::read(&checkpoint_sibling(dir, "previous"), device))
+        let found = last_checkpoint(dir, |d| d.join(OUTPUTS_JSON).exists())
+            .with_context(|| format!("no checkpoint in {}", dir.display()))?;
+        Artifact::read(&found, device)
     }
 
     /// Reads what [`Artifact::save`] wrote, tensors moved to `device`.

@@ -213,15 +213,31 @@ impl DatasetInfo {
         }
     }
 
-    /// The labelled splits other than train (dev, or MNLI's dev_matched and dev_mismatched).
+    /// The labelled splits results are reported on: all but train and the validation split
+    /// held out of it (dev, or MNLI's dev_matched and dev_mismatched).
     pub fn eval_splits(&self) -> Vec<&str> {
         self.splits
             .iter()
-            .filter(|(n, labelled)| *labelled && n != "train")
+            .filter(|(n, labelled)| *labelled && n != TRAIN && n != VALIDATION)
             .map(|(n, _)| n.as_str())
             .collect()
     }
+
+    /// The split training selects its best parameters on: the validation split held out of
+    /// train when there is one (so that the reported split is not peeked at), else the first
+    /// reported split.
+    pub fn selection_split(&self) -> Option<&str> {
+        match self.splits.iter().any(|(n, _)| n == VALIDATION) {
+            true => Some(VALIDATION),
+            false => self.eval_splits().first().copied(),
+        }
+    }
 }
+
+/// The split stages train on.
+pub const TRAIN: &str = "train";
+/// The split held out of train for model selection (`glue.load`'s `validation_fraction`).
+pub const VALIDATION: &str = "validation";
 
 #[cfg(test)]
 mod tests {

@@ -31,14 +31,14 @@ pub use stage::{Progress, Stage, StageCtx};
 pub use tool::{Tool, ToolOutput};
 
 /// Bumped whenever [`PluginDeclaration`] or any type crossing the plugin boundary changes.
-pub const CONTRACT_VERSION: u32 = 3;
+pub const CONTRACT_VERSION: u32 = 4;
 
 macro_rules! fingerprint_literal {
     () => {
         concat!(
             "petnas-sdk ",
             env!("CARGO_PKG_VERSION"),
-            "; contract 3; ",
+            "; contract 4; ",
             env!("PETNAS_RUSTC_VERSION"),
             "; tch 0.24.0; libtorch 2.11.0; profile ",
             env!("PETNAS_BUILD_PROFILE")
@@ -47,7 +47,7 @@ macro_rules! fingerprint_literal {
 }
 
 /// What host and plugin must agree on byte for byte before any Rust value crosses between
-/// them. (`contract 3` repeats [`CONTRACT_VERSION`]: `concat!` takes literals only.)
+/// them. (`contract 4` repeats [`CONTRACT_VERSION`]: `concat!` takes literals only.)
 pub const FINGERPRINT: &str = fingerprint_literal!();
 
 /// [`FINGERPRINT`] as a C string, the form it takes inside a [`PluginDeclaration`].

@@ -1,5 +1,4 @@
 //! Stage kinds: what a plugin runs for a `stages:` entry of a pipeline.
-use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -97,8 +96,6 @@ pub struct StageCtx {
     pub device: tch::Device,
     pub seed: u64,
     pub dtype: tch::Kind,
-    /// The matrix cell this stage runs in, axis → value.
-    pub cell: BTreeMap<String, String>,
     dir: PathBuf,
     options: Value,
     progress: Arc<dyn Progress>,
@@ -114,7 +111,6 @@ impl StageCtx {
         device: tch::Device,
         seed: u64,
         dtype: tch::Kind,
-        cell: BTreeMap<String, String>,
         dir: PathBuf,
         options: Value,
         progress: Arc<dyn Progress>,
@@ -127,7 +123,6 @@ impl StageCtx {
             device,
             seed,
             dtype,
-            cell,
             dir,
             options,
             progress,

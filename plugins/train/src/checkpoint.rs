@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+use petnas_sdk::artifact::{last_checkpoint, save_checkpoint};
 use petnas_sdk::optim::AdamW;
 
 const TENSORS: &str = "checkpoint.safetensors";
@@ -23,7 +24,8 @@ pub struct LoopState {
     pub examples_seen: i64,
 }
 
-/// Writes the checkpoint atomically: tensors and state to temporary files, then renamed.
+/// Writes the checkpoint: tensors and state together replace the last one in one rename, so
+/// that a kill at any moment leaves a state and the tensors of the same step.
 pub fn save(dir: &Path, opt: &AdamW, best: &[(String, Tensor)], state: &LoopState) -> Result<()> {
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
     for ((name, p, _), (m, v)) in opt.params.iter().zip(opt.m.iter().zip(&opt.v)) {
@@ -34,16 +36,16 @@ pub fn save(dir: &Path, opt: &AdamW, best: &[(String, Tensor)], state: &LoopStat
     for (name, t) in best {
         tensors.push((format!("best.{name}"), t.to_device(tch::Device::Cpu)));
     }
-    let tmp = dir.join(format!("{TENSORS}.tmp"));
-    Tensor::write_safetensors(&tensors, &tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    let tmp_state = dir.join(format!("{STATE}.tmp"));
     let mut full = serde_json::to_value(state)?;
     full["optimizer_steps"] = opt.steps.into();
-    std::fs::write(&tmp_state, serde_json::to_vec(&full)?)?;
-    // The state names the step its tensors are from: rename tensors first, state last.
-    std::fs::rename(&tmp, dir.join(TENSORS))?;
-    std::fs::rename(&tmp_state, dir.join(STATE))?;
-    Ok(())
+    save_checkpoint(dir, |folder| {
+        let path = folder.join(TENSORS);
+        Tensor::write_safetensors(&tensors, &path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        let path = folder.join(STATE);
+        std::fs::write(&path, serde_json::to_vec(&full)?)
+            .with_context(|| format!("cannot write {}", path.display()))
+    })
 }
 
 /// Parameters by name (the best ones so far).
@@ -52,10 +54,10 @@ pub type NamedTensors = Vec<(String, Tensor)>;
 /// Loads a checkpoint into the optimizer's parameters and state; returns the loop state and
 /// the best parameters, or `None` when there is no usable checkpoint.
 pub fn load(dir: &Path, opt: &mut AdamW) -> Result<Option<(LoopState, NamedTensors)>> {
-    let (tensor_path, state_path) = (dir.join(TENSORS), dir.join(STATE));
-    if !tensor_path.exists() || !state_path.exists() {
+    let Some(dir) = last_checkpoint(dir, |d| d.join(TENSORS).exists() && d.join(STATE).exists()) else {
         return Ok(None);
-    }
+    };
+    let (tensor_path, state_path) = (dir.join(TENSORS), dir.join(STATE));
     let full: serde_json::Value = serde_json::from_slice(&std::fs::read(&state_path)?)?;
     let state: LoopState = serde_json::from_value(full.clone())?;
     let saved = Tensor::read_safetensors(&tensor_path)?;
@@ -110,5 +112,34 @@ mod tests {
             loaded.iter().map(|(n, t)| (n.as_str(), t.double_value(&[0]) as f32)).collect();
         let want: Vec<(&str, f32)> = names.iter().enumerate().map(|(i, n)| (*n, i as f32 * 10.0)).collect();
         assert_eq!(loaded, want);
+    }
+
+    #[test]
+    fn a_kill_at_any_point_of_saving_leaves_a_state_and_tensors_of_one_step() {
+        let params = vec![("w".to_string(), Tensor::from_slice(&[0f32]))];
+        let mut opt = AdamW::new(params, 0.0);
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("fit-0123");
+        std::fs::create_dir_all(&dir).unwrap();
+        let at = |step: i64, opt: &mut AdamW| {
+            tch::no_grad(|| {
+                let _ = opt.params[0].1.f_fill_(step as f64);
+            });
+            save(&dir, opt, &[], &LoopState { step, ..LoopState::default() }).unwrap();
+        };
+        at(4, &mut opt);
+        at(8, &mut opt);
+        // Killed while step 12 was written (its folder beside the last one), or between the
+        // renames (step 8 aside, no folder in place): step 8, whole, comes back.
+        std::fs::create_dir_all(dir.with_extension("tmp")).unwrap();
+        std::fs::write(dir.with_extension("tmp").join(STATE), "{\"step\": 12}").unwrap();
+        for killed_between_renames in [false, true] {
+            if killed_between_renames {
+                std::fs::rename(&dir, dir.with_extension("previous")).unwrap();
+            }
+            let (state, _) = load(&dir, &mut opt).unwrap().expect("a checkpoint");
+            assert_eq!(state.step, 8);
+            assert_eq!(opt.params[0].1.double_value(&[0]), 8.0, "the tensors of the state's step");
+        }
     }
 }

@@ -39,14 +39,24 @@ impl Stage for Fit {
                 "share of the steps with linear warm-up; then linear decay to 0",
             )
             .opt("max_grad_norm", OptType::Float, 1.0, "gradient clipping by global norm (0: off)")
-            .opt("eval_every", OptType::Int, 0, "evaluate on the dev split every N steps (0: each epoch)")
+            .opt(
+                "eval_every",
+                OptType::Int,
+                0,
+                "evaluate every N steps (0: each epoch), on the validation split held out of train when the dataset has one, else on dev",
+            )
             .opt(
                 "early_stopping_patience",
                 OptType::Int,
                 Value::Null,
                 "stop after N evaluations without improvement",
             )
-            .opt("keep_best", OptType::Bool, true, "keep the parameters of the best evaluation, not the last")
+            .opt(
+                "keep_best",
+                OptType::Bool,
+                true,
+                "keep the parameters of the best evaluation, not the last (select on a held-out validation split, glue.load's `validation_fraction`, to report dev unpeeked)",
+            )
             .opt(
                 "shuffle",
                 OptType::Bool,
@@ -113,8 +123,8 @@ impl Stage for Fit {
             }
         }
         let train = TokenizedSplit::from_artifact(data, "train")?;
-        let dev = match info.eval_splits().first() {
-            Some(name) => Some((*name, TokenizedSplit::from_artifact(data, name)?)),
+        let dev = match info.selection_split() {
+            Some(name) => Some((name, TokenizedSplit::from_artifact(data, name)?)),
             None => None,
         };
         tracing::info!(
