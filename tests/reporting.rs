@@ -308,3 +308,40 @@ fn malformed_baselines_are_errors_naming_the_line() {
         assert!(run.stderr.contains(expected), "expected\n{expected}\ngot\n{}", run.stderr);
     }
 }
+
+#[test]
+fn compare_judges_the_best_of_each_side_by_the_paired_bootstrap_rule() {
+    let s = fixture();
+    for (seed, (search, hand)) in [(1, (0.80, 0.78)), (2, (0.70, 0.79)), (3, (0.85, 0.80))] {
+        evaluated(s.path(), "s_lora", "stsb", "pearson", search, 73728, seed);
+        evaluated(s.path(), "lora", "stsb", "pearson", hand, 73728, seed);
+    }
+    for (seed, (search, hand)) in [(1, (0.10, 0.30)), (2, (0.20, 0.35)), (3, (0.15, 0.32))] {
+        evaluated(s.path(), "u_lora", "cola", "matthews", search, 73728, seed);
+        evaluated(s.path(), "lora", "cola", "matthews", hand, 73728, seed);
+    }
+    let run = s.petnas(&["compare", "runs/exp", "--candidates", "s_*,u_*", "--baselines", "lora,bitfit*"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let rows: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(
+        rows[0],
+        "| task | metric | best candidate | median | best baseline | median | paired seeds | mean difference | 90% interval | verdict |"
+    );
+    let row = |task: &str| *rows.iter().find(|r| r.starts_with(&format!("| {task} |"))).unwrap();
+    assert!(
+        row("rte").starts_with("| rte | accuracy | s_lora | 0.6200 | lora | 0.5800 | 3 | +0.0467 |"),
+        "{}",
+        run.stdout
+    );
+    assert!(row("rte").ends_with("| win |"), "every seed ahead: {}", run.stdout);
+    assert!(row("stsb").ends_with("| tie |"), "one seed behind: {}", run.stdout);
+    assert!(row("cola").ends_with("| loss |"), "{}", run.stdout);
+    assert!(!run.stdout.contains("| mrpc |"), "no candidate on mrpc: {}", run.stdout);
+    assert!(run.stdout.ends_with("1 win(s), 1 tie(s), 1 loss(es)\n"), "{}", run.stdout);
+
+    let again = s.petnas(&["compare", "runs/exp", "--candidates", "s_*,u_*", "--baselines", "lora,bitfit*"]);
+    assert_eq!(again.stdout, run.stdout, "a seeded bootstrap gives the same intervals");
+    let none = s.petnas(&["compare", "runs/exp", "--candidates", "x_*", "--baselines", "lora"]);
+    assert_eq!(none.code, 2);
+    assert!(none.stderr.contains("no task has methods on both sides"), "{}", none.stderr);
+}

@@ -103,6 +103,31 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         plots: Option<PathBuf>,
     },
+    /// The best candidate method against the best baseline method at each task and value of
+    /// the other matrix axes: the paired difference over seeds and its bootstrap interval —
+    /// a win or a loss when the interval excludes 0, else a tie.
+    Compare {
+        /// Run folders: runs/<pipeline>, or runs/ for all of them.
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// Candidate methods (stage ids), glob patterns separated by commas, e.g. 's_*,u_*'.
+        #[arg(long, value_name = "PATTERNS", value_delimiter = ',', required = true)]
+        candidates: Vec<String>,
+        /// Baseline methods, e.g. 'lora_*,bitfit*,adapter_*'.
+        #[arg(long, value_name = "PATTERNS", value_delimiter = ',', required = true)]
+        baselines: Vec<String>,
+        /// Coverage of the bootstrap interval.
+        #[arg(long, default_value_t = 0.9)]
+        confidence: f64,
+        #[arg(long, default_value_t = 10_000)]
+        resamples: usize,
+        /// The bootstrap generator's seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// JSON instead of a Markdown table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Compares a run's metrics with a baseline file; exits 1 on a regression or a missing cell.
     Regress {
         run: PathBuf,
@@ -148,6 +173,9 @@ pub fn main() -> i32 {
         Command::Plugins { json } => list_plugins(registry, json).map(|_| 0),
         Command::Plugin(args) => run_tool(&args, registry),
         Command::Report { runs, format, cells, plots } => report(&runs, format, cells, plots.as_deref()),
+        Command::Compare { runs, candidates, baselines, confidence, resamples, seed, json } => {
+            compare(&runs, &candidates, &baselines, confidence, resamples, seed, json)
+        }
         Command::Regress { run, baseline, junit, update_baseline } => {
             regress(&run, &baseline, junit.as_deref(), update_baseline)
         }
@@ -214,6 +242,41 @@ fn report(runs: &[PathBuf], format: ReportFormat, cells: bool, plots: Option<&Pa
         for file in crate::report::pareto_plots(&groups, dir)? {
             eprintln!("wrote {}", file.display());
         }
+    }
+    Ok(0)
+}
+
+fn patterns(what: &str, texts: &[String]) -> Result<Vec<glob::Pattern>> {
+    texts
+        .iter()
+        .map(|t| {
+            glob::Pattern::new(t).map_err(|e| anyhow::anyhow!("--{what} `{t}` is not a glob pattern: {e}"))
+        })
+        .collect()
+}
+
+fn compare(
+    runs: &[PathBuf],
+    candidates: &[String],
+    baselines: &[String],
+    confidence: f64,
+    resamples: usize,
+    seed: u64,
+    json: bool,
+) -> Result<i32> {
+    let rule = crate::compare::Rule {
+        candidates: patterns("candidates", candidates)?,
+        baselines: patterns("baselines", baselines)?,
+        confidence,
+        resamples,
+        seed,
+    };
+    let groups = crate::results::group(&crate::results::collect(runs)?)?;
+    let comparisons = crate::compare::compare(&groups, &rule)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&comparisons)?);
+    } else {
+        print!("{}", crate::compare::markdown(&comparisons, confidence));
     }
     Ok(0)
 }

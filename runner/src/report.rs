@@ -13,7 +13,7 @@ use crate::results::{axes_of, Group};
 /// groups come from several, and every matrix axis other than `task` and `seed`.
 fn label_columns(groups: &[Group]) -> (bool, Vec<String>) {
     let first = groups.first().map(|g| g.pipeline.as_str());
-    (groups.iter().any(|g| Some(g.pipeline.as_str()) != first), axes_of(groups))
+    (groups.iter().any(|g| Some(g.pipeline.as_str()) != first), axes_of(groups.iter().map(|g| &g.axes)))
 }
 
 fn axis_value<'a>(g: &'a Group, axis: &str) -> &'a str {
@@ -64,7 +64,7 @@ pub fn markdown(groups: &[Group]) -> String {
 /// One row per group: its labels, parameters, metric and summary over seeds; with `cells`,
 /// one column per seed (`seed=N`) holding that cell's value instead of the summary.
 pub fn csv(groups: &[Group], cells: bool) -> Result<String> {
-    let axes = axes_of(groups);
+    let axes = axes_of(groups.iter().map(|g| &g.axes));
     let mut seeds: Vec<Option<i64>> =
         groups.iter().flat_map(|g| g.seed_values.iter().map(|(s, _)| *s)).collect();
     seeds.sort();
@@ -234,7 +234,7 @@ where
         .map_err(err)?
         .label("frontier")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK));
-    let axes = axes_of(&members.iter().map(|g| (*g).clone()).collect::<Vec<_>>());
+    let axes = axes_of(members.iter().map(|g| &g.axes));
     for (i, g) in members.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         let x = g.pet_parameters as f64;

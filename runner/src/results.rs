@@ -200,9 +200,9 @@ fn compare_axes(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> O
     Ordering::Equal
 }
 
-/// Every matrix axis any group has (other than `task` and `seed`), in name order.
-pub fn axes_of(groups: &[Group]) -> Vec<String> {
-    let axes: BTreeSet<&String> = groups.iter().flat_map(|g| g.axes.keys()).collect();
+/// Every axis of any of these matrix values (other than `task` and `seed`), in name order.
+pub fn axes_of<'a>(values: impl IntoIterator<Item = &'a BTreeMap<String, String>>) -> Vec<String> {
+    let axes: BTreeSet<&String> = values.into_iter().flat_map(|v| v.keys()).collect();
     axes.into_iter().cloned().collect()
 }
 
