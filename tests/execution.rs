@@ -91,6 +91,7 @@ fn force_recomputes_from_a_stage_on() {
     assert!(summary_line(&forced.stdout).starts_with("4 done, 2 reused"), "{}", forced.stdout);
     assert_eq!(started(&s, "sep=2.0", "data"), data_started);
     assert!(started(&s, "sep=2.0", "fit") > fit_started);
+    let record = std::fs::read(s.path().join("runs/exec/run.json")).unwrap();
     let unknown = s.petnas(&["run", "p.yaml", "--force", "fitt"]);
     assert_eq!(unknown.code, 2);
     assert!(
@@ -98,6 +99,13 @@ fn force_recomputes_from_a_stage_on() {
         "{}",
         unknown.stderr
     );
+    assert_eq!(
+        std::fs::read(s.path().join("runs/exec/run.json")).unwrap(),
+        record,
+        "a refused --force leaves the finished run's record as it was"
+    );
+    let report = s.read_json(&s.path().join("runs/exec/run.json"));
+    assert_eq!((report["status"].as_str(), report["stages"].as_array().map(Vec::len)), (Some("ok"), Some(6)));
 }
 
 #[test]

@@ -189,7 +189,7 @@ fn alias_bombs_and_oversized_documents_are_refused() {
 #[test]
 fn names_that_would_leave_the_run_folder_are_refused() {
     let err = rejected(&VALID.replace("name: demo", "name: ../elsewhere"));
-    assert_has(&err, "p.yaml:1:7: error: pipeline name `../elsewhere` may hold only letters, digits, `.`, `_` and `-` (it names the run folder)");
+    assert_has(&err, "p.yaml:1:7: error: pipeline name `../elsewhere` may hold only letters, digits, `.`, `_` and `-`, at most 100 of them (it names the run folder)");
     let err = rejected(&VALID.replace("  fit:\n", "  ../fit:\n").replace("[data, fit]", "[data, ../fit]"));
     assert_has(&err, "stage id `../fit` may hold only letters, digits");
 }

@@ -144,6 +144,12 @@ fn a_killed_fit_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one() {
         std::fs::read(s.stage_dir("train", "default", "fit").join("outputs.safetensors")).unwrap()
     };
     assert!(weights(&s) == weights(&reference), "the resumed fit differs from an uninterrupted one");
+    let history = |s: &Scratch| {
+        s.read_json(&s.stage_dir("train", "default", "fit").join("outputs.json"))["meta"]["training"]
+            ["history"]
+            .clone()
+    };
+    assert_eq!(history(&s), history(&reference), "the resumed fit reports the same losses");
     assert_eq!(metrics(&s)["splits"], metrics(&reference)["splits"]);
 }
 
@@ -158,6 +164,11 @@ fn a_non_finite_loss_stops_the_stage_naming_the_step_or_is_skipped() {
     assert_eq!(run.code, 1, "{}", run.stdout);
     let row = run.stdout.lines().find(|l| l.contains(" fit ")).unwrap();
     assert!(row.contains("FAILED") && row.contains("non-finite") && row.contains("at step "), "{row}");
+    assert!(
+        run.stderr.contains("no checkpoint was saved before it"),
+        "no false claim of a checkpoint: {}",
+        run.stderr
+    );
     s.write(
         "p.yaml",
         &pipeline(
@@ -168,6 +179,10 @@ fn a_non_finite_loss_stops_the_stage_naming_the_step_or_is_skipped() {
     let skipped = s.petnas(&["run", "p.yaml"]);
     assert_eq!(skipped.code, 0, "{}", skipped.stderr);
     assert!(skipped.stderr.contains("step skipped"), "{}", skipped.stderr);
+    let fit = s.read_json(&s.stage_dir("train", "default", "fit").join("outputs.json"));
+    let last = fit["meta"]["training"]["history"].as_array().unwrap().last().unwrap().clone();
+    assert!(last["train_loss"].is_null(), "an epoch whose steps were all skipped has no loss, not 0: {last}");
+    assert!(last["skipped_steps"].as_i64().unwrap() > 0, "{last}");
 }
 
 #[test]
@@ -216,8 +231,12 @@ fn dropout_can_be_set_for_training() {
     };
     assert!(weights(&configured) != weights(&none), "switching dropout off changes training");
     let (_, bad) = lora_fit("{epochs: 1, batch_size: 16, dropout: 1.5}");
-    assert_eq!(bad.code, 1);
-    assert!(bad.stdout.contains("`dropout` must be in [0, 1), got 1.5"), "{}", bad.stdout);
+    assert_eq!(bad.code, 2, "refused before anything runs");
+    assert!(
+        bad.stderr.contains("option `dropout` of stage `fit`: must be in [0, 1), got 1.5"),
+        "{}",
+        bad.stderr
+    );
 }
 
 #[test]
@@ -300,9 +319,13 @@ fn a_validation_split_held_out_of_train_selects_the_best_parameters_and_dev_is_r
     assert!(fit["meta"]["training"]["history"][0]["split"] == "validation", "{fit}");
 
     s.write("p.yaml", &text.replace("validation_fraction: 0.25", "validation_fraction: 1.5"));
-    let bad = s.petnas(&["run", "p.yaml"]);
-    assert_ne!(bad.code, 0);
-    assert!(bad.stderr.contains("`validation_fraction` must be in (0, 1), got 1.5"), "{}", bad.stderr);
+    let bad = s.petnas(&["validate", "p.yaml"]);
+    assert_eq!(bad.code, 2);
+    assert!(
+        bad.stderr.contains("option `validation_fraction` of stage `data`: must be in (0, 1), got 1.5"),
+        "{}",
+        bad.stderr
+    );
 }
 
 #[test]

@@ -156,16 +156,21 @@ pub fn main() -> i32 {
         Box::leak(Box::new(Registry::load(&plugins::search_path(&cli.plugin_dirs))));
     let result = match cli.command {
         Command::Run { file, jobs, force, folders } => run(&file, jobs, force, &folders, registry),
-        Command::Validate { file, folders } => load(&file, &folders, registry).map(|p| {
-            println!(
-                "{}: ok ({} cell(s) × {} stage(s), {} stage runs)",
-                file.display(),
-                p.cells.len(),
-                p.stages.len(),
-                p.stage_runs()
-            );
-            0
-        }),
+        Command::Validate { file, folders } => load(&file, &folders, registry)
+            .and_then(|p| {
+                placement(&p, 1)?;
+                Ok(p)
+            })
+            .map(|p| {
+                println!(
+                    "{}: ok ({} cell(s) × {} stage(s), {} stage runs)",
+                    file.display(),
+                    p.cells.len(),
+                    p.stages.len(),
+                    p.stage_runs()
+                );
+                0
+            }),
         Command::Plan { file, dot, folders } => load(&file, &folders, registry).map(|p| {
             print!("{}", if dot { crate::plan::dot(&p) } else { crate::plan::text(&p) });
             0
@@ -371,11 +376,13 @@ fn run(
     folders: &FolderArgs,
     registry: &'static Registry,
 ) -> Result<i32> {
-    if jobs == 0 {
-        bail!("--jobs must be at least 1");
+    if !(1..=crate::pipeline::MAX_THREADS).contains(&jobs) {
+        bail!("--jobs must be from 1 to {}, got {jobs}", crate::pipeline::MAX_THREADS);
     }
     let pipeline = load(file, folders, registry)?;
     let placement = placement(&pipeline, jobs)?;
+    // Checked before the run folder is touched: a wrong name must not reset a run's record.
+    executor::forced_stages(&pipeline, &force)?;
     let dir = absolute(&folders.runs_dir).join(&pipeline.name);
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("cannot create the run folder {}", dir.display()))?;
@@ -461,7 +468,19 @@ fn print_summary(summary: &executor::RunSummary) {
 
 fn list_plugins(registry: &Registry, json: bool) -> Result<()> {
     let option_json = |schema: petnas_sdk::OptionSchema| -> Vec<serde_json::Value> {
-        schema.options.iter().map(|o| serde_json::json!({"name": o.name, "type": o.ty.describe(), "default": o.default, "required": o.default.is_none(), "doc": o.doc})).collect()
+        schema
+            .options
+            .iter()
+            .map(|o| {
+                let excludes: Vec<&str> = schema
+                    .exclusive
+                    .iter()
+                    .filter(|(names, _)| names.contains(&o.name))
+                    .flat_map(|(names, _)| names.iter().copied().filter(|n| *n != o.name))
+                    .collect();
+                serde_json::json!({"name": o.name, "type": o.describe(), "default": o.default, "required": o.default.is_none(), "doc": o.doc, "peer_names": o.peer_names, "excludes": excludes})
+            })
+            .collect()
     };
     let stages: Vec<serde_json::Value> = registry.stages().map(|(s, p)| serde_json::json!({"kind": s.kind(), "doc": s.doc(), "plugin": p.name, "inputs": s.input_kinds(), "output": s.output_kind(), "options": option_json(s.options())})).collect();
     let commands: Vec<serde_json::Value> = registry
@@ -509,15 +528,30 @@ fn list_plugins(registry: &Registry, json: bool) -> Result<()> {
                 e["plugin"].as_str().unwrap_or("")
             );
             for o in e["options"].as_array().into_iter().flatten() {
-                let default = if o["required"].as_bool() == Some(true) {
+                let mut notes = vec![if o["required"].as_bool() == Some(true) {
                     "required".to_string()
                 } else {
                     format!("default {}", o["default"])
+                }];
+                let names = |key: &str| -> Vec<String> {
+                    o[key]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|v| v.as_str().map(|n| format!("`{n}`")))
+                        .collect()
                 };
+                if !names("excludes").is_empty() {
+                    notes.push(format!("not with {}", names("excludes").join(", ")));
+                }
+                if !names("peer_names").is_empty() {
+                    notes.push(format!("PEFT/transformers: {}", names("peer_names").join(", ")));
+                }
                 println!(
-                    "      {}: {} ({default}) — {}",
+                    "      {}: {} ({}) — {}",
                     o["name"].as_str().unwrap_or(""),
                     o["type"].as_str().unwrap_or(""),
+                    notes.join("; "),
                     o["doc"].as_str().unwrap_or("")
                 );
             }

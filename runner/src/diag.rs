@@ -29,6 +29,12 @@ impl Diagnostic {
         self.help = Some(help.into());
         self
     }
+
+    /// The same diagnostic with its message rewritten (to say whose option it is).
+    pub fn with_message(mut self, rewrite: impl FnOnce(&str) -> String) -> Self {
+        self.message = rewrite(&self.message);
+        self
+    }
 }
 
 impl fmt::Display for Diagnostic {

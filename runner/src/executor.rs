@@ -355,7 +355,9 @@ pub fn run(
     Ok(RunSummary { dir: pipeline_dir, outcomes, cancelled: cancel.load(Ordering::Relaxed) })
 }
 
-fn forced_stages(pipeline: &Pipeline, force: &[String]) -> Result<BTreeSet<usize>> {
+/// The stages `--force` names, with everything downstream of them; an error names a stage
+/// the pipeline does not have.
+pub fn forced_stages(pipeline: &Pipeline, force: &[String]) -> Result<BTreeSet<usize>> {
     let mut forced = BTreeSet::new();
     for name in force {
         let Some(i) = pipeline.stage_index(name) else {

@@ -2,8 +2,15 @@
 //! entries, and `${matrix.AXIS}` interpolation into stage options.
 use serde_json::Value as Json;
 
+use petnas_sdk::options::describe_value;
+
 use crate::diag::{nearest, Diagnostic, Pos};
 use crate::yaml::{Node, Value};
+
+/// Cells a matrix may have (before `exclude`): expanding more is refused, not attempted.
+pub const MAX_CELLS: usize = 100_000;
+/// Characters of a cell's folder name (`task=rte,seed=1`).
+pub const MAX_CELL_NAME: usize = 200;
 
 #[derive(Debug, Clone, Default)]
 pub struct Matrix {
@@ -11,6 +18,8 @@ pub struct Matrix {
     pub axes: Vec<(String, Vec<Json>)>,
     /// Each entry drops the cells that agree with all of its axis values.
     pub exclude: Vec<Vec<(String, Json)>>,
+    /// Over [`MAX_CELLS`]: not to be expanded.
+    pub too_large: bool,
 }
 
 /// One combination of axis values.
@@ -89,6 +98,11 @@ impl Matrix {
             let mut values = Vec::new();
             for item in items {
                 match scalar_json(item) {
+                    Some(v) if key == "seed" && !v.is_u64() => errors.push(Diagnostic::at(
+                        file,
+                        item.pos,
+                        format!("a seed is a non-negative integer, found {}", describe_value(&v)),
+                    )),
                     Some(v) if valid_value_text(&display(&v)) => {
                         if values.contains(&v) {
                             errors.push(Diagnostic::at(file, item.pos, format!("matrix axis `{key}` lists `{}` twice", display(&v))));
@@ -103,6 +117,30 @@ impl Matrix {
         }
         if let Some(node) = exclude_node {
             matrix.parse_exclude(node, file, errors);
+        }
+        let cells = matrix.axes.iter().fold(1usize, |n, (_, values)| n.saturating_mul(values.len()));
+        if cells > MAX_CELLS {
+            errors.push(
+                Diagnostic::at(
+                    file,
+                    node.pos,
+                    format!("the matrix has {cells} cells before `exclude`; at most {MAX_CELLS} are run"),
+                )
+                .help("split the grid into several pipelines"),
+            );
+            matrix.too_large = true;
+        }
+        let name_len: usize = matrix
+            .axes
+            .iter()
+            .map(|(axis, values)| axis.len() + 2 + values.iter().map(|v| display(v).len()).max().unwrap_or(0))
+            .sum();
+        if name_len > MAX_CELL_NAME {
+            errors.push(Diagnostic::at(
+                file,
+                node.pos,
+                format!("cell folder names would be up to {name_len} characters long; at most {MAX_CELL_NAME} are allowed"),
+            ).help("shorten the axis names or values"));
         }
         matrix
     }

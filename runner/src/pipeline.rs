@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use petgraph::algo::{tarjan_scc, toposort};
 use petgraph::graph::{DiGraph, NodeIndex};
-use petnas_sdk::options::{describe_value, OptType};
+use petnas_sdk::options::{describe_value, OptType, OptionSchema};
 use serde_json::Value as Json;
 
 use crate::diag::{nearest, unknown_key, Diagnostic, Diagnostics, Pos};
@@ -51,6 +51,9 @@ impl DType {
         }
     }
 }
+
+/// libtorch threads a run may ask for: more would take long to start and gain nothing.
+pub const MAX_THREADS: usize = 1024;
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Defaults {
@@ -173,6 +176,9 @@ pub fn parse(text: &str, file: &str, registry: &Registry, ctx: &Context) -> Resu
                 .help("add `name: my-experiment` (it names the run folder)"),
         );
     }
+    if matrix.too_large {
+        return Err(Diagnostics::sorted(errors));
+    }
     let cells = matrix.cells();
     if cells.is_empty() {
         errors.push(Diagnostic::at(file, root.pos, "`exclude` leaves no matrix cell to run"));
@@ -190,9 +196,14 @@ pub fn parse(text: &str, file: &str, registry: &Registry, ctx: &Context) -> Resu
     Ok(Pipeline { name: name.unwrap_or_default(), file: PathBuf::from(file), defaults, cells, stages })
 }
 
-/// Names become folder names: letters, digits, `.`, `_`, `-`, not starting with a dot.
+/// Characters of a pipeline name or stage id.
+const MAX_NAME: usize = 100;
+
+/// Names become folder names: letters, digits, `.`, `_`, `-`, not starting with a dot, at
+/// most [`MAX_NAME`] characters.
 fn valid_folder_name(name: &str) -> bool {
     !name.is_empty()
+        && name.len() <= MAX_NAME
         && !name.starts_with('.')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
@@ -202,7 +213,7 @@ fn parse_name(node: &Node, file: &str, errors: &mut Vec<Diagnostic>) -> Option<S
     if valid_folder_name(name) {
         Some(name.to_string())
     } else {
-        errors.push(Diagnostic::at(file, node.pos, format!("pipeline name `{name}` may hold only letters, digits, `.`, `_` and `-` (it names the run folder)")));
+        errors.push(Diagnostic::at(file, node.pos, format!("pipeline name `{name}` may hold only letters, digits, `.`, `_` and `-`, at most {MAX_NAME} of them (it names the run folder)")));
         None
     }
 }
@@ -248,12 +259,14 @@ fn parse_defaults(node: &Node, file: &str, errors: &mut Vec<Diagnostic>) -> Defa
                     describe_value(&value.to_json())
                 ),
             )),
-            ("threads", Value::Int(i)) if *i >= 0 => defaults.threads = *i as usize,
+            ("threads", Value::Int(i)) if (0..=MAX_THREADS as i64).contains(i) => {
+                defaults.threads = *i as usize
+            }
             ("threads", _) => errors.push(Diagnostic::at(
                 file,
                 value.pos,
                 format!(
-                    "`threads` must be a non-negative integer (0: one per core), found {}",
+                    "`threads` must be an integer from 0 (one per core) to {MAX_THREADS}, found {}",
                     describe_value(&value.to_json())
                 ),
             )),
@@ -304,7 +317,7 @@ fn parse_stages(
                 file,
                 *id_pos,
                 format!(
-                    "stage id `{id}` may hold only letters, digits, `.`, `_` and `-` (it names a folder)"
+                    "stage id `{id}` may hold only letters, digits, `.`, `_` and `-`, at most {MAX_NAME} of them (it names a folder)"
                 ),
             ));
         }
@@ -645,25 +658,23 @@ fn check_options(
         _ => &[],
     };
     let kind = stage.kind.as_deref().unwrap_or("");
-    // Options whose value has a bad `${...}` are not type-checked: that error says enough.
+    // Options whose value has a bad `${...}` or a non-finite number are not type-checked:
+    // that error says enough.
     let mut unresolved = Vec::new();
     for (key, key_pos, value) in given {
         match schema.get(key) {
-            None => {
-                let names: Vec<&str> = schema.options.iter().map(|o| o.name).collect();
-                let d = Diagnostic::at(
-                    file,
-                    *key_pos,
-                    format!("unknown option `{key}` for stage `{}` ({kind})", stage.id),
-                );
-                errors.push(match nearest(key, names.iter().copied()) {
-                    Some(n) => d.help(format!("did you mean `{n}`?")),
-                    None if names.is_empty() => d.help(format!("{kind} takes no options")),
-                    None => d.help(format!("{kind} takes: {}", names.join(", "))),
-                });
-            }
+            None => errors.push(unknown_option(
+                &schema,
+                key,
+                *key_pos,
+                &format!("stage `{}` ({kind})", stage.id),
+                file,
+            )),
             Some(spec) => {
                 if !matrix::check_references(value, matrix, file, errors) {
+                    unresolved.push(key.as_str());
+                } else if let Some(e) = non_finite(value, file) {
+                    errors.push(e.with_message(|m| format!("option `{key}` of stage `{}`: {m}", stage.id)));
                     unresolved.push(key.as_str());
                 } else if spec.ty == OptType::Pets {
                     check_pets(value, registry, file, errors);
@@ -682,13 +693,16 @@ fn check_options(
                         "stage `{}` ({kind}) is missing the required option `{}` ({})",
                         stage.id,
                         spec.name,
-                        spec.ty.describe()
+                        spec.describe()
                     ),
                 )
                 .help(spec.doc),
             );
         }
     }
+    let mut reported: Vec<&str> = Vec::new();
+    let mut exclusion_reported = false;
+    let with_pos = stage.with.map(|w| w.pos).unwrap_or(stage.pos);
     cells
         .iter()
         .zip(runs_in)
@@ -701,16 +715,12 @@ fn check_options(
                 let value = match given.iter().find(|(k, _, _)| k == spec.name) {
                     Some((key, _, node)) if unresolved.contains(&key.as_str()) => node.to_json(),
                     Some((_, _, node)) => {
-                        let value = matrix::resolve(node, cell);
-                        let allowed_null =
-                            spec.default.as_ref().is_some_and(Json::is_null) && value.is_null();
-                        if !allowed_null {
-                            let reported = errors.iter().any(|d| d.pos == Some(node.pos));
-                            if let Err(e) = spec.ty.check(&value) {
-                                // One error per option, in the first cell where it fails.
-                                if reported {
-                                    return value;
-                                }
+                        let value = spec.canonical(matrix::resolve(node, cell));
+                        match spec.check(&value) {
+                            // One error per option, in the first cell where it fails.
+                            Err(_) if reported.contains(&spec.name) => {}
+                            Err(e) => {
+                                reported.push(spec.name);
                                 let at = if cells.len() > 1 && node_has_reference(node) {
                                     format!(" (in cell {})", cell.name)
                                 } else {
@@ -721,9 +731,11 @@ fn check_options(
                                     node.pos,
                                     format!("option `{}` of stage `{}`: {e}{at}", spec.name, stage.id),
                                 ));
-                            } else if spec.ty == OptType::OutputPath {
-                                check_output_path(&value, node.pos, &stage.id, &cell.name, file, ctx, errors);
                             }
+                            Ok(()) if spec.ty == OptType::OutputPath && !value.is_null() => {
+                                check_output_path(&value, node.pos, &stage.id, &cell.name, file, ctx, errors)
+                            }
+                            Ok(()) => {}
                         }
                         value
                     }
@@ -731,9 +743,46 @@ fn check_options(
                 };
                 options.insert(spec.name.to_string(), value);
             }
+            if !exclusion_reported {
+                for e in schema.exclusion_errors(|n| options.get(n).is_some_and(|v| !v.is_null())) {
+                    exclusion_reported = true;
+                    errors.push(Diagnostic::at(
+                        file,
+                        with_pos,
+                        format!("stage `{}` ({kind}): {e}", stage.id),
+                    ));
+                }
+            }
             Json::Object(options)
         })
         .collect()
+}
+
+/// An unknown option: petnas's name where the user wrote a peer tool's, else the nearest.
+fn unknown_option(schema: &OptionSchema, key: &str, pos: Pos, of: &str, file: &str) -> Diagnostic {
+    if let Some(spec) = schema.by_peer_name(key) {
+        return Diagnostic::at(file, pos, format!("unknown option `{key}` for {of}"))
+            .help(format!("`{key}` is what PEFT or transformers call it; petnas calls it `{}`", spec.name));
+    }
+    let names: Vec<&str> = schema.options.iter().map(|o| o.name).collect();
+    let d = Diagnostic::at(file, pos, format!("unknown option `{key}` for {of}"));
+    match nearest(key, names.iter().copied()) {
+        Some(n) => d.help(format!("did you mean `{n}`?")),
+        None if names.is_empty() => d.help(format!("{of} takes no options")),
+        None => d.help(format!("it takes: {}", names.join(", "))),
+    }
+}
+
+/// `.nan` or `.inf` anywhere in an option's value (JSON, which stages read, has neither).
+fn non_finite(node: &Node, file: &str) -> Option<Diagnostic> {
+    match &node.value {
+        Value::Float(f) if !f.is_finite() => {
+            Some(Diagnostic::at(file, node.pos, format!("`{f}` is not a finite number")))
+        }
+        Value::Seq(items) => items.iter().find_map(|n| non_finite(n, file)),
+        Value::Map(entries) => entries.iter().find_map(|(_, _, n)| non_finite(n, file)),
+        _ => None,
+    }
 }
 
 fn node_has_reference(node: &Node) -> bool {
@@ -815,23 +864,29 @@ fn check_pets(node: &Node, registry: &Registry, file: &str, errors: &mut Vec<Dia
                     )),
                 },
                 _ => match schema.get(key) {
-                    None => {
-                        let names: Vec<&str> =
-                            ["targets"].into_iter().chain(schema.options.iter().map(|o| o.name)).collect();
-                        let d = Diagnostic::at(
+                    None if key == "target_modules" => errors.push(
+                        Diagnostic::at(
                             file,
                             *key_pos,
                             format!("unknown option `{key}` for PET type `{type_name}`"),
+                        )
+                        .help("`target_modules` is what PEFT calls it; petnas calls it `targets`"),
+                    ),
+                    None => errors.push(unknown_option(
+                        &schema,
+                        key,
+                        *key_pos,
+                        &format!("PET type `{type_name}`"),
+                        file,
+                    )),
+                    Some(_) if non_finite(value, file).is_some() => {
+                        let e = non_finite(value, file).expect("just found");
+                        errors.push(
+                            e.with_message(|m| format!("option `{key}` of PET type `{type_name}`: {m}")),
                         );
-                        errors.push(match nearest(key, names.iter().copied()) {
-                            Some(n) => d.help(format!("did you mean `{n}`?")),
-                            None => d.help(format!("{type_name} takes: {}", names.join(", "))),
-                        });
                     }
                     Some(spec) if !node_has_reference(value) => {
-                        let allowed_null = spec.default.as_ref().is_some_and(Json::is_null)
-                            && matches!(value.value, Value::Null);
-                        if let (false, Err(e)) = (allowed_null, spec.ty.check(&value.to_json())) {
+                        if let Err(e) = spec.check(&value.to_json()) {
                             errors.push(Diagnostic::at(
                                 file,
                                 value.pos,
@@ -842,6 +897,10 @@ fn check_pets(node: &Node, registry: &Registry, file: &str, errors: &mut Vec<Dia
                     Some(_) => {}
                 },
             }
+        }
+        let set = |name: &str| entries.iter().any(|(k, _, v)| k == name && !matches!(v.value, Value::Null));
+        for e in schema.exclusion_errors(set) {
+            errors.push(Diagnostic::at(file, item.pos, format!("PET type `{type_name}`: {e}")));
         }
     }
 }

@@ -13,8 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::plugins::hex;
 
-pub const STAGE_RECORD: &str = "stage.json";
-pub const LOG: &str = "log.jsonl";
+pub use petnas_sdk::stage::{STAGE_LOG as LOG, STAGE_RECORD};
 
 /// Everything that determines a stage's result; its hash is the stage's content key.
 #[derive(Serialize)]

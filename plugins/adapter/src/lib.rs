@@ -24,7 +24,7 @@ struct AdapterType;
 struct AdapterConfig {
     placement: String,
     bottleneck: Option<i64>,
-    reduction_factor: Option<f64>,
+    reduction_factor: f64,
     scaling: f64,
 }
 
@@ -74,12 +74,15 @@ impl PetType for AdapterType {
                 Value::Null,
                 "bottleneck width (default: hidden / reduction_factor)",
             )
+            .at_least(1.0)
+            .at_most(65_536.0)
             .opt(
                 "reduction_factor",
                 OptType::Float,
                 16.0,
                 "hidden size / bottleneck width, when `bottleneck` is not set",
             )
+            .above(0.0)
             .opt(
                 "scaling",
                 OptType::Float,
@@ -96,14 +99,11 @@ impl PetType for AdapterType {
     fn create(&self, site: &Site, options: &Value, device: Device, seed: u64) -> Result<Box<dyn PetModule>> {
         let config: AdapterConfig = serde_json::from_value(options.clone())?;
         let h = hidden(site)?;
-        let bottleneck = match (config.bottleneck, config.reduction_factor) {
-            (Some(b), _) => b,
-            (None, Some(r)) if r > 0.0 => ((h as f64) / r).round().max(1.0) as i64,
-            _ => bail!("set the adapter's `bottleneck` or a positive `reduction_factor`"),
+        // The schema checked both: `bottleneck` at least 1, `reduction_factor` positive.
+        let bottleneck = match config.bottleneck {
+            Some(b) => b,
+            None => ((h as f64) / config.reduction_factor).round().max(1.0) as i64,
         };
-        if bottleneck < 1 {
-            bail!("adapter `bottleneck` must be at least 1, got {bottleneck}");
-        }
         Ok(Box::new(Adapter {
             site: site.clone(),
             params: Params::new(fresh(h, bottleneck, seed, device)),

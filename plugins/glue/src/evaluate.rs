@@ -26,7 +26,11 @@ impl Stage for Evaluate {
         "the task's official metrics on its dev split(s); writes metrics.json with parameter counts and timings"
     }
     fn options(&self) -> OptionSchema {
-        OptionSchema::new().opt("batch_size", OptType::Int, 64, "examples per batch")
+        OptionSchema::new()
+            .opt("batch_size", OptType::Int, 64, "examples per batch")
+            .at_least(1.0)
+            .at_most(65_536.0)
+            .peer_name("per_device_eval_batch_size")
     }
     fn input_kinds(&self) -> &'static [&'static str] {
         &[kinds::MODEL, kinds::DATASET]
@@ -48,7 +52,7 @@ impl Stage for Evaluate {
         let (mut examples, mut seconds) = (0, 0.0);
         for name in &splits {
             let split = TokenizedSplit::from_artifact(data, name)?;
-            let evaluation = evaluate(&model, &split, info.scoring, o.batch_size.max(1), info.pad_id)?;
+            let evaluation = evaluate(&model, &split, info.scoring, o.batch_size, info.pad_id)?;
             examples += evaluation.examples;
             seconds += evaluation.seconds;
             tracing::info!(split = %name, metrics = ?evaluation.metrics, "evaluated");
@@ -125,6 +129,8 @@ impl Stage for Predict {
                 "where to write (default: GLUE's name for the task, e.g. RTE.tsv)",
             )
             .opt("batch_size", OptType::Int, 64, "examples per batch")
+            .at_least(1.0)
+            .at_most(65_536.0)
     }
     fn input_kinds(&self) -> &'static [&'static str] {
         &[kinds::MODEL, kinds::DATASET]
@@ -149,7 +155,7 @@ impl Stage for Predict {
         let index =
             Vec::<i64>::try_from(data.tensor(&format!("{split_name}.index"))?.to_device(tch::Device::Cpu))?;
         let model = PetModel::load(inputs.one(kinds::MODEL)?, ctx.services(), ctx.device, false)?;
-        let evaluation = evaluate(&model, &split, info.scoring, o.batch_size.max(1), info.pad_id)?;
+        let evaluation = evaluate(&model, &split, info.scoring, o.batch_size, info.pad_id)?;
         let path = ctx.output_path(&o.file.unwrap_or_else(|| submission_name(&info.task, &split_name)))?;
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;

@@ -89,9 +89,6 @@ fn task(name: &str) -> Result<&'static Task> {
 /// Moves a seeded random share of the training examples (in file order) into a split of
 /// their own.
 fn hold_out(split: &mut Split, fraction: f64, seed: u64) -> Result<Split> {
-    if !(fraction > 0.0 && fraction < 1.0) {
-        bail!("`validation_fraction` must be in (0, 1), got {fraction}");
-    }
     let n = split.examples.len();
     let held = ((n as f64) * fraction).round() as usize;
     if held == 0 || held == n {
@@ -120,9 +117,6 @@ fn subsample(split: &mut Split, o: &LoadOptions, seed: u64) -> Result<()> {
     let n = split.examples.len();
     let mut keep = n;
     if let Some(fraction) = o.train_fraction {
-        if !(fraction > 0.0 && fraction <= 1.0) {
-            bail!("`train_fraction` must be in (0, 1], got {fraction}");
-        }
         keep = ((n as f64) * fraction).round().max(1.0) as usize;
     }
     if let Some(max) = o.max_train_examples {
@@ -206,24 +200,34 @@ impl Stage for Load {
                 "the GLUE folder (CoLA/, SST-2/ …); default: $GLUE_DIR",
             )
             .opt("max_len", OptType::Int, 128, "tokens per example at most (pairs truncated longest-first)")
+            .at_least(4.0)
+            .at_most(65_536.0)
+            .peer_name("max_length")
+            .peer_name("max_seq_length")
             .opt(
                 "max_train_examples",
                 OptType::Int,
                 Value::Null,
                 "keep at most this many training examples (seeded)",
             )
+            .at_least(1.0)
+            .peer_name("max_train_samples")
             .opt(
                 "train_fraction",
                 OptType::Float,
                 Value::Null,
                 "keep this share of the training examples (seeded)",
             )
+            .above(0.0)
+            .at_most(1.0)
             .opt(
                 "validation_fraction",
                 OptType::Float,
                 Value::Null,
                 "hold this share of the training examples out as a `validation` split (seeded), which train.fit selects on instead of dev",
             )
+            .above(0.0)
+            .below(1.0)
             .opt(
                 "splits",
                 OptType::List(Box::new(OptType::Str)),
@@ -261,9 +265,6 @@ impl Stage for Load {
     fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
         let o: LoadOptions = ctx.options()?;
         let task = task(&o.task)?;
-        if o.max_len < 4 {
-            bail!("`max_len` must be at least 4, got {}", o.max_len);
-        }
         let model = inputs.one(kinds::MODEL)?;
         let backbone = &model.meta["backbone"];
         let loader_name =

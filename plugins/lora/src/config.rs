@@ -1,6 +1,6 @@
 //! LoRA's options, in PEFT's vocabulary: rank `r`, `alpha` (scaling alpha/r), dropout on
 //! the input, and per-site `rank_pattern` / `alpha_pattern` keyed by module-name patterns.
-use anyhow::{bail, Result};
+use anyhow::Result;
 use petnas_sdk::{OptType, OptionSchema};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -15,11 +15,22 @@ pub struct LoraConfig {
     pub alpha_pattern: Map<String, Value>,
 }
 
+/// Ranks above this are refused before anything is allocated.
+pub const MAX_RANK: f64 = 4096.0;
+
 pub fn schema() -> OptionSchema {
     OptionSchema::new()
         .opt("rank", OptType::Int, 8, "rank r of the update B·A")
+        .at_least(1.0)
+        .at_most(MAX_RANK)
+        .peer_name("r")
         .opt("alpha", OptType::Float, 8.0, "scaling numerator: the update is scaled by alpha / r")
+        .above(0.0)
+        .peer_name("lora_alpha")
         .opt("dropout", OptType::Float, 0.0, "dropout on the input of the update while training")
+        .at_least(0.0)
+        .below(1.0)
+        .peer_name("lora_dropout")
         .opt(
             "init",
             OptType::Enum(&["standard", "balanced"]),
@@ -28,16 +39,19 @@ pub fn schema() -> OptionSchema {
         )
         .opt(
             "rank_pattern",
-            OptType::Map,
+            OptType::MapOf(Box::new(OptType::Int)),
             Value::Object(Map::new()),
             "per-site ranks: {name pattern: rank}, as PEFT",
         )
+        .at_least(1.0)
+        .at_most(MAX_RANK)
         .opt(
             "alpha_pattern",
-            OptType::Map,
+            OptType::MapOf(Box::new(OptType::Float)),
             Value::Object(Map::new()),
             "per-site alphas: {name pattern: alpha}, as PEFT",
         )
+        .above(0.0)
 }
 
 /// PEFT's rule: a pattern applies to a site whose name is the pattern or ends with `.pattern`.
@@ -49,20 +63,14 @@ fn lookup(pattern: &Map<String, Value>, site: &str) -> Option<f64> {
 }
 
 impl LoraConfig {
+    /// Options [`schema`] checked.
     pub fn parse(options: &Value) -> Result<LoraConfig> {
-        let config: LoraConfig = serde_json::from_value(options.clone())?;
-        if config.rank < 1 {
-            bail!("LoRA `rank` must be at least 1, got {}", config.rank);
-        }
-        if !(0.0..1.0).contains(&config.dropout) {
-            bail!("LoRA `dropout` must be in [0, 1), got {}", config.dropout);
-        }
-        Ok(config)
+        Ok(serde_json::from_value(options.clone())?)
     }
 
     /// Rank and scaling at a site, after the patterns.
     pub fn at(&self, site: &str) -> (i64, f64) {
-        let rank = lookup(&self.rank_pattern, site).map(|r| r as i64).unwrap_or(self.rank).max(1);
+        let rank = lookup(&self.rank_pattern, site).map(|r| r as i64).unwrap_or(self.rank);
         let alpha = lookup(&self.alpha_pattern, site).unwrap_or(self.alpha);
         (rank, alpha / rank as f64)
     }

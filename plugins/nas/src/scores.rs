@@ -66,9 +66,6 @@ pub fn score(
             }
         }
         "taylor" | "movement" => {
-            if o.batches == 0 {
-                bail!("`score_batches` must be at least 1 for {} scores", o.method);
-            }
             let options = BatchOptions {
                 batch_size: o.batch_size,
                 shuffle_seed: Some(derive_seed(ctx.seed, salt)),

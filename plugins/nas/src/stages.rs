@@ -24,24 +24,34 @@ fn score_options(schema: OptionSchema) -> OptionSchema {
             "importance: first-order Taylor |Σ θ·∂L/∂θ|, magnitude, or movement",
         )
         .opt("score_batches", OptType::Int, 16, "training batches the scores are accumulated over")
+        .at_least(1.0)
+        .at_most(1_000_000.0)
         .opt("score_batch_size", OptType::Int, 32, "examples per scoring batch")
+        .at_least(1.0)
+        .at_most(65_536.0)
         .opt(
             "ema",
             OptType::Float,
             Value::Null,
             "accumulate an exponential moving average (this decay) instead of a sum",
         )
+        .above(0.0)
+        .below(1.0)
 }
 
 fn budget_options(schema: OptionSchema) -> OptionSchema {
     schema
         .opt("budget", OptType::Int, Value::Null, "PET parameters to keep (the task head is not counted)")
+        .at_least(0.0)
         .opt(
             "budget_percent",
             OptType::Float,
             Value::Null,
             "PET parameters to keep, as % of the PLM's parameters",
         )
+        .at_least(0.0)
+        .at_most(100.0)
+        .one_of(&["budget", "budget_percent"])
 }
 
 #[derive(Deserialize)]
@@ -51,24 +61,22 @@ struct Budget {
 }
 
 impl Budget {
-    fn resolve(&self, plm: i64) -> Result<i64> {
+    /// Parameters to keep; the schema saw to it that exactly one of the two is set.
+    fn resolve(&self, plm: i64) -> i64 {
         match (self.budget, self.budget_percent) {
-            (Some(b), None) if b >= 0 => Ok(b),
-            (None, Some(p)) if p >= 0.0 => Ok((plm as f64 * p / 100.0).round() as i64),
-            (Some(_), Some(_)) => bail!("set `budget` or `budget_percent`, not both"),
-            (None, None) => bail!("set `budget` (parameters) or `budget_percent` (% of the PLM)"),
-            _ => bail!("the budget must not be negative"),
+            (Some(b), _) => b,
+            (None, p) => (plm as f64 * p.unwrap_or(0.0) / 100.0).round() as i64,
         }
     }
 }
 
 fn score_options_of(options: &Value) -> Result<ScoreOptions> {
-    Ok(ScoreOptions {
-        method: options["score"].as_str().unwrap_or("taylor").to_string(),
-        batches: options["score_batches"].as_u64().unwrap_or(16) as usize,
-        batch_size: options["score_batch_size"].as_u64().unwrap_or(32).max(1) as usize,
-        ema: options["ema"].as_f64(),
-    })
+    Ok(serde_json::from_value(serde_json::json!({
+        "method": options["score"],
+        "batches": options["score_batches"],
+        "batch_size": options["score_batch_size"],
+        "ema": options["ema"],
+    }))?)
 }
 
 /// The model (copied: it will change), the dataset's info and its training split.
@@ -168,9 +176,16 @@ impl Stage for PruneStructured {
                 "how the target falls from round to round",
             )
             .opt("rounds", OptType::Int, 1, "pruning rounds (1: one-shot)")
+            .at_least(1.0)
+            .at_most(1000.0)
             .opt("train_steps", OptType::Int, 0, "training steps between rounds")
+            .at_least(0.0)
+            .at_most(10_000_000.0)
             .opt("lr", OptType::Float, 1e-3, "learning rate of the training between rounds")
-            .opt("batch_size", OptType::Int, 32, "examples per training step between rounds");
+            .at_least(0.0)
+            .opt("batch_size", OptType::Int, 32, "examples per training step between rounds")
+            .at_least(1.0)
+            .at_most(65_536.0);
         score_options(budget_options(schema))
     }
     fn input_kinds(&self) -> &'static [&'static str] {
@@ -183,8 +198,8 @@ impl Stage for PruneStructured {
         let raw: Value = ctx.options()?;
         let o: StructuredOptions = ctx.options()?;
         let (mut model, info, train) = model_and_data(ctx, inputs)?;
-        let budget = ctx.options::<Budget>()?.resolve(model.backbone.info().parameters)?;
-        let rounds = o.rounds.max(1);
+        let budget = ctx.options::<Budget>()?.resolve(model.backbone.info().parameters);
+        let rounds = o.rounds;
         let start = model.pet_parameters();
         let checkpoints = ctx.checkpoint_dir()?.to_path_buf();
         let mut first_round = 1;
@@ -238,7 +253,7 @@ fn train_between_rounds(
     let mut opt = AdamW::new(model.trainable(), 0.0);
     opt.bf16 = ctx.dtype == tch::Kind::BFloat16;
     let options = BatchOptions {
-        batch_size: o.batch_size.max(1),
+        batch_size: o.batch_size,
         shuffle_seed: Some(derive_seed(ctx.seed, &format!("between rounds {round}"))),
         bucket_by_length: false,
     };
@@ -275,7 +290,7 @@ impl Stage for PruneUnstructured {
     fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
         let raw: Value = ctx.options()?;
         let (mut model, info, train) = model_and_data(ctx, inputs)?;
-        let budget = ctx.options::<Budget>()?.resolve(model.backbone.info().parameters)?;
+        let budget = ctx.options::<Budget>()?.resolve(model.backbone.info().parameters);
         let before = model.pet_parameters();
         let scores = score(ctx, &model, &train, info.pad_id, &score_options_of(&raw)?, "unstructured")?;
         let after = prune::unstructured(&mut model, &scores, budget)?;

@@ -195,12 +195,16 @@ impl Stage for Export {
         "a trained model as a petnas artifact, a merged Hugging Face checkpoint, and PEFT's LoRA adapter folder"
     }
     fn options(&self) -> OptionSchema {
-        OptionSchema::new().opt("dir", OptType::OutputPath, "export", "where the exports go").opt(
-            "check_examples",
-            OptType::Int,
-            8,
-            "dev examples whose logits are saved to check the exports against",
-        )
+        OptionSchema::new()
+            .opt("dir", OptType::OutputPath, "export", "where the exports go")
+            .opt(
+                "check_examples",
+                OptType::Int,
+                8,
+                "dev examples whose logits are saved to check the exports against",
+            )
+            .at_least(0.0)
+            .at_most(100_000.0)
     }
     fn input_kinds(&self) -> &'static [&'static str] {
         &[kinds::MODEL, kinds::DATASET]

@@ -181,7 +181,17 @@ impl StageCtx {
     }
 }
 
-/// Resolves an output path option against the stage folder, refusing escapes.
+/// `stage.json`, written last into a stage's folder: its presence marks a complete stage.
+pub const STAGE_RECORD: &str = "stage.json";
+/// The stage's log, beside its outputs.
+pub const STAGE_LOG: &str = "log.jsonl";
+
+/// Files of a stage's folder that the runner writes: no option may name them.
+pub const RUNNER_FILES: [&str; 4] =
+    [crate::artifact::OUTPUTS_JSON, crate::artifact::OUTPUTS_TENSORS, STAGE_RECORD, STAGE_LOG];
+
+/// Resolves an output path option against the stage folder, refusing escapes and the
+/// runner's own files.
 pub fn resolve_output_path(
     stage_dir: &Path,
     value: &str,
@@ -191,6 +201,16 @@ pub fn resolve_output_path(
     let escapes =
         path.is_absolute() || path.components().any(|c| matches!(c, std::path::Component::ParentDir));
     if !escapes {
+        let inside = normalize(path);
+        if inside.as_os_str().is_empty() {
+            return Err(format!("`{value}` names the stage's own folder; name a file or folder inside it"));
+        }
+        if let Some(file) = RUNNER_FILES.iter().find(|f| inside == Path::new(f)) {
+            return Err(format!(
+                "`{value}` is the runner's own {file}; name another file (the runner writes {})",
+                RUNNER_FILES.join(", ")
+            ));
+        }
         return Ok(stage_dir.join(path));
     }
     let resolved = normalize(&if path.is_absolute() { path.to_path_buf() } else { stage_dir.join(path) });

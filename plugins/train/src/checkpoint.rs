@@ -22,6 +22,15 @@ pub struct LoopState {
     pub history: Vec<serde_json::Value>,
     pub train_seconds: f64,
     pub examples_seen: i64,
+    /// The training loss summed over the steps since the last evaluation, and their count:
+    /// a resumed fit reports the same mean loss as an uninterrupted one.
+    #[serde(default)]
+    pub loss_sum: f64,
+    #[serde(default)]
+    pub loss_count: i64,
+    /// Steps skipped for a non-finite loss or gradient.
+    #[serde(default)]
+    pub skipped: i64,
 }
 
 /// Writes the checkpoint: tensors and state together replace the last one in one rename, so
@@ -46,6 +55,11 @@ pub fn save(dir: &Path, opt: &AdamW, best: &[(String, Tensor)], state: &LoopStat
         std::fs::write(&path, serde_json::to_vec(&full)?)
             .with_context(|| format!("cannot write {}", path.display()))
     })
+}
+
+/// Whether `dir` holds a complete checkpoint to resume from.
+pub fn exists(dir: &Path) -> bool {
+    last_checkpoint(dir, |d| d.join(TENSORS).exists() && d.join(STATE).exists()).is_some()
 }
 
 /// Parameters by name (the best ones so far).

@@ -51,13 +51,10 @@ pub fn fit(
     if train.is_empty() {
         bail!("the training split is empty");
     }
-    if o.batch_size == 0 {
-        bail!("`batch_size` must be at least 1");
-    }
     let steps_per_epoch = train.len().div_ceil(o.batch_size) as i64;
     let total = match o.max_steps {
-        Some(s) if s > 0 => s,
-        _ => ((o.epochs * steps_per_epoch as f64).ceil() as i64).max(1),
+        Some(s) => s,
+        None => ((o.epochs * steps_per_epoch as f64).ceil() as i64).max(1),
     };
     let warmup = (o.warmup_ratio * total as f64).round() as i64;
     let masks: BTreeMap<String, Tensor> = model.masks().into_iter().collect();
@@ -80,8 +77,6 @@ pub fn fit(
     };
     let eval_every = if o.eval_every > 0 { o.eval_every } else { steps_per_epoch };
     let mut epoch_rows: Option<(i64, Vec<Vec<usize>>)> = None;
-    let (mut loss_sum, mut loss_count) = (0.0, 0);
-    let mut skipped = 0;
     let started = Instant::now() - std::time::Duration::from_secs_f64(state.train_seconds);
     let mut eval_seconds = 0.0;
     while state.step < total {
@@ -106,17 +101,20 @@ pub fn fit(
             dropout_seed,
         ) {
             Ok(loss) => {
-                loss_sum += loss;
-                loss_count += 1;
+                state.loss_sum += loss;
+                state.loss_count += 1;
             }
             Err(e) if o.skip_nonfinite => {
-                skipped += 1;
+                state.skipped += 1;
                 tracing::warn!(step = state.step + 1, "{e}: step skipped");
             }
-            Err(e) => bail!(
-                "{e} at step {}; the last good checkpoint is kept; lower `lr` or set `skip_nonfinite: true`",
-                state.step + 1
-            ),
+            Err(e) => {
+                let kept = match checkpoint::exists(&ckpt_dir) {
+                    true => "the last good checkpoint is kept, to resume from after a change",
+                    false => "no checkpoint was saved before it",
+                };
+                bail!("{e} at step {}; {kept}; lower `lr` or set `skip_nonfinite: true`", state.step + 1)
+            }
         }
         state.step += 1;
         state.examples_seen += rows.len() as i64;
@@ -124,8 +122,10 @@ pub fn fit(
         let at_eval = state.step % eval_every == 0 || state.step == total;
         if at_eval {
             let eval_started = Instant::now();
-            let mut entry = json!({"step": state.step, "epoch": state.step as f64 / steps_per_epoch as f64, "train_loss": loss_sum / loss_count.max(1) as f64});
-            (loss_sum, loss_count) = (0.0, 0);
+            // Null where every step since the last evaluation was skipped: no loss was seen.
+            let train_loss = (state.loss_count > 0).then(|| state.loss_sum / state.loss_count as f64);
+            let mut entry = json!({"step": state.step, "epoch": state.step as f64 / steps_per_epoch as f64, "train_loss": train_loss, "skipped_steps": state.skipped});
+            (state.loss_sum, state.loss_count) = (0.0, 0);
             if let Some((name, split)) = &dev {
                 let evaluation =
                     tch::no_grad(|| evaluate(model, split, info.scoring, o.batch_size * 2, info.pad_id))?;
@@ -182,7 +182,7 @@ pub fn fit(
             "best_step": state.best_step,
             "best_metric": state.best_metric,
             "kept": if o.keep_best && !best.is_empty() { "best" } else { "last" },
-            "skipped_steps": skipped,
+            "skipped_steps": state.skipped,
             "train_seconds": state.train_seconds,
             "train_samples_per_second": state.examples_seen as f64 / train_seconds,
             "history": state.history,

@@ -18,6 +18,11 @@ fn register(registrar: &mut Registrar) {
 
 struct Fit;
 
+/// Limits that keep a typo from asking for unbounded work.
+const MAX_EPOCHS: f64 = 10_000.0;
+const MAX_BATCH_SIZE: f64 = 65_536.0;
+const MAX_TOKENS: f64 = 65_536.0;
+
 impl Stage for Fit {
     fn kind(&self) -> &'static str {
         "train.fit"
@@ -28,35 +33,52 @@ impl Stage for Fit {
     fn options(&self) -> OptionSchema {
         OptionSchema::new()
             .opt("epochs", OptType::Float, 3.0, "passes over the training split")
+            .above(0.0)
+            .at_most(MAX_EPOCHS)
+            .peer_name("num_train_epochs")
             .opt("max_steps", OptType::Int, Value::Null, "optimizer steps instead of epochs")
+            .at_least(1.0)
             .opt("batch_size", OptType::Int, 32, "examples per step")
-            .opt("lr", OptType::Float, 1e-3, "peak learning rate")
+            .at_least(1.0)
+            .at_most(MAX_BATCH_SIZE)
+            .peer_name("per_device_train_batch_size")
+            .opt("lr", OptType::Float, 1e-3, "peak learning rate (0 trains nothing, to check a regression test)")
+            .at_least(0.0)
+            .peer_name("learning_rate")
             .opt("weight_decay", OptType::Float, 0.0, "AdamW weight decay (not on biases, LayerNorm, deltas)")
+            .at_least(0.0)
             .opt(
                 "warmup_ratio",
                 OptType::Float,
                 0.06,
                 "share of the steps with linear warm-up; then linear decay to 0",
             )
+            .at_least(0.0)
+            .below(1.0)
             .opt("max_grad_norm", OptType::Float, 1.0, "gradient clipping by global norm (0: off)")
+            .at_least(0.0)
             .opt(
                 "eval_every",
                 OptType::Int,
                 0,
                 "evaluate every N steps (0: each epoch), on the validation split held out of train when the dataset has one, else on dev",
             )
+            .at_least(0.0)
+            .peer_name("eval_steps")
             .opt(
                 "early_stopping_patience",
                 OptType::Int,
                 Value::Null,
                 "stop after N evaluations without improvement",
             )
+            .at_least(0.0)
             .opt(
                 "keep_best",
                 OptType::Bool,
                 true,
                 "keep the parameters of the best evaluation, not the last (select on a held-out validation split, glue.load's `validation_fraction`, to report dev unpeeked)",
             )
+            .peer_name("load_best_model_at_end")
             .opt(
                 "shuffle",
                 OptType::Bool,
@@ -82,18 +104,24 @@ impl Stage for Fit {
                 200,
                 "steps between checkpoints for resuming (0: at evaluations only)",
             )
+            .at_least(0.0)
+            .peer_name("save_steps")
             .opt(
                 "pad_to",
                 OptType::Int,
                 Value::Null,
                 "pad every training batch to this many tokens (default: its longest)",
             )
+            .at_least(1.0)
+            .at_most(MAX_TOKENS)
             .opt(
                 "dropout",
                 OptType::Float,
                 Value::Null,
                 "hidden, attention and classifier dropout while training (default: the checkpoint's)",
             )
+            .at_least(0.0)
+            .below(1.0)
             .opt(
                 "bf16",
                 OptType::Bool,
@@ -114,7 +142,6 @@ impl Stage for Fit {
         let mut model = PetModel::load(inputs.one(kinds::MODEL)?, ctx.services(), ctx.device, true)?;
         model.ensure_head(info.num_labels(), info.regression, derive_seed(ctx.seed, "head"));
         if let Some(p) = o.dropout {
-            anyhow::ensure!((0.0..1.0).contains(&p), "`dropout` must be in [0, 1), got {p}");
             model.training_dropout = Some(p);
         }
         if o.reinit {
