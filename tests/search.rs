@@ -271,8 +271,22 @@ fn structured_checkpoint(s: &Scratch) -> bool {
 #[test]
 fn iterative_pruning_resumes_after_a_kill_and_ends_as_an_uninterrupted_run() {
     let structured = "{budget: 2000, rounds: 5, train_steps: 12, score_batches: 2}";
+    resumed_pruning_is_uninterrupted_pruning(&search_pipeline(MIXED, structured, 1000));
+}
+
+#[test]
+fn pruning_a_supernet_that_was_not_trained_resumes_as_an_uninterrupted_run() {
+    // Pruning makes the task head itself and trains it between rounds: the head it resumes
+    // with must go on training (it was frozen once read back from a checkpoint).
+    let structured = "{budget: 2000, rounds: 3, train_steps: 12, score_batches: 2}";
+    let pipeline =
+        search_pipeline(MIXED, structured, 1000).replace("needs: [warm, data]", "needs: [supernet, data]");
+    resumed_pruning_is_uninterrupted_pruning(&pipeline);
+}
+
+fn resumed_pruning_is_uninterrupted_pruning(pipeline: &str) {
     let s = Scratch::new();
-    s.write("p.yaml", &search_pipeline(MIXED, structured, 1000));
+    s.write("p.yaml", pipeline);
     let mut child = s
         .command(&["run", "p.yaml"])
         .stdout(std::process::Stdio::null())
@@ -288,7 +302,7 @@ fn iterative_pruning_resumes_after_a_kill_and_ends_as_an_uninterrupted_run() {
     assert!(resumed.stderr.contains("resuming structured pruning from a checkpoint"), "{}", resumed.stderr);
 
     let reference = Scratch::new();
-    reference.write("p.yaml", &search_pipeline(MIXED, structured, 1000));
+    reference.write("p.yaml", pipeline);
     assert_eq!(reference.petnas(&["run", "p.yaml"]).code, 0);
     for stage in ["structured", "unstructured"] {
         let file = |s: &Scratch| {

@@ -354,3 +354,20 @@ fn a_changed_pet_type_plugin_recomputes_the_stages_that_run_its_modules() {
         );
     }
 }
+
+#[test]
+fn a_head_handed_on_by_an_earlier_fit_goes_on_training() {
+    let s = Scratch::new();
+    let text = pipeline("[{type: lora, rank: 2}]", "{max_steps: 4, batch_size: 16}")
+        .replace("  evaluate: {use: glue.evaluate, needs: [fit, data]}", "  refit: {use: train.fit, needs: [fit, data], with: {max_steps: 4, batch_size: 16}}\n  evaluate: {use: glue.evaluate, needs: [refit, data]}");
+    s.write("p.yaml", &text);
+    let run = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let head = |stage: &str| {
+        let artifact =
+            petnas_sdk::Artifact::read(&s.stage_dir("train", "default", stage), tch::Device::Cpu).unwrap();
+        artifact.tensor("head.classifier.weight").unwrap()
+    };
+    let moved = (head("refit") - head("fit")).abs().max().double_value(&[]);
+    assert!(moved > 0.0, "the second fit trains the head the first one made");
+}

@@ -175,11 +175,14 @@ impl PetModel {
             );
             let saved = tensors_of("head.");
             for (name, value) in restored.params.iter_mut() {
-                *value = saved
+                let tensor = saved
                     .iter()
                     .find(|(n, _)| n == name)
                     .map(|(_, t)| t.shallow_clone())
                     .with_context(|| format!("the model artifact has no tensor `head.{name}`"))?;
+                // Saved tensors carry no gradient flag: a stage that trains trains the head
+                // it is handed, as it does a head it makes.
+                *value = if copy { tensor.set_requires_grad(true) } else { tensor };
             }
             model.head = Some(restored);
         }
