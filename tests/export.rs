@@ -105,14 +105,17 @@ fn lora_exports_to_a_merged_checkpoint_and_peft_folder_with_the_same_logits() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("peft/adapter_config.json")).unwrap())
             .unwrap();
     assert_eq!(config["peft_type"], "LORA");
-    assert_eq!(config["r"], 4);
+    assert_eq!(config["r"], 8, "rank 4 and the balanced init's frozen product as a second rank-4 block");
     // `output.dense` matches both dense outputs of a layer, as in PEFT.
     assert_eq!(config["target_modules"].as_array().unwrap().len(), 8);
-    assert_eq!(config["rank_pattern"]["encoder.layer.0.output.dense"], 2);
+    assert_eq!(config["rank_pattern"]["encoder.layer.0.output.dense"], 4);
     assert_eq!(
-        config["base_model_name_or_path"], "base",
-        "balanced offsets are folded into a base checkpoint"
+        config["base_model_name_or_path"],
+        tiny_model(),
+        "the adapter goes on the base model the user gave, untouched"
     );
+    assert!(!dir.join("peft/base").exists(), "no copy of the base model");
+
     let adapter = Tensor::read_safetensors(dir.join("peft/adapter_model.safetensors")).unwrap();
     let mut pets = Vec::new();
     let mut tensors = Vec::new();
@@ -129,7 +132,7 @@ fn lora_exports_to_a_merged_checkpoint_and_peft_folder_with_the_same_logits() {
         tensors.push((format!("pet.{i}.A"), a.shallow_clone()));
         tensors.push((format!("pet.{i}.B"), b.shallow_clone()));
     }
-    assert_same_logits(&reimport(&dir.join("peft/base"), pets, tensors, &adapter), &dir, "PEFT adapter");
+    assert_same_logits(&reimport(Path::new(&tiny_model()), pets, tensors, &adapter), &dir, "PEFT adapter");
 }
 
 #[test]

@@ -1,6 +1,9 @@
 """Checks a `pet.export` folder on the Python side: the merged checkpoint loads with
 transformers' AutoModelForSequenceClassification, and the LoRA adapter with
-peft.PeftModel.from_pretrained, and both give the logits petnas saved in check.json.
+peft.PeftModel.from_pretrained on the user's own base model (the folder petnas loaded,
+untouched; `base_model_name_or_path` names it), as the README tells users to load it; for
+two-label tasks also with AutoPeftModelForSequenceClassification, which reads the base from
+there. All give the logits petnas saved in check.json.
 
     .venv/bin/pip install transformers peft
     .venv/bin/python scripts/reference/check_peft_export.py runs/<pipeline>/<cell>/<stage>/export
@@ -35,13 +38,20 @@ def main():
     if peft_dir.exists():
         from peft import PeftModel
         config = json.loads((peft_dir / "adapter_config.json").read_text())
-        base_path = Path(config["base_model_name_or_path"])
-        base_path = base_path if base_path.is_absolute() else peft_dir / base_path
-        base = AutoModelForSequenceClassification.from_pretrained(base_path, num_labels=len(want[0]))
+        num_labels = len(want[0])
+        base = AutoModelForSequenceClassification.from_pretrained(
+            config["base_model_name_or_path"], num_labels=num_labels
+        )
         model = PeftModel.from_pretrained(base, peft_dir)
         diff = (logits_of(model, check) - want).abs().max().item()
-        print(f"PEFT adapter: max |logit difference| = {diff:.2e}")
+        print(f"PEFT adapter on the user's base model: max |logit difference| = {diff:.2e}")
         worst = max(worst, diff)
+        if num_labels == 2:
+            from peft import AutoPeftModelForSequenceClassification
+            auto = AutoPeftModelForSequenceClassification.from_pretrained(peft_dir)
+            diff = (logits_of(auto, check) - want).abs().max().item()
+            print(f"AutoPeftModelForSequenceClassification: max |logit difference| = {diff:.2e}")
+            worst = max(worst, diff)
     if worst > 1e-4:
         sys.exit(f"the exports differ from petnas by {worst:.2e}")
     print("ok")

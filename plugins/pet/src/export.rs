@@ -2,7 +2,8 @@
 //! artifact; `merged/` a Hugging Face sequence-classification checkpoint with every PET module
 //! folded into the weights (when all of them merge); `peft/` PEFT's LoRA adapter folder
 //! (`adapter_config.json` with `target_modules`, `rank_pattern`, `alpha_pattern`, and
-//! `adapter_model.safetensors` with PEFT's key names) when the model's modules are all LoRA.
+//! `adapter_model.safetensors` with PEFT's key names) on the user's own base model, when the
+//! model's modules are all LoRA.
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -107,24 +108,28 @@ fn write_checkpoint(
     Ok(())
 }
 
-/// PEFT's adapter folder for an all-LoRA model; a base checkpoint beside it when balanced
-/// initial products must be subtracted from the frozen weights.
-fn write_peft(dir: &Path, model: &PetModel, labels: &[String]) -> Result<()> {
+/// PEFT's adapter folder for an all-LoRA model, on the user's own base model. Under the
+/// balanced init the update is B·A − B₀·A₀ with the initial factors frozen, which is itself
+/// a LoRA: [B, −B₀]·[A; A₀], of rank r + r₀, exported at the same scaling.
+fn write_peft(dir: &Path, model: &PetModel) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let info = model.backbone.info();
     let (prefix, _) = hf_names(&info.model_type);
     let mut tensors = Vec::new();
     let mut ranks: BTreeMap<String, i64> = BTreeMap::new();
     let mut alphas: BTreeMap<String, f64> = BTreeMap::new();
-    let mut base: BTreeMap<String, Tensor> = model.backbone.weights().into_iter().collect();
-    let mut offsets = false;
     for module in &model.modules {
         let site = &module.site().name;
         let (state, saved) = module.state();
         let get = |n: &str| saved.iter().find(|(k, _)| k == n).map(|(_, t)| t.shallow_clone());
-        let (a, b) = (module.params().effective("A").detach(), module.params().effective("B").detach());
-        let rank = state["rank"].as_i64().context("LoRA state without rank")?;
+        let (mut a, mut b) =
+            (module.params().effective("A").detach(), module.params().effective("B").detach());
         let scaling = state["scaling"].as_f64().context("LoRA state without scaling")?;
+        if let (Some(a0), Some(b0)) = (get("offset.A"), get("offset.B")) {
+            a = Tensor::cat(&[a, a0.to_device(module.params().get("A").device())], 0);
+            b = Tensor::cat(&[b, -b0.to_device(module.params().get("B").device())], 1);
+        }
+        let rank = a.size()[0];
         ranks.insert(site.clone(), rank);
         alphas.insert(site.clone(), scaling * rank as f64);
         tensors.push((
@@ -135,24 +140,13 @@ fn write_peft(dir: &Path, model: &PetModel, labels: &[String]) -> Result<()> {
             format!("base_model.model.{prefix}.{site}.lora_B.weight"),
             b.to_device(Device::Cpu).contiguous(),
         ));
-        if let (Some(a0), Some(b0)) = (get("offset.A"), get("offset.B")) {
-            let name = format!("{site}.weight");
-            let w = base.get(&name).with_context(|| format!("no weight `{name}`"))?;
-            let corrected = w - b0.matmul(&a0).to_device(w.device()) * scaling;
-            base.insert(name, corrected);
-            offsets = true;
-        }
     }
     for (name, t) in head_tensors(model)? {
         tensors.push((format!("base_model.model.{name}"), t));
     }
     Tensor::write_safetensors(&tensors, dir.join("adapter_model.safetensors"))?;
-    let base_path = if offsets {
-        write_checkpoint(&dir.join("base"), model, &base, labels)?;
-        "base".to_string()
-    } else {
-        info.dir.display().to_string()
-    };
+    // The folder the user gave, as an absolute path: PEFT loads it from anywhere.
+    let base_path = std::path::absolute(&info.dir).unwrap_or_else(|_| info.dir.clone());
     // The most common rank and alpha are the defaults; the others go in the patterns.
     let mode = |values: Vec<String>| {
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
@@ -168,7 +162,7 @@ fn write_peft(dir: &Path, model: &PetModel, labels: &[String]) -> Result<()> {
     let config = json!({
         "peft_type": "LORA",
         "task_type": "SEQ_CLS",
-        "base_model_name_or_path": base_path,
+        "base_model_name_or_path": base_path.display().to_string(),
         "r": r,
         "lora_alpha": alpha,
         "lora_dropout": 0.0,
@@ -235,7 +229,7 @@ impl Stage for Export {
             tracing::info!("no merged checkpoint: a PET module does not fold into the weights");
         }
         if !model.modules.is_empty() && model.modules.iter().all(|m| m.pet_type() == "lora") {
-            write_peft(&dir.join("peft"), &model, &info.labels)?;
+            write_peft(&dir.join("peft"), &model)?;
             written.push("peft");
         }
         // Token ids and logits of a few dev examples, to check the exports elsewhere.
