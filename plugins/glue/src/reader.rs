@@ -63,10 +63,21 @@ fn layout(task: &Task, header: Option<&[&str]>, labelled: bool, path: &Path) -> 
     })
 }
 
+/// STS-B's similarity scores run from 0 (unrelated) to 5 (equivalent).
+const SCORE_RANGE: (f32, f32) = (0.0, 5.0);
+
+/// Bytes of one line at most: GLUE's longest are a few thousand; a runaway line (a file
+/// that is not GLUE's) is refused before it is split and tokenised.
+pub const MAX_LINE_BYTES: usize = 1 << 16;
+
 fn parse_label(task: &Task, text: &str) -> std::result::Result<Label, String> {
     if task.is_regression() {
+        let (lo, hi) = SCORE_RANGE;
         return match text.parse::<f32>() {
-            Ok(v) if v.is_finite() => Ok(Label::Score(v)),
+            Ok(v) if (lo..=hi).contains(&v) => Ok(Label::Score(v)),
+            Ok(v) if v.is_finite() => {
+                Err(format!("score `{text}` is outside {}'s range {lo}–{hi}", task.name))
+            }
             _ => Err(format!("score `{text}` is not a number")),
         };
     }
@@ -101,8 +112,11 @@ pub fn read_split(task: &Task, path: &Path, labelled: bool, skip_bad_lines: bool
         if line.is_empty() {
             continue;
         }
-        let fields: Vec<&str> = line.split('\t').collect();
-        let example = if fields.len() != layout.width {
+        let fields: Vec<&str> =
+            if line.len() > MAX_LINE_BYTES { Vec::new() } else { line.split('\t').collect() };
+        let example = if line.len() > MAX_LINE_BYTES {
+            Err(format!("the line is {} bytes long; GLUE lines are at most {MAX_LINE_BYTES}", line.len()))
+        } else if fields.len() != layout.width {
             Err(format!("expected {} tab-separated columns, found {}", layout.width, fields.len()))
         } else {
             let label = layout.label.map(|c| parse_label(task, fields[c])).transpose();

@@ -2,7 +2,7 @@
 //! official line counts when GLUE_DIR points at the full data, and submission files.
 use std::path::{Path, PathBuf};
 
-use crate::reader::{read_split, Label};
+use crate::reader::{read_split, Label, MAX_LINE_BYTES};
 use crate::score::read_predictions;
 use crate::tasks::{Task, NAMES, TASKS};
 
@@ -132,6 +132,17 @@ fn malformed_lines_are_errors_naming_file_and_line_or_skipped_and_counted() {
     let path = write(dir.path(), "sts.tsv", "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n0\ta\tb\tc\td\te\tf\tg\th\tfive\n");
     assert!(format!("{:#}", read_split(task("stsb"), &path, true, false).unwrap_err())
         .ends_with(":2: score `five` is not a number (set `skip_bad_lines: true` to skip such lines)"));
+    for score in ["5.5", "-0.1"] {
+        let line = format!("0\ta\tb\tc\td\te\tf\tg\th\t{score}\n");
+        let path = write(dir.path(), "sts.tsv", &format!("index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n{line}"));
+        let err = format!("{:#}", read_split(task("stsb"), &path, true, false).unwrap_err());
+        assert!(err.contains(&format!(":2: score `{score}` is outside stsb's range 0–5")), "{err}");
+    }
+    let long =
+        format!("index\tsentence1\tsentence2\tlabel\n0\t{}\tb\tentailment\n", "a".repeat(MAX_LINE_BYTES + 1));
+    let path = write(dir.path(), "long.tsv", &long);
+    let err = format!("{:#}", read_split(task("rte"), &path, true, false).unwrap_err());
+    assert!(err.contains(":2: the line is 65552 bytes long; GLUE lines are at most 65536"), "{err}");
     let path = write(dir.path(), "bad_header.tsv", "index\tquestion\tlabel\n");
     assert_eq!(
         format!("{:#}", read_split(task("qnli"), &path, true, false).unwrap_err()),
