@@ -157,6 +157,33 @@ fn a_plugin_built_differently_is_refused_naming_both_fingerprints() {
     );
 }
 
+#[test]
+fn the_fingerprint_covers_the_sdks_source() {
+    // The hash the build put into the fingerprint is the one of the sdk's source as it is:
+    // a plugin built against another version of the contract's code carries another one,
+    // and is refused as above.
+    use sha2::{Digest, Sha256};
+    let src = petnas_e2e::workspace().join("plugins/sdk/src");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&src)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+        .collect();
+    files.sort();
+    let mut hash = Sha256::new();
+    for file in files {
+        hash.update(file.file_name().unwrap().to_string_lossy().as_bytes());
+        hash.update(std::fs::read(&file).unwrap());
+    }
+    let hex: String = hash.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let host = host_fingerprint();
+    assert!(
+        host.contains(&format!("; sdk source {hex}; ")),
+        "{host} does not carry the sdk source's hash {hex}"
+    );
+}
+
 fn replace_all(haystack: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
     assert_eq!(from.len(), to.len());
     let mut out = haystack.to_vec();

@@ -38,7 +38,9 @@ macro_rules! fingerprint_literal {
         concat!(
             "petnas-sdk ",
             env!("CARGO_PKG_VERSION"),
-            "; contract 4; ",
+            "; contract 4; sdk source ",
+            env!("PETNAS_SDK_SOURCE"),
+            "; ",
             env!("PETNAS_RUSTC_VERSION"),
             "; tch 0.24.0; libtorch 2.11.0; profile ",
             env!("PETNAS_BUILD_PROFILE")
