@@ -127,10 +127,9 @@ fn lora_exports_to_a_merged_checkpoint_and_peft_folder_with_the_same_logits() {
             .get(site)
             .and_then(Value::as_f64)
             .unwrap_or(config["lora_alpha"].as_f64().unwrap());
-        let i = pets.len();
         pets.push(json!({"type": "lora", "site": site, "state": {"rank": rank, "scaling": alpha / rank as f64, "dropout": 0.0, "balanced": false}}));
-        tensors.push((format!("pet.{i}.A"), a.shallow_clone()));
-        tensors.push((format!("pet.{i}.B"), b.shallow_clone()));
+        tensors.push((format!("pet.lora@{site}:A"), a.shallow_clone()));
+        tensors.push((format!("pet.lora@{site}:B"), b.shallow_clone()));
     }
     assert_same_logits(&reimport(Path::new(&tiny_model()), pets, tensors, &adapter), &dir, "PEFT adapter");
 }

@@ -80,8 +80,8 @@ fn budgets_are_met_and_pruned_entries_stay_zero_through_training() {
     let retrained = output(&s, "retrain");
     assert_eq!(model(&retrained).pet_parameters(), 1234);
     let mut masked_entries = 0;
-    for (name, mask) in retrained.tensors.iter().filter(|(n, _)| n.contains(".mask.")) {
-        let param = retrained.tensors.get(&name.replace(".mask.", ".")).expect("masked parameter");
+    for (name, mask) in retrained.tensors.iter().filter(|(n, _)| n.contains(":mask.")) {
+        let param = retrained.tensors.get(&name.replace(":mask.", ":")).expect("masked parameter");
         let outside = (param * (mask.ones_like() - mask)).abs().sum(Kind::Double).double_value(&[]);
         assert_eq!(outside, 0.0, "{name}: pruned entries moved during training");
         masked_entries += (mask.ones_like() - mask).sum(Kind::Int64).int64_value(&[]);
@@ -136,7 +136,7 @@ fn a_cut_model_computes_what_the_masked_one_does() {
     let dev = TokenizedSplit::from_artifact(&data, "dev").unwrap();
     let batch = dev.batch(&(0..32).collect::<Vec<_>>(), info.pad_id, Device::Cpu);
     for m in [&mut cut, &mut masked] {
-        m.ensure_head(2, false, 0);
+        m.ensure_head(2, false, 0).unwrap();
     }
     let difference = tch::no_grad(|| {
         (cut.logits(&batch, None).unwrap() - masked.logits(&batch, None).unwrap())
@@ -169,14 +169,15 @@ fn taylor_scores_agree_with_finite_differences() {
     let train = TokenizedSplit::from_artifact(&data, "train").unwrap();
     let batch = train.batch(&(0..train.len()).collect::<Vec<_>>(), info.pad_id, Device::Cpu);
     let mut m = model(&output(&s, "warm"));
-    m.ensure_head(info.num_labels(), info.regression, derive_seed(3, "head"));
+    m.ensure_head(info.num_labels(), info.regression, derive_seed(3, "head")).unwrap();
+    let keys = m.module_keys();
     let loss = |m: &PetModel| tch::no_grad(|| task_loss(m, &batch, None).unwrap().double_value(&[]));
     let group_sum = |i: usize, group: &PruneGroup| -> f64 {
         group
             .members
             .iter()
             .map(|mem| {
-                mem.part(&scores.tensors[&format!("score.{i}.{}", mem.param)])
+                mem.part(&scores.tensors[&format!("score.{}:{}", keys[i], mem.param)])
                     .sum(Kind::Double)
                     .double_value(&[])
             })

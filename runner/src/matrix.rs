@@ -435,12 +435,23 @@ mod tests {
             matrix("task: []\nbudget: rte\nseed: [1, {a: 1}, 'a/b']\nexclude:\n  - {sede: 1}\n");
         let got: Vec<(usize, &str)> =
             errors.iter().map(|e| (e.pos.unwrap().line, e.message.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (1, "matrix axis `task` has no values"),
+                (2, "matrix axis `budget` must be a list of values, found a string"),
+                (3, "matrix values must be strings or numbers, found a mapping"),
+                (3, "a seed is a non-negative integer, found string `a/b`"),
+                (5, "unknown matrix axis `sede`"),
+            ]
+        );
+        let (_, more) = matrix("tag: ['a/b']\nseed: [abc, -1, 1.5, 2]\n");
+        let got: Vec<&str> = more.iter().map(|e| e.message.as_str()).collect();
         assert_eq!(got, [
-            (1, "matrix axis `task` has no values"),
-            (2, "matrix axis `budget` must be a list of values, found a string"),
-            (3, "matrix values must be strings or numbers, found a mapping"),
-            (3, "matrix value `a/b` of axis `seed` may hold only letters, digits and . _ - + (it names folders)"),
-            (5, "unknown matrix axis `sede`"),
+            "matrix value `a/b` of axis `tag` may hold only letters, digits and . _ - + (it names folders)",
+            "a seed is a non-negative integer, found string `abc`",
+            "a seed is a non-negative integer, found integer `-1`",
+            "a seed is a non-negative integer, found number `1.5`",
         ]);
         assert_eq!(errors[4].help.as_deref(), Some("did you mean `seed`?"));
     }

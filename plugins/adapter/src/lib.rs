@@ -91,7 +91,7 @@ impl PetType for AdapterType {
             )
     }
     fn default_targets(&self) -> &'static [&'static str] {
-        &["ffn_block"]
+        &["role:ffn_block"]
     }
     fn can_attach(&self, site: &Site) -> bool {
         matches!(site.kind, SiteKind::Sublayer { .. })

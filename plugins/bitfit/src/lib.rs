@@ -1,5 +1,7 @@
 //! Bias tuning (BitFit, Ben Zaken et al., 2022) as a PET type: a trainable delta added to
-//! the bias of a linear layer or a LayerNorm. One prune group per bias vector.
+//! the bias of a linear layer or a LayerNorm. It tunes the biases a model has: a linear
+//! layer without one (Llama's) or an RMSNorm, which has none, is no site for it — petnas
+//! does not add biases the pre-trained model never had. One prune group per bias vector.
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
@@ -19,9 +21,12 @@ struct BitFitType;
 
 fn bias_len(site: &Site) -> Result<i64> {
     match site.kind {
-        SiteKind::Linear { out_features, .. } => Ok(out_features),
-        SiteKind::LayerNorm { len, .. } => Ok(len),
-        _ => bail!("bias tuning attaches to linear layers and LayerNorms; `{}` is neither", site.name),
+        SiteKind::Linear { out_features, bias: true, .. } => Ok(out_features),
+        SiteKind::Norm { len, rms: false, .. } => Ok(len),
+        _ => bail!(
+            "bias tuning tunes existing biases of linear layers and LayerNorms; `{}` has none",
+            site.name
+        ),
     }
 }
 
@@ -30,16 +35,16 @@ impl PetType for BitFitType {
         "bitfit"
     }
     fn doc(&self) -> &'static str {
-        "a trainable delta on the bias of a linear layer or LayerNorm"
+        "a trainable delta on the existing bias of a linear layer or LayerNorm (models without biases have no site for it)"
     }
     fn options(&self) -> OptionSchema {
         OptionSchema::new()
     }
     fn default_targets(&self) -> &'static [&'static str] {
-        &["all-linear", "LayerNorm"]
+        &["all-linear", "role:norm"]
     }
     fn can_attach(&self, site: &Site) -> bool {
-        matches!(site.kind, SiteKind::Linear { .. } | SiteKind::LayerNorm { .. })
+        bias_len(site).is_ok()
     }
     fn create(
         &self,

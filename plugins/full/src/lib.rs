@@ -1,8 +1,8 @@
 //! Full fine-tuning as a PET type, the baseline the PET types are measured against: every
-//! linear layer's weight and bias and every LayerNorm's gain and bias become trainable, as
-//! deltas from the frozen pre-trained values (`W₀ + ΔW`, trained from ΔW = 0: the same model
-//! and gradients as training W itself). The word, position and token-type embeddings stay
-//! frozen. Deltas take no weight decay, as bias deltas don't; merging adds them back.
+//! linear layer's weight (and bias, where it has one) and every norm's gain (and bias, for
+//! LayerNorm) become trainable, as deltas from the frozen pre-trained values (`W₀ + ΔW`,
+//! trained from ΔW = 0: the same model and gradients as training W itself). The embeddings
+//! stay frozen. Deltas take no weight decay, as bias deltas don't; merging adds them back.
 //! One prune group per module.
 use std::collections::BTreeMap;
 
@@ -21,18 +21,22 @@ fn register(registrar: &mut Registrar) {
 
 struct FullType;
 
-/// The shapes of a site's weight and bias.
-fn shapes(site: &Site) -> Result<(Vec<i64>, Vec<i64>)> {
-    match site.kind {
-        SiteKind::Linear { in_features, out_features } => {
-            Ok((vec![out_features, in_features], vec![out_features]))
+/// The deltas of a site with their shapes: its weight's, and its bias's where it has one.
+fn deltas(site: &Site) -> Result<Vec<(&'static str, Vec<i64>)>> {
+    let (weight, bias) = match site.kind {
+        SiteKind::Linear { in_features, out_features, bias } => {
+            (vec![out_features, in_features], bias.then(|| vec![out_features]))
         }
-        SiteKind::LayerNorm { len, .. } => Ok((vec![len], vec![len])),
-        _ => bail!("full fine-tuning attaches to linear layers and LayerNorms; `{}` is neither", site.name),
-    }
+        SiteKind::Norm { len, rms, .. } => (vec![len], (!rms).then(|| vec![len])),
+        _ => bail!("full fine-tuning attaches to linear layers and norms; `{}` is neither", site.name),
+    };
+    let mut out = vec![(WEIGHT, weight)];
+    out.extend(bias.map(|b| (BIAS, b)));
+    Ok(out)
 }
 
-const PARAMS: [&str; 2] = ["weight_delta", "bias_delta"];
+const WEIGHT: &str = "weight_delta";
+const BIAS: &str = "bias_delta";
 
 impl PetType for FullType {
     fn name(&self) -> &'static str {
@@ -45,10 +49,10 @@ impl PetType for FullType {
         OptionSchema::new()
     }
     fn default_targets(&self) -> &'static [&'static str] {
-        &["all-linear", "LayerNorm"]
+        &["all-linear", "role:norm"]
     }
     fn can_attach(&self, site: &Site) -> bool {
-        matches!(site.kind, SiteKind::Linear { .. } | SiteKind::LayerNorm { .. })
+        matches!(site.kind, SiteKind::Linear { .. } | SiteKind::Norm { .. })
     }
     fn create(
         &self,
@@ -57,11 +61,9 @@ impl PetType for FullType {
         device: Device,
         _seed: u64,
     ) -> Result<Box<dyn PetModule>> {
-        let (weight, bias) = shapes(site)?;
-        let params = Params::new(vec![
-            (PARAMS[0], init::zeros(&weight, device)),
-            (PARAMS[1], init::zeros(&bias, device)),
-        ]);
+        let params = Params::new(
+            deltas(site)?.into_iter().map(|(name, shape)| (name, init::zeros(&shape, device))).collect(),
+        );
         Ok(Box::new(FullDelta { site: site.clone(), params }))
     }
     fn restore(
@@ -71,14 +73,20 @@ impl PetType for FullType {
         tensors: Vec<(String, Tensor)>,
         device: Device,
     ) -> Result<Box<dyn PetModule>> {
-        shapes(site)?;
-        Ok(Box::new(FullDelta { site: site.clone(), params: Params::restore(&PARAMS, tensors, device)? }))
+        let names: Vec<&str> = deltas(site)?.into_iter().map(|(name, _)| name).collect();
+        Ok(Box::new(FullDelta { site: site.clone(), params: Params::restore(&names, tensors, device)? }))
     }
 }
 
 struct FullDelta {
     site: Site,
     params: Params,
+}
+
+impl FullDelta {
+    fn bias(&self) -> Option<Tensor> {
+        self.params.list().iter().any(|(n, _)| n == BIAS).then(|| self.params.effective(BIAS))
+    }
 }
 
 impl PetModule for FullDelta {
@@ -89,13 +97,18 @@ impl PetModule for FullDelta {
         &self.site
     }
     fn apply(&self, input: &Tensor, output: Tensor, _dropout: &Dropout) -> Tensor {
-        let (weight, bias) = (self.params.effective(PARAMS[0]), self.params.effective(PARAMS[1]));
+        let (weight, bias) = (self.params.effective(WEIGHT), self.bias());
         match self.site.kind {
             // (W₀ + ΔW)·x + b₀ + Δb
-            SiteKind::Linear { .. } => output + input.linear(&weight, Some(&bias)),
+            SiteKind::Linear { .. } => output + input.linear(&weight, bias.as_ref()),
             // The normalised input times (γ₀ + Δγ), plus β₀ + Δβ.
-            SiteKind::LayerNorm { len, eps } => {
-                output + input.layer_norm([len], None::<Tensor>, None::<Tensor>, eps, true) * weight + bias
+            SiteKind::Norm { len, eps, rms: false } => {
+                let shift = bias.unwrap_or_else(|| weight.zeros_like());
+                output + input.layer_norm([len], None::<Tensor>, None::<Tensor>, eps, true) * weight + shift
+            }
+            SiteKind::Norm { eps, rms: true, .. } => {
+                let normalised = input * (input.square().mean_dim(-1, true, input.kind()) + eps).rsqrt();
+                output + normalised * weight
             }
             _ => output,
         }
@@ -108,26 +121,31 @@ impl PetModule for FullDelta {
     }
     fn prune_groups(&self) -> Vec<PruneGroup> {
         vec![PruneGroup {
-            members: PARAMS.iter().map(|p| GroupMember { param: p.to_string(), slice: None }).collect(),
+            members: self
+                .params
+                .list()
+                .into_iter()
+                .map(|(p, _)| GroupMember { param: p, slice: None })
+                .collect(),
         }]
     }
     fn keep_groups(&mut self, keep: &[usize]) -> Result<bool> {
         Ok(!keep.is_empty())
     }
     fn reinitialize(&mut self, _seed: u64) -> Result<()> {
-        for name in PARAMS {
-            let zeros = self.params.get(name).zeros_like();
-            self.params.replace(name, zeros);
+        for (name, t) in self.params.list() {
+            self.params.replace(&name, t.zeros_like());
         }
         Ok(())
     }
     fn merge_into(&self, weights: &mut BTreeMap<String, Tensor>) -> Result<bool> {
-        for (param, suffix) in PARAMS.iter().zip(["weight", "bias"]) {
+        for (param, _) in self.params.list() {
+            let suffix = if param == WEIGHT { "weight" } else { "bias" };
             let name = format!("{}.{suffix}", self.site.name);
             let Some(frozen) = weights.get(&name) else {
                 bail!("the backbone has no `{name}` to merge into")
             };
-            let merged = frozen + self.params.effective(param).to_device(frozen.device());
+            let merged = frozen + self.params.effective(&param).to_device(frozen.device());
             weights.insert(name, merged.detach());
         }
         Ok(true)

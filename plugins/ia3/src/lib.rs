@@ -24,7 +24,7 @@ struct Ia3Type;
 fn width(site: &Site) -> Result<i64> {
     match site.kind {
         SiteKind::Linear { out_features, .. } => Ok(out_features),
-        SiteKind::Activation { len } => Ok(len),
+        SiteKind::Activation { len, .. } => Ok(len),
         _ => bail!("IA3 rescales linear outputs and activations; `{}` is neither", site.name),
     }
 }
@@ -40,7 +40,8 @@ impl PetType for Ia3Type {
         OptionSchema::new()
     }
     fn default_targets(&self) -> &'static [&'static str] {
-        &["key", "value", "intermediate.act"]
+        // PEFT's defaults for IA³: keys, values and the feed-forward output's input.
+        &["role:key", "role:value", "role:activation"]
     }
     fn can_attach(&self, site: &Site) -> bool {
         matches!(site.kind, SiteKind::Linear { .. } | SiteKind::Activation { .. })
@@ -108,8 +109,8 @@ impl PetModule for Ia3 {
         self.params.replace("delta", zeros);
         Ok(())
     }
-    /// A rescaled linear output folds into that layer's rows (weight and bias); a rescaled
-    /// activation folds into the columns of the layer that reads it (`….output.dense`).
+    /// A rescaled linear output folds into that layer's rows (weight, and bias where it has
+    /// one); a rescaled activation folds into the columns of the layer that reads it.
     fn merge_into(&self, weights: &mut BTreeMap<String, Tensor>) -> Result<bool> {
         let scale = self.scale().detach();
         let fold = |weights: &mut BTreeMap<String, Tensor>,
@@ -123,17 +124,21 @@ impl PetModule for Ia3 {
             weights.insert(name, merged);
             Ok(())
         };
-        match self.site.kind {
-            SiteKind::Activation { .. } => {
-                let reader = self.site.name.replace("intermediate.act", "output.dense.weight");
-                fold(weights, reader, &|w| w * scale.to_device(w.device()).unsqueeze(0))?;
+        match &self.site.kind {
+            SiteKind::Activation { read_by, .. } => {
+                fold(weights, format!("{read_by}.weight"), &|w| {
+                    w * scale.to_device(w.device()).unsqueeze(0)
+                })?;
             }
-            _ => {
+            SiteKind::Linear { bias, .. } => {
                 fold(weights, format!("{}.weight", self.site.name), &|w| {
                     w * scale.to_device(w.device()).unsqueeze(1)
                 })?;
-                fold(weights, format!("{}.bias", self.site.name), &|b| b * scale.to_device(b.device()))?;
+                if *bias {
+                    fold(weights, format!("{}.bias", self.site.name), &|b| b * scale.to_device(b.device()))?;
+                }
             }
+            _ => bail!("IA3 at `{}` does not merge", self.site.name),
         }
         Ok(true)
     }

@@ -24,7 +24,7 @@ struct LoraType;
 
 fn linear_shape(site: &Site) -> Result<(i64, i64)> {
     match site.kind {
-        SiteKind::Linear { in_features, out_features } => Ok((in_features, out_features)),
+        SiteKind::Linear { in_features, out_features, .. } => Ok((in_features, out_features)),
         _ => bail!("LoRA attaches to linear layers; `{}` is not one", site.name),
     }
 }
@@ -40,7 +40,8 @@ impl PetType for LoraType {
         config::schema()
     }
     fn default_targets(&self) -> &'static [&'static str] {
-        &["query", "value"]
+        // PEFT's defaults for LoRA on every family it maps: the query and value projections.
+        &["role:query", "role:value"]
     }
     fn can_attach(&self, site: &Site) -> bool {
         matches!(site.kind, SiteKind::Linear { .. })

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, Result};
 use petnas_sdk::artifact::kinds;
-use petnas_sdk::model::live_parameters;
+use petnas_sdk::model::{live_parameters, Role, Site};
 use petnas_sdk::pet_model::PetModel;
 use petnas_sdk::{Artifact, Inputs, OptionSchema, Stage, StageCtx};
 use plotters::prelude::*;
@@ -14,39 +14,9 @@ use serde_json::{json, Value};
 
 pub struct Report;
 
-/// `encoder.layer.3.attention.self.query` → (Some(3), `attention.self.query`).
-fn split_site(site: &str) -> (Option<i64>, String) {
-    let rest = site.strip_prefix("encoder.layer.").and_then(|r| r.split_once('.'));
-    match rest.and_then(|(n, part)| n.parse().ok().map(|n| (n, part))) {
-        Some((n, part)) => (Some(n), part.to_string()),
-        None => (None, site.to_string()),
-    }
-}
-
-/// Where a site sits: the attention sub-layer, the feed-forward one, or elsewhere.
-fn block(part: &str) -> &'static str {
-    if part.starts_with("attention") {
-        "attention"
-    } else if part.starts_with("intermediate") || part.starts_with("output") || part.starts_with("ffn") {
-        "feed-forward"
-    } else {
-        "other"
-    }
-}
-
-const PART_ORDER: &[&str] = &[
-    "attention.self.query",
-    "attention.self.key",
-    "attention.self.value",
-    "attention.output.dense",
-    "attention.output.LayerNorm",
-    "attention_block",
-    "intermediate.dense",
-    "intermediate.act",
-    "output.dense",
-    "output.LayerNorm",
-    "ffn_block",
-];
+/// A heatmap column: sites of one role and local name (`attention.self.query`, `q_lin`,
+/// `self_attn.q_proj`), in the order of their roles.
+type Column = (Role, String);
 
 struct Cell {
     kept: i64,
@@ -73,10 +43,18 @@ impl Stage for Report {
         let model = PetModel::load(inputs.one(kinds::MODEL)?, ctx.services(), ctx.device, false)?;
         let supernet = model.notes.get("supernet").cloned().unwrap_or(Value::Null);
         let sizes = supernet["modules"].as_object().cloned().unwrap_or_default();
-        let mut cells: BTreeMap<(Option<i64>, String), Cell> = BTreeMap::new();
+        let sites: BTreeMap<String, Site> =
+            model.backbone.sites().into_iter().map(|s| (s.name.clone(), s)).collect();
+        let place = |name: &str| -> (Option<i64>, Column) {
+            match sites.get(name) {
+                Some(site) => (site.layer, (site.role, site.local.clone())),
+                None => (None, (Role::Other, name.to_string())),
+            }
+        };
+        let mut cells: BTreeMap<(Option<i64>, Column), Cell> = BTreeMap::new();
         for (key, size) in &sizes {
             let site = key.split_once('@').map_or(key.as_str(), |(_, s)| s);
-            let cell = cells.entry(split_site(site)).or_insert(Cell { kept: 0, supernet: 0 });
+            let cell = cells.entry(place(site)).or_insert(Cell { kept: 0, supernet: 0 });
             cell.supernet += size["parameters"].as_i64().unwrap_or(0);
         }
         let mut modules = Vec::new();
@@ -85,17 +63,21 @@ impl Stage for Report {
         let mut by_layer: BTreeMap<i64, i64> = BTreeMap::new();
         for module in &model.modules {
             let live = live_parameters(module.as_ref());
-            let site = &module.site().name;
-            let (layer, part) = split_site(site);
-            let origin = &sizes.get(&format!("{}@{site}", module.pet_type())).cloned().unwrap_or(Value::Null);
+            let site = module.site();
+            let origin =
+                &sizes.get(&format!("{}@{}", module.pet_type(), site.name)).cloned().unwrap_or(Value::Null);
             modules.push(json!({
-                "site": site, "layer": layer, "part": part, "type": module.pet_type(),
+                "site": site.name, "layer": site.layer, "part": site.local, "role": site.role.name(), "type": module.pet_type(),
                 "groups": module.prune_groups().len(), "supernet_groups": origin["groups"],
                 "parameters": live, "supernet_parameters": origin["parameters"],
             }));
-            cells.entry((layer, part.clone())).or_insert(Cell { kept: 0, supernet: 0 }).kept += live;
+            let layer = site.layer;
+            cells
+                .entry((layer, (site.role, site.local.clone())))
+                .or_insert(Cell { kept: 0, supernet: 0 })
+                .kept += live;
             *by_type.entry(module.pet_type().to_string()).or_default() += live;
-            *by_block.entry(block(&part)).or_default() += live;
+            *by_block.entry(site.role.sublayer().unwrap_or("other")).or_default() += live;
             if let Some(l) = layer {
                 *by_layer.entry(l).or_default() += live;
             }
@@ -157,12 +139,11 @@ fn summary(
     s
 }
 
-fn heatmap(path: &Path, cells: &BTreeMap<(Option<i64>, String), Cell>, layers: i64) -> Result<()> {
-    let parts: Vec<&str> = PART_ORDER
-        .iter()
-        .copied()
-        .filter(|p| cells.keys().any(|(l, part)| l.is_some() && part == p))
-        .collect();
+fn heatmap(path: &Path, cells: &BTreeMap<(Option<i64>, Column), Cell>, layers: i64) -> Result<()> {
+    let mut columns: Vec<&Column> = cells.keys().filter(|(l, _)| l.is_some()).map(|(_, c)| c).collect();
+    columns.sort();
+    columns.dedup();
+    let parts: Vec<&str> = columns.iter().map(|(_, local)| local.as_str()).collect();
     let (cell_w, cell_h, left, top) = (70i32, 28i32, 60i32, 150i32);
     let width = (left + cell_w * parts.len().max(1) as i32 + 20) as u32;
     let height = (top + cell_h * layers as i32 + 40) as u32;
@@ -182,9 +163,9 @@ fn heatmap(path: &Path, cells: &BTreeMap<(Option<i64>, String), Cell>, layers: i
         let y = top + layer as i32 * cell_h;
         root.draw(&Text::new(format!("layer {layer}"), (4, y + cell_h / 2 - 6), style.clone()))
             .map_err(err)?;
-        for (c, part) in parts.iter().enumerate() {
+        for (c, column) in columns.iter().enumerate() {
             let x = left + c as i32 * cell_w;
-            let (fill, label) = match cells.get(&(Some(layer), part.to_string())) {
+            let (fill, label) = match cells.get(&(Some(layer), (*column).clone())) {
                 Some(cell) if cell.supernet > 0 => {
                     let share = cell.kept as f64 / cell.supernet as f64;
                     let shade = (255.0 * (1.0 - share.clamp(0.0, 1.0))) as u8;

@@ -84,7 +84,7 @@ fn model_and_data(ctx: &StageCtx, inputs: &Inputs) -> Result<(PetModel, DatasetI
     let data = inputs.one(kinds::DATASET)?;
     let info = DatasetInfo::from_artifact(data)?;
     let mut model = PetModel::load(inputs.one(kinds::MODEL)?, ctx.services(), ctx.device, true)?;
-    model.ensure_head(info.num_labels(), info.regression, derive_seed(ctx.seed, "head"));
+    model.ensure_head(info.num_labels(), info.regression, derive_seed(ctx.seed, "head"))?;
     if model.modules.is_empty() {
         bail!("the model has no PET modules to score or prune: build a supernet first");
     }
@@ -116,9 +116,9 @@ impl Stage for Score {
         let groups = scores.group_scores(&model);
         let mut artifact = Artifact::new(kinds::SCORES, Value::Null);
         let mut sites = Vec::new();
-        for (i, module) in model.modules.iter().enumerate() {
+        for ((i, module), key) in model.modules.iter().enumerate().zip(model.module_keys()) {
             for (name, s) in &scores.per_param[i] {
-                artifact.tensors.insert(format!("score.{i}.{name}"), s.detach());
+                artifact.tensors.insert(format!("score.{key}:{name}"), s.detach());
             }
             sites.push(json!({
                 "site": module.site().name,

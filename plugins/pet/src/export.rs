@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use petnas_sdk::artifact::kinds;
 use petnas_sdk::data::{DatasetInfo, TokenizedSplit};
 use petnas_sdk::pet_model::PetModel;
@@ -33,36 +33,10 @@ const TOKENIZER_FILES: &[&str] = &[
     "merges.txt",
 ];
 
-/// Hugging Face's names: the encoder's prefix and the sequence-classification architecture.
-fn hf_names(model_type: &str) -> (String, String) {
-    let prefix = model_type.replace('-', "_");
-    let architecture = match model_type {
-        "bert" => "BertForSequenceClassification",
-        "xlm-roberta" => "XLMRobertaForSequenceClassification",
-        "camembert" => "CamembertForSequenceClassification",
-        _ => "RobertaForSequenceClassification",
-    };
-    (prefix, architecture.to_string())
-}
-
-/// The head's tensors under the names of the Hugging Face classifier.
+/// The head's tensors under the names of the family's Hugging Face classifier.
 fn head_tensors(model: &PetModel) -> Result<Vec<(String, Tensor)>> {
-    let mut out = Vec::new();
-    let pooler = model.head.as_ref().is_some_and(|h| h.has_pooler());
-    for (name, t) in
-        model.trainable().into_iter().filter_map(|(n, t)| n.strip_prefix("head.").map(|n| (n.to_string(), t)))
-    {
-        let hf = match (pooler, name.as_str()) {
-            (true, n) => n.to_string(),
-            (false, "dense.weight") => "classifier.dense.weight".into(),
-            (false, "dense.bias") => "classifier.dense.bias".into(),
-            (false, "classifier.weight") => "classifier.out_proj.weight".into(),
-            (false, "classifier.bias") => "classifier.out_proj.bias".into(),
-            (false, other) => bail!("unexpected head tensor `{other}`"),
-        };
-        out.push((hf, t.detach().to_device(Device::Cpu)));
-    }
-    Ok(out)
+    let head = model.head.as_ref().context("the model has no task head: train it first")?;
+    Ok(head.hf_tensors().into_iter().map(|(n, t)| (n, t.detach().to_device(Device::Cpu))).collect())
 }
 
 fn write_checkpoint(
@@ -73,7 +47,8 @@ fn write_checkpoint(
 ) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let info = model.backbone.info();
-    let (prefix, architecture) = hf_names(&info.model_type);
+    let names = model.backbone.hf_names();
+    let prefix = &names.base_prefix;
     let mut tensors: Vec<(String, Tensor)> = weights
         .iter()
         .map(|(n, t)| (format!("{prefix}.{n}"), t.to_device(Device::Cpu).contiguous()))
@@ -82,7 +57,7 @@ fn write_checkpoint(
     Tensor::write_safetensors(&tensors, dir.join("model.safetensors"))?;
     let mut config: Value = serde_json::from_str(&std::fs::read_to_string(info.dir.join("config.json"))?)?;
     let head = model.head.as_ref().context("the model has no task head: train it first")?;
-    config["architectures"] = json!([architecture]);
+    config["architectures"] = json!([names.sequence_classification]);
     let names: Vec<String> = if head.regression { vec!["LABEL_0".into()] } else { labels.to_vec() };
     config["id2label"] = names
         .iter()
@@ -114,7 +89,7 @@ fn write_checkpoint(
 fn write_peft(dir: &Path, model: &PetModel) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let info = model.backbone.info();
-    let (prefix, _) = hf_names(&info.model_type);
+    let prefix = &model.backbone.hf_names().base_prefix;
     let mut tensors = Vec::new();
     let mut ranks: BTreeMap<String, i64> = BTreeMap::new();
     let mut alphas: BTreeMap<String, f64> = BTreeMap::new();
@@ -169,7 +144,7 @@ fn write_peft(dir: &Path, model: &PetModel) -> Result<()> {
         "target_modules": ranks.keys().collect::<Vec<_>>(),
         "rank_pattern": rank_pattern,
         "alpha_pattern": alpha_pattern,
-        "modules_to_save": ["classifier"],
+        "modules_to_save": model.head.as_ref().map(|h| h.modules_to_save().to_vec()).unwrap_or_default(),
         "bias": "none",
         "fan_in_fan_out": false,
         "init_lora_weights": true,

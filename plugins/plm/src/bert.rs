@@ -1,194 +1,349 @@
-//! The BERT encoder (and RoBERTa's, which differs only in how positions are numbered), with
-//! frozen weights and a hook at every site for PET modules.
-use std::path::Path;
+//! BERT (`modeling_bert.py`) and the RoBERTa family (`roberta`, `xlm-roberta`, `camembert`:
+//! the same encoder with positions counted from the padding id, and their own head), one
+//! struct per Hugging Face module, each loading from a prefixed view of the weights.
+//! ELECTRA's encoder is this one (electra.rs).
 use std::sync::Arc;
 
 use anyhow::Result;
-use petnas_sdk::model::{Backbone, BackboneInfo, Batch, Dropout, Site, SiteHooks, SiteKind, TextEncoder};
+use petnas_sdk::model::{
+    Backbone, BackboneInfo, Batch, Dropout, HeadActivation, HeadDense, HeadSpec, HeadToken, HfNames, Role,
+    Site, SiteHooks, SiteKind, TextEncoder,
+};
+use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
 
-use crate::checkpoint::Weights;
-use crate::config::HfConfig;
+use crate::config::Config;
+use crate::layers::{embed, merge_heads, site, split_heads, Activation, Attention, Linear, Norm, Pass};
+use crate::weights::{Vb, Weights};
+use crate::{Checkpoint, Family};
 
-struct Linear {
-    site: String,
-    weight: Tensor,
-    bias: Tensor,
+pub const FAMILY: Family = Family {
+    model_types: &["bert", "roberta", "xlm-roberta", "camembert"],
+    weight_prefixes: &["bert.", "roberta."],
+    load,
+};
+
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_positions() -> i64 {
+    512
+}
+fn default_type_vocab() -> i64 {
+    2
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+fn default_dropout() -> f64 {
+    0.1
 }
 
-impl Linear {
-    fn load(w: &mut Weights, site: &str, inputs: i64, outputs: i64, device: Device) -> Result<Linear> {
-        Ok(Linear {
-            site: site.to_string(),
-            weight: w.take(&format!("{site}.weight"), &[outputs, inputs], device)?,
-            bias: w.take(&format!("{site}.bias"), &[outputs], device)?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor, hooks: &dyn SiteHooks, dropout: &Dropout) -> Tensor {
-        hooks.apply(&self.site, x, x.linear(&self.weight, Some(&self.bias)), dropout)
-    }
+/// `BertConfig` / `RobertaConfig`, as far as the encoder reads it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BertConfig {
+    pub vocab_size: i64,
+    pub hidden_size: i64,
+    pub num_hidden_layers: i64,
+    pub num_attention_heads: i64,
+    pub intermediate_size: i64,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_positions")]
+    pub max_position_embeddings: i64,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: i64,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f64,
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f64,
+    #[serde(default)]
+    pub classifier_dropout: Option<f64>,
+    #[serde(default)]
+    pub pad_token_id: Option<i64>,
+    #[serde(default)]
+    pub position_embedding_type: Option<String>,
+    /// ELECTRA's embedding width (BERT's is the hidden size).
+    #[serde(default)]
+    pub embedding_size: Option<i64>,
+    /// `hidden_act`, checked.
+    #[serde(skip, default = "default_activation")]
+    pub activation: Activation,
 }
 
-struct LayerNorm {
-    site: String,
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
+fn default_activation() -> Activation {
+    Activation::Gelu
 }
 
-impl LayerNorm {
-    fn load(w: &mut Weights, site: &str, len: i64, eps: f64, device: Device) -> Result<LayerNorm> {
-        Ok(LayerNorm {
-            site: site.to_string(),
-            weight: w.take(&format!("{site}.weight"), &[len], device)?,
-            bias: w.take(&format!("{site}.bias"), &[len], device)?,
-            eps,
-        })
-    }
-
-    fn forward(&self, x: &Tensor, hooks: &dyn SiteHooks, dropout: &Dropout) -> Tensor {
-        let len = self.weight.size()[0];
-        hooks.apply(
-            &self.site,
-            x,
-            x.layer_norm([len], Some(&self.weight), Some(&self.bias), self.eps, true),
-            dropout,
-        )
-    }
-}
-
-/// Multi-head attention over `[batch, heads, len, head_dim]` queries, keys and values.
-struct Attention {
-    /// True where a query may attend: every real token of the sequence, `[batch, 1, 1, len]`.
-    attend: Tensor,
-    /// Set when attention probabilities are dropped on the CPU, which libtorch's fused
-    /// kernels cannot do (their fallback draws them with the slow `bernoulli_`): then
-    /// softmax(q·kᵀ/√d + mask) runs explicitly, with this mask, 0 where a query may attend and
-    /// -inf elsewhere, `[batch · heads, 1, len]`.
-    explicit_mask: Option<Tensor>,
-    scale: f64,
-    dropout_rate: f64,
-}
-
-impl Attention {
-    fn new(attention_mask: &Tensor, heads: i64, head_dim: i64, dropout_rate: f64) -> Attention {
-        let (b, len) = (attention_mask.size()[0], attention_mask.size()[1]);
-        let attend = attention_mask.to_kind(Kind::Bool).view([b, 1, 1, len]);
-        let explicit_mask = (dropout_rate > 0.0 && attend.device() == Device::Cpu).then(|| {
-            Tensor::zeros([b, 1, 1, len], (Kind::Float, Device::Cpu))
-                .masked_fill(&attend.logical_not(), f64::NEG_INFINITY)
-                .expand([b, heads, 1, len], false)
-                .reshape([b * heads, 1, len])
-        });
-        Attention { attend, explicit_mask, scale: 1.0 / (head_dim as f64).sqrt(), dropout_rate }
-    }
-
-    fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor, dropout: &Dropout) -> Tensor {
-        if let Some(mask) = &self.explicit_mask {
-            let batched = |x: &Tensor| {
-                let s = x.size();
-                x.reshape([s[0] * s[1], s[2], s[3]])
-            };
-            // Scale and mask fused into one batched product.
-            let scores = mask.baddbmm(&batched(q), &batched(k).transpose(1, 2), 1.0, self.scale);
-            let probabilities = dropout.apply(scores.softmax(-1, Kind::Float), self.dropout_rate);
-            return probabilities.bmm(&batched(v)).view(q.size().as_slice());
+impl BertConfig {
+    pub fn read(config: &Config) -> Result<BertConfig> {
+        let c: BertConfig = config.parse()?;
+        config.check_shapes(
+            c.hidden_size,
+            c.num_attention_heads,
+            c.num_hidden_layers,
+            c.intermediate_size,
+            c.vocab_size,
+        )?;
+        config.check_rates(
+            c.layer_norm_eps,
+            &[
+                ("hidden_dropout_prob", c.hidden_dropout_prob),
+                ("attention_probs_dropout_prob", c.attention_probs_dropout_prob),
+                ("classifier_dropout", c.classifier_dropout.unwrap_or(0.0)),
+            ],
+        )?;
+        config.require(c.max_position_embeddings > 0 && c.type_vocab_size >= 0, || {
+            "max_position_embeddings must be positive and type_vocab_size not negative".into()
+        })?;
+        if let Some(kind) = c.position_embedding_type.as_deref().filter(|k| *k != "absolute") {
+            config.require(false, || {
+                format!("position_embedding_type `{kind}` is not supported (only `absolute`)")
+            })?;
         }
-        Tensor::scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            Some(&self.attend),
-            self.dropout_rate,
-            false,
-            None,
-            false,
-        )
+        Ok(BertConfig { activation: Activation::parse(&c.hidden_act, &config.path)?, ..c })
+    }
+
+    pub fn classifier_dropout(&self) -> f64 {
+        self.classifier_dropout.unwrap_or(self.hidden_dropout_prob)
     }
 }
 
-struct Layer {
+/// `BertEmbeddings`: word + position + token type, LayerNorm, dropout.
+pub struct BertEmbeddings {
+    word: Tensor,
+    position: Tensor,
+    token_type: Tensor,
+    norm: Norm,
+    /// RoBERTa counts positions from `pad + 1`, padding keeping `pad`.
+    position_offset: Option<i64>,
+}
+
+impl BertEmbeddings {
+    pub fn load(vb: &Vb, c: &BertConfig, width: i64, position_offset: Option<i64>) -> Result<BertEmbeddings> {
+        Ok(BertEmbeddings {
+            word: vb.get("word_embeddings.weight", &[c.vocab_size, width])?,
+            position: vb.get("position_embeddings.weight", &[c.max_position_embeddings, width])?,
+            token_type: vb.get("token_type_embeddings.weight", &[c.type_vocab_size, width])?,
+            norm: Norm::layer_norm(&vb.pp("LayerNorm"), width, c.layer_norm_eps)?,
+            position_offset,
+        })
+    }
+
+    fn position_ids(&self, input_ids: &Tensor) -> Tensor {
+        match self.position_offset {
+            Some(pad) => {
+                let mask = input_ids.ne(pad).to_kind(Kind::Int64);
+                mask.cumsum(1, Kind::Int64) * &mask + pad
+            }
+            None => {
+                let len = input_ids.size()[1];
+                Tensor::arange(len, (Kind::Int64, input_ids.device())).unsqueeze(0).expand_as(input_ids)
+            }
+        }
+    }
+
+    /// Before the dropout (ELECTRA projects first).
+    pub fn forward(&self, batch: &Batch, pass: &Pass) -> Tensor {
+        let ids = &batch.input_ids;
+        let embedded = embed(&self.word, ids)
+            + embed(&self.position, &self.position_ids(ids))
+            + embed(&self.token_type, &batch.token_type_ids);
+        self.norm.forward(&embedded, pass)
+    }
+
+    /// Tokens the position table can number: RoBERTa's first `pad + 1` rows are not positions.
+    pub fn max_tokens(&self) -> i64 {
+        self.position.size()[0] - self.position_offset.map_or(0, |pad| pad + 1)
+    }
+
+    pub fn site(&self) -> Site {
+        self.norm.site(None, "")
+    }
+
+    pub fn weights(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) {
+        for (name, t) in [
+            ("word_embeddings", &self.word),
+            ("position_embeddings", &self.position),
+            ("token_type_embeddings", &self.token_type),
+        ] {
+            out.push((format!("{prefix}.{name}.weight"), t.shallow_clone()));
+        }
+        self.norm.weights(out);
+    }
+}
+
+/// `BertSelfAttention` + `BertSelfOutput` (`attention.self`, `attention.output`).
+struct BertAttention {
     query: Linear,
     key: Linear,
     value: Linear,
-    attention_output: Linear,
-    attention_norm: LayerNorm,
+    output: Linear,
+    norm: Norm,
+    block: String,
+}
+
+impl BertAttention {
+    fn load(vb: &Vb, c: &BertConfig) -> Result<BertAttention> {
+        let h = c.hidden_size;
+        let (this, out) = (vb.pp("self"), vb.pp("output"));
+        Ok(BertAttention {
+            query: Linear::load(&this.pp("query"), h, h, true)?,
+            key: Linear::load(&this.pp("key"), h, h, true)?,
+            value: Linear::load(&this.pp("value"), h, h, true)?,
+            output: Linear::load(&out.pp("dense"), h, h, true)?,
+            norm: Norm::layer_norm(&out.pp("LayerNorm"), h, c.layer_norm_eps)?,
+            block: String::new(),
+        })
+    }
+}
+
+/// `BertLayer`: attention, then `intermediate` and `output` with their residuals.
+pub struct BertLayer {
+    prefix: String,
+    attention: BertAttention,
     intermediate: Linear,
+    activation: Activation,
     activation_site: String,
     output: Linear,
-    output_norm: LayerNorm,
-    attention_block: String,
+    output_norm: Norm,
     ffn_block: String,
 }
 
-pub struct Encoder {
-    info: BackboneInfo,
-    config: HfConfig,
-    device: Device,
-    word_embeddings: Tensor,
-    position_embeddings: Tensor,
-    token_type_embeddings: Tensor,
-    embeddings_norm: LayerNorm,
-    layers: Vec<Layer>,
-    weights: Vec<(String, Tensor)>,
-    tokenizer: Arc<dyn TextEncoder>,
+impl BertLayer {
+    pub fn load(vb: &Vb, c: &BertConfig) -> Result<BertLayer> {
+        let prefix = vb.prefix().to_string();
+        let mut attention = BertAttention::load(&vb.pp("attention"), c)?;
+        attention.block = vb.name("attention_block");
+        Ok(BertLayer {
+            attention,
+            intermediate: Linear::load(
+                &vb.pp("intermediate").pp("dense"),
+                c.hidden_size,
+                c.intermediate_size,
+                true,
+            )?,
+            activation: c.activation,
+            activation_site: vb.name("intermediate.act"),
+            output: Linear::load(&vb.pp("output").pp("dense"), c.intermediate_size, c.hidden_size, true)?,
+            output_norm: Norm::layer_norm(&vb.pp("output").pp("LayerNorm"), c.hidden_size, c.layer_norm_eps)?,
+            ffn_block: vb.name("ffn_block"),
+            prefix,
+        })
+    }
+
+    /// The layer on `hidden`, for the queries at `queries` (all positions, or the first
+    /// only in a last layer that feeds a first-token head).
+    pub fn forward(
+        &self,
+        hidden: &Tensor,
+        queries: &Tensor,
+        attention: &Attention,
+        heads: i64,
+        hidden_dropout: f64,
+        pass: &Pass,
+    ) -> Tensor {
+        let a = &self.attention;
+        let q = split_heads(&a.query.forward(queries, pass), heads);
+        let k = split_heads(&a.key.forward(hidden, pass), heads);
+        let v = split_heads(&a.value.forward(hidden, pass), heads);
+        let context = merge_heads(&attention.forward(&q, &k, &v, pass));
+        let attended = pass.dropout.apply(a.output.forward(&context, pass), hidden_dropout);
+        let attended = pass.apply(&a.block, queries, attended);
+        let hidden = a.norm.forward(&(attended + queries), pass);
+        let inner = self.intermediate.forward(&hidden, pass);
+        let activated = pass.apply(&self.activation_site, &inner, self.activation.apply(&inner));
+        let out = pass.dropout.apply(self.output.forward(&activated, pass), hidden_dropout);
+        let out = pass.apply(&self.ffn_block, &hidden, out);
+        self.output_norm.forward(&(out + &hidden), pass)
+    }
+
+    pub fn sites(&self, l: i64) -> Vec<Site> {
+        let (p, a, layer) = (&self.prefix, &self.attention, Some(l));
+        let h = a.query.weight.size()[0];
+        let i = self.intermediate.weight.size()[0];
+        vec![
+            a.query.site(layer, p, Role::Query),
+            a.key.site(layer, p, Role::Key),
+            a.value.site(layer, p, Role::Value),
+            a.output.site(layer, p, Role::AttentionOutput),
+            a.norm.site(layer, p),
+            self.intermediate.site(layer, p, Role::FfnUp),
+            site(
+                &self.activation_site,
+                layer,
+                p,
+                Role::Activation,
+                SiteKind::Activation { len: i, read_by: self.output.site.clone() },
+            ),
+            self.output.site(layer, p, Role::FfnDown),
+            self.output_norm.site(layer, p),
+            site(&a.block, layer, p, Role::AttentionBlock, SiteKind::Sublayer { hidden: h }),
+            site(&self.ffn_block, layer, p, Role::FfnBlock, SiteKind::Sublayer { hidden: h }),
+        ]
+    }
+
+    pub fn weights(&self, out: &mut Vec<(String, Tensor)>) {
+        let a = &self.attention;
+        for linear in [&a.query, &a.key, &a.value, &a.output] {
+            linear.weights(out);
+        }
+        a.norm.weights(out);
+        self.intermediate.weights(out);
+        self.output.weights(out);
+        self.output_norm.weights(out);
+    }
 }
 
-impl Encoder {
+/// `BertEncoder` over embedded tokens: the layers, the last computing only what a
+/// first-token head reads when asked.
+pub struct BertEncoder {
+    pub layers: Vec<BertLayer>,
+    heads: i64,
+    hidden_dropout: f64,
+    attention_dropout: f64,
+}
+
+impl BertEncoder {
+    pub fn load(vb: &Vb, c: &BertConfig) -> Result<BertEncoder> {
+        let layers = (0..c.num_hidden_layers)
+            .map(|l| BertLayer::load(&vb.pp("layer").pp(l), c))
+            .collect::<Result<_>>()?;
+        Ok(BertEncoder {
+            layers,
+            heads: c.num_attention_heads,
+            hidden_dropout: c.hidden_dropout_prob,
+            attention_dropout: c.attention_probs_dropout_prob,
+        })
+    }
+
     /// Last hidden states `[batch, len, hidden]`, or `[batch, 1, hidden]` of the first token
-    /// with `first_token_only`: the last layer then computes only what that token needs
-    /// (its query, attention and feed-forward; keys and values of every token) — the same
-    /// values for most of a layer's less work.
-    fn encode(
+    /// with `first_token_only`: the last layer then computes only what that token needs (its
+    /// query, attention and feed-forward; keys and values of every token) — the same values
+    /// for most of a layer's less work.
+    pub fn forward(
         &self,
-        batch: &Batch,
-        hooks: &dyn SiteHooks,
-        dropout: &Dropout,
+        embedded: Tensor,
+        attention_mask: &Tensor,
+        pass: &Pass,
         first_token_only: bool,
     ) -> Tensor {
-        let c = &self.config;
-        let hidden_dropout = dropout.rate(c.hidden_dropout_prob);
-        let ids = &batch.input_ids;
-        let b = ids.size()[0];
-        let (heads, head_dim) = (c.num_attention_heads, c.hidden_size / c.num_attention_heads);
-        let embed = |table: &Tensor, ids: &Tensor| Tensor::embedding(table, ids, -1, false, false);
-        let embedded = embed(&self.word_embeddings, ids)
-            + embed(&self.position_embeddings, &self.position_ids(ids))
-            + embed(&self.token_type_embeddings, &batch.token_type_ids);
-        let mut hidden =
-            dropout.apply(self.embeddings_norm.forward(&embedded, hooks, dropout), hidden_dropout);
+        let width = embedded.size()[2];
         let attention = Attention::new(
-            &batch.attention_mask,
-            heads,
-            head_dim,
-            dropout.rate(c.attention_probs_dropout_prob),
+            attention_mask,
+            self.heads,
+            width / self.heads,
+            pass.dropout.rate(self.attention_dropout),
         );
-        let split = |x: Tensor| {
-            let positions = x.size()[1];
-            x.view([b, positions, heads, head_dim]).transpose(1, 2)
-        };
+        let hidden_dropout = pass.dropout.rate(self.hidden_dropout);
+        let mut hidden = embedded;
         let last = self.layers.len().saturating_sub(1);
         for (i, layer) in self.layers.iter().enumerate() {
             let queries =
                 if first_token_only && i == last { hidden.narrow(1, 0, 1) } else { hidden.shallow_clone() };
-            let q = split(layer.query.forward(&queries, hooks, dropout));
-            let k = split(layer.key.forward(&hidden, hooks, dropout));
-            let v = split(layer.value.forward(&hidden, hooks, dropout));
-            let context = attention.forward(&q, &k, &v, dropout).transpose(1, 2).reshape([
-                b,
-                queries.size()[1],
-                c.hidden_size,
-            ]);
-            let attended =
-                dropout.apply(layer.attention_output.forward(&context, hooks, dropout), hidden_dropout);
-            let attended = hooks.apply(&layer.attention_block, &queries, attended, dropout);
-            hidden = layer.attention_norm.forward(&(attended + &queries), hooks, dropout);
-            let inner = layer.intermediate.forward(&hidden, hooks, dropout);
-            let activated = hooks.apply(&layer.activation_site, &inner, self.activation(&inner), dropout);
-            let out = dropout.apply(layer.output.forward(&activated, hooks, dropout), hidden_dropout);
-            let out = hooks.apply(&layer.ffn_block, &hidden, out, dropout);
-            hidden = layer.output_norm.forward(&(out + &hidden), hooks, dropout);
+            hidden = layer.forward(&hidden, &queries, &attention, self.heads, hidden_dropout, pass);
         }
         if first_token_only && self.layers.is_empty() {
             return hidden.narrow(1, 0, 1);
@@ -196,179 +351,157 @@ impl Encoder {
         hidden
     }
 
-    pub fn load(dir: &Path, device: Device, tokenizer: Arc<dyn TextEncoder>) -> Result<Encoder> {
-        let config = HfConfig::read(dir)?;
-        let mut w = Weights::read(dir, &config.name_prefixes())?;
-        let (h, i, eps) = (config.hidden_size, config.intermediate_size, config.layer_norm_eps);
-        let word_embeddings = w.take("embeddings.word_embeddings.weight", &[config.vocab_size, h], device)?;
-        let position_embeddings =
-            w.take("embeddings.position_embeddings.weight", &[config.max_position_embeddings, h], device)?;
-        let token_type_embeddings =
-            w.take("embeddings.token_type_embeddings.weight", &[config.type_vocab_size, h], device)?;
-        let embeddings_norm = LayerNorm::load(&mut w, "embeddings.LayerNorm", h, eps, device)?;
-        let mut layers = Vec::new();
-        for l in 0..config.num_hidden_layers {
-            let p = format!("encoder.layer.{l}");
-            layers.push(Layer {
-                query: Linear::load(&mut w, &format!("{p}.attention.self.query"), h, h, device)?,
-                key: Linear::load(&mut w, &format!("{p}.attention.self.key"), h, h, device)?,
-                value: Linear::load(&mut w, &format!("{p}.attention.self.value"), h, h, device)?,
-                attention_output: Linear::load(&mut w, &format!("{p}.attention.output.dense"), h, h, device)?,
-                attention_norm: LayerNorm::load(
-                    &mut w,
-                    &format!("{p}.attention.output.LayerNorm"),
-                    h,
-                    eps,
-                    device,
-                )?,
-                intermediate: Linear::load(&mut w, &format!("{p}.intermediate.dense"), h, i, device)?,
-                activation_site: format!("{p}.intermediate.act"),
-                output: Linear::load(&mut w, &format!("{p}.output.dense"), i, h, device)?,
-                output_norm: LayerNorm::load(&mut w, &format!("{p}.output.LayerNorm"), h, eps, device)?,
-                attention_block: format!("{p}.attention_block"),
-                ffn_block: format!("{p}.ffn_block"),
-            });
-        }
-        // The pooler belongs to the pre-trained model (heads may start from it).
-        let pooler_weight = w.take_optional("pooler.dense.weight", &[h, h], device)?;
-        let pooler_bias = w.take_optional("pooler.dense.bias", &[h], device)?;
-        tracing::debug!(unused = ?w.leftover(), "checkpoint tensors not part of the encoder");
-        let mut encoder = Encoder {
-            info: BackboneInfo {
-                model_type: config.model_type.clone(),
-                dir: dir.to_path_buf(),
-                hidden_size: h,
-                num_layers: config.num_hidden_layers,
-                num_heads: config.num_attention_heads,
-                vocab_size: config.vocab_size,
-                parameters: 0,
-                classifier_dropout: config.classifier_dropout.unwrap_or(config.hidden_dropout_prob),
-            },
-            device,
-            word_embeddings,
-            position_embeddings,
-            token_type_embeddings,
-            embeddings_norm,
-            layers,
-            weights: Vec::new(),
-            tokenizer,
-            config,
-        };
-        encoder.weights = encoder.collect_weights(pooler_weight, pooler_bias);
-        encoder.info.parameters = encoder.weights.iter().map(|(_, t)| t.numel() as i64).sum();
-        Ok(encoder)
-    }
-
-    fn collect_weights(
-        &self,
-        pooler_weight: Option<Tensor>,
-        pooler_bias: Option<Tensor>,
-    ) -> Vec<(String, Tensor)> {
-        let mut out = vec![
-            ("embeddings.word_embeddings.weight".to_string(), self.word_embeddings.shallow_clone()),
-            ("embeddings.position_embeddings.weight".to_string(), self.position_embeddings.shallow_clone()),
-            (
-                "embeddings.token_type_embeddings.weight".to_string(),
-                self.token_type_embeddings.shallow_clone(),
-            ),
-        ];
-        let push_norm = |n: &LayerNorm, out: &mut Vec<(String, Tensor)>| {
-            out.push((format!("{}.weight", n.site), n.weight.shallow_clone()));
-            out.push((format!("{}.bias", n.site), n.bias.shallow_clone()));
-        };
-        push_norm(&self.embeddings_norm, &mut out);
-        for layer in &self.layers {
-            for linear in [&layer.query, &layer.key, &layer.value, &layer.attention_output] {
-                out.push((format!("{}.weight", linear.site), linear.weight.shallow_clone()));
-                out.push((format!("{}.bias", linear.site), linear.bias.shallow_clone()));
-            }
-            push_norm(&layer.attention_norm, &mut out);
-            for linear in [&layer.intermediate, &layer.output] {
-                out.push((format!("{}.weight", linear.site), linear.weight.shallow_clone()));
-                out.push((format!("{}.bias", linear.site), linear.bias.shallow_clone()));
-            }
-            push_norm(&layer.output_norm, &mut out);
-        }
-        if let (Some(w), Some(b)) = (pooler_weight, pooler_bias) {
-            out.push(("pooler.dense.weight".into(), w));
-            out.push(("pooler.dense.bias".into(), b));
-        }
-        out
-    }
-
-    fn position_ids(&self, input_ids: &Tensor) -> Tensor {
-        let len = input_ids.size()[1];
-        if self.config.offsets_positions() {
-            // RoBERTa: padding keeps position `pad`, tokens count from `pad + 1`.
-            let pad = self.config.pad_token_id.unwrap_or(1);
-            let mask = input_ids.ne(pad).to_kind(Kind::Int64);
-            mask.cumsum(1, Kind::Int64) * &mask + pad
-        } else {
-            Tensor::arange(len, (Kind::Int64, input_ids.device())).unsqueeze(0).expand_as(input_ids)
-        }
-    }
-
-    fn activation(&self, x: &Tensor) -> Tensor {
-        match self.config.hidden_act.as_str() {
-            "gelu_new" | "gelu_pytorch_tanh" => x.gelu("tanh"),
-            "relu" => x.relu(),
-            _ => x.gelu("none"),
-        }
+    pub fn sites(&self) -> Vec<Site> {
+        self.layers.iter().enumerate().flat_map(|(l, layer)| layer.sites(l as i64)).collect()
     }
 }
 
-// SAFETY: after loading, the encoder's tensors are frozen and never written in place; stages
-// running in parallel only read them (libtorch reads and reference counts are thread-safe).
-unsafe impl Sync for Encoder {}
+/// `BertModel` (without its pooler, which the head reads) or `RobertaModel`.
+pub struct Bert {
+    info: BackboneInfo,
+    head: HeadSpec,
+    names: HfNames,
+    device: Device,
+    embeddings: BertEmbeddings,
+    encoder: BertEncoder,
+    hidden_dropout: f64,
+    weights: Vec<(String, Tensor)>,
+    tokenizer: Arc<dyn TextEncoder>,
+}
 
-impl Backbone for Encoder {
+fn load(checkpoint: &Checkpoint, w: &Weights) -> Result<Arc<dyn Backbone>> {
+    let c = BertConfig::read(&checkpoint.config)?;
+    let model_type = checkpoint.config.model_type.as_str();
+    let roberta = model_type != "bert";
+    let vb = w.root();
+    let embeddings = BertEmbeddings::load(
+        &vb.pp("embeddings"),
+        &c,
+        c.hidden_size,
+        roberta.then(|| c.pad_token_id.unwrap_or(1)),
+    )?;
+    let encoder = BertEncoder::load(&vb.pp("encoder"), &c)?;
+    w.check_all_taken("encoder.", "config.json lists fewer layers than the checkpoint has")?;
+    let h = c.hidden_size;
+    // BERT's head starts from its pre-trained pooler (frozen, as PEFT keeps it); a checkpoint
+    // without one gets a new pooler, trained with the classifier.
+    let pooler = vb.pp("pooler").pp("dense");
+    let pretrained_pooler =
+        pooler.get_optional("weight", &[h, h])?.is_some() && pooler.get_optional("bias", &[h])?.is_some();
+    let head = if roberta {
+        HeadSpec {
+            token: HeadToken::First,
+            dense: Some(HeadDense {
+                name: "classifier.dense".into(),
+                pretrained: false,
+                activation: HeadActivation::Tanh,
+                dropout: c.classifier_dropout(),
+            }),
+            classifier: "classifier.out_proj".into(),
+            classifier_bias: true,
+            dropout: c.classifier_dropout(),
+            modules_to_save: vec!["classifier".into()],
+        }
+    } else {
+        let mut save = vec!["classifier".to_string()];
+        if !pretrained_pooler {
+            save.push("pooler".into());
+        }
+        HeadSpec {
+            token: HeadToken::First,
+            dense: Some(HeadDense {
+                name: "pooler.dense".into(),
+                pretrained: pretrained_pooler,
+                activation: HeadActivation::Tanh,
+                dropout: 0.0,
+            }),
+            classifier: "classifier".into(),
+            classifier_bias: true,
+            dropout: c.classifier_dropout(),
+            modules_to_save: save,
+        }
+    };
+    let architecture = match model_type {
+        "bert" => "BertForSequenceClassification",
+        "xlm-roberta" => "XLMRobertaForSequenceClassification",
+        "camembert" => "CamembertForSequenceClassification",
+        _ => "RobertaForSequenceClassification",
+    };
+    let names = HfNames {
+        base_prefix: if roberta { "roberta" } else { "bert" }.into(),
+        sequence_classification: architecture.into(),
+    };
+    let mut weights = Vec::new();
+    embeddings.weights("embeddings", &mut weights);
+    for layer in &encoder.layers {
+        layer.weights(&mut weights);
+    }
+    if pretrained_pooler {
+        weights.push(("pooler.dense.weight".into(), pooler.get("weight", &[h, h])?));
+        weights.push(("pooler.dense.bias".into(), pooler.get("bias", &[h])?));
+    }
+    let info = BackboneInfo {
+        model_type: model_type.to_string(),
+        dir: checkpoint.dir.clone(),
+        hidden_size: h,
+        num_layers: c.num_hidden_layers,
+        num_heads: c.num_attention_heads,
+        vocab_size: c.vocab_size,
+        max_tokens: Some(embeddings.max_tokens()),
+        parameters: weights.iter().map(|(_, t)| t.numel() as i64).sum(),
+    };
+    Ok(Arc::new(Bert {
+        info,
+        head,
+        names,
+        device: vb.device(),
+        embeddings,
+        encoder,
+        hidden_dropout: c.hidden_dropout_prob,
+        weights,
+        tokenizer: checkpoint.tokenizer.clone(),
+    }))
+}
+
+impl Bert {
+    fn encode(&self, batch: &Batch, pass: &Pass, first_token_only: bool) -> Tensor {
+        let embedded =
+            pass.dropout.apply(self.embeddings.forward(batch, pass), pass.dropout.rate(self.hidden_dropout));
+        self.encoder.forward(embedded, &batch.attention_mask, pass, first_token_only)
+    }
+}
+
+// SAFETY: after loading, the model's tensors are frozen and never written in place; stages
+// running in parallel only read them (libtorch reads and reference counts are thread-safe).
+unsafe impl Sync for Bert {}
+
+impl Backbone for Bert {
     fn info(&self) -> &BackboneInfo {
         &self.info
     }
-
     fn device(&self) -> Device {
         self.device
     }
-
     fn sites(&self) -> Vec<Site> {
-        let (h, i) = (self.config.hidden_size, self.config.intermediate_size);
-        let linear = |l: &Linear, inputs, outputs| Site {
-            name: l.site.clone(),
-            kind: SiteKind::Linear { in_features: inputs, out_features: outputs },
-        };
-        let norm =
-            |n: &LayerNorm| Site { name: n.site.clone(), kind: SiteKind::LayerNorm { len: h, eps: n.eps } };
-        let mut sites = vec![norm(&self.embeddings_norm)];
-        for layer in &self.layers {
-            sites.extend([
-                linear(&layer.query, h, h),
-                linear(&layer.key, h, h),
-                linear(&layer.value, h, h),
-                linear(&layer.attention_output, h, h),
-                norm(&layer.attention_norm),
-                linear(&layer.intermediate, h, i),
-                Site { name: layer.activation_site.clone(), kind: SiteKind::Activation { len: i } },
-                linear(&layer.output, i, h),
-                norm(&layer.output_norm),
-                Site { name: layer.attention_block.clone(), kind: SiteKind::Sublayer { hidden: h } },
-                Site { name: layer.ffn_block.clone(), kind: SiteKind::Sublayer { hidden: h } },
-            ]);
-        }
+        let mut sites = vec![self.embeddings.site()];
+        sites.extend(self.encoder.sites());
         sites
     }
-
     fn tokenizer(&self) -> &dyn TextEncoder {
         self.tokenizer.as_ref()
     }
-
+    fn head(&self) -> &HeadSpec {
+        &self.head
+    }
+    fn hf_names(&self) -> &HfNames {
+        &self.names
+    }
     fn forward(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Tensor {
-        self.encode(batch, hooks, dropout, false)
+        self.encode(batch, &Pass { hooks, dropout }, false)
     }
-
-    fn forward_first_token(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Tensor {
-        self.encode(batch, hooks, dropout, true).squeeze_dim(1)
+    fn forward_head_token(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Tensor {
+        self.encode(batch, &Pass { hooks, dropout }, true).squeeze_dim(1)
     }
-
     fn weights(&self) -> Vec<(String, Tensor)> {
         self.weights.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()
     }

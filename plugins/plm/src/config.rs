@@ -1,104 +1,73 @@
-//! `config.json` of a Hugging Face checkpoint, as far as the encoders here read it.
-use std::path::Path;
+//! `config.json` of a checkpoint folder: read once, its `model_type` picking the family
+//! whose file parses the rest with its own keys (DistilBERT says `dim`, BERT `hidden_size`).
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 
-/// Model types whose encoder is the BERT layout (RoBERTa-style ones offset positions).
-pub const SUPPORTED: &[&str] = &["bert", "roberta", "xlm-roberta", "camembert"];
+use crate::weights::read_regular;
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct HfConfig {
+/// Configs larger than this are refused (they are a few kilobytes).
+const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+pub struct Config {
+    pub path: PathBuf,
+    pub value: Value,
     pub model_type: String,
-    pub vocab_size: i64,
-    pub hidden_size: i64,
-    pub num_hidden_layers: i64,
-    pub num_attention_heads: i64,
-    pub intermediate_size: i64,
-    #[serde(default = "default_act")]
-    pub hidden_act: String,
-    #[serde(default = "default_positions")]
-    pub max_position_embeddings: i64,
-    #[serde(default = "default_type_vocab")]
-    pub type_vocab_size: i64,
-    #[serde(default = "default_eps")]
-    pub layer_norm_eps: f64,
-    #[serde(default = "default_dropout")]
-    pub hidden_dropout_prob: f64,
-    #[serde(default = "default_dropout")]
-    pub attention_probs_dropout_prob: f64,
-    #[serde(default)]
-    pub classifier_dropout: Option<f64>,
-    #[serde(default)]
-    pub pad_token_id: Option<i64>,
-    #[serde(default)]
-    pub position_embedding_type: Option<String>,
 }
 
-fn default_act() -> String {
-    "gelu".into()
-}
-fn default_positions() -> i64 {
-    512
-}
-fn default_type_vocab() -> i64 {
-    2
-}
-fn default_eps() -> f64 {
-    1e-12
-}
-fn default_dropout() -> f64 {
-    0.1
-}
-
-impl HfConfig {
-    pub fn read(dir: &Path) -> Result<HfConfig> {
+impl Config {
+    pub fn read(dir: &Path) -> Result<Config> {
         let path = dir.join("config.json");
-        let text =
-            std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        let config: HfConfig = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a usable model config", path.display()))?;
-        if !SUPPORTED.contains(&config.model_type.as_str()) {
-            bail!(
-                "{}: model_type `{}` is not supported (supported: {})",
-                path.display(),
-                config.model_type,
-                SUPPORTED.join(", ")
-            );
-        }
-        if let Some(kind) = config.position_embedding_type.as_deref().filter(|k| *k != "absolute") {
-            bail!("{}: position_embedding_type `{kind}` is not supported (only `absolute`)", path.display());
-        }
-        if config.num_attention_heads <= 0 || config.hidden_size % config.num_attention_heads != 0 {
-            bail!(
-                "{}: hidden_size {} is not a multiple of num_attention_heads {}",
-                path.display(),
-                config.hidden_size,
-                config.num_attention_heads
-            );
-        }
-        if !matches!(config.hidden_act.as_str(), "gelu" | "gelu_new" | "gelu_pytorch_tanh" | "relu") {
-            bail!(
-                "{}: hidden_act `{}` is not supported (gelu, gelu_new, relu)",
-                path.display(),
-                config.hidden_act
-            );
-        }
-        Ok(config)
+        let text = read_regular(&path, MAX_CONFIG_BYTES)?;
+        let value: Value =
+            serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+        let model_type = value["model_type"]
+            .as_str()
+            .with_context(|| format!("{} names no `model_type`", path.display()))?
+            .to_string();
+        Ok(Config { path, value, model_type })
     }
 
-    /// RoBERTa-style models number positions from `pad_token_id + 1`.
-    pub fn offsets_positions(&self) -> bool {
-        self.model_type != "bert"
+    /// The family's own view of the config.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_value(self.value.clone())
+            .with_context(|| format!("{} is not a usable `{}` config", self.path.display(), self.model_type))
     }
 
-    /// Prefixes checkpoints put before the encoder's own names (`bert.embeddings…`).
-    pub fn name_prefixes(&self) -> Vec<String> {
-        vec![
-            format!("{}.", self.model_type.replace('-', "_")),
-            "roberta.".into(),
-            "bert.".into(),
-            "model.".into(),
-        ]
+    /// An error naming the config file unless `ok`.
+    pub fn require(&self, ok: bool, what: impl FnOnce() -> String) -> Result<()> {
+        if !ok {
+            bail!("{}: {}", self.path.display(), what());
+        }
+        Ok(())
+    }
+
+    /// Checks that a size is positive and a number of heads divides the width.
+    pub fn check_shapes(&self, hidden: i64, heads: i64, layers: i64, ffn: i64, vocab: i64) -> Result<()> {
+        for (name, value) in [
+            ("hidden size", hidden),
+            ("attention heads", heads),
+            ("layers", layers),
+            ("feed-forward size", ffn),
+            ("vocabulary size", vocab),
+        ] {
+            self.require(value > 0, || format!("the {name} must be positive, got {value}"))?;
+        }
+        self.require(hidden % heads == 0, || {
+            format!("hidden size {hidden} is not a multiple of the {heads} attention heads")
+        })
+    }
+
+    /// Checks an epsilon and dropout probabilities.
+    pub fn check_rates(&self, eps: f64, dropouts: &[(&str, f64)]) -> Result<()> {
+        self.require(eps > 0.0 && eps.is_finite(), || {
+            format!("the norms' epsilon must be positive, got {eps}")
+        })?;
+        for (name, p) in dropouts {
+            self.require((0.0..1.0).contains(p), || format!("`{name}` must be in [0, 1), got {p}"))?;
+        }
+        Ok(())
     }
 }

@@ -1,21 +1,30 @@
-//! Pre-trained language models from Hugging Face checkpoint folders: the `hf` backbone
-//! loader, the `plm.load` stage and the `petnas encode` command.
+//! Pre-trained language models from Hugging Face checkpoint folders. What a model family is
+//! lives in its own file (bert.rs, distilbert.rs, electra.rs, deberta_v2.rs), registered in
+//! [`FAMILIES`] by `model_type`; this file holds the `hf` backbone loader, the `plm.load`
+//! stage and the `petnas encode` command.
 mod bert;
-mod checkpoint;
 mod config;
+mod deberta_v2;
+mod distilbert;
+mod electra;
 mod encode;
+mod layers;
 mod tokenizer;
+mod weights;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use petnas_sdk::artifact::kinds;
 use petnas_sdk::model::{Backbone, BackboneLoader, TextEncoder};
 use petnas_sdk::{Artifact, Inputs, OptType, OptionSchema, Registrar, Stage, StageCtx};
 use serde::Deserialize;
 use serde_json::{json, Value};
+
+use config::Config;
+use weights::Weights;
 
 petnas_sdk::declare_plugin!(register);
 
@@ -28,20 +37,90 @@ fn register(registrar: &mut Registrar) {
 pub const LOADER: &str = "hf";
 pub const DEFAULT_MODEL: &str = "models/all-MiniLM-L6-v2";
 
+/// A model family: the `model_type`s its file loads, the prefixes checkpoints put before its
+/// weights' names (`bert.embeddings…`), and its loader. Given header-only [`Weights`], the
+/// loader checks everything a load would (config, names, shapes, dtypes) and reads nothing.
+pub struct Family {
+    pub model_types: &'static [&'static str],
+    pub weight_prefixes: &'static [&'static str],
+    pub load: fn(&Checkpoint, &Weights) -> Result<Arc<dyn Backbone>>,
+}
+
+/// Every family, one entry per model file.
+pub const FAMILIES: &[Family] = &[bert::FAMILY, distilbert::FAMILY, electra::FAMILY, deberta_v2::FAMILY];
+
+fn supported() -> Vec<&'static str> {
+    FAMILIES.iter().flat_map(|f| f.model_types.iter().copied()).collect()
+}
+
+/// A checkpoint folder as a family's loader sees it.
+pub struct Checkpoint {
+    pub dir: PathBuf,
+    pub config: Config,
+    pub tokenizer: Arc<dyn TextEncoder>,
+}
+
+impl Checkpoint {
+    fn open(dir: &Path) -> Result<(Checkpoint, &'static Family)> {
+        let config = Config::read(dir)?;
+        let Some(family) = FAMILIES.iter().find(|f| f.model_types.contains(&config.model_type.as_str()))
+        else {
+            bail!(
+                "{}: model_type `{}` is not supported (supported: {})",
+                config.path.display(),
+                config.model_type,
+                supported().join(", ")
+            );
+        };
+        let tokenizer: Arc<dyn TextEncoder> = Arc::new(tokenizer::HfTokenizer::load(dir, &config)?);
+        Ok((Checkpoint { dir: dir.to_path_buf(), config, tokenizer }, family))
+    }
+}
+
 /// Loads Hugging Face checkpoint folders; a folder loaded on a device is shared by every
 /// stage that asks for it while any of them holds it (the weights are frozen).
 pub struct HfLoader;
 
 type Key = (PathBuf, String);
 
-fn loaded() -> &'static Mutex<HashMap<Key, Weak<bert::Encoder>>> {
-    static LOADED: std::sync::OnceLock<Mutex<HashMap<Key, Weak<bert::Encoder>>>> = std::sync::OnceLock::new();
+fn loaded() -> &'static Mutex<HashMap<Key, Weak<dyn Backbone>>> {
+    static LOADED: std::sync::OnceLock<Mutex<HashMap<Key, Weak<dyn Backbone>>>> = std::sync::OnceLock::new();
     LOADED.get_or_init(Default::default)
 }
 
 /// The folder as an absolute path, or an error that names it.
 fn model_dir(dir: &Path) -> Result<PathBuf> {
-    dir.canonicalize().with_context(|| format!("model folder `{}` not found", dir.display()))
+    let dir = dir.canonicalize().with_context(|| format!("model folder `{}` not found", dir.display()))?;
+    if !dir.is_dir() {
+        bail!("model folder `{}` is not a folder", dir.display());
+    }
+    Ok(dir)
+}
+
+impl HfLoader {
+    /// Checks that the folder would load — config, tokenizer, every tensor's name, shape and
+    /// dtype — without reading the weights.
+    pub fn check(&self, dir: &Path) -> Result<()> {
+        let (checkpoint, family) = Checkpoint::open(&model_dir(dir)?)?;
+        let backbone =
+            (family.load)(&checkpoint, &Weights::headers(&checkpoint.dir, family.weight_prefixes)?)?;
+        checkpoint.check_vocabulary(backbone.as_ref())
+    }
+}
+
+impl Checkpoint {
+    /// Every id the tokenizer hands out must have a row in the model's embedding table.
+    fn check_vocabulary(&self, backbone: &dyn Backbone) -> Result<()> {
+        let (tokens, rows) = (self.tokenizer.vocab_size(), backbone.info().vocab_size);
+        if tokens > rows {
+            bail!(
+                "{}: the tokenizer has {tokens} tokens, but the model's embeddings have {rows} rows (`vocab_size`): ids past {} would index nothing",
+                self.dir.display(),
+                rows - 1
+            );
+        }
+        Ok(())
+    }
 }
 
 impl BackboneLoader for HfLoader {
@@ -53,18 +132,22 @@ impl BackboneLoader for HfLoader {
         let dir = model_dir(dir)?;
         let key = (dir.clone(), format!("{device:?}"));
         let mut cache = loaded().lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(encoder) = cache.get(&key).and_then(Weak::upgrade) {
-            return Ok(encoder);
+        if let Some(backbone) = cache.get(&key).and_then(Weak::upgrade) {
+            return Ok(backbone);
         }
-        let tokenizer: Arc<dyn TextEncoder> = Arc::new(tokenizer::HfTokenizer::load(&dir)?);
-        let encoder = Arc::new(bert::Encoder::load(&dir, device, tokenizer)?);
-        tracing::info!(model = %dir.display(), parameters = encoder.info().parameters, ?device, "model loaded");
-        cache.insert(key, Arc::downgrade(&encoder));
-        Ok(encoder)
+        let (checkpoint, family) = Checkpoint::open(&dir)?;
+        let weights = Weights::read(&dir, family.weight_prefixes, tch::Kind::Float, device)?;
+        let backbone = (family.load)(&checkpoint, &weights)?;
+        checkpoint.check_vocabulary(backbone.as_ref())?;
+        tracing::debug!(unused = ?weights.leftover(), "checkpoint tensors not part of the model");
+        tracing::info!(model = %dir.display(), model_type = %checkpoint.config.model_type, parameters = backbone.info().parameters, ?device, "model loaded");
+        cache.insert(key, Arc::downgrade(&backbone));
+        Ok(backbone)
     }
 
     fn load_tokenizer(&self, dir: &Path) -> Result<Arc<dyn TextEncoder>> {
-        Ok(Arc::new(tokenizer::HfTokenizer::load(&model_dir(dir)?)?))
+        let dir = model_dir(dir)?;
+        Ok(Arc::new(tokenizer::HfTokenizer::load(&dir, &Config::read(&dir)?)?))
     }
 }
 
@@ -80,14 +163,14 @@ impl Stage for Load {
         "plm.load"
     }
     fn doc(&self) -> &'static str {
-        "a pre-trained encoder from a Hugging Face checkpoint folder (bert, roberta), frozen"
+        "a pre-trained model from a Hugging Face checkpoint folder (bert, roberta, xlm-roberta, camembert, distilbert, electra, deberta-v2), frozen"
     }
     fn options(&self) -> OptionSchema {
         OptionSchema::new().opt(
             "model",
             OptType::InputPath,
             DEFAULT_MODEL,
-            "checkpoint folder: config.json, model.safetensors (or sharded), tokenizer.json or vocab.txt",
+            "checkpoint folder: config.json, model.safetensors (or sharded), tokenizer.json or the family's vocabulary files",
         )
     }
     fn input_kinds(&self) -> &'static [&'static str] {
@@ -96,11 +179,15 @@ impl Stage for Load {
     fn output_kind(&self) -> &'static str {
         kinds::MODEL
     }
+    fn check(&self, options: &Value) -> Result<()> {
+        let o: LoadOptions = serde_json::from_value(options.clone())?;
+        HfLoader.check(Path::new(&o.model))
+    }
     fn external_inputs(&self, options: &Value) -> Result<String> {
         let o: LoadOptions = serde_json::from_value(options.clone())?;
         let dir = model_dir(Path::new(&o.model))?;
-        let mut files = checkpoint::weight_files(&dir)?;
-        files.extend(["config.json", "tokenizer.json", "vocab.txt"].iter().map(|f| dir.join(f)));
+        let mut files = weights::weight_files(&dir)?;
+        files.extend(tokenizer::FILES.iter().chain(["config.json"].iter()).map(|f| dir.join(f)));
         let stamps: Vec<String> = files
             .iter()
             .filter_map(|f| {

@@ -109,7 +109,7 @@ fn the_first_token_path_gives_the_first_token_of_the_full_pass() {
     let batch = rte_batch(model.as_ref(), 64);
     for dropout in [Dropout::off(), Dropout::training(Rates::Fixed(1e-9), 1)] {
         let full = tch::no_grad(|| model.forward(&batch, &NoHooks, &dropout)).select(1, 0);
-        let first = tch::no_grad(|| model.forward_first_token(&batch, &NoHooks, &dropout));
+        let first = tch::no_grad(|| model.forward_head_token(&batch, &NoHooks, &dropout));
         assert_eq!(first.size(), full.size());
         let diff = (first - full).abs().max().double_value(&[]);
         assert!(diff < 1e-4, "training {}: max abs difference {diff}", dropout.is_training());
@@ -133,7 +133,7 @@ fn a_training_dropout_of_zero_switches_off_the_heads_dropout_too() {
     let backbone = HfLoader.load(&workspace().join(crate::DEFAULT_MODEL), Device::Cpu).unwrap();
     let batch = rte_batch(backbone.as_ref(), 64);
     let mut model = petnas_sdk::pet_model::PetModel::new(backbone, "hf");
-    model.ensure_head(1, true, 3);
+    model.ensure_head(1, true, 3).unwrap();
     let logits =
         |model: &petnas_sdk::pet_model::PetModel, seed| tch::no_grad(|| model.logits(&batch, seed)).unwrap();
     let evaluation = logits(&model, None);
@@ -308,10 +308,73 @@ fn broken_checkpoints_are_errors_naming_file_and_tensor() {
         std::fs::read_to_string(dir.path().join("config.json")).unwrap().replace("\"bert\"", "\"gpt2\"");
     std::fs::write(dir.path().join("config.json"), config).unwrap();
     assert!(load_error(dir.path()).ends_with(
-        "config.json: model_type `gpt2` is not supported (supported: bert, roberta, xlm-roberta, camembert)"
+        "config.json: model_type `gpt2` is not supported (supported: bert, roberta, xlm-roberta, camembert, distilbert, electra, deberta-v2)"
     ));
 
     assert!(load_error(Path::new("no/such/model")).starts_with("model folder `no/such/model` not found"));
+}
+
+fn edit_config(dir: &Path, from: &str, to: &str) {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "{text}");
+    std::fs::write(&path, text.replace(from, to)).unwrap();
+}
+
+#[test]
+fn configs_and_weights_that_would_give_a_wrong_model_are_refused() {
+    // Fewer layers in the config than in the checkpoint: not a shortened model.
+    let dir = tiny_bert();
+    edit_config(dir.path(), "\"num_hidden_layers\":2", "\"num_hidden_layers\":1");
+    let err = load_error(dir.path());
+    assert!(err.contains("holds 16 tensor(s) under `encoder.` that config.json does not account for (e.g. `encoder.layer.1."), "{err}");
+
+    let dir = tiny_bert();
+    edit_config(dir.path(), "\"pad_token_id\":0", "\"pad_token_id\":0,\"layer_norm_eps\":-1e-12");
+    assert!(
+        load_error(dir.path())
+            .ends_with("config.json: the norms' epsilon must be positive, got -0.000000000001"),
+        "{}",
+        load_error(dir.path())
+    );
+
+    // Float weights relabelled as int32 in the file's header.
+    let dir = tiny_bert();
+    let path = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let at = bytes.windows(5).position(|w| w == b"\"F32\"").expect("a dtype in the header");
+    let mut relabelled = bytes.clone();
+    relabelled[at + 1..at + 4].copy_from_slice(b"I32");
+    std::fs::write(&path, relabelled).unwrap();
+    let err = load_error(dir.path());
+    assert!(err.contains("is stored as I32; weights are floating point (F32, F16, BF16)"), "{err}");
+
+    // A tokenizer with ids past the embedding table.
+    let dir = tiny_bert();
+    let vocab = std::fs::read_to_string(dir.path().join("vocab.txt")).unwrap();
+    std::fs::write(dir.path().join("vocab.txt"), format!("{vocab}\ndog\nran")).unwrap();
+    let err = load_error(dir.path());
+    assert!(err.ends_with("the tokenizer has 14 tokens, but the model's embeddings have 12 rows (`vocab_size`): ids past 11 would index nothing"), "{err}");
+}
+
+#[test]
+fn weights_that_are_not_regular_files_are_refused_before_reading() {
+    for special in ["/dev/zero", "fifo"] {
+        let dir = tiny_bert();
+        let path = dir.path().join("model.safetensors");
+        std::fs::remove_file(&path).unwrap();
+        if special == "fifo" {
+            let status = std::process::Command::new("mkfifo").arg(&path).status().unwrap();
+            assert!(status.success());
+        } else {
+            std::os::unix::fs::symlink(special, &path).unwrap();
+        }
+        let err = load_error(dir.path());
+        assert!(
+            err.contains("is not a regular file (a FIFO, device or folder cannot hold a checkpoint)"),
+            "{special}: {err}"
+        );
+    }
 }
 
 #[test]

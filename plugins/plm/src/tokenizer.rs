@@ -1,11 +1,17 @@
 //! A checkpoint's tokenizer through the `tokenizers` crate: `tokenizer.json` as saved by
-//! Hugging Face, or BERT's `vocab.txt` (WordPiece), or RoBERTa's `vocab.json` + `merges.txt`.
+//! Hugging Face, or the family's vocabulary files where the fast tokenizer is absent — BERT's,
+//! DistilBERT's and ELECTRA's `vocab.txt` (WordPiece), RoBERTa's `vocab.json` +
+//! `merges.txt`. DeBERTa-v3's SentencePiece `spm.model` needs its tokenizer.json (the error
+//! says how to write one).
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
 use anyhow::{anyhow, bail, Context, Result};
 use petnas_sdk::model::{Encoding, TextEncoder};
+
+use crate::config::Config;
+use crate::weights::{check_regular, read_regular};
 use tokenizers::models::bpe::BPE;
 use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::BertNormalizer;
@@ -14,6 +20,13 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::processors::bert::BertProcessing;
 use tokenizers::processors::roberta::RobertaProcessing;
 use tokenizers::{EncodeInput, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+/// The files a tokenizer is read from (part of `plm.load`'s content key).
+pub const FILES: &[&str] =
+    &["tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt", "spm.model"];
+
+/// Tokenizer files larger than this are refused (a few megabytes even for large vocabularies).
+const MAX_TOKENIZER_BYTES: u64 = 256 << 20;
 
 pub struct HfTokenizer {
     base: Tokenizer,
@@ -24,7 +37,7 @@ pub struct HfTokenizer {
 
 /// Reads `tokenizer_config.json` if there is one.
 fn tokenizer_config(dir: &Path) -> serde_json::Value {
-    std::fs::read_to_string(dir.join("tokenizer_config.json"))
+    read_regular(&dir.join("tokenizer_config.json"), MAX_TOKENIZER_BYTES)
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or(serde_json::Value::Null)
@@ -35,13 +48,27 @@ fn token_id(tokenizer: &Tokenizer, token: &str, file: &Path) -> Result<u32> {
 }
 
 impl HfTokenizer {
-    pub fn load(dir: &Path) -> Result<HfTokenizer> {
+    pub fn load(dir: &Path, model: &Config) -> Result<HfTokenizer> {
         let config = tokenizer_config(dir);
         let json = dir.join("tokenizer.json");
         let vocab_txt = dir.join("vocab.txt");
         let (vocab_json, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
+        for file in FILES.iter().map(|f| dir.join(f)).filter(|f| f.exists()) {
+            check_regular(&file)?;
+            let size = std::fs::metadata(&file)?.len();
+            if size > MAX_TOKENIZER_BYTES {
+                bail!("{} is {size} bytes; at most {MAX_TOKENIZER_BYTES} are read", file.display());
+            }
+        }
         let mut tokenizer = if json.exists() {
             Tokenizer::from_file(&json).map_err(|e| anyhow!("cannot load {}: {e}", json.display()))?
+        } else if dir.join("spm.model").exists() {
+            bail!(
+                "{} has a SentencePiece spm.model but no tokenizer.json; write one once with Python: \
+                 python -c \"from transformers import AutoTokenizer; AutoTokenizer.from_pretrained('{d}').save_pretrained('{d}')\"",
+                dir.display(),
+                d = dir.display()
+            );
         } else if vocab_txt.exists() {
             let lowercase = config["do_lower_case"].as_bool().unwrap_or(true);
             let model = WordPiece::from_file(&vocab_txt.to_string_lossy())
@@ -71,7 +98,11 @@ impl HfTokenizer {
             t.with_decoder(Some(ByteLevel::default()));
             t
         } else {
-            bail!("{} has no tokenizer.json, vocab.txt, or vocab.json with merges.txt", dir.display());
+            bail!(
+                "{} has no tokenizer for its `{}` model: no tokenizer.json, vocab.txt, or vocab.json with merges.txt",
+                dir.display(),
+                model.model_type
+            );
         };
         tokenizer.with_padding(None);
         tokenizer.with_truncation(None).map_err(|e| anyhow!("{e}"))?;
@@ -126,5 +157,9 @@ impl TextEncoder for HfTokenizer {
 
     fn pad_id(&self) -> i64 {
         self.pad_id
+    }
+
+    fn vocab_size(&self) -> i64 {
+        self.base.get_vocab_size(true) as i64
     }
 }

@@ -13,29 +13,115 @@ use tch::Tensor;
 pub use crate::dropout::{Dropout, Rates};
 use crate::options::OptionSchema;
 
-/// What sits at a named place of the backbone. Sites are named like the Hugging Face modules
-/// they are (`encoder.layer.3.attention.self.query`, `encoder.layer.3.output.LayerNorm`), so
-/// PEFT-style `target_modules` patterns and PEFT's key names apply unchanged.
+/// What sits at a named place of the backbone. Sites are named as the Hugging Face modules
+/// they are, as their family names them, so PEFT-style `target_modules` patterns and PEFT's
+/// key names apply unchanged.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SiteKind {
-    /// A linear map `in_features → out_features` (with its bias); hooks see its input and output.
-    Linear { in_features: i64, out_features: i64 },
-    /// A layer norm over `len` features with its `eps`; hooks see its input and normalised
-    /// output.
-    LayerNorm { len: i64, eps: f64 },
-    /// The feed-forward activation (`encoder.layer.3.intermediate.act`); hooks see its input
-    /// and output, `len` features wide.
-    Activation { len: i64 },
-    /// A whole sub-layer before its residual sum and layer norm
-    /// (`encoder.layer.3.attention_block`, `encoder.layer.3.ffn_block`); hooks see the
-    /// sub-layer's input and output, both `hidden` wide.
+    /// A linear map `in_features → out_features`, with a bias or without; hooks see its input
+    /// and output.
+    Linear { in_features: i64, out_features: i64, bias: bool },
+    /// A normalisation over `len` features with its `eps`: LayerNorm (gain and bias), or
+    /// RMSNorm (`rms`: gain only); hooks see its input and normalised output.
+    Norm { len: i64, eps: f64, rms: bool },
+    /// The feed-forward activation, `len` features wide; hooks see its input and output, which
+    /// is the input of the linear layer `read_by` (so a scaling here folds into that layer).
+    Activation { len: i64, read_by: String },
+    /// A whole sub-layer before its residual sum (`<layer>.attention_block`,
+    /// `<layer>.ffn_block`); hooks see the sub-layer's input and output, both `hidden` wide.
     Sublayer { hidden: i64 },
+}
+
+/// What a site does in its layer, whatever its family calls it. PET types choose their
+/// default sites by role (`role:query`), and pipelines may too, so one recipe means the same
+/// on every family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    Query,
+    Key,
+    Value,
+    AttentionOutput,
+    /// The gate of a gated feed-forward (SwiGLU).
+    FfnGate,
+    /// The feed-forward input.
+    FfnUp,
+    /// The feed-forward output.
+    FfnDown,
+    Activation,
+    Norm,
+    AttentionBlock,
+    FfnBlock,
+    /// Anything else (an embedding projection).
+    Other,
+}
+
+impl Role {
+    pub const ALL: [Role; 12] = [
+        Role::Query,
+        Role::Key,
+        Role::Value,
+        Role::AttentionOutput,
+        Role::FfnGate,
+        Role::FfnUp,
+        Role::FfnDown,
+        Role::Activation,
+        Role::Norm,
+        Role::AttentionBlock,
+        Role::FfnBlock,
+        Role::Other,
+    ];
+
+    /// As `role:` patterns name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Query => "query",
+            Role::Key => "key",
+            Role::Value => "value",
+            Role::AttentionOutput => "attention_output",
+            Role::FfnGate => "ffn_gate",
+            Role::FfnUp => "ffn_up",
+            Role::FfnDown => "ffn_down",
+            Role::Activation => "activation",
+            Role::Norm => "norm",
+            Role::AttentionBlock => "attention_block",
+            Role::FfnBlock => "ffn_block",
+            Role::Other => "other",
+        }
+    }
+
+    /// Whether the role belongs to the attention sub-layer (else the feed-forward one, or
+    /// neither for norms and others).
+    pub fn sublayer(self) -> Option<&'static str> {
+        match self {
+            Role::Query | Role::Key | Role::Value | Role::AttentionOutput | Role::AttentionBlock => {
+                Some("attention")
+            }
+            Role::FfnGate | Role::FfnUp | Role::FfnDown | Role::Activation | Role::FfnBlock => {
+                Some("feed-forward")
+            }
+            Role::Norm | Role::Other => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Site {
+    /// The Hugging Face module name.
     pub name: String,
     pub kind: SiteKind,
+    /// The transformer layer it belongs to; none for the embeddings.
+    pub layer: Option<i64>,
+    pub role: Role,
+    /// Its name inside its layer, as reports show it.
+    pub local: String,
+}
+
+impl Site {
+    /// A site of layer `layer` (or of none), named `prefix.local`.
+    pub fn new(prefix: &str, local: &str, layer: Option<i64>, role: Role, kind: SiteKind) -> Site {
+        let name = if prefix.is_empty() { local.to_string() } else { format!("{prefix}.{local}") };
+        Site { name, kind, layer, role, local: local.to_string() }
+    }
 }
 
 /// What a backbone calls at every site during its forward pass.
@@ -80,12 +166,14 @@ pub trait TextEncoder: Send + Sync {
     /// longest-first to `max_len` tokens.
     fn encode_batch(&self, inputs: &[(&str, Option<&str>)], max_len: usize) -> Result<Vec<Encoding>>;
     fn pad_id(&self) -> i64;
+    /// Ids it hands out are below this (added tokens included).
+    fn vocab_size(&self) -> i64;
 }
 
 /// What describes a loaded backbone.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct BackboneInfo {
-    /// `bert`, `roberta` …
+    /// The config's `model_type`.
     pub model_type: String,
     pub dir: std::path::PathBuf,
     pub hidden_size: i64,
@@ -94,26 +182,98 @@ pub struct BackboneInfo {
     pub vocab_size: i64,
     /// Parameters of the encoder (the base of "% of the PLM" budgets).
     pub parameters: i64,
-    /// Dropout before a sequence-classification head, as Hugging Face's classifiers take it:
-    /// the config's `classifier_dropout`, else its `hidden_dropout_prob`.
-    pub classifier_dropout: f64,
+    /// Tokens a sequence may hold at most (its position table's size); none where positions
+    /// are computed (rotary).
+    #[serde(default)]
+    pub max_tokens: Option<i64>,
 }
 
-/// A frozen pre-trained encoder exposing named sites.
+/// The token a sequence classifier reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadToken {
+    /// The first: encoders.
+    First,
+    /// The last that is not padding, wherever padding is: decoders.
+    LastReal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadActivation {
+    Tanh,
+    Gelu,
+    Relu,
+}
+
+/// A dense layer between the token's hidden state and the classifier.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadDense {
+    /// Its Hugging Face module name.
+    pub name: String,
+    /// In the checkpoint, and kept frozen, rather than trained from scratch.
+    pub pretrained: bool,
+    pub activation: HeadActivation,
+    /// Dropout on its input while training (0: none).
+    pub dropout: f64,
+}
+
+/// A family's sequence-classification head, as its Hugging Face classification class
+/// builds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadSpec {
+    pub token: HeadToken,
+    pub dense: Option<HeadDense>,
+    /// The classifier's Hugging Face module name and whether it has a bias.
+    pub classifier: String,
+    pub classifier_bias: bool,
+    /// Dropout on the classifier's input while training (0: none).
+    pub dropout: f64,
+    /// What PEFT saves beside an adapter (`modules_to_save`): the head's trained modules.
+    pub modules_to_save: Vec<String>,
+}
+
+/// The family's names in Hugging Face's classes, for exported checkpoints.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HfNames {
+    /// The base model's attribute in its classification class: the prefix of its weights
+    /// there.
+    pub base_prefix: String,
+    /// The classification class's name.
+    pub sequence_classification: String,
+}
+
+/// A frozen pre-trained model exposing named sites, and describing itself: its sites' roles,
+/// its task head and its Hugging Face names.
 pub trait Backbone: Send + Sync {
     fn info(&self) -> &BackboneInfo;
     fn device(&self) -> tch::Device;
     fn sites(&self) -> Vec<Site>;
     fn tokenizer(&self) -> &dyn TextEncoder;
+    fn head(&self) -> &HeadSpec;
+    fn hf_names(&self) -> &HfNames;
     /// Last hidden states `[batch, len, hidden]`.
     fn forward(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Tensor;
-    /// The first token's last hidden state `[batch, hidden]`, all a classification head reads;
-    /// a backbone may skip the last layer's work for the other positions.
-    fn forward_first_token(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Tensor {
-        self.forward(batch, hooks, dropout).select(1, 0)
+    /// The last hidden state `[batch, hidden]` of the token the head reads; a backbone may
+    /// skip the last layer's work for the other positions.
+    fn forward_head_token(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Tensor {
+        head_token(&self.forward(batch, hooks, dropout), &batch.attention_mask, self.head().token)
     }
     /// The frozen weights by their checkpoint names (for merging and export).
     fn weights(&self) -> Vec<(String, Tensor)>;
+}
+
+/// The hidden state `[batch, hidden]` of the token a head reads, from `[batch, len, hidden]`.
+pub fn head_token(hidden: &Tensor, attention_mask: &Tensor, token: HeadToken) -> Tensor {
+    match token {
+        HeadToken::First => hidden.select(1, 0),
+        HeadToken::LastReal => {
+            // The last position holding a token, with left padding as with right.
+            let len = attention_mask.size()[1];
+            let positions = tch::Tensor::arange(len, (tch::Kind::Int64, attention_mask.device()));
+            let last = (attention_mask.to_kind(tch::Kind::Int64) * positions).argmax(1, false);
+            let index = last.view([-1, 1, 1]).expand([-1, 1, hidden.size()[2]], false);
+            hidden.gather(1, &index, false).squeeze_dim(1)
+        }
+    }
 }
 
 /// Loads backbones from checkpoint folders (a plugin registers one, e.g. `hf`).
@@ -226,12 +386,18 @@ pub fn live_parameters(module: &dyn PetModule) -> i64 {
 }
 
 /// Whether a site matches PEFT-style target patterns: `all-linear`, a module name or name
-/// suffix (`query` matches `encoder.layer.0.attention.self.query`), or `re:` + a regular
-/// expression that must match the whole site name.
+/// suffix (a pattern `x` matches `a.b.x`), `re:` + a regular expression that must match the
+/// whole site name, or `role:` + a [`Role`] name (whatever the family calls the module).
 pub fn site_matches(site: &Site, patterns: &[String]) -> Result<bool> {
     for pattern in patterns {
         let hit = if pattern == "all-linear" {
             matches!(site.kind, SiteKind::Linear { .. })
+        } else if let Some(role) = pattern.strip_prefix("role:") {
+            if !Role::ALL.iter().any(|r| r.name() == role) {
+                let names: Vec<&str> = Role::ALL.iter().map(|r| r.name()).collect();
+                anyhow::bail!("target pattern `{pattern}` names no role (roles: {})", names.join(", "));
+            }
+            site.role.name() == role
         } else if let Some(re) = pattern.strip_prefix("re:") {
             regex::Regex::new(&format!("^(?:{re})$"))
                 .map_err(|e| {

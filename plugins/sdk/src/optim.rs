@@ -14,7 +14,7 @@ pub struct AdamW {
     pub beta2: f64,
     pub eps: f64,
     pub weight_decay: f64,
-    /// name, parameter, whether weight decay applies (not to biases, LayerNorm or deltas).
+    /// name, parameter, whether weight decay applies (not to biases or deltas).
     pub params: Vec<(String, Tensor, bool)>,
     pub m: Vec<Tensor>,
     pub v: Vec<Tensor>,
@@ -23,9 +23,11 @@ pub struct AdamW {
     pub bf16: bool,
 }
 
-/// Biases, LayerNorm parameters and bias-like deltas get no weight decay.
+/// Biases and bias-like deltas (of norms' gains too) get no weight decay. `name` is a
+/// trainable's name (`pet.<type@site>:<param>`, `head.<param>`); its parameter decides.
 pub fn decays(name: &str) -> bool {
-    !(name.ends_with("bias") || name.ends_with("delta") || name.contains("LayerNorm"))
+    let param = name.rsplit_once(':').map_or(name, |(_, p)| p);
+    !(param.ends_with("bias") || param.ends_with("delta"))
 }
 
 impl AdamW {
@@ -202,9 +204,10 @@ mod tests {
 
     #[test]
     fn no_decay_on_biases_layer_norms_and_deltas() {
-        assert!(decays("pet.0.A"));
+        assert!(decays("pet.lora@layers.0.bias_proj:A"), "the parameter decides, not the site's name");
         assert!(!decays("head.classifier.bias"));
-        assert!(!decays("pet.3.delta"));
-        assert!(!decays("pet.1.down.bias"));
+        assert!(!decays("pet.bitfit@layers.0.norm:delta"));
+        assert!(!decays("pet.full@layers.0.norm:weight_delta"));
+        assert!(!decays("pet.adapter@layers.0.ffn_block:down.bias"));
     }
 }

@@ -400,12 +400,12 @@ mod tests {
             (json!({"budget": 10, "rank": 2.9}), "option `rank`: expected integer, found number `2.9`"),
             (json!({"budget": 10, "dropout": 1.5}), "option `dropout`: must be in [0, 1), got 1.5"),
             (
-                json!({"budget": 10, "rank_pattern": {"query": -3}}),
-                "option `rank_pattern`: `query`: must be at least 1, got -3",
+                json!({"budget": 10, "rank_pattern": {"proj": -3}}),
+                "option `rank_pattern`: `proj`: must be at least 1, got -3",
             ),
             (
-                json!({"budget": 10, "rank_pattern": {"query": "sixteen"}}),
-                "option `rank_pattern`: `query`: expected integer, found string `sixteen`",
+                json!({"budget": 10, "rank_pattern": {"proj": "sixteen"}}),
+                "option `rank_pattern`: `proj`: expected integer, found string `sixteen`",
             ),
             (json!({"budget": 10, "r": 4}), "unknown option `r`: petnas calls it `rank`"),
             (

@@ -14,73 +14,127 @@ use crate::data::{BatchOptions, Labels, TokenizedSplit};
 use crate::init;
 use crate::metrics::{score, Scoring, Values};
 use crate::model::{
-    live_parameters, site_matches, Backbone, Batch, Dropout, PetModule, PetType, Rates, Site, SiteHooks,
+    live_parameters, site_matches, Backbone, Batch, Dropout, HeadActivation, HeadSpec, PetModule, PetType,
+    Rates, Site, SiteHooks,
 };
 use crate::services::Services;
 
-/// A sequence-classification (or regression) head on the first token: the backbone's
-/// pre-trained pooler (frozen) when it has one, else a new dense layer, then tanh and a
-/// linear classifier.
+/// A sequence-classification (or regression) head as the backbone's family builds it
+/// ([`HeadSpec`]): the hidden state of the token it reads, an optional dense layer (a
+/// pre-trained one, frozen, or a new one) with its activation, and a linear classifier, with
+/// dropout where the family puts it.
 pub struct Head {
     pub num_labels: i64,
     pub regression: bool,
-    pooler: Option<(Tensor, Tensor)>,
+    spec: HeadSpec,
+    /// The dense layer's weight and bias where the checkpoint holds it (frozen).
+    pretrained: Option<(Tensor, Tensor)>,
+    /// Trainable: `dense.weight`, `dense.bias` (a new dense layer), `classifier.weight`,
+    /// `classifier.bias` (where the family's classifier has one).
     params: Vec<(String, Tensor)>,
 }
 
 impl Head {
-    fn new(backbone: &dyn Backbone, num_labels: i64, regression: bool, seed: u64) -> Head {
+    fn new(backbone: &dyn Backbone, num_labels: i64, regression: bool, seed: u64) -> Result<Head> {
         let h = backbone.info().hidden_size;
         let device = backbone.device();
-        let pooler = pooler_of(backbone);
-        let mut params = vec![
-            (
-                "classifier.weight".to_string(),
-                init::normal(&[num_labels, h], 0.02, init::derive_seed(seed, "head.classifier"), device),
-            ),
-            ("classifier.bias".to_string(), init::zeros(&[num_labels], device)),
-        ];
-        if pooler.is_none() {
-            params.push((
-                "dense.weight".into(),
-                init::normal(&[h, h], 0.02, init::derive_seed(seed, "head.dense"), device),
-            ));
-            params.push(("dense.bias".into(), init::zeros(&[h], device)));
+        let spec = backbone.head().clone();
+        let mut params = vec![(
+            "classifier.weight".to_string(),
+            init::normal(&[num_labels, h], 0.02, init::derive_seed(seed, "head.classifier"), device),
+        )];
+        if spec.classifier_bias {
+            params.push(("classifier.bias".to_string(), init::zeros(&[num_labels], device)));
         }
-        Head { num_labels, regression, pooler, params }
+        let mut pretrained = None;
+        if let Some(dense) = &spec.dense {
+            if dense.pretrained {
+                let weights = backbone.weights();
+                let get = |part: &str| {
+                    let name = format!("{}.{part}", dense.name);
+                    weights
+                        .iter()
+                        .find(|(k, _)| *k == name)
+                        .map(|(_, t)| t.shallow_clone())
+                        .with_context(|| format!("the backbone has no pre-trained `{name}` for its head"))
+                };
+                pretrained = Some((get("weight")?, get("bias")?));
+            } else {
+                params.push((
+                    "dense.weight".into(),
+                    init::normal(&[h, h], 0.02, init::derive_seed(seed, "head.dense"), device),
+                ));
+                params.push(("dense.bias".into(), init::zeros(&[h], device)));
+            }
+        }
+        Ok(Head { num_labels, regression, spec, pretrained, params })
     }
 
-    /// Whether the head starts from the backbone's pre-trained pooler (BERT) rather than a
-    /// new dense layer (RoBERTa).
-    pub fn has_pooler(&self) -> bool {
-        self.pooler.is_some()
+    fn param(&self, name: &str) -> Option<&Tensor> {
+        self.params.iter().find(|(n, _)| n == name).map(|(_, t)| t)
     }
 
-    fn param(&self, name: &str) -> &Tensor {
-        &self.params.iter().find(|(n, _)| n == name).expect("head parameter").1
+    /// The head's trainable tensors under the names of the family's Hugging Face classifier.
+    pub fn hf_tensors(&self) -> Vec<(String, Tensor)> {
+        self.params
+            .iter()
+            .map(|(name, t)| {
+                let (module, part) = name.split_once('.').expect("head parameters are module.part");
+                let hf = match (module, &self.spec.dense) {
+                    ("dense", Some(dense)) => &dense.name,
+                    _ => &self.spec.classifier,
+                };
+                (format!("{hf}.{part}"), t.shallow_clone())
+            })
+            .collect()
     }
 
-    /// Logits from the first token's last hidden state `[batch, hidden]`, with dropout
-    /// before the head's layers at `rate` while training (as BERT's and RoBERTa's sequence
-    /// classifiers).
-    fn forward(&self, first: Tensor, dropout: &Dropout, rate: f64) -> Tensor {
-        let pooled = match &self.pooler {
-            Some((w, b)) => first.linear(w, Some(b)).tanh(),
-            None => dropout
-                .apply(first, rate)
-                .linear(self.param("dense.weight"), Some(self.param("dense.bias")))
-                .tanh(),
-        };
-        dropout
-            .apply(pooled, rate)
-            .linear(self.param("classifier.weight"), Some(self.param("classifier.bias")))
+    /// What PEFT saves beside an adapter for this head.
+    pub fn modules_to_save(&self) -> &[String] {
+        &self.spec.modules_to_save
+    }
+
+    /// Logits from the head token's last hidden state `[batch, hidden]`, with dropout where
+    /// the family has it while training (`rate` maps the family's rates: a fit's `dropout`
+    /// overrides them).
+    fn forward(&self, token: Tensor, dropout: &Dropout) -> Tensor {
+        let mut x = token;
+        if let Some(dense) = &self.spec.dense {
+            x = dropout.apply(x, dropout.rate(dense.dropout));
+            x = match (&self.pretrained, self.param("dense.weight")) {
+                (Some((w, b)), _) => x.linear(w, Some(b)),
+                (None, Some(w)) => x.linear(w, self.param("dense.bias")),
+                (None, None) => x,
+            };
+            x = match dense.activation {
+                HeadActivation::Tanh => x.tanh(),
+                HeadActivation::Gelu => x.gelu("none"),
+                HeadActivation::Relu => x.relu(),
+            };
+        }
+        let x = dropout.apply(x, dropout.rate(self.spec.dropout));
+        let weight = self.param("classifier.weight").expect("a head has a classifier");
+        x.linear(weight, self.param("classifier.bias"))
     }
 }
 
-fn pooler_of(backbone: &dyn Backbone) -> Option<(Tensor, Tensor)> {
-    let weights = backbone.weights();
-    let get = |n: &str| weights.iter().find(|(k, _)| k == n).map(|(_, t)| t.shallow_clone());
-    Some((get("pooler.dense.weight")?, get("pooler.dense.bias")?))
+/// Hands out `type@site` keys in module order, numbering repeats.
+#[derive(Default)]
+struct ModuleKeys {
+    seen: HashMap<String, usize>,
+}
+
+impl ModuleKeys {
+    fn next(&mut self, pet_type: &str, site: &str) -> String {
+        let key = format!("{pet_type}@{site}");
+        let n = self.seen.entry(key.clone()).or_default();
+        *n += 1;
+        if *n == 1 {
+            key
+        } else {
+            format!("{key}#{n}")
+        }
+    }
 }
 
 pub struct PetModel {
@@ -151,7 +205,8 @@ impl PetModel {
                 })
                 .collect()
         };
-        for (i, pet) in artifact.meta["pets"].as_array().into_iter().flatten().enumerate() {
+        let mut keys = ModuleKeys::default();
+        for pet in artifact.meta["pets"].as_array().into_iter().flatten() {
             let type_name = pet["type"].as_str().context("a PET module without type")?;
             let pet_type = services
                 .pet_type(type_name)
@@ -162,7 +217,9 @@ impl PetModel {
                 .get(site_name)
                 .with_context(|| format!("the backbone has no site `{site_name}`"))?
                 .clone();
-            let module = pet_type.restore(&site, &pet["state"], tensors_of(&format!("pet.{i}.")), device)?;
+            let key = keys.next(type_name, site_name);
+            let module =
+                pet_type.restore(&site, &pet["state"], tensors_of(&format!("pet.{key}:")), device)?;
             model.modules.push(module);
         }
         let head = &artifact.meta["head"];
@@ -172,7 +229,7 @@ impl PetModel {
                 head["num_labels"].as_i64().context("head without num_labels")?,
                 head["regression"].as_bool().unwrap_or(false),
                 0,
-            );
+            )?;
             let saved = tensors_of("head.");
             for (name, value) in restored.params.iter_mut() {
                 let tensor = saved
@@ -194,11 +251,11 @@ impl PetModel {
     pub fn to_artifact(&self) -> Artifact {
         let mut artifact = Artifact::new(kinds::MODEL, Value::Null);
         let mut pets = Vec::new();
-        for (i, module) in self.modules.iter().enumerate() {
+        for (module, key) in self.modules.iter().zip(self.module_keys()) {
             let (state, tensors) = module.state();
             pets.push(json!({"type": module.pet_type(), "site": module.site().name, "state": state}));
             for (name, t) in tensors {
-                artifact.tensors.insert(format!("pet.{i}.{name}"), t.detach());
+                artifact.tensors.insert(format!("pet.{key}:{name}"), t.detach());
             }
         }
         let head = match &self.head {
@@ -206,7 +263,7 @@ impl PetModel {
                 for (name, t) in &h.params {
                     artifact.tensors.insert(format!("head.{name}"), t.detach());
                 }
-                json!({"num_labels": h.num_labels, "regression": h.regression, "pretrained_pooler": h.pooler.is_some()})
+                json!({"num_labels": h.num_labels, "regression": h.regression, "pretrained_dense": h.pretrained.is_some()})
             }
             None => Value::Null,
         };
@@ -237,9 +294,13 @@ impl PetModel {
         seed: u64,
     ) -> Result<usize> {
         let device = self.backbone.device();
-        let mut attached = 0;
+        let (mut attached, mut refused) = (0, Vec::new());
         for site in self.sites.values() {
-            if !site_matches(site, targets)? || !pet_type.can_attach(site) {
+            if !site_matches(site, targets)? {
+                continue;
+            }
+            if !pet_type.can_attach(site) {
+                refused.push(site.name.as_str());
                 continue;
             }
             let module = pet_type.create(
@@ -250,6 +311,15 @@ impl PetModel {
             )?;
             self.modules.push(module);
             attached += 1;
+        }
+        if attached == 0 && !refused.is_empty() {
+            bail!(
+                "PET type `{}` cannot attach at any of the {} site(s) targets {targets:?} match (e.g. `{}`): it is {}",
+                pet_type.name(),
+                refused.len(),
+                refused[0],
+                pet_type.doc()
+            );
         }
         if attached == 0 {
             bail!("no site of the model matches targets {targets:?} for PET type `{}`", pet_type.name());
@@ -270,11 +340,12 @@ impl PetModel {
     }
 
     /// Adds a fresh head when the model has none (or one of another shape).
-    pub fn ensure_head(&mut self, num_labels: i64, regression: bool, seed: u64) {
+    pub fn ensure_head(&mut self, num_labels: i64, regression: bool, seed: u64) -> Result<()> {
         if self.head.as_ref().is_some_and(|h| h.num_labels == num_labels && h.regression == regression) {
-            return;
+            return Ok(());
         }
-        self.head = Some(Head::new(self.backbone.as_ref(), num_labels, regression, seed));
+        self.head = Some(Head::new(self.backbone.as_ref(), num_labels, regression, seed)?);
+        Ok(())
     }
 
     /// Logits `[batch, num_labels]` (one column for regression); with `dropout_seed`, a
@@ -287,16 +358,24 @@ impl PetModel {
                 Dropout::training(self.training_dropout.map_or(Rates::Configured, Rates::Fixed), seed)
             }
         };
-        let first = self.backbone.forward_first_token(batch, self, &dropout);
-        Ok(head.forward(first, &dropout, dropout.rate(self.backbone.info().classifier_dropout)))
+        let token = self.backbone.forward_head_token(batch, self, &dropout);
+        Ok(head.forward(token, &dropout))
     }
 
-    /// Trainable tensors: `pet.<i>.<name>` and `head.<name>`.
+    /// Each module's stable name, `type@site`, with `#2`, `#3` … for further modules of one
+    /// type at one site: tensors, checkpoints and masks are keyed by it, not by a module's
+    /// position.
+    pub fn module_keys(&self) -> Vec<String> {
+        let mut keys = ModuleKeys::default();
+        self.modules.iter().map(|m| keys.next(m.pet_type(), &m.site().name)).collect()
+    }
+
+    /// Trainable tensors: `pet.<type@site>:<name>` and `head.<name>`.
     pub fn trainable(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
-        for (i, m) in self.modules.iter().enumerate() {
+        for (m, key) in self.modules.iter().zip(self.module_keys()) {
             for (name, t) in m.parameters() {
-                out.push((format!("pet.{i}.{name}"), t));
+                out.push((format!("pet.{key}:{name}"), t));
             }
         }
         if let Some(h) = &self.head {
@@ -307,12 +386,12 @@ impl PetModel {
         out
     }
 
-    /// Masks by trainable name (`pet.<i>.<name>`).
+    /// Masks by trainable name (`pet.<type@site>:<name>`).
     pub fn masks(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
-        for (i, m) in self.modules.iter().enumerate() {
+        for (m, key) in self.modules.iter().zip(self.module_keys()) {
             for (name, t) in m.masks() {
-                out.push((format!("pet.{i}.{name}"), t));
+                out.push((format!("pet.{key}:{name}"), t));
             }
         }
         out
@@ -323,7 +402,7 @@ impl PetModel {
         self.modules.iter().map(|m| live_parameters(m.as_ref())).sum()
     }
 
-    /// Trainable parameters of the head (the pre-trained pooler is frozen and not counted).
+    /// Trainable parameters of the head (a pre-trained dense layer is frozen and not counted).
     pub fn head_parameters(&self) -> i64 {
         self.head.as_ref().map_or(0, |h| h.params.iter().map(|(_, t)| t.numel() as i64).sum())
     }

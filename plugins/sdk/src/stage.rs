@@ -28,6 +28,11 @@ pub trait Stage: Send + Sync {
     fn external_inputs(&self, _options: &Value) -> Result<String> {
         Ok(String::new())
     }
+    /// Checks what only the files its options name can tell (a model folder that would not
+    /// load), for `petnas validate`: before anything runs, and without reading much.
+    fn check(&self, _options: &Value) -> Result<()> {
+        Ok(())
+    }
     fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact>;
 }
 
@@ -78,6 +83,9 @@ impl<S: Stage> Stage for CatchPanics<S> {
     }
     fn external_inputs(&self, options: &Value) -> Result<String> {
         caught(&format!("stage `{}`", self.0.kind()), || self.0.external_inputs(options))
+    }
+    fn check(&self, options: &Value) -> Result<()> {
+        caught(&format!("stage `{}`", self.0.kind()), || self.0.check(options))
     }
     fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
         caught(&format!("stage `{}`", self.0.kind()), || self.0.run(ctx, inputs))

@@ -113,7 +113,14 @@ mod tests {
     #[test]
     fn best_parameters_come_back_in_the_optimizers_order() {
         // The optimizer's order (PET modules, then the head) is neither the file's nor by name.
-        let names = ["pet.1.B", "pet.1.A", "pet.0.B", "pet.0.A", "head.dense.weight", "head.classifier.bias"];
+        let names = [
+            "pet.lora@b:B",
+            "pet.lora@b:A",
+            "pet.lora@a:B",
+            "pet.lora@a:A",
+            "head.dense.weight",
+            "head.classifier.bias",
+        ];
         let params =
             names.iter().enumerate().map(|(i, n)| (n.to_string(), Tensor::from_slice(&[i as f32]))).collect();
         let mut opt = AdamW::new(params, 0.0);

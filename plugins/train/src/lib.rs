@@ -140,7 +140,7 @@ impl Stage for Fit {
         let data = inputs.one(kinds::DATASET)?;
         let info = DatasetInfo::from_artifact(data)?;
         let mut model = PetModel::load(inputs.one(kinds::MODEL)?, ctx.services(), ctx.device, true)?;
-        model.ensure_head(info.num_labels(), info.regression, derive_seed(ctx.seed, "head"));
+        model.ensure_head(info.num_labels(), info.regression, derive_seed(ctx.seed, "head"))?;
         if let Some(p) = o.dropout {
             model.training_dropout = Some(p);
         }
