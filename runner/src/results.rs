@@ -125,12 +125,13 @@ pub fn collect(dirs: &[PathBuf]) -> Result<Vec<Evaluated>> {
 }
 
 /// The (cell, stage) pairs that the pipeline's last run had, from its run.json: folders an
-/// earlier version of the pipeline left behind are not its results. None when run.json lists
-/// no stages.
+/// earlier version of the pipeline left behind are not its results. None while a run is in
+/// progress (its record lists stages when it ends; the stages done so far are reported) or
+/// when run.json lists none.
 fn stages_of_last_run(pipeline_dir: &Path) -> Option<std::collections::BTreeSet<(String, String)>> {
     let run: Value =
         serde_json::from_str(&std::fs::read_to_string(pipeline_dir.join("run.json")).ok()?).ok()?;
-    let stages = run["stages"].as_array()?;
+    let stages = run["stages"].as_array().filter(|s| !s.is_empty() && run["status"] != "running")?;
     Some(
         stages
             .iter()
