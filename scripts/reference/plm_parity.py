@@ -8,10 +8,23 @@ Run from the repository root after set-up, with transformers in the project's ve
 Writes tests/fixtures/plm/:
   minilm_cases.json, minilm_hidden.safetensors   the default model (models/all-MiniLM-L6-v2):
                                                  token ids and last hidden states
-  tiny-roberta/                                  a small randomly initialised RoBERTa checkpoint
-                                                 (byte-level BPE tokenizer trained here on SST-2
-                                                 sentences), saved by transformers
-  roberta_cases.json, roberta_hidden.safetensors its reference outputs
+  tiny-<family>/                                 small randomly initialised checkpoints saved by
+                                                 transformers, each with its family's tokenizer
+                                                 trained here on SST-2 sentences:
+                                                   roberta     byte-level BPE (tokenizer.json)
+                                                   distilbert  WordPiece (tokenizer.json)
+                                                   electra     WordPiece (vocab.txt only: the
+                                                               slow tokenizer's files), a
+                                                               narrower embedding projected up
+                                                   deberta-v3  Unigram with Metaspace
+                                                               (tokenizer.json); relative
+                                                               attention in log buckets, shared
+                                                               keys, no absolute positions
+                                                   deberta-v2  its own position projections,
+                                                               no buckets, absolute positions
+                                                               and token types, a projected
+                                                               embedding
+  <family>_cases.json, <family>_hidden.safetensors  their reference outputs
 """
 import json
 import sys
@@ -19,8 +32,10 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers, decoders
-from transformers import AutoModel, AutoTokenizer, RobertaConfig, RobertaModel, RobertaTokenizerFast
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import (AutoModel, AutoTokenizer, DebertaV2Config, DebertaV2Model, DebertaV2TokenizerFast,
+                          DistilBertConfig, DistilBertModel, DistilBertTokenizerFast, ElectraConfig, ElectraModel,
+                          ElectraTokenizer, RobertaConfig, RobertaModel, RobertaTokenizerFast)
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "tests" / "fixtures" / "plm"
@@ -59,15 +74,16 @@ def reference(model_dir: Path, prefix: str) -> None:
             batch = tokenizer.pad(encodings, return_tensors="pt")
         else:
             batch = tokenizer(first, truncation=True, max_length=case["max_len"], padding=True, return_tensors="pt")
-        if "token_type_ids" not in batch:
-            batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
+        # Families whose tokenizer gives no token types (DistilBERT) record none: the model
+        # reads none.
+        token_types = batch["token_type_ids"].tolist() if "token_type_ids" in batch else None
         with torch.no_grad():
             out = model(**batch).last_hidden_state
         cases.append({
             "max_len": case["max_len"],
             "inputs": case["inputs"],
             "input_ids": batch["input_ids"].tolist(),
-            "token_type_ids": batch["token_type_ids"].tolist(),
+            "token_type_ids": token_types,
             "attention_mask": batch["attention_mask"].tolist(),
         })
         hidden[f"case{i}"] = out.contiguous()
@@ -101,11 +117,117 @@ def tiny_roberta(target: Path) -> None:
     tokenizer.save_pretrained(target)
 
 
+def training_text() -> list:
+    return sst2_sentences(2000) + [c[0] for case in CASES for c in case["inputs"]] + \
+        [c[1] for case in CASES for c in case["inputs"] if c[1]]
+
+
+def wordpiece(special: list) -> Tokenizer:
+    """A lower-casing WordPiece tokenizer with BERT's template, as BERT-style families use."""
+    wp = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    wp.normalizer = normalizers.BertNormalizer(lowercase=True)
+    wp.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    wp.decoder = decoders.WordPiece()
+    wp.train_from_iterator(training_text(), trainers.WordPieceTrainer(vocab_size=300, special_tokens=special))
+    cls, sep = wp.token_to_id("[CLS]"), wp.token_to_id("[SEP]")
+    wp.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    return wp
+
+
+BERT_SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def save(model, tokenizer, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(target, safe_serialization=True)
+    tokenizer.save_pretrained(target)
+
+
+def tiny_distilbert(target: Path) -> None:
+    wp = wordpiece(BERT_SPECIAL)
+    tokenizer = DistilBertTokenizerFast(tokenizer_object=wp, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
+                                        cls_token="[CLS]", mask_token="[MASK]", model_max_length=64)
+    config = DistilBertConfig(vocab_size=wp.get_vocab_size(), dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+                              max_position_embeddings=64, pad_token_id=0)
+    torch.manual_seed(1)
+    save(DistilBertModel(config), tokenizer, target)
+
+
+def tiny_electra(target: Path) -> None:
+    wp = wordpiece(BERT_SPECIAL)
+    target.mkdir(parents=True, exist_ok=True)
+    # Only the slow tokenizer's files: vocab.txt, read as ELECTRA's vocabulary.
+    vocab = sorted(wp.get_vocab().items(), key=lambda kv: kv[1])
+    (target / "vocab.txt").write_text("".join(f"{token}\n" for token, _ in vocab))
+    tokenizer = ElectraTokenizer(vocab_file=str(target / "vocab.txt"), model_max_length=64)
+    config = ElectraConfig(vocab_size=len(vocab), embedding_size=16, hidden_size=32, num_hidden_layers=2,
+                           num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(2)
+    model = ElectraModel(config)
+    model.save_pretrained(target, safe_serialization=True)
+    tokenizer.save_pretrained(target)
+    (target / "tokenizer.json").unlink(missing_ok=True)
+
+
+def unigram(special: list) -> Tokenizer:
+    """A SentencePiece-style Unigram tokenizer with DeBERTa's template."""
+    ug = Tokenizer(models.Unigram())
+    ug.normalizer = normalizers.Sequence([normalizers.Replace("``", '"'), normalizers.Replace("''", '"')])
+    ug.pre_tokenizer = pre_tokenizers.Metaspace()
+    ug.decoder = decoders.Metaspace()
+    ug.train_from_iterator(training_text(), trainers.UnigramTrainer(vocab_size=300, special_tokens=special, unk_token="[UNK]"))
+    cls, sep = ug.token_to_id("[CLS]"), ug.token_to_id("[SEP]")
+    ug.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    return ug
+
+
+def deberta_tokenizer() -> DebertaV2TokenizerFast:
+    ug = unigram(["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"])
+    return DebertaV2TokenizerFast(tokenizer_object=ug, bos_token="[CLS]", eos_token="[SEP]", unk_token="[UNK]",
+                                  sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]",
+                                  model_max_length=64)
+
+
+def tiny_deberta_v3(target: Path) -> None:
+    tokenizer = deberta_tokenizer()
+    config = DebertaV2Config(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                             intermediate_size=64, max_position_embeddings=64, type_vocab_size=0,
+                             relative_attention=True, position_buckets=8, max_relative_positions=16,
+                             norm_rel_ebd="layer_norm", share_att_key=True, pos_att_type=["p2c", "c2p"],
+                             position_biased_input=False, pad_token_id=0, layer_norm_eps=1e-7)
+    torch.manual_seed(3)
+    save(DebertaV2Model(config), tokenizer, target)
+
+
+def tiny_deberta_v2(target: Path) -> None:
+    tokenizer = deberta_tokenizer()
+    config = DebertaV2Config(vocab_size=len(tokenizer), hidden_size=32, embedding_size=24, num_hidden_layers=2,
+                             num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
+                             type_vocab_size=2, relative_attention=True, position_buckets=-1,
+                             max_relative_positions=8, share_att_key=False, pos_att_type="c2p|p2c",
+                             position_biased_input=True, pad_token_id=0, layer_norm_eps=1e-7)
+    torch.manual_seed(4)
+    save(DebertaV2Model(config), tokenizer, target)
+
+
+FAMILIES = {
+    "roberta": tiny_roberta,
+    "distilbert": tiny_distilbert,
+    "electra": tiny_electra,
+    "deberta-v3": tiny_deberta_v3,
+    "deberta-v2": tiny_deberta_v2,
+}
+
+
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     reference(ROOT / "models" / "all-MiniLM-L6-v2", "minilm")
-    tiny_roberta(OUT / "tiny-roberta")
-    reference(OUT / "tiny-roberta", "roberta")
+    for family, make in FAMILIES.items():
+        target = OUT / f"tiny-{family}"
+        make(target)
+        reference(target, family.replace("-", "_"))
     return 0
 
 
