@@ -4,11 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use petnas_e2e::{glue_fixtures, registry, tiny_model, Scratch};
-use petnas_sdk::model::Batch;
 use petnas_sdk::pet_model::PetModel;
 use petnas_sdk::Artifact;
 use serde_json::{json, Value};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 fn export(pets: &str) -> (Scratch, PathBuf) {
     let s = Scratch::new();
@@ -34,28 +33,10 @@ stages:
     (s, dir)
 }
 
-fn check(dir: &Path) -> (Batch, Tensor) {
-    let check: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("check.json")).unwrap()).unwrap();
-    let matrix = |key: &str, kind: Kind| {
-        let rows: Vec<Vec<f64>> = serde_json::from_value(check[key].clone()).unwrap();
-        let (n, m) = (rows.len() as i64, rows[0].len() as i64);
-        Tensor::from_slice(&rows.concat()).view([n, m]).to_kind(kind)
-    };
-    let batch = Batch {
-        input_ids: matrix("input_ids", Kind::Int64),
-        token_type_ids: matrix("token_type_ids", Kind::Int64),
-        attention_mask: matrix("attention_mask", Kind::Int64),
-        labels: None,
-        rows: vec![],
-    };
-    (batch, matrix("logits", Kind::Float))
-}
-
 fn assert_same_logits(model: &PetModel, dir: &Path, what: &str) {
-    let (batch, want) = check(dir);
-    let got = tch::no_grad(|| model.logits(&batch, None).unwrap());
-    let diff = (got - want).abs().max().double_value(&[]);
+    let check = petnas_e2e::export_check(dir);
+    let got = tch::no_grad(|| model.logits(&check.batch, None).unwrap());
+    let diff = (got - check.logits).abs().max().double_value(&[]);
     assert!(diff < 1e-5, "{what}: logits differ by {diff}");
 }
 

@@ -108,3 +108,31 @@ pub fn registry() -> &'static petnas::plugins::Registry {
     static REGISTRY: std::sync::OnceLock<petnas::plugins::Registry> = std::sync::OnceLock::new();
     REGISTRY.get_or_init(|| petnas::plugins::Registry::load(&[build_dir()]))
 }
+
+/// What `pet.export` saved to check its exports against: a few dev examples and the logits
+/// petnas gave them.
+pub struct ExportCheck {
+    pub batch: petnas_sdk::model::Batch,
+    pub logits: tch::Tensor,
+}
+
+pub fn export_check(dir: &Path) -> ExportCheck {
+    use tch::{Kind, Tensor};
+    let check: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("check.json")).expect("check.json")).unwrap();
+    let matrix = |key: &str, kind: Kind| {
+        let rows: Vec<Vec<f64>> = serde_json::from_value(check[key].clone()).unwrap();
+        let (n, m) = (rows.len() as i64, rows[0].len() as i64);
+        Tensor::from_slice(&rows.concat()).view([n, m]).to_kind(kind)
+    };
+    ExportCheck {
+        batch: petnas_sdk::model::Batch {
+            input_ids: matrix("input_ids", Kind::Int64),
+            token_type_ids: matrix("token_type_ids", Kind::Int64),
+            attention_mask: matrix("attention_mask", Kind::Int64),
+            labels: None,
+            rows: vec![],
+        },
+        logits: matrix("logits", Kind::Float),
+    }
+}

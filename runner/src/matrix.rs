@@ -365,6 +365,25 @@ pub fn resolve(node: &Node, cell: &Cell) -> Json {
     }
 }
 
+/// The node with the cell's values put in, positions kept (for checks that read nodes).
+pub fn resolve_node(node: &Node, cell: &Cell) -> Node {
+    let value = match &node.value {
+        Value::Str(s) if s.contains("${") => match resolve(node, cell) {
+            Json::String(text) => Value::Str(text),
+            Json::Bool(b) => Value::Bool(b),
+            Json::Number(n) if n.is_i64() => Value::Int(n.as_i64().unwrap_or_default()),
+            Json::Number(n) => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+            _ => node.value.clone(),
+        },
+        Value::Seq(items) => Value::Seq(items.iter().map(|n| resolve_node(n, cell)).collect()),
+        Value::Map(entries) => {
+            Value::Map(entries.iter().map(|(k, p, n)| (k.clone(), *p, resolve_node(n, cell))).collect())
+        }
+        other => other.clone(),
+    };
+    Node { pos: node.pos, value }
+}
+
 enum InterpolationError {
     UnknownAxis(String),
     Syntax(String),

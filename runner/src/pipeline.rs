@@ -676,6 +676,15 @@ fn check_options(
                 } else if let Some(e) = non_finite(value, file) {
                     errors.push(e.with_message(|m| format!("option `{key}` of stage `{}`: {m}", stage.id)));
                     unresolved.push(key.as_str());
+                } else if spec.ty == OptType::Pets && node_has_reference(value) {
+                    // Checked in every cell, with its values put in (`type: '${matrix.pet}'`).
+                    let before = errors.len();
+                    for cell in cells.iter().zip(runs_in).filter(|(_, runs)| **runs).map(|(c, _)| c) {
+                        check_pets(&matrix::resolve_node(value, cell), registry, file, errors);
+                        if errors.len() > before {
+                            break;
+                        }
+                    }
                 } else if spec.ty == OptType::Pets {
                     check_pets(value, registry, file, errors);
                 }

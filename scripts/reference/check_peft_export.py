@@ -18,7 +18,8 @@ from transformers import AutoModelForSequenceClassification
 
 def logits_of(model, check):
     batch = {k: torch.tensor(check[k], dtype=torch.long) for k in ("input_ids", "attention_mask")}
-    if model.config.model_type == "bert":
+    # Token types where the family embeds them (BERT, ELECTRA, DeBERTa with type_vocab_size).
+    if getattr(model.config, "type_vocab_size", 0) > 1:
         batch["token_type_ids"] = torch.tensor(check["token_type_ids"], dtype=torch.long)
     with torch.no_grad():
         return model.eval()(**batch).logits

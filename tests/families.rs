@@ -1,0 +1,117 @@
+//! Every model family through the binary, on the tiny checkpoints transformers saved: each
+//! PET type attaches by its defaults and trains, the search runs and reports in the family's
+//! own module names, and exports read back give the same logits.
+use std::path::Path;
+
+use petnas_e2e::{glue_fixtures, registry, workspace, Scratch};
+use petnas_sdk::model::Role;
+use petnas_sdk::pet_model::PetModel;
+use petnas_sdk::Artifact;
+use tch::Device;
+
+const FAMILIES: [&str; 5] = ["roberta", "distilbert", "electra", "deberta-v3", "deberta-v2"];
+
+fn fixture(family: &str) -> String {
+    workspace().join(format!("tests/fixtures/plm/tiny-{family}")).display().to_string()
+}
+
+#[test]
+fn every_pet_type_attaches_by_its_defaults_and_trains_on_every_family() {
+    let s = Scratch::new();
+    s.write(
+        "p.yaml",
+        &format!(
+            "name: families
+defaults: {{seed: 1, threads: 1}}
+matrix:
+  family: [{families}]
+  pet: [lora, bitfit, adapter, ia3, full]
+stages:
+  model: {{use: plm.load, with: {{model: '{root}/tiny-${{matrix.family}}'}}}}
+  data: {{use: glue.load, needs: [model], with: {{task: rte, dir: '{glue}', max_len: 32, max_train_examples: 32}}}}
+  pets: {{use: pet.attach, needs: [model], with: {{pets: [{{type: '${{matrix.pet}}'}}]}}}}
+  fit: {{use: train.fit, needs: [pets, data], with: {{max_steps: 3, batch_size: 16, lr: 0.01}}}}
+  evaluate: {{use: glue.evaluate, needs: [fit, data]}}
+",
+            families = FAMILIES.join(", "),
+            root = workspace().join("tests/fixtures/plm").display(),
+            glue = glue_fixtures()
+        ),
+    );
+    let run = s.petnas(&["run", "p.yaml", "--jobs", "2"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    for family in FAMILIES {
+        for pet in ["lora", "bitfit", "adapter", "ia3", "full"] {
+            let cell = format!("family={family},pet={pet}");
+            let metrics = s.read_json(&s.stage_dir("families", &cell, "evaluate").join("metrics.json"));
+            assert!(metrics["parameters"]["pet"].as_i64().unwrap() > 0, "{cell}: {metrics}");
+            // The defaults mean the same thing on every family: LoRA on the query and
+            // value projections, whatever the family calls them.
+            if pet == "lora" {
+                let fit = Artifact::read(&s.stage_dir("families", &cell, "fit"), Device::Cpu).unwrap();
+                let model = PetModel::load(&fit, registry(), Device::Cpu, false).unwrap();
+                let roles: Vec<Role> = model.modules.iter().map(|m| m.site().role).collect();
+                assert!(roles.iter().all(|r| matches!(r, Role::Query | Role::Value)), "{cell}: {roles:?}");
+                assert_eq!(roles.len(), 2 * model.backbone.info().num_layers as usize, "{cell}");
+            }
+        }
+    }
+}
+
+fn search_pipeline(family: &str) -> String {
+    format!(
+        "name: search
+defaults: {{seed: 2, threads: 1}}
+stages:
+  model: {{use: plm.load, with: {{model: '{model}'}}}}
+  data: {{use: glue.load, needs: [model], with: {{task: mrpc, dir: '{glue}', max_len: 32, max_train_examples: 48}}}}
+  supernet: {{use: nas.build_supernet, needs: [model], with: {{pets: [{{type: lora, targets: all-linear, rank: 4, init: balanced}}]}}}}
+  warm: {{use: train.fit, needs: [supernet, data], with: {{max_steps: 4, batch_size: 16, lr: 0.005}}}}
+  structured: {{use: nas.prune_structured, needs: [warm, data], with: {{budget: 1500, rounds: 2, train_steps: 2, score_batches: 2}}}}
+  unstructured: {{use: nas.prune_unstructured, needs: [structured, data], with: {{budget: 1000, score_batches: 2}}}}
+  retrain: {{use: train.fit, needs: [unstructured, data], with: {{max_steps: 4, batch_size: 16, lr: 0.01, reinit: true}}}}
+  report: {{use: nas.report, needs: [retrain]}}
+  export: {{use: pet.export, needs: [structured, data]}}
+",
+        model = fixture(family),
+        glue = glue_fixtures()
+    )
+}
+
+/// The exported PEFT adapter and merged checkpoint, read back into petnas, give the logits
+/// petnas saved beside them (`check.json`).
+fn assert_exports_match(dir: &Path) {
+    let check = petnas_e2e::export_check(dir);
+    let saved = Artifact::read(&dir.join("model"), Device::Cpu).unwrap();
+    let model = PetModel::load(&saved, registry(), Device::Cpu, false).unwrap();
+    let got = tch::no_grad(|| model.logits(&check.batch, None).unwrap());
+    let diff = (got - &check.logits).abs().max().double_value(&[]);
+    assert!(diff < 1e-5, "{}: the model artifact gives other logits ({diff})", dir.display());
+    assert!(
+        dir.join("merged/model.safetensors").exists() && dir.join("peft/adapter_model.safetensors").exists()
+    );
+}
+
+#[test]
+fn the_search_runs_on_deberta_and_distilbert_and_reports_their_module_names() {
+    for (family, columns) in [
+        ("deberta-v3", ["attention.self.query_proj", "attention.self.value_proj", "intermediate.dense"]),
+        ("distilbert", ["attention.q_lin", "attention.v_lin", "ffn.lin1"]),
+    ] {
+        let s = Scratch::new();
+        s.write("p.yaml", &search_pipeline(family));
+        let run = s.petnas(&["run", "p.yaml"]);
+        assert_eq!(run.code, 0, "{family}: {}{}", run.stdout, run.stderr);
+        let architecture = s.read_json(&s.stage_dir("search", "default", "report").join("architecture.json"));
+        assert_eq!(architecture["parameters"], 1000, "{family}: the unstructured budget is exact");
+        let svg =
+            std::fs::read_to_string(s.stage_dir("search", "default", "report").join("heatmap.svg")).unwrap();
+        for column in columns {
+            assert!(svg.contains(column), "{family}: the heatmap has a column `{column}`");
+        }
+        let layers: Vec<i64> =
+            architecture["modules"].as_array().unwrap().iter().filter_map(|m| m["layer"].as_i64()).collect();
+        assert!(!layers.is_empty() && layers.iter().all(|l| (0..2).contains(l)), "{family}: {layers:?}");
+        assert_exports_match(&s.stage_dir("search", "default", "export").join("export"));
+    }
+}
