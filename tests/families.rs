@@ -115,3 +115,25 @@ fn the_search_runs_on_deberta_and_distilbert_and_reports_their_module_names() {
         assert_exports_match(&s.stage_dir("search", "default", "export").join("export"));
     }
 }
+
+#[test]
+fn the_encoder_recipe_runs_on_the_tiny_deberta_as_committed() {
+    let s = Scratch::new();
+    let runs = s.path().join("runs");
+    let run = std::process::Command::new(petnas_e2e::petnas_bin())
+        .args(["run", "pipelines/encoders/lora-vs-search.yaml", "--jobs", "2", "--runs-dir"])
+        .arg(&runs)
+        .current_dir(workspace())
+        .env("CI", "1")
+        .env_remove("PETNAS_PLUGIN_PATH")
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    for task in ["mrpc", "stsb"] {
+        for method in ["lora", "s_lora"] {
+            let metrics =
+                s.read_json(&runs.join(format!("encoders-lora-vs-search/task={task}/{method}/metrics.json")));
+            assert!(metrics["value"].as_f64().is_some_and(f64::is_finite), "{task}/{method}: {metrics}");
+        }
+    }
+}
