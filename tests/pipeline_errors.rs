@@ -238,7 +238,7 @@ fn plan_prints_every_cell_and_stage() {
 fn every_committed_pipeline_validates() {
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut files = Vec::new();
-    for dir in ["pipelines", "pipelines/baselines", "pipelines/nas"] {
+    for dir in ["pipelines", "pipelines/baselines", "pipelines/nas", "pipelines/encoders"] {
         for entry in std::fs::read_dir(root.join(dir)).unwrap().flatten() {
             if entry.path().extension().is_some_and(|e| e == "yaml")
                 && !entry.path().to_string_lossy().ends_with(".baseline.yaml")
@@ -250,7 +250,174 @@ fn every_committed_pipeline_validates() {
     assert!(files.len() >= 12, "{files:?}");
     let s = Scratch::new();
     for file in files {
-        let run = s.petnas(&["validate", file.to_str().unwrap()]);
-        assert_eq!(run.code, 0, "{}: {}", file.display(), run.stderr);
+        // From the repository's root, where their model paths lead, with the GLUE samples
+        // (every task's files) where they read $GLUE_DIR: validation opens both.
+        let run = s
+            .command(&["validate", file.to_str().unwrap()])
+            .current_dir(&root)
+            .env("GLUE_DIR", petnas_e2e::glue_fixtures())
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{}: {}", file.display(), String::from_utf8_lossy(&run.stderr));
+    }
+}
+
+/// A pipeline on the tiny RoBERTa and the GLUE samples with `stage` changed as given.
+fn model_pipeline(data: &str, pets: &str, fit: &str) -> String {
+    format!(
+        "name: checks
+stages:
+  model: {{use: plm.load, with: {{model: '{model}'}}}}
+  data: {{use: glue.load, needs: [model], with: {{task: mrpc, dir: '{glue}', {data}}}}}
+  pets: {{use: pet.attach, needs: [model], with: {{pets: [{pets}]}}}}
+  fit: {{use: train.fit, needs: [pets, data], with: {{{fit}}}}}
+  cut: {{use: nas.prune_structured, needs: [fit, data], with: {{budget: 100}}}}
+",
+        model = petnas_e2e::tiny_model(),
+        glue = petnas_e2e::glue_fixtures()
+    )
+}
+
+#[test]
+fn what_a_pipeline_can_get_wrong_is_caught_by_validate() {
+    let ok = ("max_len: 32", "{type: lora}", "epochs: 1");
+    let cases: &[((&str, &str, &str), &str)] = &[
+        (
+            ("max_len: 32", "{type: lora, rank: 0}", ok.2),
+            "option `rank` of PET type `lora`: must be in [1, 4096], got 0",
+        ),
+        (
+            ("max_len: 32", "{type: lora, rank: 9223372036854775807}", ok.2),
+            "must be in [1, 4096], got 9223372036854775807",
+        ),
+        (
+            ("max_len: 32", "{type: lora, rank: 1e9}", ok.2),
+            "option `rank` of PET type `lora`: expected integer, found number `1000000000.0`",
+        ),
+        (
+            ("max_len: 32", "{type: lora, rank_pattern: {query: 0, value: -3}}", ok.2),
+            "option `rank_pattern` of PET type `lora`: `query`: must be in [1, 4096], got 0",
+        ),
+        (
+            ("max_len: 32", "{type: lora, rank_pattern: {query: 2.9}}", ok.2),
+            "`query`: expected integer, found number `2.9`",
+        ),
+        (
+            ("max_len: 32", "{type: lora, alpha_pattern: {query: sixteen}}", ok.2),
+            "`query`: expected number, found string `sixteen`",
+        ),
+        (
+            ("max_len: 32", "{type: lora, r: 8}", ok.2),
+            "`r` is what PEFT or transformers call it; petnas calls it `rank`",
+        ),
+        (("max_len: 32", "{type: lora, lora_alpha: 16}", ok.2), "petnas calls it `alpha`"),
+        (
+            ("max_len: 32", "{type: lora, target_modules: [query]}", ok.2),
+            "`target_modules` is what PEFT calls it; petnas calls it `targets`",
+        ),
+        (
+            ("max_len: 32", "{type: lora, targets: 're:nothing.*'}", ok.2),
+            "no site of the model matches targets [\"re:nothing.*\"] for PET type `lora`",
+        ),
+        (
+            ("max_len: 32", "{type: lora, targets: 'role:quary'}", ok.2),
+            "target pattern `role:quary` names no role",
+        ),
+        (
+            ("max_len: 32", ok.1, "batch_size: 0"),
+            "option `batch_size` of stage `fit`: must be in [1, 65536], got 0",
+        ),
+        (
+            ("max_len: 32", ok.1, "epochs: -1"),
+            "option `epochs` of stage `fit`: must be in (0, 10000], got -1",
+        ),
+        (
+            ("max_len: 32", ok.1, "max_steps: 0"),
+            "option `max_steps` of stage `fit`: must be at least 1, got 0",
+        ),
+        (("max_len: 32", ok.1, "lr: -1"), "option `lr` of stage `fit`: must be at least 0, got -1"),
+        (
+            ("max_len: 32", ok.1, "warmup_ratio: 2"),
+            "option `warmup_ratio` of stage `fit`: must be in [0, 1), got 2",
+        ),
+        (
+            ("max_len: 32", ok.1, "dropout: 1.5"),
+            "option `dropout` of stage `fit`: must be in [0, 1), got 1.5",
+        ),
+        (("max_len: 32", ok.1, "lr: .nan"), "option `lr` of stage `fit`: `NaN` is not a finite number"),
+        (
+            ("max_len: 32", ok.1, "learning_rate: 0.1"),
+            "`learning_rate` is what PEFT or transformers call it; petnas calls it `lr`",
+        ),
+        (("max_len: 32", ok.1, "num_train_epochs: 3"), "petnas calls it `epochs`"),
+        (("max_len: 0", ok.1, ok.2), "option `max_len` of stage `data`: must be in [4, 65536], got 0"),
+        (("max_len: 1024", ok.1, ok.2), "`max_len` 1024 is more than the model's 64 positions; at most 64"),
+        (
+            ("max_len: 32, max_train_examples: 0", ok.1, ok.2),
+            "option `max_train_examples` of stage `data`: must be at least 1, got 0",
+        ),
+    ];
+    for ((data, pets, fit), expected) in cases {
+        assert_has(&rejected(&model_pipeline(data, pets, fit)), expected);
+    }
+    let (data, pets, fit) = ok;
+    let valid = model_pipeline(data, pets, fit);
+    for (change, expected) in [
+        ("budget: 100}", "set one of `budget`, `budget_percent`, not `budget`, `budget_percent`"),
+        ("budget: -5}", "option `budget` of stage `cut`: must be at least 0, got -5"),
+    ] {
+        let text = valid.replace(
+            "budget: 100}",
+            &if change.starts_with("budget: 100") {
+                "budget: 100, budget_percent: 1}".to_string()
+            } else {
+                change.to_string()
+            },
+        );
+        assert_has(&rejected(&text), expected);
+    }
+    let elsewhere = |from: &str, to: &str| rejected(&valid.replace(from, to));
+    assert_has(
+        &elsewhere(&petnas_e2e::tiny_model(), "/no/such/model"),
+        "stage `model` (plm.load): model folder `/no/such/model` not found",
+    );
+    assert_has(&elsewhere("name: checks", &format!("name: {}", "n".repeat(300))), "at most 100 of them");
+    assert_has(
+        &elsewhere("task: mrpc", "task: MRPC, splits: [tain]"),
+        "mrpc has no split `tain` (splits: train, dev, test)",
+    );
+    let s = Scratch::new();
+    s.write("p.yaml", &valid.replace("task: mrpc", "task: SST-2"));
+    assert_eq!(s.petnas(&["validate", "p.yaml"]).code, 0, "task names in any case and GLUE's spelling");
+    if !tch::Cuda::is_available() {
+        assert_has(
+            &elsewhere("name: checks", "name: checks\ndefaults: {device: cuda}"),
+            "device cuda:0 requested, but CUDA is not available on this machine",
+        );
+    }
+    // A matrix whose cells are counted before they are made, and seeds that are seeds.
+    let axis = "[a, b, c, d, e, f, g, h, i, j]";
+    let huge = format!(
+        "name: huge\nmatrix:\n{}stages:\n  data: {{use: demo.data}}\n",
+        (0..9).map(|i| format!("  x{i}: {axis}\n")).collect::<String>()
+    );
+    assert_has(&rejected(&huge), "the matrix has 1000000000 cells before `exclude`; at most 100000 are run");
+    assert_has(
+        &rejected("name: s\nmatrix:\n  seed: [abc, -1, 1.5]\nstages:\n  data: {use: demo.data}\n"),
+        "a seed is a non-negative integer, found string `abc`",
+    );
+    assert_has(
+        &rejected("name: t\ndefaults: {threads: 100000}\nstages:\n  data: {use: demo.data}\n"),
+        "`threads` must be an integer from 0 (one per core) to 1024",
+    );
+    // The runner's own files are not outputs.
+    for name in ["outputs.json", "stage.json", "log.jsonl", "outputs.safetensors", "./outputs.json"] {
+        let text = valid.replace(
+            "  cut:",
+            &format!(
+                "  predict: {{use: glue.predict, needs: [fit, data], with: {{file: '{name}'}}}}\n  cut:"
+            ),
+        );
+        assert_has(&rejected(&text), "is the runner's own");
     }
 }

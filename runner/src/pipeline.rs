@@ -355,10 +355,14 @@ fn parse_stages(
         })
         .collect();
     check_needs_run(&raw, &runs_in, cells, file, errors);
-    order
+    // Stages whose options are wrong are not checked against their files: that error says
+    // enough.
+    let mut unchecked: Vec<String> = Vec::new();
+    let stages: Vec<StageDecl> = order
         .into_iter()
         .map(|i| {
             let stage = &raw[i];
+            let before = errors.len();
             let options = match (&stage.kind, registry.stage(stage.kind.as_deref().unwrap_or(""))) {
                 (Some(_), Some((kind, _))) => check_options(
                     stage,
@@ -373,6 +377,9 @@ fn parse_stages(
                 ),
                 _ => Vec::new(),
             };
+            if errors.len() != before {
+                unchecked.push(stage.id.clone());
+            }
             StageDecl {
                 id: stage.id.clone(),
                 pos: stage.pos,
@@ -382,7 +389,70 @@ fn parse_stages(
                 options,
             }
         })
-        .collect()
+        .collect();
+    if errors.is_empty() {
+        check_files(&stages, &raw, registry, cells, &unchecked, file, errors);
+    }
+    stages
+}
+
+/// What only the files a pipeline names, and the models they hold, can tell — a model folder
+/// that would not load, a GLUE folder without the task, targets that match no site of the
+/// model a stage is handed: each stage kind's own check, in every cell, in dependency order,
+/// each handed the descriptions of the outputs it needs (checked once per distinct options
+/// and inputs).
+fn check_files(
+    stages: &[StageDecl],
+    raw: &[RawStage],
+    registry: &Registry,
+    cells: &[Cell],
+    unchecked: &[String],
+    file: &str,
+    errors: &mut Vec<Diagnostic>,
+) {
+    let mut memo: Vec<(usize, Json, Vec<Json>, Json)> = Vec::new();
+    let mut failed: Vec<usize> = Vec::new();
+    for c in 0..cells.len() {
+        let mut described: BTreeMap<&str, Json> = BTreeMap::new();
+        for (s, stage) in stages.iter().enumerate().filter(|(_, st)| st.runs_in[c]) {
+            let Some((kind, _)) = registry.stage(&stage.kind) else { continue };
+            if unchecked.contains(&stage.id) || failed.contains(&s) {
+                continue;
+            }
+            let inputs: Vec<Json> = stage
+                .needs
+                .iter()
+                .map(|n| described.get(n.as_str()).cloned().unwrap_or(Json::Null))
+                .collect();
+            let options = &stage.options[c];
+            let known = memo.iter().find(|(i, o, ins, _)| *i == s && o == options && *ins == inputs);
+            let description = match known {
+                Some((_, _, _, d)) => d.clone(),
+                None => match kind.check(options, &inputs, registry) {
+                    Ok(d) => {
+                        memo.push((s, options.clone(), inputs, d.clone()));
+                        d
+                    }
+                    Err(e) => {
+                        let pos = raw.iter().find(|r| r.id == stage.id).map_or(stage.pos, |r| r.use_pos);
+                        let at = if cells.len() > 1 {
+                            format!(" (in cell {})", cells[c].name)
+                        } else {
+                            String::new()
+                        };
+                        errors.push(Diagnostic::at(
+                            file,
+                            pos,
+                            format!("stage `{}` ({}){at}: {e:#}", stage.id, stage.kind),
+                        ));
+                        failed.push(s);
+                        continue;
+                    }
+                },
+            };
+            described.insert(&stage.id, description);
+        }
+    }
 }
 
 /// Wherever a stage runs, the stages it needs run too.

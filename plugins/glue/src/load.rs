@@ -247,6 +247,22 @@ impl Stage for Load {
     fn output_kind(&self) -> &'static str {
         kinds::DATASET
     }
+    fn check(
+        &self,
+        options: &Value,
+        inputs: &[Value],
+        _services: &dyn petnas_sdk::Services,
+    ) -> Result<Value> {
+        self.external_inputs(options)?;
+        let o: LoadOptions = serde_json::from_value(options.clone())?;
+        // A longer sequence than the model's position table would index past it.
+        if let Some(max) = inputs.iter().find_map(|i| i["backbone"]["info"]["max_tokens"].as_i64()) {
+            if o.max_len as i64 > max {
+                bail!("`max_len` {} is more than the model's {max} positions; at most {max}", o.max_len);
+            }
+        }
+        Ok(Value::Null)
+    }
     fn external_inputs(&self, options: &Value) -> Result<String> {
         let o: LoadOptions = serde_json::from_value(options.clone())?;
         let task = task(&o.task)?;

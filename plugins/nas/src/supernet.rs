@@ -49,6 +49,10 @@ impl Stage for BuildSupernet {
     fn output_kind(&self) -> &'static str {
         kinds::MODEL
     }
+    fn check(&self, options: &Value, inputs: &[Value], services: &dyn petnas_sdk::Services) -> Result<Value> {
+        let o: SupernetOptions = serde_json::from_value(options.clone())?;
+        petnas_sdk::pet_model::check_pets(&o.pets, inputs, services)
+    }
     fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
         let o: SupernetOptions = ctx.options()?;
         let mut model = PetModel::load(inputs.one(kinds::MODEL)?, ctx.services(), ctx.device, true)?;

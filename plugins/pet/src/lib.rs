@@ -43,6 +43,10 @@ impl Stage for Attach {
     fn output_kind(&self) -> &'static str {
         kinds::MODEL
     }
+    fn check(&self, options: &Value, inputs: &[Value], services: &dyn petnas_sdk::Services) -> Result<Value> {
+        let o: AttachOptions = serde_json::from_value(options.clone())?;
+        petnas_sdk::pet_model::check_pets(&o.pets, inputs, services)
+    }
     fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
         let o: AttachOptions = ctx.options()?;
         let mut model = PetModel::load(inputs.one(kinds::MODEL)?, ctx.services(), ctx.device, true)?;

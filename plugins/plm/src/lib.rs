@@ -97,17 +97,6 @@ fn model_dir(dir: &Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
-impl HfLoader {
-    /// Checks that the folder would load — config, tokenizer, every tensor's name, shape and
-    /// dtype — without reading the weights.
-    pub fn check(&self, dir: &Path) -> Result<()> {
-        let (checkpoint, family) = Checkpoint::open(&model_dir(dir)?)?;
-        let backbone =
-            (family.load)(&checkpoint, &Weights::headers(&checkpoint.dir, family.weight_prefixes)?)?;
-        checkpoint.check_vocabulary(backbone.as_ref())
-    }
-}
-
 impl Checkpoint {
     /// Every id the tokenizer hands out must have a row in the model's embedding table.
     fn check_vocabulary(&self, backbone: &dyn Backbone) -> Result<()> {
@@ -145,6 +134,16 @@ impl BackboneLoader for HfLoader {
         Ok(backbone)
     }
 
+    /// Checks that the folder would load — config, tokenizer, every tensor's name, shape and
+    /// dtype — without reading the weights.
+    fn describe(&self, dir: &Path) -> Result<Arc<dyn Backbone>> {
+        let (checkpoint, family) = Checkpoint::open(&model_dir(dir)?)?;
+        let backbone =
+            (family.load)(&checkpoint, &Weights::headers(&checkpoint.dir, family.weight_prefixes)?)?;
+        checkpoint.check_vocabulary(backbone.as_ref())?;
+        Ok(backbone)
+    }
+
     fn load_tokenizer(&self, dir: &Path) -> Result<Arc<dyn TextEncoder>> {
         let dir = model_dir(dir)?;
         Ok(Arc::new(tokenizer::HfTokenizer::load(&dir, &Config::read(&dir)?)?))
@@ -179,9 +178,15 @@ impl Stage for Load {
     fn output_kind(&self) -> &'static str {
         kinds::MODEL
     }
-    fn check(&self, options: &Value) -> Result<()> {
+    fn check(
+        &self,
+        options: &Value,
+        _inputs: &[Value],
+        _services: &dyn petnas_sdk::Services,
+    ) -> Result<Value> {
         let o: LoadOptions = serde_json::from_value(options.clone())?;
-        HfLoader.check(Path::new(&o.model))
+        let backbone = HfLoader.describe(Path::new(&o.model))?;
+        Ok(json!({"backbone": {"loader": LOADER, "info": backbone.info()}}))
     }
     fn external_inputs(&self, options: &Value) -> Result<String> {
         let o: LoadOptions = serde_json::from_value(options.clone())?;

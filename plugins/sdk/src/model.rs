@@ -282,6 +282,9 @@ pub trait BackboneLoader: Send + Sync {
     fn load(&self, dir: &std::path::Path, device: tch::Device) -> Result<std::sync::Arc<dyn Backbone>>;
     /// Only the tokenizer (no weights read).
     fn load_tokenizer(&self, dir: &std::path::Path) -> Result<std::sync::Arc<dyn TextEncoder>>;
+    /// The backbone as it would load — its sites, head and info — from the files' headers,
+    /// no weights read (its tensors hold no data: not for a forward pass). For validation.
+    fn describe(&self, dir: &std::path::Path) -> Result<std::sync::Arc<dyn Backbone>>;
 }
 
 /// A structured unit of a PET module that pruning removes as a whole: one rank-1 LoRA

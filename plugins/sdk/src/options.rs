@@ -135,7 +135,7 @@ impl Range {
         let below = self.min.is_some_and(|b| if b.inclusive { x < b.value } else { x <= b.value });
         let above = self.max.is_some_and(|b| if b.inclusive { x > b.value } else { x >= b.value });
         if below || above {
-            return Err(format!("must be {}, got {}", self.describe(), number_text(x)));
+            return Err(format!("must be {}, got {value}", self.describe()));
         }
         Ok(())
     }

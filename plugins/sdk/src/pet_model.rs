@@ -284,6 +284,35 @@ impl PetModel {
         }
     }
 
+    /// The sites where `pet_type` would attach for these targets: an error where there are
+    /// none, saying whether no site matches or the type cannot sit where they do.
+    fn sites_for(&self, pet_type: &dyn PetType, targets: &[String]) -> Result<Vec<Site>> {
+        let (mut taken, mut refused) = (Vec::new(), Vec::new());
+        for site in self.sites.values() {
+            if !site_matches(site, targets)? {
+                continue;
+            }
+            if pet_type.can_attach(site) {
+                taken.push(site.clone());
+            } else {
+                refused.push(site.name.as_str());
+            }
+        }
+        if taken.is_empty() && !refused.is_empty() {
+            bail!(
+                "PET type `{}` cannot attach at any of the {} site(s) targets {targets:?} match (e.g. `{}`): it is {}",
+                pet_type.name(),
+                refused.len(),
+                refused[0],
+                pet_type.doc()
+            );
+        }
+        if taken.is_empty() {
+            bail!("no site of the model matches targets {targets:?} for PET type `{}`", pet_type.name());
+        }
+        Ok(taken)
+    }
+
     /// Attaches a module of `pet_type` at every site matching `targets` that the type can
     /// take; returns how many were attached (an error when none).
     pub fn attach(
@@ -294,15 +323,8 @@ impl PetModel {
         seed: u64,
     ) -> Result<usize> {
         let device = self.backbone.device();
-        let (mut attached, mut refused) = (0, Vec::new());
-        for site in self.sites.values() {
-            if !site_matches(site, targets)? {
-                continue;
-            }
-            if !pet_type.can_attach(site) {
-                refused.push(site.name.as_str());
-                continue;
-            }
+        let sites = self.sites_for(pet_type, targets)?;
+        for site in &sites {
             let module = pet_type.create(
                 site,
                 options,
@@ -310,22 +332,9 @@ impl PetModel {
                 init::derive_seed(seed, &format!("{}:{}", pet_type.name(), site.name)),
             )?;
             self.modules.push(module);
-            attached += 1;
-        }
-        if attached == 0 && !refused.is_empty() {
-            bail!(
-                "PET type `{}` cannot attach at any of the {} site(s) targets {targets:?} match (e.g. `{}`): it is {}",
-                pet_type.name(),
-                refused.len(),
-                refused[0],
-                pet_type.doc()
-            );
-        }
-        if attached == 0 {
-            bail!("no site of the model matches targets {targets:?} for PET type `{}`", pet_type.name());
         }
         self.reindex();
-        Ok(attached)
+        Ok(sites.len())
     }
 
     /// Removes modules that pruning emptied.
@@ -457,6 +466,28 @@ pub fn pet_specs(pets: &[Value], services: &dyn Services) -> Result<Vec<PetSpec>
             Ok(PetSpec { type_name, targets, options })
         })
         .collect()
+}
+
+/// For validation: the `pets:` entries against the model a stage is handed, as the model
+/// stage described it (no weights read) — every entry must find sites. Returns that
+/// description, which the stage passes on; `Null` where there is none to check against.
+pub fn check_pets(pets: &[Value], inputs: &[Value], services: &dyn Services) -> Result<Value> {
+    let specs = pet_specs(pets, services)?;
+    let Some(input) = inputs.iter().find(|i| i["backbone"]["loader"].is_string()) else {
+        return Ok(Value::Null);
+    };
+    let backbone = &input["backbone"];
+    let loader_name = backbone["loader"].as_str().unwrap_or_default();
+    let loader = services
+        .backbone_loader(loader_name)
+        .with_context(|| format!("no loaded plugin provides the `{loader_name}` backbone loader"))?;
+    let dir = backbone["info"]["dir"].as_str().context("the model names no folder")?;
+    let model = PetModel::new(loader.describe(std::path::Path::new(dir))?, loader_name);
+    for spec in &specs {
+        let pet_type = services.pet_type(&spec.type_name).context("PET type vanished")?;
+        model.sites_for(pet_type, &spec.targets)?;
+    }
+    Ok(input.clone())
 }
 
 impl PetModel {

@@ -28,10 +28,14 @@ pub trait Stage: Send + Sync {
     fn external_inputs(&self, _options: &Value) -> Result<String> {
         Ok(String::new())
     }
-    /// Checks what only the files its options name can tell (a model folder that would not
-    /// load), for `petnas validate`: before anything runs, and without reading much.
-    fn check(&self, _options: &Value) -> Result<()> {
-        Ok(())
+    /// For `petnas validate`, before anything runs and without reading much: checks what
+    /// only the files its options name, or its inputs, can tell (a model folder that would
+    /// not load, targets that match no site of the model it is handed), and describes its
+    /// output as far as it can for the stages that need it (a model artifact's `meta`:
+    /// backbone loader and folder), `Value::Null` where it cannot. `inputs` are the
+    /// descriptions of the stages it needs.
+    fn check(&self, _options: &Value, _inputs: &[Value], _services: &dyn Services) -> Result<Value> {
+        Ok(Value::Null)
     }
     fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact>;
 }
@@ -84,8 +88,8 @@ impl<S: Stage> Stage for CatchPanics<S> {
     fn external_inputs(&self, options: &Value) -> Result<String> {
         caught(&format!("stage `{}`", self.0.kind()), || self.0.external_inputs(options))
     }
-    fn check(&self, options: &Value) -> Result<()> {
-        caught(&format!("stage `{}`", self.0.kind()), || self.0.check(options))
+    fn check(&self, options: &Value, inputs: &[Value], services: &dyn Services) -> Result<Value> {
+        caught(&format!("stage `{}`", self.0.kind()), || self.0.check(options, inputs, services))
     }
     fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
         caught(&format!("stage `{}`", self.0.kind()), || self.0.run(ctx, inputs))
