@@ -137,3 +137,24 @@ fn the_encoder_recipe_runs_on_the_tiny_deberta_as_committed() {
         }
     }
 }
+
+#[test]
+fn a_libtorch_error_inside_a_plugin_is_an_error_on_the_other_side_of_the_boundary() {
+    // This test process calls into the plm plugin's copy of the Rust runtime, as train.fit
+    // does: a panic there would be a foreign exception here and abort the process.
+    use petnas_sdk::model::{Batch, Dropout, NoHooks};
+    use petnas_sdk::Services;
+    use tch::{Kind, Tensor};
+    let loader = registry().backbone_loader("hf").unwrap();
+    let model = loader.load(Path::new(&fixture("distilbert")), Device::Cpu).unwrap();
+    let ids = Tensor::from_slice(&[2i64, 100_000, 3]).view([1, 3]);
+    let batch = Batch {
+        token_type_ids: ids.zeros_like(),
+        attention_mask: ids.ones_like().to_kind(Kind::Int64),
+        input_ids: ids,
+        labels: None,
+        rows: vec![0],
+    };
+    let err = model.forward(&batch, &NoHooks, &Dropout::off()).unwrap_err();
+    assert_eq!(format!("{err:#}"), "the model failed in libtorch: index out of range in self");
+}

@@ -148,14 +148,14 @@ impl PetModule for Adapter {
     fn site(&self) -> &Site {
         &self.site
     }
-    fn apply(&self, input: &Tensor, output: Tensor, _dropout: &Dropout) -> Tensor {
+    fn apply(&self, input: &Tensor, output: Tensor, _dropout: &Dropout) -> Result<Tensor> {
         let source = if self.parallel { input } else { &output };
         let hidden = source
             .linear(&self.params.effective("down.weight"), Some(&self.params.effective("down.bias")))
             .relu();
         let update =
             hidden.linear(&self.params.effective("up.weight"), Some(&self.params.effective("up.bias")));
-        output + update * self.scaling
+        Ok(output + update * self.scaling)
     }
     fn params(&self) -> &Params {
         &self.params

@@ -83,8 +83,8 @@ impl PetModule for BiasDelta {
     fn site(&self) -> &Site {
         &self.site
     }
-    fn apply(&self, _input: &Tensor, output: Tensor, _dropout: &Dropout) -> Tensor {
-        output + self.params.effective("delta")
+    fn apply(&self, _input: &Tensor, output: Tensor, _dropout: &Dropout) -> Result<Tensor> {
+        Ok(output + self.params.effective("delta"))
     }
     fn params(&self) -> &Params {
         &self.params

@@ -96,9 +96,9 @@ impl PetModule for FullDelta {
     fn site(&self) -> &Site {
         &self.site
     }
-    fn apply(&self, input: &Tensor, output: Tensor, _dropout: &Dropout) -> Tensor {
+    fn apply(&self, input: &Tensor, output: Tensor, _dropout: &Dropout) -> Result<Tensor> {
         let (weight, bias) = (self.params.effective(WEIGHT), self.bias());
-        match self.site.kind {
+        Ok(match self.site.kind {
             // (W₀ + ΔW)·x + b₀ + Δb
             SiteKind::Linear { .. } => output + input.linear(&weight, bias.as_ref()),
             // The normalised input times (γ₀ + Δγ), plus β₀ + Δβ.
@@ -111,7 +111,7 @@ impl PetModule for FullDelta {
                 output + normalised * weight
             }
             _ => output,
-        }
+        })
     }
     fn params(&self) -> &Params {
         &self.params

@@ -256,12 +256,13 @@ impl Stage for Load {
         self.external_inputs(options)?;
         let o: LoadOptions = serde_json::from_value(options.clone())?;
         // A longer sequence than the model's position table would index past it.
-        if let Some(max) = inputs.iter().find_map(|i| i["backbone"]["info"]["max_tokens"].as_i64()) {
+        let max_tokens = inputs.iter().find_map(|i| i["backbone"]["info"]["max_tokens"].as_i64());
+        if let Some(max) = max_tokens {
             if o.max_len as i64 > max {
                 bail!("`max_len` {} is more than the model's {max} positions; at most {max}", o.max_len);
             }
         }
-        Ok(Value::Null)
+        Ok(json!({"dataset": {"max_tokens": max_tokens}}))
     }
     fn external_inputs(&self, options: &Value) -> Result<String> {
         let o: LoadOptions = serde_json::from_value(options.clone())?;

@@ -89,8 +89,8 @@ impl PetModule for Ia3 {
     fn site(&self) -> &Site {
         &self.site
     }
-    fn apply(&self, _input: &Tensor, output: Tensor, _dropout: &Dropout) -> Tensor {
-        output * self.scale()
+    fn apply(&self, _input: &Tensor, output: Tensor, _dropout: &Dropout) -> Result<Tensor> {
+        Ok(output * self.scale())
     }
     fn params(&self) -> &Params {
         &self.params

@@ -54,18 +54,18 @@ impl PetModule for Lora {
     fn site(&self) -> &Site {
         &self.site
     }
-    fn apply(&self, input: &Tensor, output: Tensor, dropout: &Dropout) -> Tensor {
+    fn apply(&self, input: &Tensor, output: Tensor, dropout: &Dropout) -> Result<Tensor> {
         let update = dropout
             .apply(input.shallow_clone(), self.dropout)
             .linear::<Tensor>(&self.params.effective("A"), None)
             .linear::<Tensor>(&self.params.effective("B"), None);
         let output = output + update * self.scaling;
-        match &self.offset {
+        Ok(match &self.offset {
             Some((a0, b0)) => {
                 output - input.linear::<Tensor>(a0, None).linear::<Tensor>(b0, None) * self.scaling
             }
             None => output,
-        }
+        })
     }
     fn params(&self) -> &Params {
         &self.params

@@ -146,7 +146,7 @@ impl BertEmbeddings {
     }
 
     /// Before the dropout (ELECTRA projects first).
-    pub fn forward(&self, batch: &Batch, pass: &Pass) -> Tensor {
+    pub fn forward(&self, batch: &Batch, pass: &Pass) -> Result<Tensor> {
         let ids = &batch.input_ids;
         let embedded = embed(&self.word, ids)
             + embed(&self.position, &self.position_ids(ids))
@@ -244,19 +244,19 @@ impl BertLayer {
         heads: i64,
         hidden_dropout: f64,
         pass: &Pass,
-    ) -> Tensor {
+    ) -> Result<Tensor> {
         let a = &self.attention;
-        let q = split_heads(&a.query.forward(queries, pass), heads);
-        let k = split_heads(&a.key.forward(hidden, pass), heads);
-        let v = split_heads(&a.value.forward(hidden, pass), heads);
+        let q = split_heads(&a.query.forward(queries, pass)?, heads);
+        let k = split_heads(&a.key.forward(hidden, pass)?, heads);
+        let v = split_heads(&a.value.forward(hidden, pass)?, heads);
         let context = merge_heads(&attention.forward(&q, &k, &v, pass));
-        let attended = pass.dropout.apply(a.output.forward(&context, pass), hidden_dropout);
-        let attended = pass.apply(&a.block, queries, attended);
-        let hidden = a.norm.forward(&(attended + queries), pass);
-        let inner = self.intermediate.forward(&hidden, pass);
-        let activated = pass.apply(&self.activation_site, &inner, self.activation.apply(&inner));
-        let out = pass.dropout.apply(self.output.forward(&activated, pass), hidden_dropout);
-        let out = pass.apply(&self.ffn_block, &hidden, out);
+        let attended = pass.dropout.apply(a.output.forward(&context, pass)?, hidden_dropout);
+        let attended = pass.apply(&a.block, queries, attended)?;
+        let hidden = a.norm.forward(&(attended + queries), pass)?;
+        let inner = self.intermediate.forward(&hidden, pass)?;
+        let activated = pass.apply(&self.activation_site, &inner, self.activation.apply(&inner))?;
+        let out = pass.dropout.apply(self.output.forward(&activated, pass)?, hidden_dropout);
+        let out = pass.apply(&self.ffn_block, &hidden, out)?;
         self.output_norm.forward(&(out + &hidden), pass)
     }
 
@@ -329,7 +329,7 @@ impl BertEncoder {
         attention_mask: &Tensor,
         pass: &Pass,
         first_token_only: bool,
-    ) -> Tensor {
+    ) -> Result<Tensor> {
         let width = embedded.size()[2];
         let attention = Attention::new(
             attention_mask,
@@ -343,12 +343,12 @@ impl BertEncoder {
         for (i, layer) in self.layers.iter().enumerate() {
             let queries =
                 if first_token_only && i == last { hidden.narrow(1, 0, 1) } else { hidden.shallow_clone() };
-            hidden = layer.forward(&hidden, &queries, &attention, self.heads, hidden_dropout, pass);
+            hidden = layer.forward(&hidden, &queries, &attention, self.heads, hidden_dropout, pass)?;
         }
         if first_token_only && self.layers.is_empty() {
-            return hidden.narrow(1, 0, 1);
+            return Ok(hidden.narrow(1, 0, 1));
         }
-        hidden
+        Ok(hidden)
     }
 
     pub fn sites(&self) -> Vec<Site> {
@@ -464,9 +464,9 @@ fn load(checkpoint: &Checkpoint, w: &Weights) -> Result<Arc<dyn Backbone>> {
 }
 
 impl Bert {
-    fn encode(&self, batch: &Batch, pass: &Pass, first_token_only: bool) -> Tensor {
+    fn encode(&self, batch: &Batch, pass: &Pass, first_token_only: bool) -> Result<Tensor> {
         let embedded =
-            pass.dropout.apply(self.embeddings.forward(batch, pass), pass.dropout.rate(self.hidden_dropout));
+            pass.dropout.apply(self.embeddings.forward(batch, pass)?, pass.dropout.rate(self.hidden_dropout));
         self.encoder.forward(embedded, &batch.attention_mask, pass, first_token_only)
     }
 }
@@ -496,11 +496,13 @@ impl Backbone for Bert {
     fn hf_names(&self) -> &HfNames {
         &self.names
     }
-    fn forward(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Tensor {
-        self.encode(batch, &Pass { hooks, dropout }, false)
+    fn forward(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Result<Tensor> {
+        petnas_sdk::caught("the model", || self.encode(batch, &Pass { hooks, dropout }, false))
     }
-    fn forward_head_token(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Tensor {
-        self.encode(batch, &Pass { hooks, dropout }, true).squeeze_dim(1)
+    fn forward_head_token(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Result<Tensor> {
+        petnas_sdk::caught("the model", || {
+            Ok(self.encode(batch, &Pass { hooks, dropout }, true)?.squeeze_dim(1))
+        })
     }
     fn weights(&self) -> Vec<(String, Tensor)> {
         self.weights.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()

@@ -437,7 +437,7 @@ fn for_scores(x: &Tensor, heads: i64) -> Tensor {
 }
 
 impl DebertaV2 {
-    fn embed(&self, batch: &Batch, pass: &Pass) -> Tensor {
+    fn embed(&self, batch: &Batch, pass: &Pass) -> Result<Tensor> {
         let ids = &batch.input_ids;
         let mut x = embed(&self.word, ids);
         if let Some(p) = &self.position {
@@ -449,11 +449,11 @@ impl DebertaV2 {
             x += embed(t, &batch.token_type_ids);
         }
         if let Some(p) = &self.embed_proj {
-            x = p.forward(&x, pass);
+            x = p.forward(&x, pass)?;
         }
-        let x = self.embeddings_norm.forward(&x, pass);
+        let x = self.embeddings_norm.forward(&x, pass)?;
         let x = x * batch.attention_mask.unsqueeze(2).to_kind(Kind::Float);
-        pass.dropout.apply(x, pass.dropout.rate(self.hidden_dropout))
+        Ok(pass.dropout.apply(x, pass.dropout.rate(self.hidden_dropout)))
     }
 
     fn attend(
@@ -464,13 +464,13 @@ impl DebertaV2 {
         relative_pos: Option<&Tensor>,
         rel: Option<&Tensor>,
         pass: &Pass,
-    ) -> Tensor {
+    ) -> Result<Tensor> {
         let a = &layer.attention;
         let heads = self.info.num_heads;
         let (b, len) = (hidden.size()[0], hidden.size()[1]);
-        let q = for_scores(&a.query.forward(hidden, pass), heads);
-        let k = for_scores(&a.key.forward(hidden, pass), heads);
-        let v = for_scores(&a.value.forward(hidden, pass), heads);
+        let q = for_scores(&a.query.forward(hidden, pass)?, heads);
+        let k = for_scores(&a.key.forward(hidden, pass)?, heads);
+        let v = for_scores(&a.value.forward(hidden, pass)?, heads);
         let d = q.size()[2];
         let factor = 1 + self.relative.as_ref().map_or(0, |r| i64::from(r.c2p) + i64::from(r.p2c));
         let scale = ((d * factor) as f32).sqrt() as f64;
@@ -479,17 +479,19 @@ impl DebertaV2 {
             let rel = pass
                 .dropout
                 .apply(rel.narrow(0, 0, r.span * 2).unsqueeze(0), pass.dropout.rate(self.hidden_dropout));
-            let positions = |proj: &Linear| for_scores(&proj.forward(&rel, pass), heads).repeat([b, 1, 1]);
+            let positions = |proj: &Linear| -> Result<Tensor> {
+                Ok(for_scores(&proj.forward(&rel, pass)?, heads).repeat([b, 1, 1]))
+            };
             let index = |offset: Tensor| {
                 offset.clamp(0, r.span * 2 - 1).unsqueeze(0).expand([b * heads, len, len], false)
             };
             if r.c2p {
-                let pos_key = positions(a.pos_key.as_ref().unwrap_or(&a.key));
+                let pos_key = positions(a.pos_key.as_ref().unwrap_or(&a.key))?;
                 let c2p = q.bmm(&pos_key.transpose(-1, -2)).gather(-1, &index(relative_pos + r.span), false);
                 scores += c2p / scale;
             }
             if r.p2c {
-                let pos_query = positions(a.pos_query.as_ref().unwrap_or(&a.query));
+                let pos_query = positions(a.pos_query.as_ref().unwrap_or(&a.query))?;
                 let p2c = k
                     .bmm(&pos_query.transpose(-1, -2))
                     .gather(-1, &index(-relative_pos + r.span), false)
@@ -504,13 +506,13 @@ impl DebertaV2 {
         let context =
             context.view([b, heads, len, d]).permute([0, 2, 1, 3]).contiguous().view([b, len, heads * d]);
         let attended =
-            pass.dropout.apply(a.output.forward(&context, pass), pass.dropout.rate(self.hidden_dropout));
-        let attended = pass.apply(&a.block, hidden, attended);
+            pass.dropout.apply(a.output.forward(&context, pass)?, pass.dropout.rate(self.hidden_dropout));
+        let attended = pass.apply(&a.block, hidden, attended)?;
         a.norm.forward(&(attended + hidden), pass)
     }
 
-    fn encode(&self, batch: &Batch, pass: &Pass) -> Tensor {
-        let mut hidden = self.embed(batch, pass);
+    fn encode(&self, batch: &Batch, pass: &Pass) -> Result<Tensor> {
+        let mut hidden = self.embed(batch, pass)?;
         let len = hidden.size()[1];
         // A query attends where both it and the key are tokens (`get_attention_mask`).
         let m = batch.attention_mask.to_kind(Kind::Bool);
@@ -519,21 +521,22 @@ impl DebertaV2 {
             .relative
             .as_ref()
             .map(|r| relative_positions(len, r.buckets, r.max_distance, hidden.device()));
-        let rel = self.rel_embeddings.as_ref().map(|r| match &self.rel_norm {
-            Some(n) => n.forward(r, pass),
-            None => r.shallow_clone(),
-        });
+        let rel = match (&self.rel_embeddings, &self.rel_norm) {
+            (Some(r), Some(n)) => Some(n.forward(r, pass)?),
+            (Some(r), None) => Some(r.shallow_clone()),
+            (None, _) => None,
+        };
         for layer in &self.layers {
-            let attended = self.attend(layer, &hidden, &mask, relative_pos.as_ref(), rel.as_ref(), pass);
-            let inner = layer.intermediate.forward(&attended, pass);
-            let activated = pass.apply(&layer.activation_site, &inner, self.activation.apply(&inner));
+            let attended = self.attend(layer, &hidden, &mask, relative_pos.as_ref(), rel.as_ref(), pass)?;
+            let inner = layer.intermediate.forward(&attended, pass)?;
+            let activated = pass.apply(&layer.activation_site, &inner, self.activation.apply(&inner))?;
             let out = pass
                 .dropout
-                .apply(layer.output.forward(&activated, pass), pass.dropout.rate(self.hidden_dropout));
-            let out = pass.apply(&layer.ffn_block, &attended, out);
-            hidden = layer.output_norm.forward(&(out + &attended), pass);
+                .apply(layer.output.forward(&activated, pass)?, pass.dropout.rate(self.hidden_dropout));
+            let out = pass.apply(&layer.ffn_block, &attended, out)?;
+            hidden = layer.output_norm.forward(&(out + &attended), pass)?;
         }
-        hidden
+        Ok(hidden)
     }
 }
 
@@ -563,8 +566,8 @@ impl Backbone for DebertaV2 {
     fn hf_names(&self) -> &HfNames {
         &self.names
     }
-    fn forward(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Tensor {
-        self.encode(batch, &Pass { hooks, dropout })
+    fn forward(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Result<Tensor> {
+        petnas_sdk::caught("the model", || self.encode(batch, &Pass { hooks, dropout }))
     }
     fn weights(&self) -> Vec<(String, Tensor)> {
         self.weights.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()

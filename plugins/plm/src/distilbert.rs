@@ -102,17 +102,17 @@ impl Block {
         activation: Activation,
         hidden_dropout: f64,
         pass: &Pass,
-    ) -> Tensor {
-        let q = split_heads(&self.q.forward(queries, pass), heads);
-        let k = split_heads(&self.k.forward(hidden, pass), heads);
-        let v = split_heads(&self.v.forward(hidden, pass), heads);
+    ) -> Result<Tensor> {
+        let q = split_heads(&self.q.forward(queries, pass)?, heads);
+        let k = split_heads(&self.k.forward(hidden, pass)?, heads);
+        let v = split_heads(&self.v.forward(hidden, pass)?, heads);
         let context = merge_heads(&attention.forward(&q, &k, &v, pass));
-        let attended = pass.apply(&self.attention_block, queries, self.out.forward(&context, pass));
-        let hidden = self.sa_norm.forward(&(attended + queries), pass);
-        let inner = self.lin1.forward(&hidden, pass);
-        let activated = pass.apply(&self.activation_site, &inner, activation.apply(&inner));
-        let out = pass.dropout.apply(self.lin2.forward(&activated, pass), hidden_dropout);
-        let out = pass.apply(&self.ffn_block, &hidden, out);
+        let attended = pass.apply(&self.attention_block, queries, self.out.forward(&context, pass)?)?;
+        let hidden = self.sa_norm.forward(&(attended + queries), pass)?;
+        let inner = self.lin1.forward(&hidden, pass)?;
+        let activated = pass.apply(&self.activation_site, &inner, activation.apply(&inner))?;
+        let out = pass.dropout.apply(self.lin2.forward(&activated, pass)?, hidden_dropout);
+        let out = pass.apply(&self.ffn_block, &hidden, out)?;
         self.output_norm.forward(&(out + &hidden), pass)
     }
 
@@ -241,13 +241,13 @@ fn load(checkpoint: &Checkpoint, w: &Weights) -> Result<Arc<dyn Backbone>> {
 }
 
 impl DistilBert {
-    fn encode(&self, batch: &Batch, pass: &Pass, first_token_only: bool) -> Tensor {
+    fn encode(&self, batch: &Batch, pass: &Pass, first_token_only: bool) -> Result<Tensor> {
         let ids = &batch.input_ids;
         let positions =
             Tensor::arange(ids.size()[1], (Kind::Int64, ids.device())).unsqueeze(0).expand_as(ids);
         let embedded = embed(&self.word, ids) + embed(&self.position, &positions);
         let hidden_dropout = pass.dropout.rate(self.hidden_dropout);
-        let mut hidden = pass.dropout.apply(self.norm.forward(&embedded, pass), hidden_dropout);
+        let mut hidden = pass.dropout.apply(self.norm.forward(&embedded, pass)?, hidden_dropout);
         let (heads, width) = (self.info.num_heads, self.info.hidden_size);
         let attention = Attention::new(
             &batch.attention_mask,
@@ -260,12 +260,12 @@ impl DistilBert {
             let queries =
                 if first_token_only && i == last { hidden.narrow(1, 0, 1) } else { hidden.shallow_clone() };
             hidden =
-                block.forward(&hidden, &queries, &attention, heads, self.activation, hidden_dropout, pass);
+                block.forward(&hidden, &queries, &attention, heads, self.activation, hidden_dropout, pass)?;
         }
         if first_token_only && self.blocks.is_empty() {
-            return hidden.narrow(1, 0, 1);
+            return Ok(hidden.narrow(1, 0, 1));
         }
-        hidden
+        Ok(hidden)
     }
 }
 
@@ -293,11 +293,13 @@ impl Backbone for DistilBert {
     fn hf_names(&self) -> &HfNames {
         &self.names
     }
-    fn forward(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Tensor {
-        self.encode(batch, &Pass { hooks, dropout }, false)
+    fn forward(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Result<Tensor> {
+        petnas_sdk::caught("the model", || self.encode(batch, &Pass { hooks, dropout }, false))
     }
-    fn forward_head_token(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Tensor {
-        self.encode(batch, &Pass { hooks, dropout }, true).squeeze_dim(1)
+    fn forward_head_token(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Result<Tensor> {
+        petnas_sdk::caught("the model", || {
+            Ok(self.encode(batch, &Pass { hooks, dropout }, true)?.squeeze_dim(1))
+        })
     }
     fn weights(&self) -> Vec<(String, Tensor)> {
         self.weights.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()

@@ -91,11 +91,11 @@ fn load(checkpoint: &Checkpoint, w: &Weights) -> Result<Arc<dyn Backbone>> {
 }
 
 impl Electra {
-    fn encode(&self, batch: &Batch, pass: &Pass, first_token_only: bool) -> Tensor {
+    fn encode(&self, batch: &Batch, pass: &Pass, first_token_only: bool) -> Result<Tensor> {
         let embedded =
-            pass.dropout.apply(self.embeddings.forward(batch, pass), pass.dropout.rate(self.hidden_dropout));
+            pass.dropout.apply(self.embeddings.forward(batch, pass)?, pass.dropout.rate(self.hidden_dropout));
         let embedded = match &self.project {
-            Some(p) => p.forward(&embedded, pass),
+            Some(p) => p.forward(&embedded, pass)?,
             None => embedded,
         };
         self.encoder.forward(embedded, &batch.attention_mask, pass, first_token_only)
@@ -127,11 +127,13 @@ impl Backbone for Electra {
     fn hf_names(&self) -> &HfNames {
         &self.names
     }
-    fn forward(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Tensor {
-        self.encode(batch, &Pass { hooks, dropout }, false)
+    fn forward(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Result<Tensor> {
+        petnas_sdk::caught("the model", || self.encode(batch, &Pass { hooks, dropout }, false))
     }
-    fn forward_head_token(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Tensor {
-        self.encode(batch, &Pass { hooks, dropout }, true).squeeze_dim(1)
+    fn forward_head_token(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Result<Tensor> {
+        petnas_sdk::caught("the model", || {
+            Ok(self.encode(batch, &Pass { hooks, dropout }, true)?.squeeze_dim(1))
+        })
     }
     fn weights(&self) -> Vec<(String, Tensor)> {
         self.weights.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()

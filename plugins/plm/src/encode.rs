@@ -56,7 +56,7 @@ impl Tool for Encode {
             labels: None,
             rows: vec![0],
         };
-        let hidden = tch::no_grad(|| model.forward(&batch, &NoHooks, &Dropout::off())).squeeze_dim(0);
+        let hidden = tch::no_grad(|| model.forward(&batch, &NoHooks, &Dropout::off()))?.squeeze_dim(0);
         let vector = |t: Tensor| Vec::<f32>::try_from(t).unwrap_or_default();
         let out = json!({
             "model": model.info().dir,

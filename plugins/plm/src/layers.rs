@@ -16,7 +16,7 @@ pub struct Pass<'a> {
 
 impl Pass<'_> {
     /// The site's output after the modules attached there.
-    pub fn apply(&self, site: &str, input: &Tensor, output: Tensor) -> Tensor {
+    pub fn apply(&self, site: &str, input: &Tensor, output: Tensor) -> Result<Tensor> {
         self.hooks.apply(site, input, output, self.dropout)
     }
 }
@@ -42,7 +42,7 @@ impl Linear {
         x.linear(&self.weight, self.bias.as_ref())
     }
 
-    pub fn forward(&self, x: &Tensor, pass: &Pass) -> Tensor {
+    pub fn forward(&self, x: &Tensor, pass: &Pass) -> Result<Tensor> {
         pass.apply(&self.site, x, self.plain(x))
     }
 
@@ -104,7 +104,7 @@ impl Norm {
         }
     }
 
-    pub fn forward(&self, x: &Tensor, pass: &Pass) -> Tensor {
+    pub fn forward(&self, x: &Tensor, pass: &Pass) -> Result<Tensor> {
         pass.apply(&self.site, x, self.plain(x))
     }
 

@@ -125,18 +125,22 @@ impl Site {
 }
 
 /// What a backbone calls at every site during its forward pass.
+///
+/// Calls between plugins return errors rather than panic: every plugin links its own copy
+/// of Rust's runtime, to which another's panic is a foreign exception that aborts the
+/// process. Implementations catch their own (`crate::caught`).
 pub trait SiteHooks {
     /// The site's output after the modules attached there, given its input and output;
     /// `dropout` is the pass's (off in evaluation).
-    fn apply(&self, site: &str, input: &Tensor, output: Tensor, dropout: &Dropout) -> Tensor;
+    fn apply(&self, site: &str, input: &Tensor, output: Tensor, dropout: &Dropout) -> Result<Tensor>;
 }
 
 /// No PET modules: the frozen backbone as it is.
 pub struct NoHooks;
 
 impl SiteHooks for NoHooks {
-    fn apply(&self, _site: &str, _input: &Tensor, output: Tensor, _dropout: &Dropout) -> Tensor {
-        output
+    fn apply(&self, _site: &str, _input: &Tensor, output: Tensor, _dropout: &Dropout) -> Result<Tensor> {
+        Ok(output)
     }
 }
 
@@ -250,12 +254,14 @@ pub trait Backbone: Send + Sync {
     fn tokenizer(&self) -> &dyn TextEncoder;
     fn head(&self) -> &HeadSpec;
     fn hf_names(&self) -> &HfNames;
-    /// Last hidden states `[batch, len, hidden]`.
-    fn forward(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Tensor;
+    /// Last hidden states `[batch, len, hidden]`; a libtorch error (a shape a user's options
+    /// made impossible) is an error, not a panic (see [`SiteHooks`]).
+    fn forward(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Result<Tensor>;
     /// The last hidden state `[batch, hidden]` of the token the head reads; a backbone may
     /// skip the last layer's work for the other positions.
-    fn forward_head_token(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Tensor {
-        head_token(&self.forward(batch, hooks, dropout), &batch.attention_mask, self.head().token)
+    fn forward_head_token(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Result<Tensor> {
+        let hidden = self.forward(batch, hooks, dropout)?;
+        crate::caught("the head token", || Ok(head_token(&hidden, &batch.attention_mask, self.head().token)))
     }
     /// The frozen weights by their checkpoint names (for merging and export).
     fn weights(&self) -> Vec<(String, Tensor)>;
@@ -345,8 +351,9 @@ pub trait PetType: Send + Sync {
 pub trait PetModule: Send {
     fn pet_type(&self) -> &'static str;
     fn site(&self) -> &Site;
-    /// The site's output with this module's contribution; masked entries count as zero.
-    fn apply(&self, input: &Tensor, output: Tensor, dropout: &Dropout) -> Tensor;
+    /// The site's output with this module's contribution; masked entries count as zero. An
+    /// error, not a panic, where libtorch refuses (see [`SiteHooks`]).
+    fn apply(&self, input: &Tensor, output: Tensor, dropout: &Dropout) -> Result<Tensor>;
     /// The module's trainable tensors with their masks.
     fn params(&self) -> &crate::params::Params;
     fn params_mut(&mut self) -> &mut crate::params::Params;

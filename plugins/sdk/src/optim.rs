@@ -3,7 +3,7 @@
 //! step that training and the search share.
 use std::collections::BTreeMap;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use tch::{Kind, Tensor};
 
 use crate::model::Batch;
@@ -22,6 +22,18 @@ pub struct AdamW {
     /// Forward passes under bf16 autocast (see [`crate::autocast`]).
     pub bf16: bool,
 }
+
+/// A training step whose loss or gradient is not finite (other errors are the model's).
+#[derive(Debug)]
+pub struct NonFinite(pub String);
+
+impl std::fmt::Display for NonFinite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NonFinite {}
 
 /// Biases and bias-like deltas (of norms' gains too) get no weight decay. `name` is a
 /// trainable's name (`pet.<type@site>:<param>`, `head.<param>`); its parameter decides.
@@ -151,10 +163,11 @@ impl AdamW {
         loss.backward();
         let norm = self.grad_norm();
         if !value.is_finite() || !norm.is_finite() {
-            bail!(
+            return Err(NonFinite(format!(
                 "non-finite {} (loss {value}, gradient norm {norm})",
                 if value.is_finite() { "gradient" } else { "loss" }
-            );
+            ))
+            .into());
         }
         if max_grad_norm > 0.0 && norm > max_grad_norm {
             self.scale_grads(max_grad_norm / (norm + 1e-6));

@@ -367,8 +367,8 @@ impl PetModel {
                 Dropout::training(self.training_dropout.map_or(Rates::Configured, Rates::Fixed), seed)
             }
         };
-        let token = self.backbone.forward_head_token(batch, self, &dropout);
-        Ok(head.forward(token, &dropout))
+        let token = self.backbone.forward_head_token(batch, self, &dropout)?;
+        crate::caught("the task head", || Ok(head.forward(token, &dropout)))
     }
 
     /// Each module's stable name, `type@site`, with `#2`, `#3` … for further modules of one
@@ -427,13 +427,13 @@ impl PetModel {
 }
 
 impl SiteHooks for PetModel {
-    fn apply(&self, site: &str, input: &Tensor, mut output: Tensor, dropout: &Dropout) -> Tensor {
+    fn apply(&self, site: &str, input: &Tensor, mut output: Tensor, dropout: &Dropout) -> Result<Tensor> {
         if let Some(indices) = self.by_site.get(site) {
             for &i in indices {
-                output = self.modules[i].apply(input, output, dropout);
+                output = self.modules[i].apply(input, output, dropout)?;
             }
         }
-        output
+        Ok(output)
     }
 }
 

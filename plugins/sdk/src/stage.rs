@@ -43,7 +43,10 @@ pub trait Stage: Send + Sync {
 /// Turns a panic inside a plugin's stage or tool into an error before it reaches the boundary.
 pub(crate) struct CatchPanics<S>(pub S);
 
-fn caught<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+/// `f`, with a panic inside it (libtorch's errors are panics in tch's infallible calls)
+/// turned into an error naming `what`. Every call into a plugin goes through one: another
+/// plugin's panic would abort the process (each plugin links its own Rust runtime).
+pub fn caught<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(result) => result,
         Err(payload) => {
@@ -52,7 +55,14 @@ fn caught<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
                 .map(|s| s.to_string())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            Err(anyhow!("{what} panicked: {message}"))
+            // libtorch's errors come with its C++ stack: its first line says what went wrong.
+            match message.split_once("Torch(\"") {
+                Some((_, torch)) => {
+                    let first = torch.split("\\n").next().unwrap_or(torch).trim_end_matches("\")");
+                    Err(anyhow!("{what} failed in libtorch: {first}"))
+                }
+                None => Err(anyhow!("{what} panicked: {message}")),
+            }
         }
     }
 }

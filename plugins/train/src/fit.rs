@@ -11,7 +11,7 @@ use serde_json::json;
 use tch::Tensor;
 
 use crate::checkpoint::{self, LoopState};
-use petnas_sdk::optim::{learning_rate, AdamW};
+use petnas_sdk::optim::{learning_rate, AdamW, NonFinite};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct FitOptions {
@@ -104,6 +104,7 @@ pub fn fit(
                 state.loss_sum += loss;
                 state.loss_count += 1;
             }
+            Err(e) if !e.is::<NonFinite>() => bail!("{e:#} at step {}", state.step + 1),
             Err(e) if o.skip_nonfinite => {
                 state.skipped += 1;
                 tracing::warn!(step = state.step + 1, "{e}: step skipped");

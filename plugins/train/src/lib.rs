@@ -135,6 +135,22 @@ impl Stage for Fit {
     fn output_kind(&self) -> &'static str {
         kinds::MODEL
     }
+    fn check(
+        &self,
+        options: &Value,
+        inputs: &[Value],
+        _services: &dyn petnas_sdk::Services,
+    ) -> Result<Value> {
+        let o: fit::FitOptions = serde_json::from_value(options.clone())?;
+        let max_tokens = inputs.iter().find_map(|i| i["dataset"]["max_tokens"].as_i64());
+        if let (Some(pad_to), Some(max)) = (o.pad_to, max_tokens) {
+            anyhow::ensure!(
+                pad_to as i64 <= max,
+                "`pad_to` {pad_to} is more than the model's {max} positions; at most {max}"
+            );
+        }
+        Ok(Value::Null)
+    }
     fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
         let o: fit::FitOptions = ctx.options()?;
         let data = inputs.one(kinds::DATASET)?;
