@@ -65,6 +65,10 @@ enum Command {
         /// Recomputes this stage (in every cell) and everything downstream of it.
         #[arg(long, value_name = "STAGE")]
         force: Vec<String>,
+        /// Runs only the cells with these matrix values (`task=mrpc,seed=2`); repeatable, a
+        /// cell runs when it matches any.
+        #[arg(long, value_name = "AXIS=VALUE,...")]
+        only: Vec<String>,
         #[command(flatten)]
         folders: FolderArgs,
     },
@@ -155,7 +159,9 @@ pub fn main() -> i32 {
     let registry: &'static Registry =
         Box::leak(Box::new(Registry::load(&plugins::search_path(&cli.plugin_dirs))));
     let result = match cli.command {
-        Command::Run { file, jobs, force, folders } => run(&file, jobs, force, &folders, registry),
+        Command::Run { file, jobs, force, only, folders } => {
+            run(&file, jobs, force, &only, &folders, registry)
+        }
         Command::Validate { file, folders } => load(&file, &folders, registry)
             .and_then(|p| {
                 placement(&p, 1)?;
@@ -373,13 +379,15 @@ fn run(
     file: &Path,
     jobs: usize,
     force: Vec<String>,
+    only: &[String],
     folders: &FolderArgs,
     registry: &'static Registry,
 ) -> Result<i32> {
     if !(1..=crate::pipeline::MAX_THREADS).contains(&jobs) {
         bail!("--jobs must be from 1 to {}, got {jobs}", crate::pipeline::MAX_THREADS);
     }
-    let pipeline = load(file, folders, registry)?;
+    let mut pipeline = load(file, folders, registry)?;
+    pipeline.select_cells(only).map_err(anyhow::Error::msg)?;
     let placement = placement(&pipeline, jobs)?;
     // Checked before the run folder is touched: a wrong name must not reset a run's record.
     executor::forced_stages(&pipeline, &force)?;
@@ -397,7 +405,16 @@ fn run(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
-    let record = RunRecord { pipeline: &pipeline, registry, placement: &placement, jobs, started_unix };
+    let other_cells = run_record::stages_outside(&dir, &pipeline, only);
+    let record = RunRecord {
+        pipeline: &pipeline,
+        registry,
+        placement: &placement,
+        jobs,
+        started_unix,
+        only,
+        other_cells,
+    };
     record.write(&dir, "running", &[])?;
 
     let cancel = Arc::new(AtomicBool::new(false));

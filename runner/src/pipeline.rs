@@ -114,6 +114,66 @@ impl Pipeline {
     pub fn cell_seed(&self, cell: &Cell) -> u64 {
         cell.get("seed").and_then(Json::as_u64).unwrap_or(self.defaults.seed)
     }
+
+    /// Keeps the cells that match any of `selectors` (`task=mrpc,seed=2`: every value given
+    /// must match); a grid too big for one sitting runs a slice at a time, into run folders
+    /// that `report` reads together. An axis or value the matrix lacks is an error.
+    pub fn select_cells(&mut self, selectors: &[String]) -> Result<(), String> {
+        if selectors.is_empty() {
+            return Ok(());
+        }
+        let mut wanted: Vec<Vec<(String, String)>> = Vec::new();
+        for selector in selectors {
+            let mut pairs = Vec::new();
+            for part in selector.split(',') {
+                let Some((axis, value)) = part.split_once('=') else {
+                    return Err(format!(
+                        "--only `{selector}`: expected AXIS=VALUE[,AXIS=VALUE…], found `{part}`"
+                    ));
+                };
+                let values: Vec<String> =
+                    self.cells.iter().filter_map(|c| c.get(axis)).map(matrix::display).collect();
+                if values.is_empty() {
+                    let axes: Vec<&str> = self.cells[0].values.iter().map(|(a, _)| a.as_str()).collect();
+                    return Err(format!(
+                        "--only `{selector}`: `{axis}` is not an axis of the matrix (its axes: {})",
+                        if axes.is_empty() { "none".to_string() } else { axes.join(", ") }
+                    ));
+                }
+                if !values.iter().any(|v| v == value) {
+                    return Err(format!("--only `{selector}`: no cell has {axis}={value}"));
+                }
+                pairs.push((axis.to_string(), value.to_string()));
+            }
+            wanted.push(pairs);
+        }
+        let keep: Vec<bool> = self
+            .cells
+            .iter()
+            .map(|cell| {
+                wanted.iter().any(|pairs| {
+                    pairs
+                        .iter()
+                        .all(|(axis, value)| cell.get(axis).is_some_and(|v| matrix::display(v) == *value))
+                })
+            })
+            .collect();
+        if !keep.contains(&true) {
+            return Err(format!("--only {}: no cell matches all of its values", selectors.join(" --only ")));
+        }
+        keep_flagged(&mut self.cells, &keep);
+        for stage in &mut self.stages {
+            keep_flagged(&mut stage.runs_in, &keep);
+            keep_flagged(&mut stage.options, &keep);
+        }
+        Ok(())
+    }
+}
+
+/// Keeps the items whose flag (by position) is set.
+fn keep_flagged<T>(items: &mut Vec<T>, flags: &[bool]) {
+    let mut flags = flags.iter();
+    items.retain(|_| flags.next().copied().unwrap_or(false));
 }
 
 /// What validation needs to know beyond the file: where the runs go and what may be written.

@@ -39,6 +39,27 @@ pub struct RunRecord<'a> {
     pub placement: &'a Placement,
     pub jobs: usize,
     pub started_unix: f64,
+    /// `--only`'s selectors, and the stages an earlier record lists in the cells this run
+    /// left out: a slice of the grid adds to the record rather than hiding the other slices.
+    pub only: &'a [String],
+    pub other_cells: Vec<serde_json::Value>,
+}
+
+/// The stages `dir/run.json` lists in cells other than `pipeline`'s, where a run of a slice
+/// of the matrix (`--only`) is about to replace it.
+pub fn stages_outside(dir: &Path, pipeline: &Pipeline, only: &[String]) -> Vec<serde_json::Value> {
+    if only.is_empty() {
+        return Vec::new();
+    }
+    let Ok(text) = std::fs::read_to_string(dir.join("run.json")) else { return Vec::new() };
+    let Ok(record) = serde_json::from_str::<serde_json::Value>(&text) else { return Vec::new() };
+    record["stages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| !pipeline.cells.iter().any(|c| s["cell"].as_str() == Some(c.name.as_str())))
+        .cloned()
+        .collect()
 }
 
 impl RunRecord<'_> {
@@ -47,6 +68,8 @@ impl RunRecord<'_> {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
+        let mut stages = self.other_cells.clone();
+        stages.extend(outcomes.iter().map(|o| serde_json::to_value(o).unwrap_or_default()));
         let record = json!({
             "status": status,
             "pipeline": self.pipeline.name,
@@ -61,7 +84,8 @@ impl RunRecord<'_> {
             "threads_per_job": self.placement.threads_per_job,
             "started_unix": self.started_unix,
             "seconds": now - self.started_unix,
-            "stages": outcomes,
+            "only": self.only,
+            "stages": stages,
         });
         write_json_atomic(&dir.join("run.json"), &record)
     }
