@@ -386,3 +386,113 @@ fn when_is_checked_before_anything_runs() {
         run.stderr
     );
 }
+
+/// A full disk fails the stage that met it, naming the disk, with exit code 1 (not "bad
+/// input"); what that stage had written is removed, the other cells finish, and run.json
+/// records the run. The run folder is a 2 MiB tmpfs (the test needs root to mount it).
+#[test]
+fn a_full_disk_fails_the_stage_names_the_disk_and_leaves_nothing_half_written() {
+    let s = Scratch::new();
+    let disk = s.path().join("small-disk");
+    std::fs::create_dir(&disk).unwrap();
+    let mount = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&disk)
+        .output()
+        .expect("run mount");
+    if !mount.status.success() {
+        eprintln!(
+            "cannot mount a tmpfs ({}): the full-disk check did not run",
+            String::from_utf8_lossy(&mount.stderr).trim()
+        );
+        return;
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            std::process::Command::new("umount").arg(self.0).status().ok();
+        }
+    }
+    let _unmount = Unmount(&disk);
+    s.write(
+        "p.yaml",
+        "name: exec
+defaults: {threads: 1}
+matrix:
+  n: [20000, 256]
+stages:
+  data: {use: demo.data, with: {n: '${matrix.n}', dim: 64}}
+  fit: {use: demo.fit, needs: [data], with: {steps: 20}}
+  evaluate: {use: demo.evaluate, needs: [data, fit]}
+",
+    );
+    let run = s.petnas(&["run", "p.yaml", "--runs-dir", "small-disk"]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    let failed = run.stdout.lines().find(|l| l.starts_with("n=20000  data      FAILED")).unwrap_or("");
+    assert!(
+        failed.contains(&format!("the disk holding {} ran out of space", disk.join("exec").display())),
+        "{}",
+        run.stdout
+    );
+    let record = s.read_json(&disk.join("exec/run.json"));
+    assert_eq!(record["status"], "failed");
+    assert!(disk.join("exec/n=256/evaluate/metrics.json").exists(), "the cell that fits finished");
+    let mut leftovers = Vec::new();
+    for entry in walk(&disk) {
+        let name = entry.file_name().unwrap().to_string_lossy().to_string();
+        if name.starts_with('.') && name != ".lock" {
+            leftovers.push(entry);
+        }
+    }
+    assert!(leftovers.is_empty(), "temporary files left behind: {leftovers:?}");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        }
+        out.push(path);
+    }
+    out
+}
+
+/// `--only` runs a slice of the matrix; a second slice into the same run folder adds to the
+/// record instead of hiding the first, and a selector the matrix cannot meet is bad input.
+#[test]
+fn only_runs_a_slice_of_the_matrix_and_slices_add_up_in_the_run_record() {
+    let s = Scratch::new();
+    s.write("p.yaml", &pipeline(20));
+    let first = s.petnas(&["run", "p.yaml", "--only", "sep=0.5"]);
+    assert_eq!(first.code, 0, "{}{}", first.stdout, first.stderr);
+    assert!(summary_line(&first.stdout).starts_with("3 done, 0 reused"), "{}", first.stdout);
+    assert!(s.stage_dir("exec", "sep=0.5", "evaluate").join("metrics.json").exists());
+    assert!(!s.stage_dir("exec", "sep=2.0", "data").exists(), "a cell outside the slice ran");
+    let second = s.petnas(&["run", "p.yaml", "--only", "sep=2.0"]);
+    assert_eq!(second.code, 0, "{}{}", second.stdout, second.stderr);
+    let record = s.read_json(&s.path().join("runs/exec/run.json"));
+    let mut listed: Vec<String> = record["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|st| format!("{}/{}", st["cell"].as_str().unwrap(), st["stage"].as_str().unwrap()))
+        .collect();
+    listed.sort();
+    let mut expected: Vec<String> =
+        CELLS.iter().flat_map(|c| STAGES.iter().map(move |st| format!("{c}/{st}"))).collect();
+    expected.sort();
+    assert_eq!(listed, expected, "both slices in the record");
+    assert_eq!(record["only"], serde_json::json!(["sep=2.0"]));
+
+    for (selector, message) in [
+        ("sep=3.0", "error: --only `sep=3.0`: no cell has sep=3.0"),
+        ("speed=1", "error: --only `speed=1`: `speed` is not an axis of the matrix (its axes: sep)"),
+        ("sep", "error: --only `sep`: expected AXIS=VALUE[,AXIS=VALUE…], found `sep`"),
+    ] {
+        let bad = s.petnas(&["run", "p.yaml", "--only", selector]);
+        assert_eq!(bad.code, 2, "{selector}: {}", bad.stderr);
+        assert!(bad.stderr.contains(message), "{selector}: {}", bad.stderr);
+    }
+}

@@ -203,6 +203,10 @@ pub fn main() -> i32 {
     };
     match result {
         Ok(code) => code,
+        Err(e) if crate::store::is_disk_full(&e) => {
+            eprintln!("error: {e:#}");
+            EXIT_FAILED
+        }
         Err(e) => {
             match e.downcast_ref::<crate::diag::Diagnostics>() {
                 Some(d) => eprintln!("{d}"),
@@ -400,7 +404,8 @@ fn run(
         bail!("another petnas run is using {}; wait for it to finish", dir.display());
     }
     crate::store::clean_leftovers(&dir);
-    run_record::write_resolved(&dir, &pipeline)?;
+    let on_disk = |e: anyhow::Error| crate::store::name_full_disk(e, &dir);
+    run_record::write_resolved(&dir, &pipeline).map_err(on_disk)?;
     let started_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
@@ -415,7 +420,7 @@ fn run(
         only,
         other_cells,
     };
-    record.write(&dir, "running", &[])?;
+    record.write(&dir, "running", &[]).map_err(on_disk)?;
 
     let cancel = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -439,7 +444,7 @@ fn run(
     } else {
         "ok"
     };
-    record.write(&dir, status, &summary.outcomes)?;
+    record.write(&dir, status, &summary.outcomes).map_err(on_disk)?;
     print_summary(&summary);
     Ok(if summary.cancelled {
         EXIT_INTERRUPTED

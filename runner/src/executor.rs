@@ -324,6 +324,7 @@ pub fn run(
             }
             Err(_) if cancel.load(Ordering::Relaxed) => Status::Cancelled,
             Err(e) => {
+                let e = store::name_full_disk(e, &pipeline_dir);
                 tracing::error!("{label}: failed: {e:#}");
                 Status::Failed(format!("{e:#}"))
             }
@@ -429,7 +430,26 @@ impl Job {
         let span = tracing::info_span!("stage", cell = %self.cell_name, stage = %self.stage_id);
         let _entered = span.enter();
         let temp = store::temp_dir(&self.cell_dir, &self.stage_id)?;
-        let _log = crate::logging::open_stage_log(&span, &temp.join(store::LOG))
+        let result = self.run_in(&temp, &span, placement, progress, cancel, allowed_writes, registry);
+        if result.is_err() {
+            // What a failed stage wrote is of no use, and may be what filled the disk.
+            std::fs::remove_dir_all(&temp).ok();
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_in(
+        &self,
+        temp: &Path,
+        span: &tracing::Span,
+        placement: &Placement,
+        progress: crate::progress::StageProgress,
+        cancel: Arc<AtomicBool>,
+        allowed_writes: Vec<PathBuf>,
+        registry: &'static Registry,
+    ) -> Result<(Arc<Artifact>, StageRecord)> {
+        let _log = crate::logging::open_stage_log(span, &temp.join(store::LOG))
             .context("cannot open the stage log")?;
         let started_unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -453,7 +473,7 @@ impl Job {
             placement.device,
             self.seed,
             placement.dtype.kind(),
-            temp.clone(),
+            temp.to_path_buf(),
             self.options.clone(),
             Arc::new(progress),
             cancel,
@@ -466,8 +486,6 @@ impl Job {
             Ok(a) => a,
             Err(e) => {
                 tracing::error!("failed: {e:#}");
-                drop(_log);
-                std::fs::remove_dir_all(&temp).ok();
                 return Err(e);
             }
         };
@@ -491,7 +509,7 @@ impl Job {
             seconds: started.elapsed().as_secs_f64(),
         };
         drop(_log);
-        store::commit(&temp, &self.dir, &artifact, &record)?;
+        store::commit(temp, &self.dir, &artifact, &record)?;
         petnas_sdk::artifact::remove_checkpoint(&store::checkpoint_dir(
             &self.cell_dir,
             &self.stage_id,

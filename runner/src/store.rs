@@ -133,11 +133,60 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
         std::process::id()
     ));
-    let mut file = fs::File::create(&temp).with_context(|| format!("cannot create {}", temp.display()))?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    fs::rename(&temp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    let written = fs::File::create(&temp)
+        .with_context(|| format!("cannot create {}", temp.display()))
+        .and_then(|mut file| {
+            file.write_all(bytes)
+                .and_then(|_| file.sync_all())
+                .with_context(|| format!("cannot write {}", temp.display()))
+        })
+        .and_then(|_| fs::rename(&temp, path).with_context(|| format!("cannot write {}", path.display())));
+    if written.is_err() {
+        fs::remove_file(&temp).ok();
+    }
+    written
+}
+
+/// Whether `error` is, somewhere in its chain, a full disk (ENOSPC or EDQUOT), also where a
+/// library kept only the message.
+pub fn is_disk_full(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)))
+            || cause.to_string().contains("No space left on device")
+            || cause.to_string().contains("Disk quota exceeded")
+    })
+}
+
+/// `error`, where it is a full disk, with the disk named: the file system holding `dir`, and
+/// what is left on it.
+pub fn name_full_disk(error: anyhow::Error, dir: &Path) -> anyhow::Error {
+    if !is_disk_full(&error) {
+        return error;
+    }
+    let free = free_bytes(dir).map_or(String::new(), |b| format!(" (now {} free)", human_bytes(b)));
+    error.context(format!(
+        "the disk holding {} ran out of space{free}: free space there and run again; finished stages are kept",
+        dir.display()
+    ))
+}
+
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a NUL-terminated string and `stat` a valid statvfs to fill in.
+    (unsafe { libc::statvfs(path.as_ptr(), &mut stat) } == 0)
+        .then(|| stat.f_bavail as u64 * stat.f_frsize as u64)
+}
+
+fn human_bytes(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b => format!("{:.1} KiB", b as f64 / 1024.0),
+    }
 }
 
 fn sync_dir(dir: &Path) {
