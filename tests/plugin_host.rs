@@ -243,3 +243,56 @@ fn plugin_events_reach_the_runner_log_and_the_stage_log() {
     let value: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
     assert_eq!(value["fields"]["n_test"], 4);
 }
+
+/// A shared library on the plugin path that is not a plugin of this build runs no code: its
+/// stamp is read from the file, and a file without the right one is never loaded. The
+/// library here (built with the C compiler) has a load-time constructor that leaves a mark.
+/// A plugin folder every user can write to is warned about.
+#[test]
+fn a_refused_plugin_runs_no_code_and_a_world_writable_plugin_folder_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Scratch::new();
+    let dir = s.path().join("extra");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mark = s.path().join("constructor-ran");
+    let source = s.write(
+        "evil.c",
+        &format!(
+            "#include <stdio.h>\n__attribute__((constructor)) static void ran(void) {{ FILE *f = fopen(\"{}\", \"w\"); if (f) fclose(f); }}\n",
+            mark.display()
+        ),
+    );
+    let library = dir.join("libpetnas_evil.so");
+    let cc = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&library)
+        .arg(&source)
+        .output()
+        .expect("a C compiler (cc)");
+    assert!(cc.status.success(), "{}", String::from_utf8_lossy(&cc.stderr));
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+
+    let run = s.petnas(&["--plugin-dir", "extra", "plugins", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let listing: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let refused = &listing["refused"][0];
+    assert!(refused["path"].as_str().unwrap().ends_with("extra/libpetnas_evil.so"), "{listing}");
+    assert!(
+        refused["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("not a petnas plugin of this contract: it exports no `PETNAS_PLUGIN_STAMP`"),
+        "{refused}"
+    );
+    assert!(!mark.exists(), "the refused library's constructor ran");
+    assert!(
+        run.stderr.contains("plugin folder is writable by every user (mode 777)")
+            && run.stderr.contains("extra"),
+        "{}",
+        run.stderr
+    );
+    // The library does load when asked: the check above is not vacuous.
+    let python = format!("import ctypes; ctypes.CDLL('{}')", library.display());
+    assert!(std::process::Command::new("python3").args(["-c", &python]).status().unwrap().success());
+    assert!(mark.exists(), "the constructor leaves its mark when the library is loaded");
+}

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 use petnas_sdk::model::{BackboneLoader, PetType};
-use petnas_sdk::plugin::{Registered, ENTRY_SYMBOL};
-use petnas_sdk::{PluginDeclaration, Registrar, Services, Stage, Tool, CONTRACT_VERSION, FINGERPRINT};
+use petnas_sdk::plugin::{Registered, ENTRY_SYMBOL, STAMP_SYMBOL};
+use petnas_sdk::{PluginDeclaration, Registrar, Services, Stage, Tool, CONTRACT_VERSION, FINGERPRINT, STAMP};
 use sha2::{Digest, Sha256};
 
 pub const PLUGIN_PATH_ENV: &str = "PETNAS_PLUGIN_PATH";
@@ -70,6 +70,7 @@ impl Registry {
                 tracing::debug!(dir = %dir.display(), "plugin folder not readable, skipped");
                 continue;
             };
+            warn_if_others_can_write(dir);
             let mut files: Vec<PathBuf> =
                 entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_plugin_file(p)).collect();
             files.sort();
@@ -84,8 +85,10 @@ impl Registry {
     }
 
     fn load_file(&mut self, path: &Path, seen: &mut BTreeMap<String, PathBuf>) -> Result<()> {
+        let bytes = std::fs::read(path).context("cannot be read")?;
+        check_stamp(&bytes)?;
         // SAFETY: loading runs the library's initialisers; only files on the user's plugin
-        // search path are loaded, never a path named inside a pipeline.
+        // search path whose stamp says they were built with this petnas-sdk are loaded.
         let library = unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL) }
             .with_context(|| "cannot be loaded as a shared library")?;
         // SAFETY: the symbol's type is fixed by the contract (declare_plugin!).
@@ -141,7 +144,7 @@ impl Registry {
             taken("command", tool.name(), self.tools.get(tool.name()).map(|e| e.1))?;
         }
         let index = self.plugins.len();
-        let sha256 = hex(&Sha256::digest(std::fs::read(path)?));
+        let sha256 = hex(&Sha256::digest(&bytes));
         self.plugins.push(PluginInfo { name: name.clone(), version, path: path.to_path_buf(), sha256 });
         seen.insert(name, path.to_path_buf());
         for stage in stages {
@@ -210,6 +213,57 @@ impl Services for Registry {
 
     fn pet_type(&self, name: &str) -> Option<&dyn PetType> {
         self.pet_types.get(name).map(|(p, _)| p.as_ref())
+    }
+}
+
+/// Refuses a file whose exported stamp (the sdk's fingerprint, read from the file without
+/// loading it) is missing or differs from this petnas's: a refused file runs no code.
+fn check_stamp(bytes: &[u8]) -> Result<()> {
+    use object::{Object, ObjectSection, ObjectSymbol};
+    let file =
+        object::File::parse(bytes).context("cannot be loaded as a shared library (not an ELF file)")?;
+    let symbol = file
+        .dynamic_symbols()
+        .find(|s| s.name() == Ok(STAMP_SYMBOL))
+        .with_context(|| format!("not a petnas plugin of this contract: it exports no `{STAMP_SYMBOL}` (built against petnas-sdk before contract 5?)"))?;
+    let stamp = symbol
+        .section_index()
+        .and_then(|index| file.section_by_index(index).ok())
+        .and_then(|section| {
+            let data = section.data().ok()?;
+            let start = usize::try_from(symbol.address().checked_sub(section.address())?).ok()?;
+            data.get(start..start.checked_add(usize::try_from(symbol.size()).ok()?)?)
+        })
+        .with_context(|| format!("its `{STAMP_SYMBOL}` does not lie inside the file"))?;
+    if stamp == STAMP {
+        return Ok(());
+    }
+    let theirs = String::from_utf8_lossy(stamp);
+    let contract = |fingerprint: &str| {
+        fingerprint.split("; ").find_map(|part| part.strip_prefix("contract ")).map(str::to_string)
+    };
+    if let Some(version) = contract(&theirs).filter(|v| *v != CONTRACT_VERSION.to_string()) {
+        anyhow::bail!(
+            "plugin contract version {version} differs from this petnas's {CONTRACT_VERSION}; rebuild the plugin against this petnas"
+        );
+    }
+    anyhow::bail!(
+        "build fingerprint mismatch: the plugin was built with `{theirs}`, this petnas with `{FINGERPRINT}`; rebuild the plugin with the same toolchain and petnas-sdk"
+    )
+}
+
+/// A plugin folder that users other than its owner can write to lets them run code in
+/// every petnas run: say so.
+fn warn_if_others_can_write(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(dir) else { return };
+    let mode = meta.permissions().mode();
+    if mode & 0o002 != 0 {
+        tracing::warn!(
+            dir = %dir.display(),
+            "plugin folder is writable by every user (mode {:o}): anyone on this machine can put code there that petnas runs; `chmod o-w` it",
+            mode & 0o7777
+        );
     }
 }
 

@@ -52,6 +52,20 @@ macro_rules! fingerprint_literal {
 /// them. (`contract 5` repeats [`CONTRACT_VERSION`]: `concat!` takes literals only.)
 pub const FINGERPRINT: &str = fingerprint_literal!();
 
+/// [`FINGERPRINT`]'s bytes in a plain array, which every plugin exports as
+/// [`plugin::STAMP_SYMBOL`]: it holds no pointer, so the host reads it from the file and
+/// compares it before it loads the file (loading runs the file's initialisers).
+pub const STAMP: [u8; FINGERPRINT.len()] = {
+    let text = FINGERPRINT.as_bytes();
+    let mut stamp = [0u8; FINGERPRINT.len()];
+    let mut i = 0;
+    while i < text.len() {
+        stamp[i] = text[i];
+        i += 1;
+    }
+    stamp
+};
+
 /// [`FINGERPRINT`] as a C string, the form it takes inside a [`PluginDeclaration`].
 pub const FINGERPRINT_C: &std::ffi::CStr =
     match std::ffi::CStr::from_bytes_with_nul(concat!(fingerprint_literal!(), "\0").as_bytes()) {

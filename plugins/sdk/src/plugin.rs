@@ -8,6 +8,9 @@ use crate::tool::Tool;
 /// The symbol every plugin exports (via [`crate::declare_plugin!`]).
 pub const ENTRY_SYMBOL: &[u8] = b"petnas_plugin_declaration\0";
 
+/// The exported array of [`crate::STAMP`] the host reads from the file before loading it.
+pub const STAMP_SYMBOL: &str = "PETNAS_PLUGIN_STAMP";
+
 /// Returned by a plugin's entry symbol. `repr(C)` with plain C fields first, so the host can
 /// read the contract version and fingerprint of a plugin built by anything; the Rust function
 /// pointers are only called once both match.
@@ -34,6 +37,9 @@ unsafe impl Sync for PluginDeclaration {}
 #[macro_export]
 macro_rules! declare_plugin {
     ($register:path) => {
+        #[no_mangle]
+        pub static PETNAS_PLUGIN_STAMP: [u8; $crate::FINGERPRINT.len()] = $crate::STAMP;
+
         #[no_mangle]
         pub extern "C" fn petnas_plugin_declaration() -> *const $crate::PluginDeclaration {
             static DECLARATION: $crate::PluginDeclaration = $crate::PluginDeclaration {
