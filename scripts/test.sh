@@ -5,6 +5,11 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/scripts/setup.sh"
 export PATH="$root/.venv/bin:$PATH" LIBTORCH_USE_PYTORCH=1
+# The exports are checked on the Python side too, with the versions users load them with.
+if ! "$root/.venv/bin/python" -c "import transformers, peft" 2>/dev/null; then
+  echo "[test] installing transformers and peft into .venv (one time)" >&2
+  "$root/.venv/bin/python" -m pip install --quiet --disable-pip-version-check "transformers==5.24.0" "peft==0.21.2"
+fi
 cd "$root"
 # The full GLUE data, where it lies beside the checkout, lets the line-count test run.
 if [ -z "${GLUE_DIR:-}" ] && [ -d "$root/../shared/data/glue" ]; then

@@ -345,3 +345,34 @@ fn compare_judges_the_best_of_each_side_by_the_paired_bootstrap_rule() {
     assert_eq!(none.code, 2);
     assert!(none.stderr.contains("no task has methods on both sides"), "{}", none.stderr);
 }
+
+/// The CI regression (pipelines/ci-regression.yaml against its committed baseline) sees a
+/// model that learns nothing: the same recipe at `lr: 0` keeps the class prior at best, and
+/// each of its entries must be reported REGRESSED (SST-2's cell, which both methods run).
+#[test]
+fn the_ci_regression_reports_a_model_trained_at_lr_0_as_regressed() {
+    let Some(glue) = std::env::var_os("GLUE_DIR") else {
+        eprintln!("GLUE_DIR is not set: the CI regression's lr 0 check did not run");
+        return;
+    };
+    let s = Scratch::new();
+    let recipe =
+        std::fs::read_to_string(petnas_e2e::workspace().join("pipelines/ci-regression.yaml")).unwrap();
+    assert_eq!(recipe.matches("lr: 0.002").count(), 1, "the recipe's one learning rate moved:\n{recipe}");
+    s.write("ci-regression.yaml", &recipe.replace("lr: 0.002", "lr: 0"));
+    std::os::unix::fs::symlink(petnas_e2e::workspace().join("models"), s.path().join("models")).unwrap();
+    let run = s
+        .command(&["run", "ci-regression.yaml", "--only", "task=sst2"])
+        .env("GLUE_DIR", glue)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let baseline = petnas_e2e::workspace().join("pipelines/ci-regression.baseline.yaml");
+    let regress = s.petnas(&["regress", "runs/ci-regression", "--baseline", baseline.to_str().unwrap()]);
+    assert_eq!(regress.code, 1, "{}{}", regress.stdout, regress.stderr);
+    for method in ["lora", "s_lora"] {
+        let row =
+            regress.stdout.lines().find(|l| l.starts_with(&format!("sst2     {method} "))).unwrap_or("");
+        assert!(row.ends_with("REGRESSED"), "sst2/{method} at lr 0:\n{}", regress.stdout);
+    }
+}
