@@ -158,3 +158,55 @@ fn a_libtorch_error_inside_a_plugin_is_an_error_on_the_other_side_of_the_boundar
     let err = model.forward(&batch, &NoHooks, &Dropout::off()).unwrap_err();
     assert_eq!(format!("{err:#}"), "the model failed in libtorch: index out of range in self");
 }
+
+/// The exports of every family load on the Python side as the README tells users to load
+/// them — the merged checkpoint with transformers' AutoModelForSequenceClassification, the
+/// adapter with PEFT on the family's untouched base model — and give petnas's logits
+/// (scripts/reference/check_peft_export.py, with transformers and PEFT that
+/// scripts/test.sh installs). The search's export (balanced init, an exact LoRA of twice
+/// the rank) on every family, two labels (MRPC) and one (STS-B).
+#[test]
+fn exports_give_petnas_logits_in_transformers_and_peft_on_every_family() {
+    let python = workspace().join(".venv/bin/python");
+    let import = std::process::Command::new(&python).args(["-c", "import transformers, peft"]).output();
+    assert!(
+        import.as_ref().is_ok_and(|o| o.status.success()),
+        "this test needs transformers and peft in .venv (scripts/test.sh installs them): {import:?}"
+    );
+    let s = Scratch::new();
+    s.write(
+        "p.yaml",
+        &format!(
+            "name: exports
+defaults: {{seed: 3, threads: 1}}
+matrix:
+  family: [{families}]
+  task: [mrpc, stsb]
+stages:
+  model: {{use: plm.load, with: {{model: '{root}/tiny-${{matrix.family}}'}}}}
+  data: {{use: glue.load, needs: [model], with: {{task: '${{matrix.task}}', dir: '{glue}', max_len: 32, max_train_examples: 32}}}}
+  supernet: {{use: nas.build_supernet, needs: [model], with: {{pets: [{{type: lora, targets: all-linear, rank: 4, init: balanced}}]}}}}
+  warm: {{use: train.fit, needs: [supernet, data], with: {{max_steps: 3, batch_size: 16, lr: 0.01}}}}
+  structured: {{use: nas.prune_structured, needs: [warm, data], with: {{budget: 1500, score_batches: 2}}}}
+  export: {{use: pet.export, needs: [structured, data]}}
+",
+            families = FAMILIES.join(", "),
+            root = workspace().join("tests/fixtures/plm").display(),
+            glue = glue_fixtures()
+        ),
+    );
+    let run = s.petnas(&["run", "p.yaml", "--jobs", "2"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let script = workspace().join("scripts/reference/check_peft_export.py");
+    for family in FAMILIES {
+        for task in ["mrpc", "stsb"] {
+            let dir =
+                s.stage_dir("exports", &format!("family={family},task={task}"), "export").join("export");
+            let check = std::process::Command::new(&python).arg(&script).arg(&dir).output().unwrap();
+            let stdout = String::from_utf8_lossy(&check.stdout);
+            let said = format!("{stdout}{}", String::from_utf8_lossy(&check.stderr));
+            assert!(check.status.success() && stdout.ends_with("ok\n"), "{family}/{task}:\n{said}");
+            assert!(stdout.contains("PEFT adapter on the user's base model"), "{family}/{task}:\n{said}");
+        }
+    }
+}
