@@ -24,7 +24,20 @@ Writes tests/fixtures/plm/:
                                                                no buckets, absolute positions
                                                                and token types, a projected
                                                                embedding
-  <family>_cases.json, <family>_hidden.safetensors  their reference outputs
+                                                   llama       byte-level BPE with Llama 3's
+                                                               template and no padding token
+                                                               (config.json names one),
+                                                               grouped-query attention, llama3
+                                                               rope scaling
+                                                   qwen2       a Qwen2ForCausalLM (tied
+                                                               embeddings): q/k/v biases, GQA,
+                                                               <|endoftext|> as padding
+                                                   mistral     SentencePiece-style BPE, a head
+                                                               size apart from hidden/heads, a
+                                                               sliding window shorter than the
+                                                               cases
+  <family>_cases.json, <family>_hidden.safetensors  their reference outputs (decoders padded on
+                                                 the right, as petnas pads)
 """
 import json
 import sys
@@ -35,7 +48,9 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (AutoModel, AutoTokenizer, DebertaV2Config, DebertaV2Model, DebertaV2TokenizerFast,
                           DistilBertConfig, DistilBertModel, DistilBertTokenizerFast, ElectraConfig, ElectraModel,
-                          ElectraTokenizer, RobertaConfig, RobertaModel, RobertaTokenizerFast)
+                          ElectraTokenizer, LlamaConfig, LlamaModel, MistralConfig, MistralModel,
+                          PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM, RobertaConfig, RobertaModel,
+                          RobertaTokenizerFast)
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "tests" / "fixtures" / "plm"
@@ -61,6 +76,9 @@ CASES = [
 
 def reference(model_dir: Path, prefix: str) -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.padding_side = "right"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token_id = json.loads((model_dir / "config.json").read_text())["pad_token_id"]
     model = AutoModel.from_pretrained(model_dir).eval()
     cases, hidden = [], {}
     for i, case in enumerate(CASES):
@@ -212,19 +230,90 @@ def tiny_deberta_v2(target: Path) -> None:
     save(DebertaV2Model(config), tokenizer, target)
 
 
+def byte_level_bpe(special: list) -> Tokenizer:
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=special,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(training_text(), trainer)
+    return bpe
+
+
+def tiny_llama(target: Path) -> None:
+    bos, eos = "<|begin_of_text|>", "<|end_of_text|>"
+    bpe = byte_level_bpe([bos, eos])
+    bpe.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos}:1 $B:1",
+                                      special_tokens=[(bos, bpe.token_to_id(bos))]),
+    ])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=bos, eos_token=eos, model_max_length=64)
+    config = LlamaConfig(vocab_size=bpe.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         rms_norm_eps=1e-5, bos_token_id=bpe.token_to_id(bos), eos_token_id=bpe.token_to_id(eos),
+                         pad_token_id=bpe.token_to_id(eos), tie_word_embeddings=True,
+                         rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                                          "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                          "original_max_position_embeddings": 16})
+    torch.manual_seed(5)
+    save(LlamaModel(config), tokenizer, target)
+
+
+def tiny_qwen2(target: Path) -> None:
+    eos = "<|endoftext|>"
+    bpe = byte_level_bpe([eos, "<|im_start|>", "<|im_end|>"])
+    bpe.post_processor = processors.ByteLevel(trim_offsets=False)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=eos, pad_token=eos, model_max_length=64)
+    config = Qwen2Config(vocab_size=bpe.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         rms_norm_eps=1e-6, eos_token_id=bpe.token_to_id(eos), tie_word_embeddings=True,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})
+    torch.manual_seed(6)
+    save(Qwen2ForCausalLM(config), tokenizer, target)
+
+
+def tiny_mistral(target: Path) -> None:
+    special = ["<unk>", "<s>", "</s>"]
+    bpe = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    bpe.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    bpe.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    bytes_ = [f"<0x{b:02X}>" for b in range(256)]
+    bpe.train_from_iterator(training_text(), trainers.BpeTrainer(vocab_size=600, special_tokens=special + bytes_))
+    bpe.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s>:1 $B:1",
+                                                       special_tokens=[("<s>", bpe.token_to_id("<s>"))])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                        pad_token="<unk>", model_max_length=64)
+    config = MistralConfig(vocab_size=bpe.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=1, head_dim=16, max_position_embeddings=64,
+                           rms_norm_eps=1e-5, sliding_window=4, bos_token_id=1, eos_token_id=2,
+                           tie_word_embeddings=False, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    torch.manual_seed(7)
+    save(MistralModel(config), tokenizer, target)
+
+
 FAMILIES = {
     "roberta": tiny_roberta,
     "distilbert": tiny_distilbert,
     "electra": tiny_electra,
     "deberta-v3": tiny_deberta_v3,
     "deberta-v2": tiny_deberta_v2,
+    "llama": tiny_llama,
+    "qwen2": tiny_qwen2,
+    "mistral": tiny_mistral,
 }
 
 
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
-    reference(ROOT / "models" / "all-MiniLM-L6-v2", "minilm")
+    # `plm_parity.py llama qwen2` remakes those only (the others' random weights stay put).
+    only = sys.argv[1:]
+    if not only:
+        reference(ROOT / "models" / "all-MiniLM-L6-v2", "minilm")
     for family, make in FAMILIES.items():
+        if only and family not in only:
+            continue
         target = OUT / f"tiny-{family}"
         make(target)
         reference(target, family.replace("-", "_"))

@@ -93,6 +93,10 @@ impl Norm {
         })
     }
 
+    pub fn rms_norm(vb: &Vb, len: i64, eps: f64) -> Result<Norm> {
+        Ok(Norm { site: vb.prefix().to_string(), weight: vb.get("weight", &[len])?, bias: None, eps })
+    }
+
     pub fn plain(&self, x: &Tensor) -> Tensor {
         let len = self.weight.size()[0];
         match &self.bias {

@@ -1,5 +1,5 @@
 //! Pre-trained language models from Hugging Face checkpoint folders. What a model family is
-//! lives in its own file (bert.rs, distilbert.rs, electra.rs, deberta_v2.rs), registered in
+//! lives in its own file (bert.rs, distilbert.rs, electra.rs, deberta_v2.rs, llama.rs), registered in
 //! [`FAMILIES`] by `model_type`; this file holds the `hf` backbone loader, the `plm.load`
 //! stage and the `petnas encode` command.
 mod bert;
@@ -9,6 +9,7 @@ mod distilbert;
 mod electra;
 mod encode;
 mod layers;
+mod llama;
 mod tokenizer;
 mod weights;
 
@@ -47,7 +48,8 @@ pub struct Family {
 }
 
 /// Every family, one entry per model file.
-pub const FAMILIES: &[Family] = &[bert::FAMILY, distilbert::FAMILY, electra::FAMILY, deberta_v2::FAMILY];
+pub const FAMILIES: &[Family] =
+    &[bert::FAMILY, distilbert::FAMILY, electra::FAMILY, deberta_v2::FAMILY, llama::FAMILY];
 
 fn supported() -> Vec<&'static str> {
     FAMILIES.iter().flat_map(|f| f.model_types.iter().copied()).collect()
@@ -162,7 +164,7 @@ impl Stage for Load {
         "plm.load"
     }
     fn doc(&self) -> &'static str {
-        "a pre-trained model from a Hugging Face checkpoint folder (bert, roberta, xlm-roberta, camembert, distilbert, electra, deberta-v2), frozen"
+        "a pre-trained model from a Hugging Face checkpoint folder (bert, roberta, xlm-roberta, camembert, distilbert, electra, deberta-v2, llama, qwen2, mistral), frozen"
     }
     fn options(&self) -> OptionSchema {
         OptionSchema::new().opt(

@@ -62,7 +62,7 @@ fn assert_parity(model_dir: &Path, prefix: &str) {
             flat(&case["attention_mask"]),
             "{prefix} case {i}: attention mask"
         );
-        let got = tch::no_grad(|| model.forward(&batch, &NoHooks, &Dropout::off()));
+        let got = tch::no_grad(|| model.forward(&batch, &NoHooks, &Dropout::off()).unwrap());
         let want = &hidden.iter().find(|(n, _)| *n == format!("case{i}")).unwrap().1;
         // Padding positions are compared too: they are computed, and must not disturb the rest.
         let diff = (&got - want).abs().max().double_value(&[]);
@@ -105,6 +105,26 @@ fn deberta_v2_matches_transformers() {
     assert_parity(&fixtures().join("tiny-deberta-v2"), "deberta_v2");
 }
 
+#[test]
+fn llama_matches_transformers() {
+    // Grouped-query attention (4 heads, 2 key/value heads), llama3 rope scaling, Llama 3's
+    // template, and no padding token in the tokenizer: config.json's pad_token_id pads.
+    assert_parity(&fixtures().join("tiny-llama"), "llama");
+}
+
+#[test]
+fn qwen2_matches_transformers() {
+    // A Qwen2ForCausalLM checkpoint (`model.` names, tied embeddings), biases on q/k/v.
+    assert_parity(&fixtures().join("tiny-qwen2"), "qwen2");
+}
+
+#[test]
+fn mistral_matches_transformers() {
+    // One key/value head, head_dim 16 with hidden 32 and 4 heads, a sliding window of 4
+    // over sequences of up to 29 tokens.
+    assert_parity(&fixtures().join("tiny-mistral"), "mistral");
+}
+
 /// A padded batch of RTE pairs, tokenised by `model`.
 fn rte_batch(model: &dyn petnas_sdk::model::Backbone, max_len: usize) -> petnas_sdk::model::Batch {
     let sentences = glue_sentences();
@@ -122,9 +142,9 @@ fn training_attention_with_nothing_dropped_matches_the_fused_evaluation_path() {
     // attention path that training on the CPU uses.
     let model = HfLoader.load(&workspace().join(crate::DEFAULT_MODEL), Device::Cpu).unwrap();
     let batch = rte_batch(model.as_ref(), 64);
-    let fused = tch::no_grad(|| model.forward(&batch, &NoHooks, &Dropout::off()));
+    let fused = tch::no_grad(|| model.forward(&batch, &NoHooks, &Dropout::off()).unwrap());
     let explicit =
-        tch::no_grad(|| model.forward(&batch, &NoHooks, &Dropout::training(Rates::Fixed(1e-9), 1)));
+        tch::no_grad(|| model.forward(&batch, &NoHooks, &Dropout::training(Rates::Fixed(1e-9), 1)).unwrap());
     let real = batch.attention_mask.unsqueeze(-1).to_kind(Kind::Bool);
     let diff = (fused - explicit).abs().masked_select(&real).max().double_value(&[]);
     assert!(diff < 1e-4, "max abs difference {diff}");
@@ -135,8 +155,8 @@ fn the_first_token_path_gives_the_first_token_of_the_full_pass() {
     let model = HfLoader.load(&workspace().join(crate::DEFAULT_MODEL), Device::Cpu).unwrap();
     let batch = rte_batch(model.as_ref(), 64);
     for dropout in [Dropout::off(), Dropout::training(Rates::Fixed(1e-9), 1)] {
-        let full = tch::no_grad(|| model.forward(&batch, &NoHooks, &dropout)).select(1, 0);
-        let first = tch::no_grad(|| model.forward_head_token(&batch, &NoHooks, &dropout));
+        let full = tch::no_grad(|| model.forward(&batch, &NoHooks, &dropout).unwrap()).select(1, 0);
+        let first = tch::no_grad(|| model.forward_head_token(&batch, &NoHooks, &dropout).unwrap());
         assert_eq!(first.size(), full.size());
         let diff = (first - full).abs().max().double_value(&[]);
         assert!(diff < 1e-4, "training {}: max abs difference {diff}", dropout.is_training());
@@ -147,9 +167,10 @@ fn the_first_token_path_gives_the_first_token_of_the_full_pass() {
 fn training_dropout_changes_the_output_and_repeats_with_its_seed() {
     let model = HfLoader.load(&workspace().join(crate::DEFAULT_MODEL), Device::Cpu).unwrap();
     let batch = rte_batch(model.as_ref(), 64);
-    let pass =
-        |seed| tch::no_grad(|| model.forward(&batch, &NoHooks, &Dropout::training(Rates::Configured, seed)));
-    let evaluation = tch::no_grad(|| model.forward(&batch, &NoHooks, &Dropout::off()));
+    let pass = |seed| {
+        tch::no_grad(|| model.forward(&batch, &NoHooks, &Dropout::training(Rates::Configured, seed)).unwrap())
+    };
+    let evaluation = tch::no_grad(|| model.forward(&batch, &NoHooks, &Dropout::off()).unwrap());
     assert!(pass(5).equal(&pass(5)));
     assert!((pass(5) - pass(6)).abs().max().double_value(&[]) > 1e-3);
     assert!((pass(5) - evaluation).abs().max().double_value(&[]) > 1e-3);
@@ -255,7 +276,7 @@ fn encode(dir: &Path) -> Tensor {
         model.tokenizer().encode_batch(&[("the cat sat", Some("on a mat .")), ("a cat", None)], 32).unwrap();
     let split = TokenizedSplit::from_encodings(&encodings, Labels::None);
     let batch = split.batch(&[0, 1], model.tokenizer().pad_id(), Device::Cpu);
-    tch::no_grad(|| model.forward(&batch, &NoHooks, &Dropout::off()))
+    tch::no_grad(|| model.forward(&batch, &NoHooks, &Dropout::off()).unwrap())
 }
 
 #[test]

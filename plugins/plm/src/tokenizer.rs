@@ -106,13 +106,20 @@ impl HfTokenizer {
         };
         tokenizer.with_padding(None);
         tokenizer.with_truncation(None).map_err(|e| anyhow!("{e}"))?;
-        let pad_token = config["pad_token"].as_str().map(str::to_string);
+        // The tokenizer's own padding token, else config.json's `pad_token_id` (decoders'
+        // tokenizers often have none, and their configs name the end-of-text token).
+        let pad_token = config["pad_token"].as_str().or(config["pad_token"]["content"].as_str());
         let pad_id = pad_token
-            .as_deref()
             .into_iter()
             .chain(["[PAD]", "<pad>"])
             .find_map(|t| tokenizer.token_to_id(t))
-            .context("the tokenizer has no padding token ([PAD] or <pad>)")?;
+            .or_else(|| model.value["pad_token_id"].as_u64().and_then(|id| u32::try_from(id).ok()))
+            .with_context(|| {
+                format!(
+                    "{}: no padding token: the tokenizer names none (`pad_token` in tokenizer_config.json, [PAD] or <pad>) and config.json has no `pad_token_id`; set one of them (decoders usually pad with their end-of-text token)",
+                    dir.display()
+                )
+            })?;
         Ok(HfTokenizer { base: tokenizer, pad_id: pad_id as i64, by_max_len: Mutex::new(HashMap::new()) })
     }
 
