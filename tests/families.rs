@@ -9,7 +9,11 @@ use petnas_sdk::pet_model::PetModel;
 use petnas_sdk::Artifact;
 use tch::Device;
 
-const FAMILIES: [&str; 5] = ["roberta", "distilbert", "electra", "deberta-v3", "deberta-v2"];
+const FAMILIES: [&str; 8] =
+    ["roberta", "distilbert", "electra", "deberta-v3", "deberta-v2", "llama", "qwen2", "mistral"];
+
+/// Families without biases, where `bitfit` has nothing to tune (it refuses, at validation).
+const WITHOUT_BIASES: [&str; 2] = ["llama", "mistral"];
 
 fn fixture(family: &str) -> String {
     workspace().join(format!("tests/fixtures/plm/tiny-{family}")).display().to_string()
@@ -26,6 +30,7 @@ defaults: {{seed: 1, threads: 1}}
 matrix:
   family: [{families}]
   pet: [lora, bitfit, adapter, ia3, full]
+  exclude: [{exclude}]
 stages:
   model: {{use: plm.load, with: {{model: '{root}/tiny-${{matrix.family}}'}}}}
   data: {{use: glue.load, needs: [model], with: {{task: rte, dir: '{glue}', max_len: 32, max_train_examples: 32}}}}
@@ -34,6 +39,7 @@ stages:
   evaluate: {{use: glue.evaluate, needs: [fit, data]}}
 ",
             families = FAMILIES.join(", "),
+            exclude = WITHOUT_BIASES.map(|f| format!("{{family: {f}, pet: bitfit}}")).join(", "),
             root = workspace().join("tests/fixtures/plm").display(),
             glue = glue_fixtures()
         ),
@@ -42,6 +48,9 @@ stages:
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
     for family in FAMILIES {
         for pet in ["lora", "bitfit", "adapter", "ia3", "full"] {
+            if pet == "bitfit" && WITHOUT_BIASES.contains(&family) {
+                continue;
+            }
             let cell = format!("family={family},pet={pet}");
             let metrics = s.read_json(&s.stage_dir("families", &cell, "evaluate").join("metrics.json"));
             assert!(metrics["parameters"]["pet"].as_i64().unwrap() > 0, "{cell}: {metrics}");
@@ -53,6 +62,18 @@ stages:
                 let roles: Vec<Role> = model.modules.iter().map(|m| m.site().role).collect();
                 assert!(roles.iter().all(|r| matches!(r, Role::Query | Role::Value)), "{cell}: {roles:?}");
                 assert_eq!(roles.len(), 2 * model.backbone.info().num_layers as usize, "{cell}");
+            }
+            // IA³ by PEFT's defaults: keys, values and the feed-forward output's input.
+            if pet == "ia3" {
+                let fit = Artifact::read(&s.stage_dir("families", &cell, "fit"), Device::Cpu).unwrap();
+                let model = PetModel::load(&fit, registry(), Device::Cpu, false).unwrap();
+                let roles: Vec<Role> = model.modules.iter().map(|m| m.site().role).collect();
+                assert!(
+                    roles
+                        .iter()
+                        .all(|r| matches!(r, Role::Key | Role::Value | Role::Activation | Role::FfnDown)),
+                    "{cell}: {roles:?}"
+                );
             }
         }
     }
@@ -92,11 +113,38 @@ fn assert_exports_match(dir: &Path) {
     );
 }
 
+/// BitFit tunes biases a model has; on a family without them it is refused before anything
+/// runs, saying why.
 #[test]
-fn the_search_runs_on_deberta_and_distilbert_and_reports_their_module_names() {
+fn bitfit_on_a_family_without_biases_is_refused_by_validate() {
+    let s = Scratch::new();
+    s.write(
+        "p.yaml",
+        &format!(
+            "name: nobias
+stages:
+  model: {{use: plm.load, with: {{model: '{}'}}}}
+  pets: {{use: pet.attach, needs: [model], with: {{pets: [{{type: bitfit}}]}}}}
+",
+            fixture("llama")
+        ),
+    );
+    let run = s.petnas(&["validate", "p.yaml"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("PET type `bitfit` cannot attach at any of the")
+            && run.stderr.contains("models without biases have no site for it"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn the_search_runs_on_deberta_distilbert_and_llama_and_reports_their_module_names() {
     for (family, columns) in [
         ("deberta-v3", ["attention.self.query_proj", "attention.self.value_proj", "intermediate.dense"]),
         ("distilbert", ["attention.q_lin", "attention.v_lin", "ffn.lin1"]),
+        ("llama", ["self_attn.q_proj", "mlp.gate_proj", "mlp.down_proj"]),
     ] {
         let s = Scratch::new();
         s.write("p.yaml", &search_pipeline(family));

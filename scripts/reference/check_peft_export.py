@@ -43,6 +43,11 @@ def main():
         base = AutoModelForSequenceClassification.from_pretrained(
             config["base_model_name_or_path"], num_labels=num_labels
         )
+        if base.config.pad_token_id is None:
+            # As users of decoders do: the tokenizer's padding token, for the head to find
+            # the last real token (petnas's merged export writes it into config.json).
+            from transformers import AutoTokenizer
+            base.config.pad_token_id = AutoTokenizer.from_pretrained(config["base_model_name_or_path"]).pad_token_id
         model = PeftModel.from_pretrained(base, peft_dir)
         diff = (logits_of(model, check) - want).abs().max().item()
         print(f"PEFT adapter on the user's base model: max |logit difference| = {diff:.2e}")
@@ -50,6 +55,8 @@ def main():
         if num_labels == 2:
             from peft import AutoPeftModelForSequenceClassification
             auto = AutoPeftModelForSequenceClassification.from_pretrained(peft_dir)
+            if auto.config.pad_token_id is None:
+                auto.config.pad_token_id = base.config.pad_token_id
             diff = (logits_of(auto, check) - want).abs().max().item()
             print(f"AutoPeftModelForSequenceClassification: max |logit difference| = {diff:.2e}")
             worst = max(worst, diff)

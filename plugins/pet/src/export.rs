@@ -73,6 +73,11 @@ fn write_checkpoint(
         .into();
     config["problem_type"] =
         json!(if head.regression { "regression" } else { "single_label_classification" });
+    // Decoders' configs often name no padding token; their classification heads need the
+    // one petnas padded with to find the last real token.
+    if config["pad_token_id"].is_null() {
+        config["pad_token_id"] = json!(model.backbone.tokenizer().pad_id());
+    }
     std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
     for file in TOKENIZER_FILES {
         let source = info.dir.join(file);

@@ -61,6 +61,10 @@ pub fn install_dispatch(dispatch: &tracing::Dispatch) {
     // A second call (the host loads each plugin file once) would only fail harmlessly.
     let _ = tracing::dispatcher::set_global_default(dispatch.clone());
     tracing::callsite::rebuild_interest_cache();
+    // Every call into a plugin catches its panics and turns them into errors that carry the
+    // message (`crate::caught`): the default hook's print to stderr would only repeat it,
+    // with libtorch's C++ stack.
+    std::panic::set_hook(Box::new(|info| tracing::debug!("caught inside the plugin: {info}")));
 }
 
 /// What one plugin registered.
