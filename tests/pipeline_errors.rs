@@ -295,6 +295,14 @@ fn what_a_pipeline_can_get_wrong_is_caught_by_validate() {
             "option `rank` of PET type `lora`: expected integer, found number `1000000000.0`",
         ),
         (
+            ("max_len: 32", ok.1, "epochs: 1, pad_to: 1000000000"),
+            "option `pad_to` of stage `fit`: must be in [1, 65536], got 1000000000",
+        ),
+        (
+            ("max_len: 32", ok.1, "epochs: 1, pad_to: 100"),
+            "`pad_to` 100 is more than the model's 64 positions; at most 64",
+        ),
+        (
             ("max_len: 32", "{type: lora, rank_pattern: {query: 0, value: -3}}", ok.2),
             "option `rank_pattern` of PET type `lora`: `query`: must be in [1, 4096], got 0",
         ),
