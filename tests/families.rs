@@ -164,24 +164,49 @@ fn the_search_runs_on_deberta_distilbert_and_llama_and_reports_their_module_name
     }
 }
 
+/// The example recipes on a non-BERT family run as committed (on their tiny checkpoints):
+/// every method evaluates, and the decoder's search reports its seven projections.
 #[test]
-fn the_encoder_recipe_runs_on_the_tiny_deberta_as_committed() {
-    let s = Scratch::new();
-    let runs = s.path().join("runs");
-    let run = std::process::Command::new(petnas_e2e::petnas_bin())
-        .args(["run", "pipelines/encoders/lora-vs-search.yaml", "--jobs", "2", "--runs-dir"])
-        .arg(&runs)
-        .current_dir(workspace())
-        .env("CI", "1")
-        .env_remove("PETNAS_PLUGIN_PATH")
-        .output()
-        .unwrap();
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    for task in ["mrpc", "stsb"] {
-        for method in ["lora", "s_lora"] {
-            let metrics =
-                s.read_json(&runs.join(format!("encoders-lora-vs-search/task={task}/{method}/metrics.json")));
-            assert!(metrics["value"].as_f64().is_some_and(f64::is_finite), "{task}/{method}: {metrics}");
+fn the_encoder_and_decoder_recipes_run_as_committed() {
+    for (recipe, name, methods) in [
+        ("pipelines/encoders/lora-vs-search.yaml", "encoders-lora-vs-search", &["lora", "s_lora"][..]),
+        (
+            "pipelines/decoders/lora-vs-search.yaml",
+            "decoders-lora-vs-search",
+            &["lora", "s_lora", "u_lora"][..],
+        ),
+    ] {
+        let s = Scratch::new();
+        let runs = s.path().join("runs");
+        let run = std::process::Command::new(petnas_e2e::petnas_bin())
+            .args(["run", recipe, "--jobs", "2", "--runs-dir"])
+            .arg(&runs)
+            .current_dir(workspace())
+            .env("CI", "1")
+            .env_remove("PETNAS_PLUGIN_PATH")
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{recipe}: {}", String::from_utf8_lossy(&run.stderr));
+        for task in ["mrpc", "stsb"] {
+            for method in methods {
+                let metrics = s.read_json(&runs.join(format!("{name}/task={task}/{method}/metrics.json")));
+                assert!(
+                    metrics["value"].as_f64().is_some_and(f64::is_finite),
+                    "{recipe} {task}/{method}: {metrics}"
+                );
+            }
+        }
+        if name.starts_with("decoders") {
+            let svg = std::fs::read_to_string(
+                runs.join(format!("{name}/task=mrpc/s_lora_architecture/heatmap.svg")),
+            )
+            .unwrap();
+            for column in ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] {
+                assert!(svg.contains(column), "the decoder's heatmap has a column for `{column}`");
+            }
+            let architecture =
+                s.read_json(&runs.join(format!("{name}/task=mrpc/u_lora_architecture/architecture.json")));
+            assert_eq!(architecture["parameters"], 1792, "the unstructured budget is exact");
         }
     }
 }
