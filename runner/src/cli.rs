@@ -54,24 +54,87 @@ struct FolderArgs {
     allow_write: Vec<PathBuf>,
 }
 
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum ExecutorKind {
+    Local,
+    Slurm,
+}
+
+/// Where stages run: in this process, or as Slurm jobs this process submits and tracks.
+#[derive(clap::Args)]
+struct SlurmArgs {
+    /// `slurm`: each ready stage becomes a batch job (the run folder must be on a filesystem
+    /// the nodes share).
+    #[arg(long, value_enum, default_value = "local")]
+    executor: ExecutorKind,
+    /// Slurm jobs queued or running at once.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    max_jobs: usize,
+    #[arg(long, value_name = "NAME")]
+    slurm_partition: Option<String>,
+    #[arg(long, value_name = "NAME")]
+    slurm_account: Option<String>,
+    #[arg(long, value_name = "NAME")]
+    slurm_qos: Option<String>,
+    /// CPUs per job (libtorch threads inside it).
+    #[arg(long, value_name = "N")]
+    slurm_cpus_per_task: Option<usize>,
+    /// GPUs per job (`--gres=gpu:N`); with `device: auto` the stage runs on the GPU it is given.
+    #[arg(long, value_name = "N")]
+    slurm_gpus: Option<usize>,
+    /// Memory per job, as sbatch takes it (`16G`).
+    #[arg(long, value_name = "SIZE")]
+    slurm_mem: Option<String>,
+    /// Time limit per job, as sbatch takes it (`2:00:00`).
+    #[arg(long, value_name = "TIME")]
+    slurm_time: Option<String>,
+    /// Any other sbatch flag, passed as given (repeatable): `--sbatch-arg=--constraint=a100`.
+    #[arg(long = "sbatch-arg", value_name = "FLAG", allow_hyphen_values = true)]
+    sbatch_args: Vec<String>,
+}
+
+impl SlurmArgs {
+    fn slurm(&self) -> Option<crate::slurm::Slurm> {
+        (self.executor == ExecutorKind::Slurm).then(|| crate::slurm::Slurm {
+            partition: self.slurm_partition.clone(),
+            account: self.slurm_account.clone(),
+            qos: self.slurm_qos.clone(),
+            cpus_per_task: self.slurm_cpus_per_task,
+            gpus: self.slurm_gpus,
+            mem: self.slurm_mem.clone(),
+            time: self.slurm_time.clone(),
+            sbatch_args: self.sbatch_args.clone(),
+            active: Default::default(),
+        })
+    }
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    file: PathBuf,
+    /// Stages run in parallel at most; libtorch threads are divided between them.
+    #[arg(short, long, default_value_t = 1)]
+    jobs: usize,
+    /// Recomputes this stage (in every cell) and everything downstream of it.
+    #[arg(long, value_name = "STAGE")]
+    force: Vec<String>,
+    /// Runs only the cells with these matrix values (`task=mrpc,seed=2`); repeatable, a
+    /// cell runs when it matches any.
+    #[arg(long, value_name = "AXIS=VALUE,...")]
+    only: Vec<String>,
+    #[command(flatten)]
+    slurm: SlurmArgs,
+    #[command(flatten)]
+    folders: FolderArgs,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Runs a pipeline, reusing complete stages whose content key matches.
-    Run {
-        file: PathBuf,
-        /// Stages run in parallel at most; libtorch threads are divided between them.
-        #[arg(short, long, default_value_t = 1)]
-        jobs: usize,
-        /// Recomputes this stage (in every cell) and everything downstream of it.
-        #[arg(long, value_name = "STAGE")]
-        force: Vec<String>,
-        /// Runs only the cells with these matrix values (`task=mrpc,seed=2`); repeatable, a
-        /// cell runs when it matches any.
-        #[arg(long, value_name = "AXIS=VALUE,...")]
-        only: Vec<String>,
-        #[command(flatten)]
-        folders: FolderArgs,
-    },
+    Run(Box<RunArgs>),
+    /// Runs one stage from a job spec: what a Slurm job of `run --executor slurm` runs.
+    #[command(hide = true)]
+    RunStage { spec: PathBuf },
     /// Checks a pipeline without running it.
     Validate {
         file: PathBuf,
@@ -159,8 +222,17 @@ pub fn main() -> i32 {
     let registry: &'static Registry =
         Box::leak(Box::new(Registry::load(&plugins::search_path(&cli.plugin_dirs))));
     let result = match cli.command {
-        Command::Run { file, jobs, force, only, folders } => {
-            run(&file, jobs, force, &only, &folders, registry)
+        Command::Run(args) => run(&args, &cli.plugin_dirs, registry),
+        Command::RunStage { spec } => {
+            let cancel = Arc::new(AtomicBool::new(false));
+            signal_hook::flag::register(signal_hook::consts::SIGTERM, cancel.clone()).ok();
+            match executor::run_spec(&spec, registry, cancel) {
+                Ok(()) => Ok(0),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    Ok(EXIT_FAILED)
+                }
+            }
         }
         Command::Validate { file, folders } => load(&file, &folders, registry)
             .and_then(|p| {
@@ -379,22 +451,23 @@ fn placement(pipeline: &Pipeline, jobs: usize) -> Result<Placement> {
     })
 }
 
-fn run(
-    file: &Path,
-    jobs: usize,
-    force: Vec<String>,
-    only: &[String],
-    folders: &FolderArgs,
-    registry: &'static Registry,
-) -> Result<i32> {
+fn run(args: &RunArgs, plugin_dirs: &[PathBuf], registry: &'static Registry) -> Result<i32> {
+    let RunArgs { file, jobs, force, only, slurm: slurm_args, folders } = args;
+    let jobs = *jobs;
     if !(1..=crate::pipeline::MAX_THREADS).contains(&jobs) {
         bail!("--jobs must be from 1 to {}, got {jobs}", crate::pipeline::MAX_THREADS);
     }
+    let slurm = slurm_args.slurm();
+    if slurm.is_some() && !(1..=100_000).contains(&slurm_args.max_jobs) {
+        bail!("--max-jobs must be from 1 to 100000, got {}", slurm_args.max_jobs);
+    }
+    // In Slurm jobs, at most --max-jobs in flight; each job's threads are its own.
+    let jobs = if slurm.is_some() { slurm_args.max_jobs } else { jobs };
     let mut pipeline = load(file, folders, registry)?;
     pipeline.select_cells(only).map_err(anyhow::Error::msg)?;
     let placement = placement(&pipeline, jobs)?;
     // Checked before the run folder is touched: a wrong name must not reset a run's record.
-    executor::forced_stages(&pipeline, &force)?;
+    executor::forced_stages(&pipeline, force)?;
     let dir = absolute(&folders.runs_dir).join(&pipeline.name);
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("cannot create the run folder {}", dir.display()))?;
@@ -432,9 +505,11 @@ fn run(
     let options = RunOptions {
         jobs,
         runs_dir: absolute(&folders.runs_dir),
-        force,
+        force: force.clone(),
         allowed_writes: context(folders).allowed_writes,
         live_progress: std::io::stderr().is_terminal() && std::env::var_os("CI").is_none_or(|v| v.is_empty()),
+        slurm,
+        plugin_dirs: plugins::search_path(plugin_dirs),
     };
     let summary = executor::run(&pipeline, registry, &placement, &options, cancel)?;
     let status = if summary.cancelled {

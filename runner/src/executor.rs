@@ -27,6 +27,10 @@ pub struct RunOptions {
     pub force: Vec<String>,
     pub allowed_writes: Vec<PathBuf>,
     pub live_progress: bool,
+    /// Run stages as Slurm jobs instead of in this process.
+    pub slurm: Option<crate::slurm::Slurm>,
+    /// The plugin folders this petnas loaded from, for `petnas run-stage` in a Slurm job.
+    pub plugin_dirs: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -87,7 +91,8 @@ enum State {
 
 struct Finished {
     node: usize,
-    result: Result<(Arc<Artifact>, StageRecord)>,
+    /// The artifact when it was made in this process (a Slurm job's stays on disk).
+    result: Result<(Option<Arc<Artifact>>, StageRecord)>,
     seconds: f64,
 }
 
@@ -123,6 +128,26 @@ pub fn run(
         }
     }
     let services_sha256 = registry.services_sha256();
+    // The device class in content keys: where the stage runs, which for a Slurm job is the
+    // node it is given, not this one.
+    let key_device = match (&opts.slurm, pipeline.defaults.device) {
+        (_, crate::pipeline::DeviceSpec::Cpu) => "cpu",
+        (Some(slurm), crate::pipeline::DeviceSpec::Auto) => {
+            if slurm.wants_gpu() {
+                "cuda"
+            } else {
+                "cpu"
+            }
+        }
+        (_, crate::pipeline::DeviceSpec::Cuda(_)) => "cuda",
+        (None, _) => {
+            if placement.device.is_cuda() {
+                "cuda"
+            } else {
+                "cpu"
+            }
+        }
+    };
     let (sender, receiver) = mpsc::channel::<Finished>();
     let mut running = 0usize;
     let mut cancel_deadline: Option<Instant> = None;
@@ -196,7 +221,7 @@ pub fn run(
                     services_sha256: &services_sha256,
                     seed,
                     dtype: &format!("{:?}", placement.dtype),
-                    device: if placement.device.is_cuda() { "cuda" } else { "cpu" },
+                    device: key_device,
                 }
                 .key();
                 // A twin in this run: the same content key in another cell.
@@ -276,6 +301,7 @@ pub fn run(
                     input_keys: inputs,
                     key,
                     seed,
+                    plugin_sha256: plugin.sha256.clone(),
                 };
                 let sender = sender.clone();
                 let cancel = cancel.clone();
@@ -284,13 +310,37 @@ pub fn run(
                 let placement = placement.clone();
                 // Jobs own what they use: after Ctrl-C's grace period the run ends
                 // without waiting for them (their temporary folders are cleaned later).
-                pool.spawn(move || {
-                    let started = Instant::now();
-                    let result = job.run(&placement, progress, cancel, allowed, registry);
-                    sender
-                        .send(Finished { node: job.node, result, seconds: started.elapsed().as_secs_f64() })
-                        .ok();
-                });
+                match &opts.slurm {
+                    None => pool.spawn(move || {
+                        let started = Instant::now();
+                        let result = job
+                            .run(&placement, progress, cancel, allowed, registry)
+                            .map(|(a, r)| (Some(a), r));
+                        sender
+                            .send(Finished {
+                                node: job.node,
+                                result,
+                                seconds: started.elapsed().as_secs_f64(),
+                            })
+                            .ok();
+                    }),
+                    Some(slurm) => {
+                        let (slurm, spec) =
+                            (slurm.clone(), job.spec(pipeline, &services_sha256, allowed, opts));
+                        std::thread::spawn(move || {
+                            let started = Instant::now();
+                            let result = job.run_on_slurm(&slurm, &spec, &cancel).map(|r| (None, r));
+                            drop(progress);
+                            sender
+                                .send(Finished {
+                                    node: job.node,
+                                    result,
+                                    seconds: started.elapsed().as_secs_f64(),
+                                })
+                                .ok();
+                        });
+                    }
+                }
             }
         }
         if running == 0 {
@@ -317,7 +367,7 @@ pub fn run(
         states[done.node] = State::Finished(match done.result {
             Ok((artifact, _)) => {
                 tracing::info!("{label}: done in {:.2}s", done.seconds);
-                if consumers[done.node] > 0 {
+                if let Some(artifact) = artifact.filter(|_| consumers[done.node] > 0) {
                     artifacts.insert(done.node, artifact);
                 }
                 Status::Done
@@ -338,6 +388,9 @@ pub fn run(
         }
     }
     display.finish();
+    if let Some(slurm) = opts.slurm.as_ref().filter(|_| cancel.load(Ordering::Relaxed)) {
+        slurm.cancel_all();
+    }
     let outcomes = nodes
         .iter()
         .enumerate()
@@ -416,9 +469,153 @@ struct Job {
     input_keys: BTreeMap<String, String>,
     key: String,
     seed: u64,
+    plugin_sha256: String,
+}
+
+/// What `petnas run-stage` needs to run one stage in a Slurm job exactly as the executor
+/// would have here: written to `<cell>/.slurm-<stage>/spec.json`.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct JobSpec {
+    cell_dir: PathBuf,
+    dir: PathBuf,
+    stage_id: String,
+    cell_name: String,
+    kind: String,
+    plugin_sha256: String,
+    services_sha256: String,
+    options: serde_json::Value,
+    inputs: Vec<(String, PathBuf)>,
+    input_keys: BTreeMap<String, String>,
+    key: String,
+    seed: u64,
+    device: crate::pipeline::DeviceSpec,
+    dtype: DType,
+    allowed_writes: Vec<PathBuf>,
+    plugin_dirs: Vec<PathBuf>,
+}
+
+/// `petnas run-stage SPEC`: one stage, inside a Slurm job, as the executor would have run it.
+/// The plugins must be the files the submitting petnas loaded (their hashes are in the key).
+pub fn run_spec(spec_path: &Path, registry: &'static Registry, cancel: Arc<AtomicBool>) -> Result<()> {
+    let text =
+        std::fs::read_to_string(spec_path).with_context(|| format!("cannot read {}", spec_path.display()))?;
+    let spec: JobSpec =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a job spec", spec_path.display()))?;
+    let (kind, plugin) = registry
+        .stage(&spec.kind)
+        .with_context(|| format!("no plugin provides stage kind `{}` here", spec.kind))?;
+    anyhow::ensure!(
+        plugin.sha256 == spec.plugin_sha256 && registry.services_sha256() == spec.services_sha256,
+        "the plugins here differ from the ones the run was submitted with; run again to resubmit"
+    );
+    let device = match spec.device {
+        crate::pipeline::DeviceSpec::Cpu => tch::Device::Cpu,
+        crate::pipeline::DeviceSpec::Auto => tch::Device::cuda_if_available(),
+        crate::pipeline::DeviceSpec::Cuda(n) => tch::Device::Cuda(n),
+    };
+    let threads = std::env::var("SLURM_CPUS_PER_TASK").ok().and_then(|c| c.parse().ok()).unwrap_or(1);
+    tch::set_num_threads(threads as i32);
+    let placement = Placement {
+        device,
+        device_name: match device {
+            tch::Device::Cuda(n) => format!("cuda:{n}"),
+            _ => "cpu".into(),
+        },
+        dtype: spec.dtype,
+        threads_per_job: threads,
+    };
+    let job = Job {
+        node: 0,
+        cell_dir: spec.cell_dir,
+        dir: spec.dir,
+        stage_id: spec.stage_id.clone(),
+        cell_name: spec.cell_name.clone(),
+        kind,
+        plugin_name: plugin.name.clone(),
+        plugin_version: plugin.version.clone(),
+        options: spec.options,
+        inputs: spec.inputs.into_iter().map(|(id, dir)| (id, None, dir)).collect(),
+        input_keys: spec.input_keys,
+        key: spec.key,
+        seed: spec.seed,
+        plugin_sha256: spec.plugin_sha256,
+    };
+    let progress = Display::new(false, 1).stage(format!("{}/{}", spec.cell_name, spec.stage_id));
+    job.run(&placement, progress, cancel, spec.allowed_writes, registry)?;
+    tracing::info!("{}/{}: committed", spec.cell_name, spec.stage_id);
+    Ok(())
 }
 
 impl Job {
+    fn spec(
+        &self,
+        pipeline: &Pipeline,
+        services_sha256: &str,
+        allowed_writes: Vec<PathBuf>,
+        opts: &RunOptions,
+    ) -> JobSpec {
+        JobSpec {
+            cell_dir: self.cell_dir.clone(),
+            dir: self.dir.clone(),
+            stage_id: self.stage_id.clone(),
+            cell_name: self.cell_name.clone(),
+            kind: self.kind.kind().to_string(),
+            plugin_sha256: self.plugin_sha256.clone(),
+            services_sha256: services_sha256.to_string(),
+            options: self.options.clone(),
+            inputs: self.inputs.iter().map(|(id, _, dir)| (id.clone(), dir.clone())).collect(),
+            input_keys: self.input_keys.clone(),
+            key: self.key.clone(),
+            seed: self.seed,
+            device: pipeline.defaults.device,
+            dtype: pipeline.defaults.dtype,
+            allowed_writes,
+            plugin_dirs: opts.plugin_dirs.clone(),
+        }
+    }
+
+    /// Submits the stage as a Slurm job (or adopts an earlier run's) and waits for it; the
+    /// job's log ends up in the stage's folder, or is quoted in the error.
+    fn run_on_slurm(
+        &self,
+        slurm: &crate::slurm::Slurm,
+        spec: &JobSpec,
+        cancel: &AtomicBool,
+    ) -> Result<StageRecord> {
+        let job_dir = crate::slurm::job_dir(&self.cell_dir, &self.stage_id);
+        std::fs::create_dir_all(&job_dir).with_context(|| format!("cannot create {}", job_dir.display()))?;
+        let spec_path = job_dir.join("spec.json");
+        store::write_json_atomic(&spec_path, &serde_json::to_value(spec)?)?;
+        let exe = std::env::current_exe().context("cannot tell where this petnas is")?;
+        let mut command = vec![exe.display().to_string()];
+        for dir in &spec.plugin_dirs {
+            command.extend(["--plugin-dir".to_string(), dir.display().to_string()]);
+        }
+        command.extend(["run-stage".to_string(), spec_path.display().to_string()]);
+        let name = format!("petnas/{}/{}", self.cell_name, self.stage_id);
+        let job_id = slurm.submit_or_adopt(&job_dir, &name, &self.key, &command)?;
+        let ended = slurm.wait(job_id, cancel)?;
+        let log = job_dir.join(format!("slurm-{job_id}.log"));
+        match store::completed(&self.dir, &self.key) {
+            Some(record) => {
+                std::fs::rename(&log, self.dir.join(format!("slurm-{job_id}.log"))).ok();
+                std::fs::remove_dir_all(&job_dir).ok();
+                Ok(record)
+            }
+            None => {
+                let (state, code) = match ended {
+                    crate::slurm::JobState::Ended { state, exit_code } => (state, exit_code),
+                    crate::slurm::JobState::Active(state) => (state, String::new()),
+                };
+                bail!(
+                    "Slurm job {job_id} ended {state} (exit code {code}) without completing the stage: {} (log: {})",
+                    crate::slurm::log_tail(&log, 1),
+                    log.display()
+                )
+            }
+        }
+    }
+
     fn run(
         &self,
         placement: &Placement,

@@ -14,5 +14,6 @@ pub mod regress;
 pub mod report;
 pub mod results;
 pub mod run_record;
+pub mod slurm;
 pub mod store;
 pub mod yaml;

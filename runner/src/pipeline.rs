@@ -18,7 +18,7 @@ const TOP_LEVEL_KEYS: &[&str] = &["name", "description", "defaults", "matrix", "
 const DEFAULTS_KEYS: &[&str] = &["device", "seed", "dtype", "threads"];
 const STAGE_KEYS: &[&str] = &["use", "needs", "with", "when"];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum DeviceSpec {
     Auto,
     Cpu,
@@ -36,7 +36,7 @@ impl DeviceSpec {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum DType {
     Fp32,
     /// Training under bf16 autocast (mixed precision; parameters stay fp32).

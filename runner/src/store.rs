@@ -74,7 +74,12 @@ pub fn temp_dir(cell_dir: &Path, stage: &str) -> Result<PathBuf> {
     fs::create_dir_all(cell_dir).with_context(|| format!("cannot create {}", cell_dir.display()))?;
     let nanos =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let dir = cell_dir.join(format!(".tmp-{stage}-{}-{nanos}", std::process::id()));
+    // Inside a Slurm job the job id names it: another petnas leaves it alone while the job runs.
+    let owner = match std::env::var("SLURM_JOB_ID") {
+        Ok(id) if id.chars().all(|c| c.is_ascii_digit()) && !id.is_empty() => format!("slurm{id}"),
+        _ => std::process::id().to_string(),
+    };
+    let dir = cell_dir.join(format!(".tmp-{stage}-{owner}-{nanos}"));
     fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     Ok(dir)
 }
@@ -203,7 +208,9 @@ pub fn clean_leftovers(pipeline_dir: &Path) {
         for entry in entries.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if name.starts_with(".tmp-") || name.starts_with(".old-") {
+            if (name.starts_with(".tmp-") || name.starts_with(".old-"))
+                && !crate::slurm::owned_by_live_job(&name)
+            {
                 tracing::debug!(path = %entry.path().display(), "removing leftover of an interrupted run");
                 fs::remove_dir_all(entry.path()).ok();
             }

@@ -1,0 +1,124 @@
+//! `petnas run --executor slurm` against a real Slurm: the one-node cluster that
+//! `scripts/slurm-local.sh` starts (CI runs it and sets PETNAS_TEST_SLURM=1, which makes these
+//! tests required; elsewhere they run where `sbatch` is on PATH and say so where it is not).
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use petnas_e2e::Scratch;
+
+fn slurm_here() -> bool {
+    let required = std::env::var_os("PETNAS_TEST_SLURM").is_some_and(|v| v == "1");
+    let up = Command::new("sinfo").arg("-h").output().is_ok_and(|o| o.status.success());
+    assert!(up || !required, "PETNAS_TEST_SLURM=1 but Slurm is not up (scripts/slurm-local.sh starts it)");
+    if !up {
+        eprintln!(
+            "no Slurm here (scripts/slurm-local.sh starts one): the Slurm executor's tests did not run"
+        );
+    }
+    up
+}
+
+/// Jobs of ours still known to squeue.
+fn queued(name_part: &str) -> Vec<String> {
+    let out = Command::new("squeue").args(["-h", "-o", "%i %j"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(name_part))
+        .map(str::to_string)
+        .collect()
+}
+
+const PIPELINE: &str = "name: onslurm
+defaults: {threads: 1}
+matrix:
+  n: [256, 2]
+stages:
+  data: {use: demo.data, with: {n: '${matrix.n}'}}
+  fit: {use: demo.fit, needs: [data], with: {steps: 50}}
+  evaluate: {use: demo.evaluate, needs: [data, fit]}
+";
+
+#[test]
+fn stages_run_as_slurm_jobs_with_their_logs_and_a_second_run_reuses_them() {
+    if !slurm_here() {
+        return;
+    }
+    let s = Scratch::new();
+    s.write("p.yaml", PIPELINE);
+    let run = s.petnas(&["run", "p.yaml", "--executor", "slurm", "--max-jobs", "2"]);
+    assert_eq!(run.code, 1, "the cell with n=2 fails:\n{}{}", run.stdout, run.stderr);
+    for stage in ["data", "fit", "evaluate"] {
+        let dir = s.stage_dir("onslurm", "n=256", stage);
+        assert!(dir.join("stage.json").exists(), "{stage} committed by its job");
+        let logs: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("slurm-"))
+            .collect();
+        assert_eq!(logs.len(), 1, "{stage}: the job's log is kept in the stage's folder");
+    }
+    let metrics = s.read_json(&s.stage_dir("onslurm", "n=256", "evaluate").join("metrics.json"));
+    assert!(metrics["accuracy"].as_f64().is_some(), "{metrics}");
+    let failed = run.stdout.lines().find(|l| l.starts_with("n=2    data      FAILED")).unwrap_or("");
+    assert!(
+        failed.contains("ended FAILED (exit code 1:0)") && failed.contains("`n` must be at least 4, got 2"),
+        "the failed job's Slurm state and the tail of its log:\n{}",
+        run.stdout
+    );
+    assert!(failed.contains(".slurm-data/slurm-"), "where its log is: {failed}");
+    assert_eq!(s.read_json(&s.path().join("runs/onslurm/run.json"))["status"], "failed");
+
+    let again = s.petnas(&["run", "p.yaml", "--executor", "slurm"]);
+    assert!(again.stdout.contains("0 done, 3 reused, 1 failed"), "{}", again.stdout);
+    assert_eq!(again.stderr.matches("submitted to Slurm").count(), 1, "only the failed stage is resubmitted");
+}
+
+#[test]
+fn a_killed_petnas_adopts_its_running_job_and_ctrl_c_cancels_it() {
+    if !slurm_here() {
+        return;
+    }
+    let s = Scratch::new();
+    s.write(
+        "long.yaml",
+        "name: adopt
+defaults: {threads: 1}
+stages:
+  data: {use: demo.data, with: {n: 256}}
+  fit: {use: demo.fit, needs: [data], with: {steps: 100000000}}
+",
+    );
+    let job_dir = s.path().join("runs/adopt/default/.slurm-fit");
+    let mut first = s.command(&["run", "long.yaml", "--executor", "slurm"]).spawn().unwrap();
+    let started = Instant::now();
+    while !job_dir.join("job.json").exists() {
+        assert!(started.elapsed() < Duration::from_secs(60), "the fit was never submitted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let job = s.read_json(&job_dir.join("job.json"))["job_id"].as_u64().unwrap();
+    assert!(!queued(&format!("{job} ")).is_empty(), "the job outlives the petnas that submitted it");
+
+    let second = s
+        .command(&["run", "long.yaml", "--executor", "slurm"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let interrupt = Command::new("kill").args(["-INT", &second.id().to_string()]).status().unwrap();
+    assert!(interrupt.success());
+    let out = second.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains(&format!("adopted the Slurm job an earlier run submitted job={job}")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("submitted to Slurm"), "no second job for the same stage: {stderr}");
+    let started = Instant::now();
+    while !queued(&format!("{job} ")).is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(30), "Ctrl-C did not cancel job {job}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
