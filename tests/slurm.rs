@@ -29,12 +29,12 @@ fn queued(name_part: &str) -> Vec<String> {
 }
 
 const PIPELINE: &str = "name: onslurm
-defaults: {threads: 1}
+defaults: {threads: 1, resources: {time: 10m, cpus: 1}}
 matrix:
   n: [256, 2]
 stages:
   data: {use: demo.data, with: {n: '${matrix.n}'}}
-  fit: {use: demo.fit, needs: [data], with: {steps: 50}}
+  fit: {use: demo.fit, needs: [data], with: {steps: 50}, resources: {cpus: 2, mem: 64M}}
   evaluate: {use: demo.evaluate, needs: [data, fit]}
 ";
 
@@ -56,6 +56,19 @@ fn stages_run_as_slurm_jobs_with_their_logs_and_a_second_run_reuses_them() {
             .filter(|e| e.file_name().to_string_lossy().starts_with("slurm-"))
             .collect();
         assert_eq!(logs.len(), 1, "{stage}: the job's log is kept in the stage's folder");
+    }
+    // What the fit's job asked for: its own resources over the defaults'.
+    let fit_log = std::fs::read_dir(s.stage_dir("onslurm", "n=256", "fit"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .find(|n| n.starts_with("slurm-"))
+        .unwrap();
+    let job = fit_log.trim_start_matches("slurm-").trim_end_matches(".log");
+    let shown = Command::new("scontrol").args(["-o", "show", "job", job]).output().unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    for asked in ["NumCPUs=2", "TimeLimit=00:10:00", "MinMemoryNode=64M"] {
+        assert!(shown.contains(asked), "job {job} asked for {asked}: {shown}");
     }
     let metrics = s.read_json(&s.stage_dir("onslurm", "n=256", "evaluate").join("metrics.json"));
     assert!(metrics["accuracy"].as_f64().is_some(), "{metrics}");
@@ -120,5 +133,29 @@ stages:
     while !queued(&format!("{job} ")).is_empty() {
         assert!(started.elapsed() < Duration::from_secs(30), "Ctrl-C did not cancel job {job}");
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn resources_are_checked_by_validate() {
+    let s = Scratch::new();
+    s.write(
+        "p.yaml",
+        "name: res
+defaults: {resources: {gpus: -1, memory: 4G}}
+stages:
+  data: {use: demo.data, resources: {time: soon, mem: 16GB, cpus: 0}}
+",
+    );
+    let run = s.petnas(&["validate", "p.yaml"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    for message in [
+        "p.yaml:2:30: error: `gpus` must be an integer from 0 to 64, found integer `-1`",
+        "p.yaml:2:34: error: unknown key in `resources` `memory`",
+        "p.yaml:4:44: error: `time` must be a time limit (`2h`, `90m`, `1-12:00:00`), found string `soon`",
+        "p.yaml:4:55: error: `mem` must be a size as sbatch takes it (`16G`, `512M`), found string `16GB`",
+        "p.yaml:4:67: error: `cpus` must be an integer from 1 to 1024, found integer `0`",
+    ] {
+        assert!(run.stderr.contains(message), "{message}:\n{}", run.stderr);
     }
 }

@@ -76,7 +76,8 @@ struct SlurmArgs {
     slurm_account: Option<String>,
     #[arg(long, value_name = "NAME")]
     slurm_qos: Option<String>,
-    /// CPUs per job (libtorch threads inside it).
+    /// CPUs per job (libtorch threads inside it); a stage's `resources: {cpus: N}` and the
+    /// pipeline's `defaults: {resources: …}` win over this and the other per-job flags.
     #[arg(long, value_name = "N")]
     slurm_cpus_per_task: Option<usize>,
     /// GPUs per job (`--gres=gpu:N`); with `device: auto` the stage runs on the GPU it is given.
@@ -99,10 +100,12 @@ impl SlurmArgs {
             partition: self.slurm_partition.clone(),
             account: self.slurm_account.clone(),
             qos: self.slurm_qos.clone(),
-            cpus_per_task: self.slurm_cpus_per_task,
-            gpus: self.slurm_gpus,
-            mem: self.slurm_mem.clone(),
-            time: self.slurm_time.clone(),
+            resources: crate::resources::Resources {
+                gpus: self.slurm_gpus,
+                cpus: self.slurm_cpus_per_task,
+                mem: self.slurm_mem.clone(),
+                time: self.slurm_time.clone(),
+            },
             sbatch_args: self.sbatch_args.clone(),
             active: Default::default(),
         })

@@ -128,25 +128,18 @@ pub fn run(
         }
     }
     let services_sha256 = registry.services_sha256();
-    // The device class in content keys: where the stage runs, which for a Slurm job is the
-    // node it is given, not this one.
-    let key_device = match (&opts.slurm, pipeline.defaults.device) {
+    // What each stage's Slurm job asks for, and the device class in its content key: where
+    // the stage runs, which for a Slurm job is the node it is given, not this one.
+    let asks = |stage: usize| {
+        let own = pipeline.stages[stage].resources.or(&pipeline.defaults.resources);
+        opts.slurm.as_ref().map_or(own.clone(), |slurm| slurm.asks(&own))
+    };
+    let key_device = |stage: usize| match (&opts.slurm, pipeline.defaults.device) {
         (_, crate::pipeline::DeviceSpec::Cpu) => "cpu",
-        (Some(slurm), crate::pipeline::DeviceSpec::Auto) => {
-            if slurm.wants_gpu() {
-                "cuda"
-            } else {
-                "cpu"
-            }
-        }
         (_, crate::pipeline::DeviceSpec::Cuda(_)) => "cuda",
-        (None, _) => {
-            if placement.device.is_cuda() {
-                "cuda"
-            } else {
-                "cpu"
-            }
-        }
+        (Some(_), crate::pipeline::DeviceSpec::Auto) if asks(stage).gpus.is_some_and(|g| g > 0) => "cuda",
+        (None, crate::pipeline::DeviceSpec::Auto) if placement.device.is_cuda() => "cuda",
+        _ => "cpu",
     };
     let (sender, receiver) = mpsc::channel::<Finished>();
     let mut running = 0usize;
@@ -221,7 +214,7 @@ pub fn run(
                     services_sha256: &services_sha256,
                     seed,
                     dtype: &format!("{:?}", placement.dtype),
-                    device: key_device,
+                    device: key_device(node.stage),
                 }
                 .key();
                 // A twin in this run: the same content key in another cell.
@@ -327,9 +320,11 @@ pub fn run(
                     Some(slurm) => {
                         let (slurm, spec) =
                             (slurm.clone(), job.spec(pipeline, &services_sha256, allowed, opts));
+                        let resources = asks(node.stage);
                         std::thread::spawn(move || {
                             let started = Instant::now();
-                            let result = job.run_on_slurm(&slurm, &spec, &cancel).map(|r| (None, r));
+                            let result =
+                                job.run_on_slurm(&slurm, &spec, &resources, &cancel).map(|r| (None, r));
                             drop(progress);
                             sender
                                 .send(Finished {
@@ -580,6 +575,7 @@ impl Job {
         &self,
         slurm: &crate::slurm::Slurm,
         spec: &JobSpec,
+        resources: &crate::resources::Resources,
         cancel: &AtomicBool,
     ) -> Result<StageRecord> {
         let job_dir = crate::slurm::job_dir(&self.cell_dir, &self.stage_id);
@@ -593,7 +589,7 @@ impl Job {
         }
         command.extend(["run-stage".to_string(), spec_path.display().to_string()]);
         let name = format!("petnas/{}/{}", self.cell_name, self.stage_id);
-        let job_id = slurm.submit_or_adopt(&job_dir, &name, &self.key, &command)?;
+        let job_id = slurm.submit_or_adopt(&job_dir, &name, &self.key, resources, &command)?;
         let ended = slurm.wait(job_id, cancel)?;
         let log = job_dir.join(format!("slurm-{job_id}.log"));
         match store::completed(&self.dir, &self.key) {

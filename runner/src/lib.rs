@@ -12,6 +12,7 @@ pub mod plugins;
 pub mod progress;
 pub mod regress;
 pub mod report;
+pub mod resources;
 pub mod results;
 pub mod run_record;
 pub mod slurm;

@@ -15,8 +15,8 @@ use crate::plugins::Registry;
 use crate::yaml::{self, Node, Value};
 
 const TOP_LEVEL_KEYS: &[&str] = &["name", "description", "defaults", "matrix", "stages"];
-const DEFAULTS_KEYS: &[&str] = &["device", "seed", "dtype", "threads"];
-const STAGE_KEYS: &[&str] = &["use", "needs", "with", "when"];
+const DEFAULTS_KEYS: &[&str] = &["device", "seed", "dtype", "threads", "resources"];
+const STAGE_KEYS: &[&str] = &["use", "needs", "with", "when", "resources"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum DeviceSpec {
@@ -65,11 +65,20 @@ pub struct Defaults {
     pub dtype: DType,
     /// libtorch threads for the whole run; 0 = one per core.
     pub threads: usize,
+    /// What each stage's Slurm job asks for, where the stage says nothing else.
+    pub resources: crate::resources::Resources,
 }
 
 impl Default for Defaults {
     fn default() -> Self {
-        Defaults { device: DeviceSpec::Auto, device_pos: None, seed: 0, dtype: DType::Fp32, threads: 0 }
+        Defaults {
+            device: DeviceSpec::Auto,
+            device_pos: None,
+            seed: 0,
+            dtype: DType::Fp32,
+            threads: 0,
+            resources: Default::default(),
+        }
     }
 }
 
@@ -83,6 +92,8 @@ pub struct StageDecl {
     pub runs_in: Vec<bool>,
     /// Options per cell, checked, defaults filled in (null where the stage does not run).
     pub options: Vec<Json>,
+    /// What its Slurm job asks for beyond `defaults.resources`.
+    pub resources: crate::resources::Resources,
 }
 
 #[derive(Debug, Clone)]
@@ -330,6 +341,7 @@ fn parse_defaults(node: &Node, file: &str, errors: &mut Vec<Diagnostic>) -> Defa
                     describe_value(&value.to_json())
                 ),
             )),
+            ("resources", _) => defaults.resources = crate::resources::parse(value, file, errors),
             _ => errors.push(unknown_key(file, *key_pos, key, "key in `defaults`", DEFAULTS_KEYS)),
         }
     }
@@ -344,6 +356,7 @@ struct RawStage<'a> {
     needs: Vec<(String, Pos)>,
     with: Option<&'a Node>,
     when: Option<&'a Node>,
+    resources: crate::resources::Resources,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -447,6 +460,7 @@ fn parse_stages(
                 needs: stage.needs.iter().map(|(n, _)| n.clone()).collect(),
                 runs_in: runs_in[i].clone(),
                 options,
+                resources: stage.resources.clone(),
             }
         })
         .collect();
@@ -559,6 +573,7 @@ fn parse_stage<'a>(
         needs: Vec::new(),
         with: None,
         when: None,
+        resources: Default::default(),
     };
     let Value::Map(entries) = &body.value else {
         errors.push(Diagnostic::at(
@@ -604,6 +619,7 @@ fn parse_stage<'a>(
                 )),
             },
             "when" => stage.when = Some(value),
+            "resources" => stage.resources = crate::resources::parse(value, file, errors),
             "with" => match &value.value {
                 Value::Map(_) => stage.with = Some(value),
                 Value::Null => {}

@@ -14,6 +14,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::resources::Resources;
+
 /// How often a job's state is asked for.
 const POLL: Duration = Duration::from_millis(500);
 
@@ -23,10 +25,8 @@ pub struct Slurm {
     pub partition: Option<String>,
     pub account: Option<String>,
     pub qos: Option<String>,
-    pub cpus_per_task: Option<usize>,
-    pub gpus: Option<usize>,
-    pub mem: Option<String>,
-    pub time: Option<String>,
+    /// What a job asks for where neither its stage nor `defaults` says (`--slurm-gpus` …).
+    pub resources: Resources,
     /// Other sbatch flags, passed as given.
     pub sbatch_args: Vec<String>,
     /// Jobs this petnas submitted that have not ended: cancelled on Ctrl-C.
@@ -66,14 +66,21 @@ fn quote(text: &str) -> String {
 }
 
 impl Slurm {
-    /// Whether jobs run on a GPU: the key's device class for `device: auto`.
-    pub fn wants_gpu(&self) -> bool {
-        self.gpus.is_some_and(|g| g > 0)
+    /// What the job of a stage asking for `stage` (its own and `defaults`' resources) gets.
+    pub fn asks(&self, stage: &Resources) -> Resources {
+        stage.or(&self.resources)
     }
 
     /// Submits `command` as the job of the stage whose job folder is `dir`, or adopts the
     /// job an earlier run submitted for the same key while it is still queued or running.
-    pub fn submit_or_adopt(&self, dir: &Path, name: &str, key: &str, command: &[String]) -> Result<u64> {
+    pub fn submit_or_adopt(
+        &self,
+        dir: &Path,
+        name: &str,
+        key: &str,
+        resources: &Resources,
+        command: &[String],
+    ) -> Result<u64> {
         let record = dir.join("job.json");
         if let Some(earlier) = std::fs::read_to_string(&record)
             .ok()
@@ -95,10 +102,10 @@ impl Slurm {
             ("--partition", self.partition.clone()),
             ("--account", self.account.clone()),
             ("--qos", self.qos.clone()),
-            ("--cpus-per-task", self.cpus_per_task.map(|c| c.to_string())),
-            ("--gres", self.gpus.filter(|g| *g > 0).map(|g| format!("gpu:{g}"))),
-            ("--mem", self.mem.clone()),
-            ("--time", self.time.clone()),
+            ("--cpus-per-task", resources.cpus.map(|c| c.to_string())),
+            ("--gres", resources.gpus.filter(|g| *g > 0).map(|g| format!("gpu:{g}"))),
+            ("--mem", resources.mem.clone()),
+            ("--time", resources.time.clone()),
         ];
         for (flag, value) in options {
             if let Some(value) = value {
