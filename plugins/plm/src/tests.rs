@@ -356,7 +356,7 @@ fn broken_checkpoints_are_errors_naming_file_and_tensor() {
         std::fs::read_to_string(dir.path().join("config.json")).unwrap().replace("\"bert\"", "\"gpt2\"");
     std::fs::write(dir.path().join("config.json"), config).unwrap();
     assert!(load_error(dir.path()).ends_with(
-        "config.json: model_type `gpt2` is not supported (supported: bert, roberta, xlm-roberta, camembert, distilbert, electra, deberta-v2)"
+        "config.json: model_type `gpt2` is not supported (supported: bert, roberta, xlm-roberta, camembert, distilbert, electra, deberta-v2, llama, qwen2, mistral)"
     ));
 
     assert!(load_error(Path::new("no/such/model")).starts_with("model folder `no/such/model` not found"));
