@@ -1,0 +1,66 @@
+"""Copies the finished cells of a run folder, without their tensors, into the repository, so
+that a grid that takes several sittings on several machines loses no finished cell.
+
+    python3 scripts/sweep_snapshot.py RUNS/<pipeline> results/<name>/runs/<slice>
+
+A cell is finished when every stage that run.json (or, while the run is in progress, the
+pipeline's resolved.yaml) gives it has completed. Each of its stage folders is copied with
+its small files (stage.json, metrics.json, outputs.json, architecture.json, heatmaps,
+predictions), never outputs.safetensors; run.json and resolved.yaml come along, so that
+`petnas report` and `petnas compare` read the copy like the run folder. A later sitting runs
+the other cells (`petnas run --only ...`) and `report` reads all the copies together.
+"""
+import json
+import shutil
+import sys
+from pathlib import Path
+
+KEEP = {"stage.json", "metrics.json", "outputs.json", "architecture.json", "heatmap.svg", "heatmap.png",
+        "predictions.tsv"}
+
+
+def stages_per_cell(run_dir: Path) -> dict:
+    """The stages of each cell, from resolved.yaml's JSON-compatible YAML (petnas writes it)."""
+    import re
+    text = (run_dir / "resolved.yaml").read_text()
+    cells, current = {}, None
+    for line in text.splitlines():
+        if line.startswith("- cell: "):
+            current = line[len("- cell: "):].strip().strip("'\"")
+            cells[current] = []
+        elif current is not None and re.match(r"^    [A-Za-z0-9_.-]+:$", line):
+            cells[current].append(line.strip()[:-1])
+    return cells
+
+
+def main() -> int:
+    run_dir, dest = Path(sys.argv[1]), Path(sys.argv[2])
+    cells = stages_per_cell(run_dir)
+    finished = [c for c, stages in cells.items()
+                if stages and all((run_dir / c / s / "stage.json").exists() for s in stages)]
+    target = dest / run_dir.name
+    target.mkdir(parents=True, exist_ok=True)
+    for cell in finished:
+        for stage in cells[cell]:
+            src = run_dir / cell / stage
+            out = target / cell / stage
+            out.mkdir(parents=True, exist_ok=True)
+            for f in src.iterdir():
+                if f.is_file() and f.name in KEEP:
+                    shutil.copy2(f, out / f.name)
+    record = json.loads((run_dir / "run.json").read_text())
+    record["stages"] = [s for s in record.get("stages", []) if s.get("cell") in finished]
+    if not record["stages"]:
+        # A run still in progress lists no stages yet: list those of the finished cells.
+        record["stages"] = [{"cell": c, "stage": s} for c in finished for s in cells[c]]
+        record["status"] = "partial"
+    (target / "run.json").write_text(json.dumps(record, indent=1))
+    shutil.copy2(run_dir / "resolved.yaml", target / "resolved.yaml")
+    print(f"{len(finished)} finished cell(s) of {len(cells)} copied to {target}")
+    for c in finished:
+        print(f"  {c}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
