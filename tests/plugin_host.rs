@@ -296,3 +296,25 @@ fn a_refused_plugin_runs_no_code_and_a_world_writable_plugin_folder_is_warned_ab
     assert!(std::process::Command::new("python3").args(["-c", &python]).status().unwrap().success());
     assert!(mark.exists(), "the constructor leaves its mark when the library is loaded");
 }
+
+/// docs/options.md is what `petnas plugins --format markdown` prints for the plugins of this
+/// build: the reference cannot drift from the declarations validate checks.
+#[test]
+fn the_options_reference_is_current() {
+    let s = Scratch::new();
+    let run = s.petnas(&["plugins", "--format", "markdown"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let committed = std::fs::read_to_string(petnas_e2e::workspace().join("docs/options.md")).unwrap();
+    assert!(
+        run.stdout == committed,
+        "docs/options.md is out of date: run `target/release/petnas plugins --format markdown > docs/options.md`"
+    );
+    for section in [
+        "### `train.fit`",
+        "### `lora`",
+        "Default targets: `role:query`, `role:value`.",
+        "PEFT/transformers call it `r`.",
+    ] {
+        assert!(committed.contains(section), "{section}");
+    }
+}

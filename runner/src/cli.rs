@@ -38,6 +38,13 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
+enum PluginsFormat {
+    Text,
+    Json,
+    Markdown,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
 enum ReportFormat {
     Markdown,
     Csv,
@@ -155,8 +162,13 @@ enum Command {
     },
     /// Lists stage kinds and PET types with their options, and the plugin files.
     Plugins {
+        /// The same as `--format json`.
         #[arg(long)]
         json: bool,
+        /// `markdown`: the reference of every stage kind's and PET type's options
+        /// (docs/options.md is this).
+        #[arg(long, value_enum, default_value = "text")]
+        format: PluginsFormat,
     },
     /// One table of every evaluated cell of runs, a row per task, other matrix values and
     /// method (medians and spread over seeds), and Pareto plots per task.
@@ -256,7 +268,9 @@ pub fn main() -> i32 {
             print!("{}", if dot { crate::plan::dot(&p) } else { crate::plan::text(&p) });
             0
         }),
-        Command::Plugins { json } => list_plugins(registry, json).map(|_| 0),
+        Command::Plugins { json, format } => {
+            list_plugins(registry, if json { PluginsFormat::Json } else { format }).map(|_| 0)
+        }
         Command::Plugin(args) => run_tool(&args, registry),
         Command::Report { runs, format, cells, plots } => report(&runs, format, cells, plots.as_deref()),
         Command::Compare { runs, candidates, baselines, confidence, resamples, seed, json } => {
@@ -566,28 +580,16 @@ fn print_summary(summary: &executor::RunSummary) {
     );
 }
 
-fn list_plugins(registry: &Registry, json: bool) -> Result<()> {
-    let option_json = |schema: petnas_sdk::OptionSchema| -> Vec<serde_json::Value> {
-        schema
-            .options
-            .iter()
-            .map(|o| {
-                let excludes: Vec<&str> = schema
-                    .exclusive
-                    .iter()
-                    .filter(|(names, _)| names.contains(&o.name))
-                    .flat_map(|(names, _)| names.iter().copied().filter(|n| *n != o.name))
-                    .collect();
-                serde_json::json!({"name": o.name, "type": o.describe(), "default": o.default, "required": o.default.is_none(), "doc": o.doc, "peer_names": o.peer_names, "excludes": excludes})
-            })
-            .collect()
+fn list_plugins(registry: &Registry, format: PluginsFormat) -> Result<()> {
+    let crate::plugin_list::Listing { stages, pet_types, commands } = crate::plugin_list::listing(registry);
+    let json = match format {
+        PluginsFormat::Json => true,
+        PluginsFormat::Markdown => {
+            print!("{}", crate::plugin_list::markdown(registry));
+            return Ok(());
+        }
+        PluginsFormat::Text => false,
     };
-    let stages: Vec<serde_json::Value> = registry.stages().map(|(s, p)| serde_json::json!({"kind": s.kind(), "doc": s.doc(), "plugin": p.name, "inputs": s.input_kinds(), "output": s.output_kind(), "options": option_json(s.options())})).collect();
-    let commands: Vec<serde_json::Value> = registry
-        .tools()
-        .map(|(t, p)| serde_json::json!({"name": t.name(), "doc": t.about(), "plugin": p.name}))
-        .collect();
-    let pet_types: Vec<serde_json::Value> = registry.pet_types().map(|(t, p)| serde_json::json!({"name": t.name(), "doc": t.doc(), "plugin": p.name, "options": option_json(t.options())})).collect();
     if json {
         let out = serde_json::json!({"plugins": registry.plugins, "refused": registry.refused, "shadowed": registry.shadowed, "stages": stages, "pet_types": pet_types, "commands": commands});
         println!("{}", serde_json::to_string_pretty(&out)?);

@@ -8,6 +8,7 @@ pub mod logging;
 pub mod matrix;
 pub mod pipeline;
 pub mod plan;
+pub mod plugin_list;
 pub mod plugins;
 pub mod progress;
 pub mod regress;
