@@ -151,6 +151,55 @@ fn a_killed_fit_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one() {
     };
     assert_eq!(history(&s), history(&reference), "the resumed fit reports the same losses");
     assert_eq!(metrics(&s)["splits"], metrics(&reference)["splits"]);
+    // The per-step log too, but for the speed of each step.
+    let step_log = |s: &Scratch| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(s.stage_dir("train", "default", "fit").join("train_log.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().remove("samples_per_second");
+                v
+            })
+            .collect()
+    };
+    assert_eq!(
+        step_log(&s),
+        step_log(&reference),
+        "the resumed fit's step log reads as an uninterrupted one"
+    );
+}
+
+/// `train_log.jsonl`: one line per step — step, epoch, loss, learning rate, gradient norm,
+/// samples/s — and one per evaluation, in order.
+#[test]
+fn the_step_log_has_every_step_and_evaluation() {
+    let s = Scratch::new();
+    s.write(
+        "p.yaml",
+        &pipeline(
+            "[{type: lora}]",
+            "{max_steps: 6, batch_size: 16, lr: 0.01, warmup_ratio: 0.5, eval_every: 3}",
+        ),
+    );
+    assert_eq!(s.petnas(&["run", "p.yaml"]).code, 0);
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(s.stage_dir("train", "default", "fit").join("train_log.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    let steps: Vec<&serde_json::Value> = lines.iter().filter(|l| l.get("loss").is_some()).collect();
+    assert_eq!(steps.iter().map(|l| l["step"].as_i64().unwrap()).collect::<Vec<_>>(), [1, 2, 3, 4, 5, 6]);
+    for l in &steps {
+        for key in ["epoch", "loss", "lr", "grad_norm", "samples_per_second"] {
+            assert!(l[key].as_f64().is_some_and(f64::is_finite), "{key} in {l}");
+        }
+    }
+    assert_eq!(steps[0]["lr"], 0.0, "warm-up starts at 0, as transformers' schedule");
+    let evaluations: Vec<i64> =
+        lines.iter().filter(|l| l.get("evaluated").is_some()).map(|l| l["step"].as_i64().unwrap()).collect();
+    assert_eq!(evaluations, [3, 6]);
 }
 
 #[test]

@@ -141,11 +141,19 @@ pub fn task_loss(model: &PetModel, batch: &Batch, dropout_seed: Option<u64>) -> 
     })
 }
 
+/// What one training step saw.
+#[derive(Debug, Clone, Copy)]
+pub struct StepReport {
+    pub loss: f64,
+    /// The gradient's norm before clipping.
+    pub grad_norm: f64,
+}
+
 impl AdamW {
     /// One training step: loss (dropout drawn from `dropout_seed`; under bf16 autocast when
     /// `bf16`), backward, clipping,
-    /// update, masks re-applied. Returns the loss, or an error naming the problem when the
-    /// loss or gradient is not finite.
+    /// update, masks re-applied. Returns the loss and gradient norm, or an error naming the
+    /// problem when the loss or gradient is not finite.
     pub fn train_step(
         &mut self,
         model: &PetModel,
@@ -154,7 +162,7 @@ impl AdamW {
         max_grad_norm: f64,
         masks: &BTreeMap<String, Tensor>,
         dropout_seed: u64,
-    ) -> Result<f64> {
+    ) -> Result<StepReport> {
         let loss = crate::autocast::bf16(self.bf16, model.backbone.device(), || {
             task_loss(model, batch, Some(dropout_seed))
         })??;
@@ -181,7 +189,7 @@ impl AdamW {
                 }
             }
         });
-        Ok(value)
+        Ok(StepReport { loss: value, grad_norm: norm })
     }
 }
 

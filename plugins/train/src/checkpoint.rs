@@ -9,6 +9,9 @@ use tch::Tensor;
 use petnas_sdk::artifact::{last_checkpoint, save_checkpoint};
 use petnas_sdk::optim::AdamW;
 
+// The per-step log is kept in each checkpoint, so that a resumed fit's log runs on unbroken.
+use crate::fit::STEP_LOG;
+
 const TENSORS: &str = "checkpoint.safetensors";
 const STATE: &str = "checkpoint.json";
 
@@ -35,7 +38,21 @@ pub struct LoopState {
 
 /// Writes the checkpoint: tensors and state together replace the last one in one rename, so
 /// that a kill at any moment leaves a state and the tensors of the same step.
-pub fn save(dir: &Path, opt: &AdamW, best: &[(String, Tensor)], state: &LoopState) -> Result<()> {
+
+/// The per-step log of the last complete checkpoint in `dir`.
+pub fn step_log(dir: &Path) -> Option<std::path::PathBuf> {
+    last_checkpoint(dir, |d| d.join(TENSORS).exists() && d.join(STATE).exists())
+        .map(|d| d.join(STEP_LOG))
+        .filter(|p| p.exists())
+}
+
+pub fn save(
+    dir: &Path,
+    opt: &AdamW,
+    best: &[(String, Tensor)],
+    state: &LoopState,
+    step_log: &Path,
+) -> Result<()> {
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
     for ((name, p, _), (m, v)) in opt.params.iter().zip(opt.m.iter().zip(&opt.v)) {
         tensors.push((format!("p.{name}"), p.detach().to_device(tch::Device::Cpu)));
@@ -51,6 +68,10 @@ pub fn save(dir: &Path, opt: &AdamW, best: &[(String, Tensor)], state: &LoopStat
         let path = folder.join(TENSORS);
         Tensor::write_safetensors(&tensors, &path)
             .with_context(|| format!("cannot write {}", path.display()))?;
+        if step_log.exists() {
+            std::fs::copy(step_log, folder.join(STEP_LOG))
+                .with_context(|| format!("cannot copy {} into the checkpoint", step_log.display()))?;
+        }
         let path = folder.join(STATE);
         std::fs::write(&path, serde_json::to_vec(&full)?)
             .with_context(|| format!("cannot write {}", path.display()))
@@ -126,7 +147,14 @@ mod tests {
         let mut opt = AdamW::new(params, 0.0);
         let best: NamedTensors = opt.params.iter().map(|(n, p, _)| (n.clone(), p * 10)).collect();
         let dir = tempfile::tempdir().unwrap();
-        save(dir.path(), &opt, &best, &LoopState { step: 3, ..LoopState::default() }).unwrap();
+        save(
+            dir.path(),
+            &opt,
+            &best,
+            &LoopState { step: 3, ..LoopState::default() },
+            Path::new("no step log"),
+        )
+        .unwrap();
         let (state, loaded) = load(dir.path(), &mut opt).unwrap().expect("a checkpoint");
         assert_eq!(state.step, 3);
         let loaded: Vec<(&str, f32)> =
@@ -146,7 +174,8 @@ mod tests {
             tch::no_grad(|| {
                 let _ = opt.params[0].1.f_fill_(step as f64);
             });
-            save(&dir, opt, &[], &LoopState { step, ..LoopState::default() }).unwrap();
+            save(&dir, opt, &[], &LoopState { step, ..LoopState::default() }, Path::new("no step log"))
+                .unwrap();
         };
         at(4, &mut opt);
         at(8, &mut opt);

@@ -2,7 +2,9 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use std::io::Write;
+
+use anyhow::{bail, Context, Result};
 use petnas_sdk::data::{BatchOptions, DatasetInfo, TokenizedSplit};
 use petnas_sdk::pet_model::{evaluate, PetModel};
 use petnas_sdk::StageCtx;
@@ -40,6 +42,13 @@ pub struct FitReport {
     pub summary: serde_json::Value,
 }
 
+/// The per-step log a fit writes into its stage's folder.
+pub const STEP_LOG: &str = "train_log.jsonl";
+
+fn log_line(log: &mut impl Write, path: &std::path::Path, line: serde_json::Value) -> Result<()> {
+    writeln!(log, "{line}").with_context(|| format!("cannot write {}", path.display()))
+}
+
 pub fn fit(
     ctx: &StageCtx,
     o: &FitOptions,
@@ -68,6 +77,21 @@ pub fn fit(
         }
         None => (LoopState::default(), Vec::new()),
     };
+    // One line per step (and per evaluation), in the stage's folder; a resumed fit carries on
+    // from the checkpoint's copy, so its log reads as an uninterrupted one.
+    let log_path = ctx.dir().join(STEP_LOG);
+    let resumed_log = if state.step > 0 { checkpoint::step_log(&ckpt_dir) } else { None };
+    if let Some(saved) = resumed_log {
+        std::fs::copy(&saved, &log_path).with_context(|| format!("cannot copy {}", saved.display()))?;
+    }
+    let mut step_log = std::io::BufWriter::new(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("cannot open {}", log_path.display()))?,
+    );
+
     ctx.progress().set_total(total as u64);
     ctx.progress().advance(state.step as u64);
     let batch_options = |epoch: i64| BatchOptions {
@@ -92,22 +116,29 @@ pub fn fit(
         // (libtorch's generator is seeded too: it draws dropout on CUDA).
         let dropout_seed = petnas_sdk::init::derive_seed(ctx.seed, &format!("step {}", state.step));
         tch::manual_seed(dropout_seed as i64);
-        match opt.train_step(
-            model,
-            &batch,
-            learning_rate(state.step, total, warmup, o.lr),
-            o.max_grad_norm,
-            &masks,
-            dropout_seed,
-        ) {
-            Ok(loss) => {
-                state.loss_sum += loss;
+        let lr = learning_rate(state.step, total, warmup, o.lr);
+        let step_started = Instant::now();
+        let epoch_now = (state.step + 1) as f64 / steps_per_epoch as f64;
+        match opt.train_step(model, &batch, lr, o.max_grad_norm, &masks, dropout_seed) {
+            Ok(report) => {
+                state.loss_sum += report.loss;
                 state.loss_count += 1;
+                let rate = rows.len() as f64 / step_started.elapsed().as_secs_f64().max(1e-9);
+                log_line(
+                    &mut step_log,
+                    &log_path,
+                    json!({"step": state.step + 1, "epoch": epoch_now, "loss": report.loss, "lr": lr, "grad_norm": report.grad_norm, "samples_per_second": rate}),
+                )?;
             }
             Err(e) if !e.is::<NonFinite>() => bail!("{e:#} at step {}", state.step + 1),
             Err(e) if o.skip_nonfinite => {
                 state.skipped += 1;
                 tracing::warn!(step = state.step + 1, "{e}: step skipped");
+                log_line(
+                    &mut step_log,
+                    &log_path,
+                    json!({"step": state.step + 1, "epoch": epoch_now, "lr": lr, "skipped": format!("{e}")}),
+                )?;
             }
             Err(e) => {
                 let kept = match checkpoint::exists(&ckpt_dir) {
@@ -133,6 +164,11 @@ pub fn fit(
                 let main = evaluation.metrics.get(info.scoring.main_metric()).copied().unwrap_or(f64::NAN);
                 entry["split"] = json!(name);
                 entry["metrics"] = json!(evaluation.metrics);
+                log_line(
+                    &mut step_log,
+                    &log_path,
+                    json!({"step": state.step, "epoch": entry["epoch"], "evaluated": name, "metrics": evaluation.metrics}),
+                )?;
                 tracing::info!(
                     step = state.step,
                     metric = info.scoring.main_metric(),
@@ -156,7 +192,8 @@ pub fn fit(
             at_eval && o.early_stopping_patience.is_some_and(|p| state.evaluations_since_best > p);
         let checkpoint_now = (o.checkpoint_every > 0 && state.step % o.checkpoint_every == 0) || at_eval;
         if checkpoint_now && state.step < total && !stop_early {
-            checkpoint::save(&ckpt_dir, &opt, &best, &state)?;
+            step_log.flush().with_context(|| format!("cannot write {}", log_path.display()))?;
+            checkpoint::save(&ckpt_dir, &opt, &best, &state, &log_path)?;
         }
         if stop_early {
             tracing::info!(
@@ -167,6 +204,7 @@ pub fn fit(
             break;
         }
     }
+    step_log.flush().with_context(|| format!("cannot write {}", log_path.display()))?;
     if o.keep_best && !best.is_empty() {
         tch::no_grad(|| {
             for ((name, p, _), (best_name, value)) in opt.params.iter_mut().zip(&best) {
