@@ -376,3 +376,34 @@ fn the_ci_regression_reports_a_model_trained_at_lr_0_as_regressed() {
         assert!(row.ends_with("REGRESSED"), "sst2/{method} at lr 0:\n{}", regress.stdout);
     }
 }
+
+/// `report --curves DIR`: a figure per cell of the training loss and the dev metric against
+/// the step, from the fits' train_log.jsonl.
+#[test]
+fn curves_plot_each_fits_loss_and_dev_metric_per_cell() {
+    let s = Scratch::new();
+    s.write(
+        "p.yaml",
+        &format!(
+            "name: curves
+defaults: {{seed: 1, threads: 1}}
+stages:
+  model: {{use: plm.load, with: {{model: '{}'}}}}
+  data: {{use: glue.load, needs: [model], with: {{task: mrpc, dir: '{}', max_len: 32, max_train_examples: 48}}}}
+  pets: {{use: pet.attach, needs: [model], with: {{pets: [{{type: lora}}]}}}}
+  lora_fit: {{use: train.fit, needs: [pets, data], with: {{max_steps: 6, batch_size: 16, lr: 0.01, eval_every: 2}}}}
+  lora: {{use: glue.evaluate, needs: [lora_fit, data]}}
+",
+            petnas_e2e::tiny_model(),
+            petnas_e2e::glue_fixtures()
+        ),
+    );
+    assert_eq!(s.petnas(&["run", "p.yaml"]).code, 0);
+    let run = s.petnas(&["report", "runs/curves", "--curves", "plots"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let svg = std::fs::read_to_string(s.path().join("plots/curves-curves-default.svg")).unwrap();
+    for text in ["training loss", "dev f1", "lora_fit", "curves/default"] {
+        assert!(svg.contains(text), "the figure shows `{text}`");
+    }
+    assert!(s.path().join("plots/curves-curves-default.png").exists());
+}

@@ -184,6 +184,10 @@ enum Command {
         /// Write Pareto plots (SVG and PNG) into this folder.
         #[arg(long, value_name = "DIR")]
         plots: Option<PathBuf>,
+        /// Write the training loss and dev metric against the step (SVG and PNG), a figure
+        /// per cell, from the fits' train_log.jsonl, into this folder.
+        #[arg(long, value_name = "DIR")]
+        curves: Option<PathBuf>,
     },
     /// The best candidate method against the best baseline method at each task and value of
     /// the other matrix axes: the paired difference over seeds and its bootstrap interval —
@@ -272,7 +276,9 @@ pub fn main() -> i32 {
             list_plugins(registry, if json { PluginsFormat::Json } else { format }).map(|_| 0)
         }
         Command::Plugin(args) => run_tool(&args, registry),
-        Command::Report { runs, format, cells, plots } => report(&runs, format, cells, plots.as_deref()),
+        Command::Report { runs, format, cells, plots, curves } => {
+            report(&runs, format, cells, plots.as_deref(), curves.as_deref())
+        }
         Command::Compare { runs, candidates, baselines, confidence, resamples, seed, json } => {
             compare(&runs, &candidates, &baselines, confidence, resamples, seed, json)
         }
@@ -324,7 +330,18 @@ fn run_tool(args: &[String], registry: &'static Registry) -> Result<i32> {
     Ok(output.code)
 }
 
-fn report(runs: &[PathBuf], format: ReportFormat, cells: bool, plots: Option<&Path>) -> Result<i32> {
+fn report(
+    runs: &[PathBuf],
+    format: ReportFormat,
+    cells: bool,
+    plots: Option<&Path>,
+    curves: Option<&Path>,
+) -> Result<i32> {
+    if let Some(dir) = curves {
+        for file in crate::curves::curve_plots(runs, dir)? {
+            eprintln!("wrote {}", file.display());
+        }
+    }
     let results = crate::results::collect(runs)?;
     if results.is_empty() {
         bail!(

@@ -2,6 +2,7 @@
 pub mod cli;
 pub mod compare;
 pub mod cuda;
+pub mod curves;
 pub mod diag;
 pub mod executor;
 pub mod logging;

@@ -145,7 +145,7 @@ pub fn frontier(groups: &[&Group]) -> Vec<usize> {
 }
 
 /// Renders an SVG file as PNG beside it (text in the system's fonts).
-fn png_of(svg: &Path) -> Result<std::path::PathBuf> {
+pub fn png_of(svg: &Path) -> Result<std::path::PathBuf> {
     let mut options = resvg::usvg::Options::default();
     let fonts = options.fontdb_mut();
     fonts.load_system_fonts();

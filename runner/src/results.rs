@@ -54,7 +54,7 @@ pub struct Group {
 
 /// Run folders given on the command line: a pipeline's folder (`runs/<pipeline>`) or a
 /// folder of them (`runs`).
-fn pipeline_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
+pub fn pipeline_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
     if !dir.is_dir() {
         bail!("run folder `{}` not found", dir.display());
     }

@@ -167,7 +167,7 @@ pub fn fit(
                 log_line(
                     &mut step_log,
                     &log_path,
-                    json!({"step": state.step, "epoch": entry["epoch"], "evaluated": name, "metrics": evaluation.metrics}),
+                    json!({"step": state.step, "epoch": entry["epoch"], "evaluated": name, "metric": info.scoring.main_metric(), "value": main, "metrics": evaluation.metrics}),
                 )?;
                 tracing::info!(
                     step = state.step,

@@ -1,0 +1,156 @@
+//! `petnas report --curves DIR`: the training loss and the dev metric against the step, from
+//! every `train_log.jsonl` the runs' fits wrote, one figure (SVG and PNG) per cell.
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context, Result};
+use plotters::prelude::*;
+use serde_json::Value;
+
+/// One fit's log: its stage, the loss per step, and the main dev metric per evaluation.
+struct Curve {
+    stage: String,
+    loss: Vec<(f64, f64)>,
+    metric: Option<String>,
+    evaluations: Vec<(f64, f64)>,
+}
+
+fn read_curve(stage_dir: &Path) -> Option<Curve> {
+    let text = std::fs::read_to_string(stage_dir.join("train_log.jsonl")).ok()?;
+    let mut curve = Curve {
+        stage: stage_dir.file_name()?.to_string_lossy().to_string(),
+        loss: Vec::new(),
+        metric: None,
+        evaluations: Vec::new(),
+    };
+    for line in text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()) {
+        let step = line["step"].as_f64().unwrap_or(f64::NAN);
+        if let Some(loss) = line["loss"].as_f64() {
+            curve.loss.push((step, loss));
+        }
+        if let (Some(metric), Some(value)) = (line["metric"].as_str(), line["value"].as_f64()) {
+            curve.metric = Some(metric.to_string());
+            curve.evaluations.push((step, value));
+        }
+    }
+    (!curve.loss.is_empty()).then_some(curve)
+}
+
+/// The cells (pipeline/cell) of the run folders given, each with the curves of its fits.
+fn cells(runs: &[PathBuf]) -> Result<Vec<(String, Vec<Curve>)>> {
+    let mut out = Vec::new();
+    for run in runs {
+        for pipeline_dir in crate::results::pipeline_dirs(run)? {
+            let pipeline =
+                pipeline_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            let mut cell_dirs: Vec<PathBuf> = std::fs::read_dir(&pipeline_dir)?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect();
+            cell_dirs.sort();
+            for cell_dir in cell_dirs {
+                let cell = cell_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+                if cell.starts_with('.') {
+                    continue;
+                }
+                let mut stages: Vec<PathBuf> =
+                    std::fs::read_dir(&cell_dir)?.flatten().map(|e| e.path()).collect();
+                stages.sort();
+                let curves: Vec<Curve> = stages.iter().filter_map(|s| read_curve(s)).collect();
+                if !curves.is_empty() {
+                    out.push((format!("{pipeline}/{cell}"), curves));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Writes `curves-<pipeline>-<cell>.svg` and `.png` into `dir` for every cell with a fit.
+pub fn curve_plots(runs: &[PathBuf], dir: &Path) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut written = Vec::new();
+    for (cell, curves) in cells(runs)? {
+        let svg = dir.join(format!("curves-{}.svg", cell.replace('/', "-")));
+        draw(SVGBackend::new(&svg, (1100, 440)).into_drawing_area(), &cell, &curves)?;
+        written.push(crate::report::png_of(&svg)?);
+        written.push(svg);
+    }
+    anyhow::ensure!(!written.is_empty(), "no train_log.jsonl in the run folders given: nothing to plot");
+    Ok(written)
+}
+
+fn range(points: impl Iterator<Item = (f64, f64)>) -> ((f64, f64), (f64, f64)) {
+    let (mut x, mut y) = ((f64::INFINITY, f64::NEG_INFINITY), (f64::INFINITY, f64::NEG_INFINITY));
+    for (px, py) in points.filter(|(a, b)| a.is_finite() && b.is_finite()) {
+        x = (x.0.min(px), x.1.max(px));
+        y = (y.0.min(py), y.1.max(py));
+    }
+    let pad = ((y.1 - y.0) * 0.05).max(1e-3);
+    ((x.0.min(0.0), x.1.max(1.0)), (y.0 - pad, y.1 + pad))
+}
+
+fn draw<DB: DrawingBackend>(
+    root: DrawingArea<DB, plotters::coord::Shift>,
+    cell: &str,
+    curves: &[Curve],
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("cannot draw the curves of {cell}: {e:?}");
+    root.fill(&WHITE).map_err(err)?;
+    let root = root.titled(cell, ("sans-serif", 18)).map_err(err)?;
+    let (left, right) = root.split_horizontally(550);
+    let panels: [(&DrawingArea<DB, plotters::coord::Shift>, &str, bool); 2] =
+        [(&left, "training loss", false), (&right, "dev metric", true)];
+    for (area, title, dev) in panels {
+        let series = |c: &Curve| if dev { c.evaluations.clone() } else { c.loss.clone() };
+        let ((x0, x1), (y0, y1)) = range(curves.iter().flat_map(series));
+        if !y0.is_finite() {
+            continue;
+        }
+        let metric = curves.iter().find_map(|c| c.metric.clone()).unwrap_or_default();
+        let y_desc = if dev { format!("dev {metric}") } else { "loss".to_string() };
+        let mut chart = ChartBuilder::on(area)
+            .caption(title, ("sans-serif", 15))
+            .margin(10)
+            .x_label_area_size(36)
+            .y_label_area_size(56)
+            .build_cartesian_2d(x0..x1, y0..y1)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .y_desc(y_desc)
+            .x_labels(6)
+            .y_labels(6)
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .draw()
+            .map_err(err)?;
+        for (i, curve) in curves.iter().enumerate() {
+            let points = series(curve);
+            if points.is_empty() {
+                continue;
+            }
+            let color = Palette99::pick(i).to_rgba();
+            chart
+                .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))
+                .map_err(err)?
+                .label(curve.stage.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+            if dev {
+                chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(err)?;
+            }
+        }
+        chart
+            .configure_series_labels()
+            .position(if dev { SeriesLabelPosition::LowerRight } else { SeriesLabelPosition::UpperRight })
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(err)?;
+    }
+    root.present().map_err(err)?;
+    Ok(())
+}
