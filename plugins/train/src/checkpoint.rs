@@ -36,9 +36,6 @@ pub struct LoopState {
     pub skipped: i64,
 }
 
-/// Writes the checkpoint: tensors and state together replace the last one in one rename, so
-/// that a kill at any moment leaves a state and the tensors of the same step.
-
 /// The per-step log of the last complete checkpoint in `dir`.
 pub fn step_log(dir: &Path) -> Option<std::path::PathBuf> {
     last_checkpoint(dir, |d| d.join(TENSORS).exists() && d.join(STATE).exists())
