@@ -104,6 +104,10 @@ fn report_groups_cells_by_task_and_method_with_medians_and_spread() {
             && svg.contains("frontier"),
         "the plot names task, methods and frontier"
     );
+    // Ticks and legend read as counts (`73.7k`), the legend in its own panel, and no warning
+    // about a frontier of one point.
+    assert!(svg.contains("73.7k") && !svg.contains("70000.0"), "short tick and legend labels");
+    assert!(!plots.stderr.contains("Polyline"), "{}", plots.stderr);
 }
 
 #[test]

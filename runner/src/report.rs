@@ -182,11 +182,21 @@ pub fn pareto_plots(groups: &[Group], dir: &Path) -> Result<Vec<std::path::PathB
             continue;
         }
         let svg = dir.join(format!("pareto-{task}.svg"));
-        draw(SVGBackend::new(&svg, (720, 480)).into_drawing_area(), task, &members)?;
+        let height = (480).max(90 + 20 * members.len() as u32);
+        draw(SVGBackend::new(&svg, (1040, height)).into_drawing_area(), task, &members)?;
         written.push(png_of(&svg)?);
         written.push(svg);
     }
     Ok(written)
+}
+
+/// `12,864` as `12.9k`: tick labels that fit side by side.
+fn short_count(x: f64) -> String {
+    match x {
+        x if x >= 1e6 => format!("{:.3}M", x / 1e6).trim_end_matches('0').trim_end_matches('.').to_string(),
+        x if x >= 1e3 => format!("{:.1}k", x / 1e3).replace(".0k", "k"),
+        x => format!("{x:.0}"),
+    }
 }
 
 fn draw<DB: DrawingBackend>(
@@ -200,11 +210,14 @@ where
     let err =
         |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("cannot draw the Pareto plot of {task}: {e:?}");
     root.fill(&WHITE).map_err(err)?;
-    let xs: Vec<f64> = members.iter().map(|g| g.pet_parameters as f64).collect();
+    // The legend has a panel of its own, so that it covers no point.
+    let (plot, legend_area) = root.split_horizontally(560);
+    // Parameters on a log axis, drawn as log10 so that the ticks are few and readable.
+    let xs: Vec<f64> = members.iter().map(|g| (g.pet_parameters as f64).log10()).collect();
     let ys: Vec<f64> = members.iter().flat_map(|g| [g.min, g.max]).collect();
     let (x0, x1) = (
-        xs.iter().copied().fold(f64::INFINITY, f64::min) / 1.5,
-        xs.iter().copied().fold(0.0, f64::max) * 1.5,
+        xs.iter().copied().fold(f64::INFINITY, f64::min) - 0.15,
+        xs.iter().copied().fold(f64::NEG_INFINITY, f64::max) + 0.15,
     );
     let (ylo, yhi) = (
         ys.iter().copied().fold(f64::INFINITY, f64::min),
@@ -212,50 +225,54 @@ where
     );
     let pad = ((yhi - ylo) * 0.1).max(0.01);
     let metric = &members[0].metric;
-    let mut chart = ChartBuilder::on(&root)
+    let mut chart = ChartBuilder::on(&plot)
         .caption(format!("{task}: {metric} against PET parameters"), ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d((x0..x1).log_scale(), (ylo - pad)..(yhi + pad))
+        .build_cartesian_2d(x0..x1, (ylo - pad)..(yhi + pad))
         .map_err(err)?;
     chart
         .configure_mesh()
         .x_desc("trainable PET parameters (log scale)")
         .y_desc(metric.as_str())
+        .x_labels(6)
+        .x_label_formatter(&|v| short_count(10f64.powf(*v)))
         .draw()
         .map_err(err)?;
     let frontier = frontier(members);
-    chart
-        .draw_series(LineSeries::new(
-            frontier.iter().map(|&i| (members[i].pet_parameters as f64, members[i].median)),
-            BLACK.stroke_width(1),
-        ))
-        .map_err(err)?
-        .label("frontier")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK));
-    let axes = axes_of(members.iter().map(|g| &g.axes));
+    let frontier_points: Vec<(f64, f64)> =
+        frontier.iter().map(|&i| ((members[i].pet_parameters as f64).log10(), members[i].median)).collect();
+    if frontier_points.len() >= 2 {
+        chart.draw_series(LineSeries::new(frontier_points, BLACK.stroke_width(1))).map_err(err)?;
+    }
+    // Only the axes whose values differ between the methods shown tell them apart.
+    let axes: Vec<String> = axes_of(members.iter().map(|g| &g.axes))
+        .into_iter()
+        .filter(|axis| {
+            let mut values = members.iter().map(|g| g.axes.get(axis));
+            let first = values.next().flatten();
+            values.any(|v| v != first)
+        })
+        .collect();
+    let style = ("sans-serif", 13).into_font();
+    legend_area.draw(&PathElement::new(vec![(8, 52), (26, 52)], BLACK.stroke_width(1))).map_err(err)?;
+    legend_area.draw(&Text::new("Pareto frontier (medians)", (34, 45), style.clone())).map_err(err)?;
     for (i, g) in members.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
-        let x = g.pet_parameters as f64;
+        let x = (g.pet_parameters as f64).log10();
         chart
             .draw_series(std::iter::once(PathElement::new(
                 vec![(x, g.min), (x, g.max)],
                 color.stroke_width(1),
             )))
             .map_err(err)?;
-        chart
-            .draw_series(std::iter::once(Circle::new((x, g.median), 5, color.filled())))
-            .map_err(err)?
-            .label(legend(g, &axes))
-            .legend(move |(x, y)| Circle::new((x + 8, y), 5, color.filled()));
+        chart.draw_series(std::iter::once(Circle::new((x, g.median), 5, color.filled()))).map_err(err)?;
+        let y = 72 + 20 * i as i32;
+        legend_area.draw(&Circle::new((17, y + 7), 5, color.filled())).map_err(err)?;
+        let label = format!("{} ({})", legend(g, &axes), short_count(g.pet_parameters as f64));
+        legend_area.draw(&Text::new(label, (34, y), style.clone())).map_err(err)?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
     root.present().map_err(err)?;
     Ok(())
 }
