@@ -204,6 +204,11 @@ fn the_encoder_and_decoder_recipes_run_as_committed() {
             for column in ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] {
                 assert!(svg.contains(column), "the decoder's heatmap has a column for `{column}`");
             }
+            assert!(
+                svg.contains("llama: ") && svg.contains(" PET parameters kept ("),
+                "a title naming model and size"
+            );
+            assert!(svg.contains("100%") && svg.contains("0%"), "a colour scale");
             let architecture =
                 s.read_json(&runs.join(format!("{name}/task=mrpc/u_lora_architecture/architecture.json")));
             assert_eq!(architecture["parameters"], 1792, "the unstructured budget is exact");

@@ -8,7 +8,7 @@ use anyhow::{anyhow, Result};
 use petnas_sdk::artifact::kinds;
 use petnas_sdk::model::{live_parameters, Role, Site};
 use petnas_sdk::pet_model::PetModel;
-use petnas_sdk::{Artifact, Inputs, OptionSchema, Stage, StageCtx};
+use petnas_sdk::{Artifact, Inputs, OptType, OptionSchema, Stage, StageCtx};
 use plotters::prelude::*;
 use serde_json::{json, Value};
 
@@ -23,6 +23,17 @@ struct Cell {
     supernet: i64,
 }
 
+#[derive(serde::Deserialize)]
+struct ReportOptions {
+    title: String,
+}
+
+/// The colour of a share kept: white (none) to blue (all).
+fn shade(share: f64) -> RGBColor {
+    let s = (255.0 * (1.0 - share.clamp(0.0, 1.0))) as u8;
+    RGBColor(s, s, 255)
+}
+
 impl Stage for Report {
     fn kind(&self) -> &'static str {
         "nas.report"
@@ -31,7 +42,12 @@ impl Stage for Report {
         "the architecture found: architecture.json, heatmap.svg (layers × sites, share kept), summary.txt"
     }
     fn options(&self) -> OptionSchema {
-        OptionSchema::new()
+        OptionSchema::new().opt(
+            "title",
+            OptType::Str,
+            "",
+            "the heatmap's title, e.g. '${matrix.task}: S-LoRA at ${matrix.budget}' (empty: the model and the parameters kept)",
+        )
     }
     fn input_kinds(&self) -> &'static [&'static str] {
         &[kinds::MODEL]
@@ -95,7 +111,15 @@ impl Stage for Report {
             "pruning": model.notes.get("pruning"),
         });
         std::fs::write(ctx.dir().join("architecture.json"), serde_json::to_string_pretty(&architecture)?)?;
-        heatmap(&ctx.dir().join("heatmap.svg"), &cells, model.backbone.info().num_layers)?;
+        let title = match ctx.options::<ReportOptions>()?.title {
+            t if !t.is_empty() => t,
+            _ => format!(
+                "{}: {total} PET parameters kept ({:.3}% of the model)",
+                model.backbone.info().model_type,
+                100.0 * total as f64 / plm as f64
+            ),
+        };
+        heatmap(&ctx.dir().join("heatmap.svg"), &title, &cells, model.backbone.info().num_layers)?;
         let summary = summary(total, supernet["parameters"].as_i64(), plm, &by_type, &by_block, &by_layer);
         std::fs::write(ctx.dir().join("summary.txt"), &summary)?;
         tracing::info!("{}", summary.lines().next().unwrap_or(""));
@@ -139,20 +163,40 @@ fn summary(
     s
 }
 
-fn heatmap(path: &Path, cells: &BTreeMap<(Option<i64>, Column), Cell>, layers: i64) -> Result<()> {
+fn heatmap(
+    path: &Path,
+    title: &str,
+    cells: &BTreeMap<(Option<i64>, Column), Cell>,
+    layers: i64,
+) -> Result<()> {
     let mut columns: Vec<&Column> = cells.keys().filter(|(l, _)| l.is_some()).map(|(_, c)| c).collect();
     columns.sort();
     columns.dedup();
     let parts: Vec<&str> = columns.iter().map(|(_, local)| local.as_str()).collect();
     let (cell_w, cell_h, left, top) = (70i32, 28i32, 60i32, 150i32);
-    let width = (left + cell_w * parts.len().max(1) as i32 + 20) as u32;
+    // Room on the right for the colour scale, and for the title.
+    let scale_x = left + cell_w * parts.len().max(1) as i32 + 24;
+    let width = ((scale_x + 70) as u32).max(8 * title.chars().count() as u32 + 2 * left as u32);
     let height = (top + cell_h * layers as i32 + 40) as u32;
     let root = SVGBackend::new(path, (width, height)).into_drawing_area();
     let err = |e: DrawingAreaErrorKind<std::io::Error>| anyhow!("cannot draw {}: {e}", path.display());
     root.fill(&WHITE).map_err(err)?;
     let style = ("sans-serif", 12).into_font();
-    root.draw(&Text::new("share of supernet parameters kept", (left, 12), ("sans-serif", 15).into_font()))
+    root.draw(&Text::new(title.to_string(), (left, 8), ("sans-serif", 15).into_font())).map_err(err)?;
+    root.draw(&Text::new("share of each site's supernet parameters kept", (left, 30), style.clone()))
         .map_err(err)?;
+    let scale_h = (cell_h * layers as i32).max(60);
+    for i in 0..scale_h {
+        let share = 1.0 - i as f64 / (scale_h - 1).max(1) as f64;
+        root.draw(&Rectangle::new([(scale_x, top + i), (scale_x + 14, top + i + 1)], shade(share).filled()))
+            .map_err(err)?;
+    }
+    root.draw(&Rectangle::new([(scale_x, top), (scale_x + 14, top + scale_h)], BLACK.stroke_width(1)))
+        .map_err(err)?;
+    for (share, label) in [(1.0, "100%"), (0.5, "50%"), (0.0, "0%")] {
+        let y = top + ((1.0 - share) * (scale_h - 1) as f64) as i32 - 6;
+        root.draw(&Text::new(label, (scale_x + 18, y), style.clone())).map_err(err)?;
+    }
     for (c, part) in parts.iter().enumerate() {
         let x = left + c as i32 * cell_w + cell_w / 2;
         let label =
@@ -168,8 +212,7 @@ fn heatmap(path: &Path, cells: &BTreeMap<(Option<i64>, Column), Cell>, layers: i
             let (fill, label) = match cells.get(&(Some(layer), (*column).clone())) {
                 Some(cell) if cell.supernet > 0 => {
                     let share = cell.kept as f64 / cell.supernet as f64;
-                    let shade = (255.0 * (1.0 - share.clamp(0.0, 1.0))) as u8;
-                    (RGBColor(shade, shade, 255), format!("{:.0}%", 100.0 * share))
+                    (shade(share), format!("{:.0}%", 100.0 * share))
                 }
                 _ => (RGBColor(230, 230, 230), String::new()),
             };
