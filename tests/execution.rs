@@ -264,6 +264,10 @@ fn ctrl_c_stops_within_two_seconds_and_keeps_completed_stages() {
     let mut out = String::new();
     std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
     assert!(out.lines().any(|r| r.starts_with("sep=0.5  fit       cancelled")), "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("interrupted: the ") && l.contains("the same command resumes")),
+        "what was kept and how to resume: {out}"
+    );
 }
 
 #[test]

@@ -318,3 +318,11 @@ fn the_options_reference_is_current() {
         assert!(committed.contains(section), "{section}");
     }
 }
+
+#[test]
+fn a_plugin_dir_that_does_not_exist_is_an_error() {
+    let s = Scratch::new();
+    let run = s.petnas(&["--plugin-dir", "no-such-folder", "plugins"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("error: --plugin-dir no-such-folder: no such folder"), "{}", run.stderr);
+}

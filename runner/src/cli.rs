@@ -238,6 +238,10 @@ pub fn main() -> i32 {
     crate::logging::init(cli.log_json);
     let cuda = crate::cuda::load_torch_cuda();
     tracing::debug!("{cuda}");
+    if let Some(missing) = cli.plugin_dirs.iter().find(|d| !d.is_dir()) {
+        eprintln!("error: --plugin-dir {}: no such folder", missing.display());
+        return EXIT_INVALID;
+    }
     let registry: &'static Registry =
         Box::leak(Box::new(Registry::load(&plugins::search_path(&cli.plugin_dirs))));
     let result = match cli.command {
@@ -595,6 +599,13 @@ fn print_summary(summary: &executor::RunSummary) {
         "{done} done, {reused} reused, {failed} failed, {skipped} skipped, {cancelled} cancelled — {}",
         summary.dir.display()
     );
+    if summary.cancelled {
+        println!(
+            "interrupted: the {} complete stage(s) are kept in {}; the same command resumes, recomputing only the {cancelled} cancelled (fits and iterative pruning from their last checkpoint)",
+            done + reused,
+            summary.dir.display()
+        );
+    }
 }
 
 fn list_plugins(registry: &Registry, format: PluginsFormat) -> Result<()> {
