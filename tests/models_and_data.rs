@@ -44,6 +44,13 @@ fn unknown_commands_suggest_the_nearest() {
     let run = s.petnas(&["encod", "x"]);
     assert_eq!(run.code, 2);
     assert!(run.stderr.contains("unknown command `encod` (did you mean `encode`?)"), "{}", run.stderr);
+    for command in ["report", "compare", "regress", "encode", "score"] {
+        assert!(run.stderr.contains(command), "the list names `{command}`: {}", run.stderr);
+    }
+    // `help` knows the plugins' commands as well as the built-in ones.
+    let help = s.petnas(&["help", "encode"]);
+    assert_eq!(help.code, 0, "{}", help.stderr);
+    assert!(help.stdout.contains("Usage: petnas encode"), "{}", help.stdout);
 }
 
 #[test]

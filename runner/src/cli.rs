@@ -233,8 +233,37 @@ enum Command {
     Plugin(Vec<String>),
 }
 
+/// The built-in commands, as clap knows them (hidden ones left out).
+fn builtin_commands() -> Vec<String> {
+    use clap::CommandFactory;
+    Cli::command().get_subcommands().filter(|c| !c.is_hide_set()).map(|c| c.get_name().to_string()).collect()
+}
+
+/// `petnas help encode` as `petnas encode --help`: clap's `help` knows only the built-in
+/// commands, and plugin commands parse their own arguments.
+fn help_for_plugin_commands(mut args: Vec<String>) -> Vec<String> {
+    let mut i = 1;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--plugin-dir" => i += 2,
+            a if a.starts_with("--plugin-dir=") || a == "--log-json" => i += 1,
+            "help"
+                if i + 1 < args.len()
+                    && !builtin_commands().contains(&args[i + 1])
+                    && !args[i + 1].starts_with('-') =>
+            {
+                args.remove(i);
+                args.insert(i + 1, "--help".into());
+                break;
+            }
+            _ => break,
+        }
+    }
+    args
+}
+
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(help_for_plugin_commands(std::env::args().collect()));
     crate::logging::init(cli.log_json);
     let cuda = crate::cuda::load_torch_cuda();
     tracing::debug!("{cuda}");
@@ -319,10 +348,9 @@ pub fn main() -> i32 {
 fn run_tool(args: &[String], registry: &'static Registry) -> Result<i32> {
     let name = args.first().map(String::as_str).unwrap_or("");
     let Some(tool) = registry.tool(name) else {
-        let known: Vec<&str> = ["run", "validate", "plan", "plugins", "version"]
-            .into_iter()
-            .chain(registry.tools().map(|(t, _)| t.name()))
-            .collect();
+        let builtin = builtin_commands();
+        let known: Vec<&str> =
+            builtin.iter().map(String::as_str).chain(registry.tools().map(|(t, _)| t.name())).collect();
         let hint = crate::diag::nearest(name, known.iter().copied())
             .map(|n| format!(" (did you mean `{n}`?)"))
             .unwrap_or_default();
