@@ -65,9 +65,9 @@ impl Display {
     pub fn stage(&self, label: String) -> StageProgress {
         let bar = self.overall.as_ref().and_then(|_| multi().get()).map(|m| {
             let bar = m.add(ProgressBar::new(0));
+            // Counts, rate and ETA once the stage says how much work it has (set_total).
             bar.set_style(
-                ProgressStyle::with_template("  {prefix} {spinner} {msg} {pos}/{len} {per_sec} eta {eta}")
-                    .expect("valid template"),
+                ProgressStyle::with_template("  {prefix} {spinner} {msg}").expect("valid template"),
             );
             bar.set_prefix(label.clone());
             bar.enable_steady_tick(Duration::from_millis(200));
@@ -78,6 +78,7 @@ impl Display {
             bar,
             total: AtomicU64::new(0),
             done: AtomicU64::new(0),
+            resumed: AtomicU64::new(0),
             started: Instant::now(),
             last_logged: Mutex::new((0, Instant::now())),
         }
@@ -89,16 +90,43 @@ pub struct StageProgress {
     bar: Option<ProgressBar>,
     total: AtomicU64,
     done: AtomicU64,
+    /// Done before this run (a resumed stage): not part of the rate.
+    resumed: AtomicU64,
     started: Instant,
     /// Tenths of the total last logged, and when (plain mode).
     last_logged: Mutex<(u64, Instant)>,
+}
+
+impl StageProgress {
+    /// Work per second done in this run (not what a resumed stage found done).
+    fn rate(&self) -> f64 {
+        let done = self.done.load(Ordering::Relaxed).saturating_sub(self.resumed.load(Ordering::Relaxed));
+        done as f64 / self.started.elapsed().as_secs_f64().max(1e-9)
+    }
 }
 
 impl Progress for StageProgress {
     fn set_total(&self, total: u64) {
         self.total.store(total, Ordering::Relaxed);
         if let Some(bar) = &self.bar {
+            if total > 0 {
+                bar.set_style(
+                    ProgressStyle::with_template(
+                        "  {prefix} {spinner} {msg} {pos}/{len} {per_sec} eta {eta}",
+                    )
+                    .expect("valid template"),
+                );
+            }
             bar.set_length(total);
+        }
+    }
+
+    fn resume_at(&self, done: u64) {
+        self.resumed.fetch_add(done, Ordering::Relaxed);
+        self.done.fetch_add(done, Ordering::Relaxed);
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+            bar.reset_eta();
         }
     }
 
@@ -117,8 +145,7 @@ impl Progress for StageProgress {
         // A line per tenth of the work, at most one every few seconds.
         if tenth > last.0 && last.1.elapsed() >= PLAIN_LOG_EVERY {
             *last = (tenth, Instant::now());
-            let secs = self.started.elapsed().as_secs_f64().max(1e-9);
-            let rate = done as f64 / secs;
+            let rate = self.rate();
             let eta = if rate > 0.0 { total.saturating_sub(done) as f64 / rate } else { 0.0 };
             tracing::info!("{}: {done}/{total} ({rate:.1}/s, eta {eta:.0}s)", self.label);
         }
@@ -140,5 +167,21 @@ impl Drop for StageProgress {
                 m.remove(bar);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resumed_stage_reports_the_rate_of_this_run_only() {
+        let progress = Display::new(false, 1).stage("x".into());
+        progress.set_total(1000);
+        progress.resume_at(900);
+        std::thread::sleep(Duration::from_millis(100));
+        progress.advance(10);
+        // 10 steps in ≥ 0.1 s: at most 100/s, where counting the resumed 900 would say 9,100.
+        assert!(progress.rate() <= 100.0, "{}", progress.rate());
     }
 }

@@ -111,6 +111,11 @@ pub trait Progress: Send + Sync {
     fn set_total(&self, total: u64);
     fn advance(&self, delta: u64);
     fn set_message(&self, message: &str);
+    /// Work an earlier, interrupted run did (a resumed fit's steps): counted as done, not
+    /// in the rate.
+    fn resume_at(&self, done: u64) {
+        self.advance(done)
+    }
 }
 
 /// Everything a running stage gets from the runner.

@@ -93,7 +93,7 @@ pub fn fit(
     );
 
     ctx.progress().set_total(total as u64);
-    ctx.progress().advance(state.step as u64);
+    ctx.progress().resume_at(state.step as u64);
     let batch_options = |epoch: i64| BatchOptions {
         batch_size: o.batch_size,
         shuffle_seed: o.shuffle.then(|| petnas_sdk::init::derive_seed(ctx.seed, &format!("epoch {epoch}"))),
