@@ -29,8 +29,13 @@ stages:
     );
     let run = s.petnas(&["run", "p.yaml"]);
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
-    let dir = s.stage_dir("export", "default", "export").join("export");
-    (s, dir)
+    let stage = s.stage_dir("export", "default", "export");
+    // The record and the log name the export within the stage's folder, not the temporary
+    // folder the stage ran in.
+    let meta = s.read_json(&stage.join("outputs.json"))["meta"].clone();
+    assert_eq!(meta["dir"], "export", "{meta}");
+    assert!(!run.stderr.contains(".tmp-export"), "{}", run.stderr);
+    (s, stage.join("export"))
 }
 
 fn assert_same_logits(model: &PetModel, dir: &Path, what: &str) {

@@ -229,7 +229,9 @@ impl Stage for Export {
             "logits": as_rows(&logits)?,
         });
         std::fs::write(dir.join("check.json"), serde_json::to_string(&check)?)?;
-        tracing::info!(dir = %dir.display(), exports = ?written, "exported");
-        Ok(Artifact::new(kinds::REPORT, json!({"dir": dir, "exports": written})))
+        // Named within the stage's folder: `dir` is in its temporary folder until it completes.
+        let within = dir.strip_prefix(ctx.dir()).unwrap_or(&dir).to_path_buf();
+        tracing::info!(dir = %within.display(), exports = ?written, "exported into the stage's folder");
+        Ok(Artifact::new(kinds::REPORT, json!({"dir": within, "exports": written})))
     }
 }
