@@ -142,7 +142,7 @@ fn resources_are_checked_by_validate() {
     s.write(
         "p.yaml",
         "name: res
-defaults: {resources: {gpus: -1, memory: 4G}}
+defaults: {resources: {gpus: -1, memory: 4G}, executor: {type: cloud, max_jobs: 0}}
 stages:
   data: {use: demo.data, resources: {time: soon, mem: 16GB, cpus: 0}}
 ",
@@ -155,7 +155,33 @@ stages:
         "p.yaml:4:44: error: `time` must be a time limit (`2h`, `90m`, `1-12:00:00`), found string `soon`",
         "p.yaml:4:55: error: `mem` must be a size as sbatch takes it (`16G`, `512M`), found string `16GB`",
         "p.yaml:4:67: error: `cpus` must be an integer from 1 to 1024, found integer `0`",
+        "p.yaml:2:64: error: `type` must be local or slurm, found string `cloud`",
+        "p.yaml:2:81: error: `max_jobs` must be an integer from 1 to 100000, found integer `0`",
     ] {
         assert!(run.stderr.contains(message), "{message}:\n{}", run.stderr);
     }
+}
+
+/// `defaults: {executor: {type: slurm, …}}` sends the stages to Slurm without the flag, and
+/// the command line's `--executor local` wins over it.
+#[test]
+fn the_pipeline_can_choose_the_executor_and_the_command_line_overrides_it() {
+    let s = Scratch::new();
+    s.write(
+        "p.yaml",
+        "name: chosen
+defaults: {threads: 1, executor: {type: slurm, max_jobs: 2, sbatch_args: [--comment=petnas-test]}}
+stages:
+  data: {use: demo.data, with: {n: 64}}
+",
+    );
+    let local = s.petnas(&["run", "p.yaml", "--executor", "local", "--runs-dir", "local"]);
+    assert_eq!(local.code, 0, "{}", local.stderr);
+    assert!(!local.stderr.contains("submitted to Slurm"), "{}", local.stderr);
+    if !slurm_here() {
+        return;
+    }
+    let run = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("submitted to Slurm"), "{}", run.stderr);
 }

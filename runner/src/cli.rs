@@ -72,11 +72,12 @@ enum ExecutorKind {
 struct SlurmArgs {
     /// `slurm`: each ready stage becomes a batch job (the run folder must be on a filesystem
     /// the nodes share).
-    #[arg(long, value_enum, default_value = "local")]
-    executor: ExecutorKind,
-    /// Slurm jobs queued or running at once.
-    #[arg(long, default_value_t = 100, value_name = "N")]
-    max_jobs: usize,
+    /// (default: the pipeline's `defaults: {executor: {type: …}}`, else local).
+    #[arg(long, value_enum)]
+    executor: Option<ExecutorKind>,
+    /// Slurm jobs queued or running at once (default 100).
+    #[arg(long, value_name = "N")]
+    max_jobs: Option<usize>,
     #[arg(long, value_name = "NAME")]
     slurm_partition: Option<String>,
     #[arg(long, value_name = "NAME")]
@@ -102,18 +103,26 @@ struct SlurmArgs {
 }
 
 impl SlurmArgs {
-    fn slurm(&self) -> Option<crate::slurm::Slurm> {
-        (self.executor == ExecutorKind::Slurm).then(|| crate::slurm::Slurm {
-            partition: self.slurm_partition.clone(),
-            account: self.slurm_account.clone(),
-            qos: self.slurm_qos.clone(),
+    /// The Slurm executor, where the command line or the pipeline's `executor:` asks for
+    /// it; the command line's values over the pipeline's.
+    fn slurm(&self, pipeline: &crate::slurm::ExecutorDefaults) -> Option<crate::slurm::Slurm> {
+        let slurm = match self.executor {
+            Some(kind) => kind == ExecutorKind::Slurm,
+            None => pipeline.kind.as_deref() == Some("slurm"),
+        };
+        let mut sbatch_args = pipeline.sbatch_args.clone();
+        sbatch_args.extend(self.sbatch_args.iter().cloned());
+        slurm.then(|| crate::slurm::Slurm {
+            partition: self.slurm_partition.clone().or_else(|| pipeline.partition.clone()),
+            account: self.slurm_account.clone().or_else(|| pipeline.account.clone()),
+            qos: self.slurm_qos.clone().or_else(|| pipeline.qos.clone()),
             resources: crate::resources::Resources {
                 gpus: self.slurm_gpus,
                 cpus: self.slurm_cpus_per_task,
                 mem: self.slurm_mem.clone(),
                 time: self.slurm_time.clone(),
             },
-            sbatch_args: self.sbatch_args.clone(),
+            sbatch_args,
             active: Default::default(),
         })
     }
@@ -523,13 +532,14 @@ fn run(args: &RunArgs, plugin_dirs: &[PathBuf], registry: &'static Registry) -> 
     if !(1..=crate::pipeline::MAX_THREADS).contains(&jobs) {
         bail!("--jobs must be from 1 to {}, got {jobs}", crate::pipeline::MAX_THREADS);
     }
-    let slurm = slurm_args.slurm();
-    if slurm.is_some() && !(1..=100_000).contains(&slurm_args.max_jobs) {
-        bail!("--max-jobs must be from 1 to 100000, got {}", slurm_args.max_jobs);
+    let mut pipeline = load(file, folders, registry)?;
+    let slurm = slurm_args.slurm(&pipeline.defaults.executor);
+    let max_jobs = slurm_args.max_jobs.or(pipeline.defaults.executor.max_jobs).unwrap_or(100);
+    if slurm.is_some() && !(1..=100_000).contains(&max_jobs) {
+        bail!("--max-jobs must be from 1 to 100000, got {max_jobs}");
     }
     // In Slurm jobs, at most --max-jobs in flight; each job's threads are its own.
-    let jobs = if slurm.is_some() { slurm_args.max_jobs } else { jobs };
-    let mut pipeline = load(file, folders, registry)?;
+    let jobs = if slurm.is_some() { max_jobs } else { jobs };
     pipeline.select_cells(only).map_err(anyhow::Error::msg)?;
     let placement = placement(&pipeline, jobs)?;
     // Checked before the run folder is touched: a wrong name must not reset a run's record.

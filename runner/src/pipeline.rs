@@ -15,7 +15,7 @@ use crate::plugins::Registry;
 use crate::yaml::{self, Node, Value};
 
 const TOP_LEVEL_KEYS: &[&str] = &["name", "description", "defaults", "matrix", "stages"];
-const DEFAULTS_KEYS: &[&str] = &["device", "seed", "dtype", "threads", "resources"];
+const DEFAULTS_KEYS: &[&str] = &["device", "seed", "dtype", "threads", "resources", "executor"];
 const STAGE_KEYS: &[&str] = &["use", "needs", "with", "when", "resources"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -67,6 +67,8 @@ pub struct Defaults {
     pub threads: usize,
     /// What each stage's Slurm job asks for, where the stage says nothing else.
     pub resources: crate::resources::Resources,
+    /// Where stages run unless the command line says otherwise.
+    pub executor: crate::slurm::ExecutorDefaults,
 }
 
 impl Default for Defaults {
@@ -78,6 +80,7 @@ impl Default for Defaults {
             dtype: DType::Fp32,
             threads: 0,
             resources: Default::default(),
+            executor: Default::default(),
         }
     }
 }
@@ -342,6 +345,7 @@ fn parse_defaults(node: &Node, file: &str, errors: &mut Vec<Diagnostic>) -> Defa
                 ),
             )),
             ("resources", _) => defaults.resources = crate::resources::parse(value, file, errors),
+            ("executor", _) => defaults.executor = crate::slurm::parse_executor(value, file, errors),
             _ => errors.push(unknown_key(file, *key_pos, key, "key in `defaults`", DEFAULTS_KEYS)),
         }
     }

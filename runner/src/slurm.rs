@@ -33,6 +33,66 @@ pub struct Slurm {
     pub active: Arc<Mutex<BTreeSet<u64>>>,
 }
 
+/// A pipeline's `defaults: {executor: {...}}`: where its stages run unless the command line
+/// says otherwise (`--executor`, `--slurm-partition` … take precedence).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ExecutorDefaults {
+    /// `local` or `slurm`.
+    pub kind: Option<String>,
+    pub partition: Option<String>,
+    pub account: Option<String>,
+    pub qos: Option<String>,
+    pub max_jobs: Option<usize>,
+    pub sbatch_args: Vec<String>,
+}
+
+pub const EXECUTOR_KEYS: &[&str] = &["type", "partition", "account", "qos", "max_jobs", "sbatch_args"];
+
+pub fn parse_executor(
+    node: &crate::yaml::Node,
+    file: &str,
+    errors: &mut Vec<crate::diag::Diagnostic>,
+) -> ExecutorDefaults {
+    use crate::diag::Diagnostic;
+    use crate::yaml::Value;
+    let mut out = ExecutorDefaults::default();
+    let Value::Map(entries) = &node.value else {
+        errors.push(Diagnostic::at(
+            file,
+            node.pos,
+            format!("`executor` must be a mapping of {}", EXECUTOR_KEYS.join(", ")),
+        ));
+        return out;
+    };
+    for (key, key_pos, value) in entries {
+        let bad = |what: &str| {
+            let found = petnas_sdk::options::describe_value(&value.to_json());
+            Diagnostic::at(file, value.pos, format!("`{key}` must be {what}, found {found}"))
+        };
+        match (key.as_str(), &value.value) {
+            ("type", Value::Str(s)) if s == "local" || s == "slurm" => out.kind = Some(s.clone()),
+            ("type", _) => errors.push(bad("local or slurm")),
+            ("partition", Value::Str(s)) => out.partition = Some(s.clone()),
+            ("account", Value::Str(s)) => out.account = Some(s.clone()),
+            ("qos", Value::Str(s)) => out.qos = Some(s.clone()),
+            ("partition" | "account" | "qos", _) => errors.push(bad("a name")),
+            ("max_jobs", Value::Int(n)) if (1..=100_000).contains(n) => out.max_jobs = Some(*n as usize),
+            ("max_jobs", _) => errors.push(bad("an integer from 1 to 100000")),
+            ("sbatch_args", Value::Seq(items)) if items.iter().all(|i| matches!(i.value, Value::Str(_))) => {
+                out.sbatch_args = items
+                    .iter()
+                    .filter_map(|i| if let Value::Str(s) = &i.value { Some(s.clone()) } else { None })
+                    .collect()
+            }
+            ("sbatch_args", _) => errors.push(bad("a list of sbatch flags")),
+            _ => {
+                errors.push(crate::diag::unknown_key(file, *key_pos, key, "key in `executor`", EXECUTOR_KEYS))
+            }
+        }
+    }
+    out
+}
+
 /// The job of a stage, kept beside it (`<cell>/.slurm-<stage>/job.json`) so that a later
 /// run adopts it instead of submitting another.
 #[derive(Serialize, Deserialize)]
