@@ -37,6 +37,7 @@ stages:
   pets: {{use: pet.attach, needs: [model], with: {{pets: [{{type: '${{matrix.pet}}'}}]}}}}
   fit: {{use: train.fit, needs: [pets, data], with: {{max_steps: 3, batch_size: 16, lr: 0.01}}}}
   evaluate: {{use: glue.evaluate, needs: [fit, data]}}
+  predict: {{use: glue.predict, needs: [fit, data]}}
 ",
             families = FAMILIES.join(", "),
             exclude = WITHOUT_BIASES.map(|f| format!("{{family: {f}, pet: bitfit}}")).join(", "),
@@ -54,6 +55,9 @@ stages:
             let cell = format!("family={family},pet={pet}");
             let metrics = s.read_json(&s.stage_dir("families", &cell, "evaluate").join("metrics.json"));
             assert!(metrics["parameters"]["pet"].as_i64().unwrap() > 0, "{cell}: {metrics}");
+            let predictions =
+                std::fs::read_to_string(s.stage_dir("families", &cell, "predict").join("RTE.tsv")).unwrap();
+            assert_eq!(predictions.lines().count(), 21, "{cell}: a prediction per test example");
             // The defaults mean the same thing on every family: LoRA on the query and
             // value projections, whatever the family calls them.
             if pet == "lora" {
@@ -111,6 +115,20 @@ fn assert_exports_match(dir: &Path) {
     assert!(
         dir.join("merged/model.safetensors").exists() && dir.join("peft/adapter_model.safetensors").exists()
     );
+}
+
+/// `petnas encode` on the decoders: ids and the last layer's vectors, the last token's too.
+#[test]
+fn encode_runs_on_the_decoders() {
+    let s = Scratch::new();
+    for family in ["llama", "qwen2", "mistral"] {
+        let run =
+            s.petnas(&["encode", "--model", &fixture(family), "Hello world!", "--pair", "A second one."]);
+        assert_eq!(run.code, 0, "{family}: {}", run.stderr);
+        let out: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        assert!(out["input_ids"].as_array().is_some_and(|ids| !ids.is_empty()), "{family}: {out}");
+        assert!(out["last_token"].as_array().is_some_and(|v| v.len() == 32), "{family}: {out}");
+    }
 }
 
 /// BitFit tunes biases a model has; on a family without them it is refused before anything
