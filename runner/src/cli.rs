@@ -701,14 +701,7 @@ fn list_plugins(registry: &Registry, format: PluginsFormat) -> Result<()> {
                 } else {
                     format!("default {}", o["default"])
                 }];
-                let names = |key: &str| -> Vec<String> {
-                    o[key]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|v| v.as_str().map(|n| format!("`{n}`")))
-                        .collect()
-                };
+                let names = |key: &str| crate::plugin_list::quoted(&o[key]);
                 if !names("excludes").is_empty() {
                     notes.push(format!("not with {}", names("excludes").join(", ")));
                 }

@@ -42,17 +42,7 @@ fn cells(runs: &[PathBuf]) -> Result<Vec<(String, Vec<Curve>)>> {
         for pipeline_dir in crate::results::pipeline_dirs(run)? {
             let pipeline =
                 pipeline_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-            let mut cell_dirs: Vec<PathBuf> = std::fs::read_dir(&pipeline_dir)?
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.is_dir())
-                .collect();
-            cell_dirs.sort();
-            for cell_dir in cell_dirs {
-                let cell = cell_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-                if cell.starts_with('.') {
-                    continue;
-                }
+            for (cell, cell_dir) in crate::results::cell_dirs(&pipeline_dir)? {
                 let mut stages: Vec<PathBuf> =
                     std::fs::read_dir(&cell_dir)?.flatten().map(|e| e.path()).collect();
                 stages.sort();

@@ -303,19 +303,19 @@ pub fn run(
                 let placement = placement.clone();
                 // Jobs own what they use: after Ctrl-C's grace period the run ends
                 // without waiting for them (their temporary folders are cleaned later).
+                let node_index = job.node;
+                let finish = move |started: Instant, result| {
+                    let seconds = started.elapsed().as_secs_f64();
+                    sender.send(Finished { node: node_index, result, seconds }).ok();
+                };
                 match &opts.slurm {
                     None => pool.spawn(move || {
                         let started = Instant::now();
-                        let result = job
-                            .run(&placement, progress, cancel, allowed, registry)
-                            .map(|(a, r)| (Some(a), r));
-                        sender
-                            .send(Finished {
-                                node: job.node,
-                                result,
-                                seconds: started.elapsed().as_secs_f64(),
-                            })
-                            .ok();
+                        finish(
+                            started,
+                            job.run(&placement, progress, cancel, allowed, registry)
+                                .map(|(a, r)| (Some(a), r)),
+                        );
                     }),
                     Some(slurm) => {
                         let (slurm, spec) =
@@ -323,16 +323,9 @@ pub fn run(
                         let resources = asks(node.stage);
                         std::thread::spawn(move || {
                             let started = Instant::now();
-                            let result =
-                                job.run_on_slurm(&slurm, &spec, &resources, &cancel).map(|r| (None, r));
+                            let result = job.run_on_slurm(&slurm, &spec, &resources, &cancel);
                             drop(progress);
-                            sender
-                                .send(Finished {
-                                    node: job.node,
-                                    result,
-                                    seconds: started.elapsed().as_secs_f64(),
-                                })
-                                .ok();
+                            finish(started, result.map(|r| (None, r)));
                         });
                     }
                 }

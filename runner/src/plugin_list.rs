@@ -44,6 +44,11 @@ pub fn listing(registry: &Registry) -> Listing {
     }
 }
 
+/// The names of a JSON list, each in backticks.
+pub fn quoted(list: &Value) -> Vec<String> {
+    list.as_array().into_iter().flatten().filter_map(|v| v.as_str().map(|n| format!("`{n}`"))).collect()
+}
+
 /// A table cell: no line breaks, `|` escaped.
 fn cell(text: &str) -> String {
     text.replace('|', "\\|").replace('\n', " ")
@@ -59,14 +64,7 @@ fn options_table(out: &mut String, options: &Value) {
     for o in options {
         let default =
             if o["required"] == true { "required".to_string() } else { format!("`{}`", o["default"]) };
-        let names = |key: &str| -> Vec<String> {
-            o[key]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|v| v.as_str().map(|n| format!("`{n}`")))
-                .collect()
-        };
+        let names = |key: &str| quoted(&o[key]);
         let mut doc = o["doc"].as_str().unwrap_or("").to_string();
         if !doc.is_empty() && !doc.ends_with('.') {
             doc.push('.');
@@ -111,12 +109,7 @@ pub fn markdown(registry: &Registry) -> String {
     }
     out.push_str("## PET types\n\nUsed in `pets:` lists of `pet.attach` and `nas.build_supernet`.\n\n");
     for t in &pet_types {
-        let targets: Vec<String> = t["default_targets"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str().map(|n| format!("`{n}`")))
-            .collect();
+        let targets = quoted(&t["default_targets"]);
         out.push_str(&format!(
             "### `{}`\n\n{} ({}). Default targets: {}.\n\n",
             t["name"].as_str().unwrap_or(""),

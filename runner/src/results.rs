@@ -82,6 +82,20 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
+/// The cell folders of a pipeline's run folder by name, in name order (not the runner's own
+/// hidden ones).
+pub fn cell_dirs(pipeline_dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let mut cells: Vec<(String, PathBuf)> = std::fs::read_dir(pipeline_dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .map(|p| (p.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string(), p))
+        .filter(|(name, _)| !name.starts_with('.'))
+        .collect();
+    cells.sort();
+    Ok(cells)
+}
+
 /// Every evaluated cell under the folders given; a run folder named twice (`runs` and
 /// `runs/exp`) is read once.
 pub fn collect(dirs: &[PathBuf]) -> Result<Vec<Evaluated>> {
@@ -94,17 +108,7 @@ pub fn collect(dirs: &[PathBuf]) -> Result<Vec<Evaluated>> {
             }
             let pipeline = pipeline_dir.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
             let ran = stages_of_last_run(&pipeline_dir);
-            let mut cells: Vec<PathBuf> = std::fs::read_dir(&pipeline_dir)?
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.is_dir())
-                .collect();
-            cells.sort();
-            for cell_dir in cells {
-                let cell = cell_dir.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
-                if cell.starts_with('.') {
-                    continue;
-                }
+            for (cell, cell_dir) in cell_dirs(&pipeline_dir)? {
                 let mut stages: Vec<PathBuf> = std::fs::read_dir(&cell_dir)?
                     .flatten()
                     .map(|e| e.path())
