@@ -3,11 +3,10 @@ that a grid that takes several sittings on several machines loses no finished ce
 
     python3 scripts/sweep_snapshot.py RUNS/<pipeline> results/<name>/runs/<slice>
 
-A cell is finished when every stage that run.json (or, while the run is in progress, the
-pipeline's resolved.yaml) gives it has completed. Each of its stage folders is copied with
-its small files (stage.json, metrics.json, outputs.json, architecture.json, heatmaps,
-predictions), never outputs.safetensors; run.json and resolved.yaml come along, so that
-`petnas report` and `petnas compare` read the copy like the run folder. A later sitting runs
+A cell is finished when every stage the run's resolved.yaml gives it has completed. Each of its stage folders is copied with
+the files `petnas report` and `petnas compare` read (stage.json, metrics.json) and the
+architectures found (architecture.json, heatmap.svg), never outputs; with a run.json listing
+the copied stages, so that both commands read the copy like the run folder. A later sitting runs
 the other cells (`petnas run --only ...`) and `report` reads all the copies together.
 """
 import json
@@ -15,8 +14,9 @@ import shutil
 import sys
 from pathlib import Path
 
-KEEP = {"stage.json", "metrics.json", "outputs.json", "architecture.json", "heatmap.svg", "heatmap.png",
-        "predictions.tsv"}
+# What `report` and `compare` read (metrics, the stage's seed and time) and what the results
+# file cites (the architectures found); outputs and tensors stay behind.
+KEEP = {"stage.json", "metrics.json", "architecture.json", "heatmap.svg"}
 
 
 def stages_per_cell(run_dir: Path) -> dict:
@@ -55,7 +55,6 @@ def main() -> int:
         record["stages"] = [{"cell": c, "stage": s} for c in finished for s in cells[c]]
         record["status"] = "partial"
     (target / "run.json").write_text(json.dumps(record, indent=1))
-    shutil.copy2(run_dir / "resolved.yaml", target / "resolved.yaml")
     print(f"{len(finished)} finished cell(s) of {len(cells)} copied to {target}")
     for c in finished:
         print(f"  {c}")
