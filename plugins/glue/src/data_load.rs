@@ -1,0 +1,235 @@
+//! `data.load`: a user's own labelled text (CSV, TSV or JSON Lines), read and tokenised as
+//! `glue.load` reads a GLUE task, so that training, `glue.evaluate` and `glue.predict` take
+//! it alike.
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use petnas_sdk::artifact::kinds;
+use petnas_sdk::data::TRAIN;
+use petnas_sdk::metrics::Scoring;
+use petnas_sdk::{Artifact, Inputs, OptType, OptionSchema, Stage, StageCtx};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::dataset::{self, Shaping, SplitFile, TaskInfo};
+use crate::files::{self, Columns, Format, LabelKind, FORMATS};
+
+pub struct DataLoad;
+
+/// The metrics a task may be scored with, as GLUE scores its tasks.
+const METRICS: &[&str] = &["accuracy", "f1", "matthews", "pearson"];
+
+#[derive(Deserialize)]
+struct DataLoadOptions {
+    train: String,
+    dev: String,
+    test: Option<String>,
+    format: Option<String>,
+    text: String,
+    text_pair: Option<String>,
+    label: String,
+    id: Option<String>,
+    labels: Option<Vec<String>>,
+    regression: bool,
+    metric: Option<String>,
+    name: Option<String>,
+    #[serde(flatten)]
+    shaping: Shaping,
+}
+
+impl DataLoadOptions {
+    fn columns(&self) -> Columns<'_> {
+        Columns {
+            text: &self.text,
+            text_pair: self.text_pair.as_deref(),
+            label: &self.label,
+            id: self.id.as_deref(),
+        }
+    }
+
+    /// train and dev (labelled), and test (unlabelled) where given.
+    fn splits(&self) -> Vec<SplitFile> {
+        let mut splits = vec![
+            SplitFile { name: TRAIN.into(), path: PathBuf::from(&self.train), labelled: true },
+            SplitFile { name: "dev".into(), path: PathBuf::from(&self.dev), labelled: true },
+        ];
+        if let Some(test) = &self.test {
+            splits.push(SplitFile { name: "test".into(), path: PathBuf::from(test), labelled: false });
+        }
+        splits
+    }
+
+    fn format(&self, path: &Path) -> Result<Format> {
+        match &self.format {
+            Some(name) => Format::named(name)
+                .with_context(|| format!("`format: {name}` is not one of {}", FORMATS.join(", "))),
+            None => Format::of(path),
+        }
+    }
+
+    /// The scoring the options ask for, checked against the kind of label.
+    fn scoring(&self) -> Result<Scoring> {
+        let metric = self.metric.as_deref().unwrap_or(if self.regression { "pearson" } else { "accuracy" });
+        let scoring = match metric {
+            "accuracy" => Scoring::Accuracy,
+            "f1" => Scoring::F1Accuracy,
+            "matthews" => Scoring::Matthews,
+            _ => Scoring::Correlation,
+        };
+        match (self.regression, scoring) {
+            (true, Scoring::Correlation) | (false, Scoring::Accuracy | Scoring::F1Accuracy | Scoring::Matthews) => {}
+            (true, _) => bail!("`metric: {metric}` scores classes, and `regression: true` predicts a number; use `metric: pearson`"),
+            (false, _) => bail!("`metric: pearson` scores a number; set `regression: true` or use accuracy, f1 or matthews"),
+        }
+        if self.regression && self.labels.is_some() {
+            bail!("`labels` names classes, and `regression: true` has none; drop one of them");
+        }
+        if let Some(labels) = &self.labels {
+            if labels.len() < 2 {
+                bail!("`labels` names {} class(es); a classifier needs at least 2", labels.len());
+            }
+            if let Some(twice) = labels.iter().enumerate().find(|(i, l)| labels[..*i].contains(l)) {
+                bail!("`labels` names `{}` twice", twice.1);
+            }
+        }
+        Ok(scoring)
+    }
+
+    /// The class names: the option's, else the training file's distinct labels.
+    fn class_names(&self) -> Result<Vec<String>> {
+        match &self.labels {
+            Some(labels) => Ok(labels.clone()),
+            None => {
+                let path = Path::new(&self.train);
+                files::class_names(path, self.format(path)?, &self.columns())
+            }
+        }
+    }
+
+    /// The task's name in reports: the option, else the training file's folder.
+    fn task_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            let path = std::path::absolute(&self.train).unwrap_or_else(|_| PathBuf::from(&self.train));
+            path.parent()
+                .and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "data".to_string())
+        })
+    }
+}
+
+impl Stage for DataLoad {
+    fn kind(&self) -> &'static str {
+        "data.load"
+    }
+    fn doc(&self) -> &'static str {
+        "your own labelled text from CSV, TSV or JSON Lines files, tokenised with the model's tokenizer; trains, evaluates and predicts as a GLUE task does"
+    }
+    fn options(&self) -> OptionSchema {
+        let schema = OptionSchema::new()
+            .required("train", OptType::InputPath, "the training file (.csv, .tsv, .jsonl)")
+            .required("dev", OptType::InputPath, "the labelled file results are reported on")
+            .opt(
+                "test",
+                OptType::InputPath,
+                Value::Null,
+                "a file to predict on with glue.predict (its labels, if any, are not read)",
+            )
+            .opt(
+                "format",
+                OptType::Enum(FORMATS),
+                Value::Null,
+                "the files' format; default: from each file's extension (.json reads as JSON Lines)",
+            )
+            .required("text", OptType::Str, "the column (JSON key) holding the text")
+            .peer_name("sentence1_key")
+            .opt(
+                "text_pair",
+                OptType::Str,
+                Value::Null,
+                "the column holding a pair's second text, encoded with the tokenizer's pair template",
+            )
+            .peer_name("sentence2_key")
+            .opt("label", OptType::Str, "label", "the column holding the label")
+            .peer_name("label_column_name")
+            .opt(
+                "id",
+                OptType::Str,
+                Value::Null,
+                "a column of whole numbers naming the rows in glue.predict's file; default: the row's position",
+            )
+            .opt(
+                "labels",
+                OptType::List(Box::new(OptType::Str)),
+                Value::Null,
+                "class names in class-id order, as the label column writes them (quote numbers: [\"0\", \"1\"]); default: the training file's distinct labels, in numeric order when all are whole numbers, else sorted",
+            )
+            .opt("regression", OptType::Bool, false, "the label is a number to predict (one output, MSE loss)")
+            .opt(
+                "metric",
+                OptType::Enum(METRICS),
+                Value::Null,
+                "the metric results are ranked by, from GLUE's set (f1 also reports accuracy; pearson also spearman); default: accuracy, or pearson with `regression: true`",
+            )
+            .opt("name", OptType::Str, Value::Null, "the task's name in reports; default: the training file's folder");
+        Shaping::declare(schema)
+    }
+    fn input_kinds(&self) -> &'static [&'static str] {
+        &[kinds::MODEL]
+    }
+    fn output_kind(&self) -> &'static str {
+        kinds::DATASET
+    }
+    fn check(
+        &self,
+        options: &Value,
+        inputs: &[Value],
+        _services: &dyn petnas_sdk::Services,
+    ) -> Result<Value> {
+        let o: DataLoadOptions = serde_json::from_value(options.clone())?;
+        o.scoring()?;
+        for split in o.splits() {
+            if !split.path.is_file() {
+                bail!("{}: the {} file is missing", split.path.display(), split.name);
+            }
+            files::check_columns(&split.path, o.format(&split.path)?, &o.columns(), split.labelled)?;
+        }
+        if o.metric.as_deref() == Some("f1") && o.labels.as_ref().is_some_and(|l| l.len() != 2) {
+            bail!("`metric: f1` scores the second of two classes; `labels` names more");
+        }
+        o.shaping.check(inputs)
+    }
+    fn external_inputs(&self, options: &Value) -> Result<String> {
+        let o: DataLoadOptions = serde_json::from_value(options.clone())?;
+        let splits = o.splits();
+        dataset::file_stamps(splits.iter().map(|s| s.path.as_path()))
+    }
+    fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
+        let o: DataLoadOptions = ctx.options()?;
+        let scoring = o.scoring()?;
+        let labels = if o.regression { Vec::new() } else { o.class_names()? };
+        if scoring == Scoring::F1Accuracy && labels.len() != 2 {
+            bail!(
+                "`metric: f1` scores the second of two classes; {} has {} ({})",
+                o.train,
+                labels.len(),
+                labels.join(", ")
+            );
+        }
+        if !o.regression && labels.len() < 2 {
+            bail!("{}: one class only (`{}`); a classifier needs at least 2", o.train, labels.join(", "));
+        }
+        let task = TaskInfo { name: o.task_name(), labels, scoring };
+        let kind = if o.regression { LabelKind::Score } else { LabelKind::Classes(&task.labels) };
+        dataset::build(ctx, inputs, &o.shaping, &task, &o.splits(), |file| {
+            files::read(
+                &file.path,
+                o.format(&file.path)?,
+                &o.columns(),
+                &kind,
+                file.labelled,
+                o.shaping.skip_bad_lines,
+            )
+        })
+    }
+}

@@ -1,0 +1,346 @@
+//! Reads a user's own labelled text: CSV and TSV with a header row (quoted fields as
+//! Python's `csv` and pandas write them), or JSON Lines (one object per line). Columns are
+//! found by name. A malformed row is an error naming file and line, or, when asked, skipped
+//! and counted.
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::reader::{Example, Label, Split, MAX_LINE_BYTES};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Csv,
+    Tsv,
+    JsonLines,
+}
+
+pub const FORMATS: &[&str] = &["csv", "tsv", "jsonl"];
+
+impl Format {
+    pub fn named(name: &str) -> Option<Format> {
+        match name {
+            "csv" => Some(Format::Csv),
+            "tsv" => Some(Format::Tsv),
+            "jsonl" => Some(Format::JsonLines),
+            _ => None,
+        }
+    }
+
+    /// The format a file's extension names: `.csv`, `.tsv`, `.jsonl` or `.json`.
+    pub fn of(path: &Path) -> Result<Format> {
+        let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+        match extension.as_str() {
+            "json" => Ok(Format::JsonLines),
+            other => Format::named(other).with_context(|| {
+                format!(
+                    "{}: cannot tell the format from the extension; name it with `format:` ({})",
+                    path.display(),
+                    FORMATS.join(", ")
+                )
+            }),
+        }
+    }
+}
+
+/// The columns to read, by name.
+pub struct Columns<'a> {
+    pub text: &'a str,
+    pub text_pair: Option<&'a str>,
+    pub label: &'a str,
+    /// Numbers the rows for `glue.predict`; default: their position.
+    pub id: Option<&'a str>,
+}
+
+/// How label cells become labels.
+pub enum LabelKind<'a> {
+    /// Class names in id order; a cell must be one of them.
+    Classes(&'a [String]),
+    /// A finite number.
+    Score,
+}
+
+impl LabelKind<'_> {
+    fn parse(&self, cell: &str) -> std::result::Result<Label, String> {
+        match self {
+            LabelKind::Classes(names) => match names.iter().position(|n| n == cell) {
+                Some(i) => Ok(Label::Class(i as i64)),
+                None => Err(format!("label `{cell}` is not one of {}", names.join(", "))),
+            },
+            LabelKind::Score => match cell.trim().parse::<f32>() {
+                Ok(v) if v.is_finite() => Ok(Label::Score(v)),
+                _ => Err(format!("label `{cell}` is not a finite number")),
+            },
+        }
+    }
+}
+
+/// One row as read, before its label is parsed: 1-based line, cells by column.
+struct Row {
+    line: usize,
+    text: String,
+    text_pair: Option<String>,
+    label: Option<String>,
+    id: Option<String>,
+}
+
+/// The rows of a file, each read or the reason it could not be, and whether the file has
+/// the label column at all.
+struct Rows {
+    rows: Vec<std::result::Result<Row, (usize, String)>>,
+    labelled: bool,
+}
+
+/// The header of a CSV/TSV file, or the keys of a JSON Lines file's first object: what
+/// `petnas validate` checks the named columns against.
+pub fn columns_of(path: &Path, format: Format) -> Result<Vec<String>> {
+    match format {
+        Format::Csv | Format::Tsv => {
+            let mut reader = csv_reader(path, format)?;
+            let header =
+                reader.headers().with_context(|| format!("{}:1: cannot read the header", path.display()))?;
+            Ok(header.iter().map(str::to_string).collect())
+        }
+        Format::JsonLines => {
+            let text = read_text(path)?;
+            let Some((i, line)) = text.lines().enumerate().find(|(_, l)| !l.trim().is_empty()) else {
+                return Ok(Vec::new());
+            };
+            match serde_json::from_str::<Value>(line) {
+                Ok(Value::Object(object)) => Ok(object.keys().cloned().collect()),
+                _ => bail!("{}:{}: not a JSON object", path.display(), i + 1),
+            }
+        }
+    }
+}
+
+/// Checks that a file has the columns its split needs; the label column is required in
+/// labelled splits only.
+pub fn check_columns(path: &Path, format: Format, columns: &Columns, labelled: bool) -> Result<()> {
+    let have = columns_of(path, format)?;
+    if have.is_empty() {
+        bail!("{}: the file is empty", path.display());
+    }
+    let mut needed = vec![columns.text];
+    needed.extend(columns.text_pair);
+    needed.extend(columns.id);
+    if labelled {
+        needed.push(columns.label);
+    }
+    for name in needed {
+        if !have.iter().any(|h| h == name) {
+            bail!("{}:1: no column `{name}` (it has: {})", path.display(), have.join(", "));
+        }
+    }
+    Ok(())
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    match String::from_utf8(bytes) {
+        Ok(text) => Ok(text.strip_prefix('\u{feff}').map(str::to_string).unwrap_or(text)),
+        Err(e) => {
+            let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+            bail!("{}:{line}: not valid UTF-8", path.display())
+        }
+    }
+}
+
+fn csv_reader(path: &Path, format: Format) -> Result<csv::Reader<std::io::Cursor<String>>> {
+    let text = read_text(path)?;
+    Ok(csv::ReaderBuilder::new()
+        .delimiter(if format == Format::Tsv { b'\t' } else { b',' })
+        .has_headers(true)
+        .from_reader(std::io::Cursor::new(text)))
+}
+
+fn read_delimited(path: &Path, format: Format, columns: &Columns) -> Result<Rows> {
+    let mut reader = csv_reader(path, format)?;
+    let header: Vec<String> = reader
+        .headers()
+        .with_context(|| format!("{}:1: cannot read the header", path.display()))?
+        .iter()
+        .map(str::to_string)
+        .collect();
+    let position = |name: &str| header.iter().position(|h| h == name);
+    let text = position(columns.text);
+    let text_pair = columns.text_pair.map(position);
+    let label = position(columns.label);
+    let id = columns.id.map(position);
+    let mut rows = Vec::new();
+    for record in reader.records() {
+        let row = match record {
+            Err(e) => {
+                let line = e.position().map(|p| p.line() as usize).unwrap_or(0);
+                let reason = match e.kind() {
+                    csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
+                        format!("expected {expected_len} columns, found {len}")
+                    }
+                    _ => e.to_string(),
+                };
+                Err((line, reason))
+            }
+            Ok(record) => {
+                let line = record.position().map(|p| p.line() as usize).unwrap_or(0);
+                let cell = |c: Option<usize>| c.and_then(|c| record.get(c)).map(str::to_string);
+                if record.as_slice().len() > MAX_LINE_BYTES {
+                    Err((line, format!("the row is more than {MAX_LINE_BYTES} bytes long")))
+                } else {
+                    Ok(Row {
+                        line,
+                        text: cell(text).unwrap_or_default(),
+                        text_pair: text_pair.map(|c| cell(c).unwrap_or_default()),
+                        label: cell(label),
+                        id: id.and_then(cell),
+                    })
+                }
+            }
+        };
+        rows.push(row);
+    }
+    Ok(Rows { rows, labelled: label.is_some() })
+}
+
+/// A JSON value as a cell: strings as they are, numbers and booleans as they print.
+fn json_cell(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn read_json_lines(path: &Path, columns: &Columns) -> Result<Rows> {
+    let text = read_text(path)?;
+    let mut rows = Vec::new();
+    let mut labelled = false;
+    for (i, line) in text.lines().enumerate() {
+        let number = i + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        if line.len() > MAX_LINE_BYTES {
+            rows.push(Err((number, format!("the line is more than {MAX_LINE_BYTES} bytes long"))));
+            continue;
+        }
+        let object = match serde_json::from_str::<Value>(line) {
+            Ok(Value::Object(object)) => object,
+            Ok(_) => {
+                rows.push(Err((number, "not a JSON object".to_string())));
+                continue;
+            }
+            Err(e) => {
+                rows.push(Err((number, format!("not JSON: {e}"))));
+                continue;
+            }
+        };
+        let string = |name: &str| -> std::result::Result<String, String> {
+            match object.get(name) {
+                Some(Value::String(s)) => Ok(s.clone()),
+                Some(other) => {
+                    Err(format!("`{name}` is {}, not a string", petnas_sdk::options::describe_value(other)))
+                }
+                None => Err(format!("no `{name}`")),
+            }
+        };
+        labelled |= object.contains_key(columns.label);
+        let row = (|| {
+            Ok(Row {
+                line: number,
+                text: string(columns.text)?,
+                text_pair: columns.text_pair.map(string).transpose()?,
+                label: match object.get(columns.label) {
+                    None => None,
+                    Some(v) => Some(json_cell(v).ok_or_else(|| {
+                        format!(
+                            "`{}` is {}, not a label",
+                            columns.label,
+                            petnas_sdk::options::describe_value(v)
+                        )
+                    })?),
+                },
+                id: match columns.id {
+                    None => None,
+                    Some(name) => Some(
+                        json_cell(object.get(name).unwrap_or(&Value::Null))
+                            .ok_or_else(|| format!("no `{name}`"))?,
+                    ),
+                },
+            })
+        })();
+        rows.push(row.map_err(|reason| (number, reason)));
+    }
+    Ok(Rows { rows, labelled })
+}
+
+fn read_rows(path: &Path, format: Format, columns: &Columns) -> Result<Rows> {
+    match format {
+        Format::Csv | Format::Tsv => read_delimited(path, format, columns),
+        Format::JsonLines => read_json_lines(path, columns),
+    }
+}
+
+/// The label cells of a file's rows, for naming the classes of a file whose classes are not
+/// given: its distinct labels, ordered as numbers when all are whole numbers, else as text.
+pub fn class_names(path: &Path, format: Format, columns: &Columns) -> Result<Vec<String>> {
+    let rows = read_rows(path, format, columns)?;
+    let mut names: Vec<String> =
+        rows.rows.iter().filter_map(|r| r.as_ref().ok().and_then(|r| r.label.clone())).collect();
+    names.sort();
+    names.dedup();
+    if names.iter().all(|n| n.parse::<i64>().is_ok()) {
+        names.sort_by_key(|n| n.parse::<i64>().unwrap_or(0));
+    }
+    if names.is_empty() {
+        bail!("{}: no labelled row to take the class names from", path.display());
+    }
+    Ok(names)
+}
+
+/// Reads one split. In a labelled split every row needs a label; an unlabelled split (a
+/// test file without the label column) reads its text only.
+pub fn read(
+    path: &Path,
+    format: Format,
+    columns: &Columns,
+    labels: &LabelKind,
+    labelled: bool,
+    skip_bad_lines: bool,
+) -> Result<Split> {
+    let rows = read_rows(path, format, columns)?;
+    if labelled && !rows.labelled && rows.rows.iter().any(|r| r.is_ok()) {
+        bail!("{}: no `{}` column, and the split needs labels", path.display(), columns.label);
+    }
+    let mut split = Split::default();
+    for row in rows.rows {
+        let example = row.and_then(|row| {
+            let label = match (&row.label, labelled) {
+                (Some(cell), true) => Some(labels.parse(cell).map_err(|e| (row.line, e))?),
+                (None, true) => return Err((row.line, format!("no `{}`", columns.label))),
+                (_, false) => None,
+            };
+            let index = match &row.id {
+                Some(cell) => cell
+                    .trim()
+                    .parse::<i64>()
+                    .map_err(|_| (row.line, format!("id `{cell}` is not a whole number")))?,
+                None => split.examples.len() as i64,
+            };
+            Ok(Example { line: row.line, first: row.text, second: row.text_pair, label, index })
+        });
+        match example {
+            Ok(e) => split.examples.push(e),
+            Err((line, reason)) if skip_bad_lines => split.bad_lines.push((line, reason)),
+            Err((line, reason)) => {
+                bail!("{}:{line}: {reason} (set `skip_bad_lines: true` to skip such rows)", path.display())
+            }
+        }
+    }
+    if split.examples.is_empty() {
+        bail!("{}: no example read", path.display());
+    }
+    Ok(split)
+}
