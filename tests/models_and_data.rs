@@ -183,3 +183,107 @@ fn score_rates_a_submission_file_with_the_official_metrics() {
         short.stderr
     );
 }
+
+/// `data.load` on the three formats of `tests/fixtures/data`, each trained, evaluated and
+/// (where it has a test file) predicted, as a GLUE task would be.
+#[test]
+fn own_csv_tsv_and_json_lines_files_train_evaluate_and_predict() {
+    let s = Scratch::new();
+    let data = workspace().join("tests/fixtures/data");
+    let d = data.display();
+    let model = petnas_e2e::tiny_model();
+    s.write(
+        "p.yaml",
+        &format!(
+            "name: own
+defaults: {{seed: 3, threads: 1}}
+stages:
+  model: {{use: plm.load, with: {{model: '{model}'}}}}
+  pets: {{use: pet.attach, needs: [model], with: {{pets: [{{type: lora, rank: 2}}]}}}}
+  reviews:
+    use: data.load
+    needs: [model]
+    with: {{train: '{d}/reviews/train.csv', dev: '{d}/reviews/dev.csv', test: '{d}/reviews/test.csv', text: review, label: sentiment, id: id, metric: f1, max_len: 32}}
+  pairs:
+    use: data.load
+    needs: [model]
+    with: {{train: '{d}/pairs/train.tsv', dev: '{d}/pairs/dev.tsv', text: premise, text_pair: hypothesis, name: animals, max_len: 32}}
+  ratings:
+    use: data.load
+    needs: [model]
+    with: {{train: '{d}/ratings/train.jsonl', dev: '{d}/ratings/dev.jsonl', text: text, label: score, regression: true, max_len: 32}}
+  reviews_fit: {{use: train.fit, needs: [pets, reviews], with: {{max_steps: 3, batch_size: 8, lr: 0.01}}}}
+  reviews_eval: {{use: glue.evaluate, needs: [reviews_fit, reviews]}}
+  reviews_predict: {{use: glue.predict, needs: [reviews_fit, reviews]}}
+  pairs_fit: {{use: train.fit, needs: [pets, pairs], with: {{max_steps: 3, batch_size: 8, lr: 0.01}}}}
+  pairs_eval: {{use: glue.evaluate, needs: [pairs_fit, pairs]}}
+  ratings_fit: {{use: train.fit, needs: [pets, ratings], with: {{max_steps: 3, batch_size: 8, lr: 0.01}}}}
+  ratings_eval: {{use: glue.evaluate, needs: [ratings_fit, ratings]}}
+"
+        ),
+    );
+    let run = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let meta =
+        |stage: &str| s.read_json(&s.stage_dir("own", "default", stage).join("outputs.json"))["meta"].clone();
+    let reviews = meta("reviews");
+    assert_eq!(reviews["task"], "reviews", "named after the training file's folder");
+    assert_eq!(reviews["labels"], serde_json::json!(["negative", "positive"]));
+    assert_eq!(reviews["splits"]["train"]["examples"], 40);
+    assert_eq!(reviews["splits"]["test"]["labelled"], false);
+    let pairs = meta("pairs");
+    assert_eq!(pairs["task"], "animals");
+    assert_eq!(pairs["labels"], serde_json::json!(["0", "1", "2"]));
+    assert_eq!(meta("ratings")["regression"], true);
+    let metrics = |stage: &str| s.read_json(&s.stage_dir("own", "default", stage).join("metrics.json"));
+    let reviews = metrics("reviews_eval");
+    assert_eq!(reviews["metric"], "f1");
+    assert!(reviews["splits"]["dev"]["accuracy"].is_number(), "{reviews}");
+    assert_eq!(metrics("pairs_eval")["metric"], "accuracy");
+    assert_eq!(metrics("ratings_eval")["metric"], "pearson");
+    // The classifier of the pairs task has three outputs.
+    let fit = s.read_json(&s.stage_dir("own", "default", "pairs_fit").join("outputs.json"));
+    assert_eq!(fit["meta"]["head"]["num_labels"], 3, "{}", fit["meta"]["head"]);
+    let predictions =
+        std::fs::read_to_string(s.stage_dir("own", "default", "reviews_predict").join("reviews.tsv"))
+            .unwrap();
+    let lines: Vec<&str> = predictions.lines().collect();
+    assert_eq!(lines.len(), 7, "{predictions}");
+    assert!(lines[1].starts_with("100\t"), "the id column numbers the rows: {predictions}");
+    for line in &lines[1..] {
+        let label = line.split('\t').nth(1).unwrap();
+        assert!(["negative", "positive"].contains(&label), "{predictions}");
+    }
+}
+
+/// What a `data.load` stage can get wrong is refused by `petnas validate`, naming it.
+#[test]
+fn validate_refuses_a_data_load_that_cannot_work() {
+    let s = Scratch::new();
+    let d = workspace().join("tests/fixtures/data").display().to_string();
+    let stage = |with: &str| {
+        format!(
+            "name: own
+stages:
+  model: {{use: plm.load, with: {{model: '{}'}}}}
+  data: {{use: data.load, needs: [model], with: {{{with}}}}}
+",
+            petnas_e2e::tiny_model()
+        )
+    };
+    let cases = [
+        (format!("train: '{d}/reviews/train.csv', dev: '{d}/reviews/dev.csv', text: sentence"), "train.csv:1: no column `sentence` (it has: id, review, sentiment)"),
+        (format!("train: '{d}/reviews/train.csv', dev: '{d}/reviews/dev.csv', text: review"), "no column `label`"),
+        (format!("train: '{d}/ratings/train.jsonl', dev: '{d}/ratings/dev.jsonl', text: text, label: score, regression: true, metric: accuracy"), "use `metric: pearson`"),
+        (format!("train: '{d}/reviews/train.csv', dev: '{d}/reviews/nope.csv', text: review"), "nope.csv: the dev file is missing"),
+        (format!("train: '{d}/README.md', dev: '{d}/reviews/dev.csv', text: review"), "cannot tell the format from the extension"),
+        (format!("train: '{d}/reviews/train.csv', dev: '{d}/reviews/dev.csv', text: review, label: sentiment, labels: [positive]"), "a classifier needs at least 2"),
+    ];
+    for (with, expected) in cases {
+        s.write("p.yaml", &stage(&with));
+        let run = s.petnas(&["validate", "p.yaml"]);
+        assert_eq!(run.code, 2, "{with}: {}{}", run.stdout, run.stderr);
+        assert!(run.stderr.contains(expected), "{with}: expected `{expected}` in {}", run.stderr);
+        assert!(run.stderr.contains("data"), "the stage is named: {}", run.stderr);
+    }
+}

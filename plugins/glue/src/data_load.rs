@@ -188,10 +188,11 @@ impl Stage for DataLoad {
     ) -> Result<Value> {
         let o: DataLoadOptions = serde_json::from_value(options.clone())?;
         o.scoring()?;
-        for split in o.splits() {
-            if !split.path.is_file() {
-                bail!("{}: the {} file is missing", split.path.display(), split.name);
-            }
+        let splits = o.splits();
+        if let Some(missing) = splits.iter().find(|s| !s.path.is_file()) {
+            bail!("{}: the {} file is missing", missing.path.display(), missing.name);
+        }
+        for split in splits {
             files::check_columns(&split.path, o.format(&split.path)?, &o.columns(), split.labelled)?;
         }
         if o.metric.as_deref() == Some("f1") && o.labels.as_ref().is_some_and(|l| l.len() != 2) {

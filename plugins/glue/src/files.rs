@@ -149,15 +149,34 @@ fn read_text(path: &Path) -> Result<String> {
 }
 
 fn csv_reader(path: &Path, format: Format) -> Result<csv::Reader<std::io::Cursor<String>>> {
-    let text = read_text(path)?;
-    Ok(csv::ReaderBuilder::new()
+    Ok(csv_reader_of(read_text(path)?, format))
+}
+
+fn csv_reader_of(text: String, format: Format) -> csv::Reader<std::io::Cursor<String>> {
+    csv::ReaderBuilder::new()
         .delimiter(if format == Format::Tsv { b'\t' } else { b',' })
         .has_headers(true)
-        .from_reader(std::io::Cursor::new(text)))
+        .from_reader(std::io::Cursor::new(text))
+}
+
+/// 1-based line numbers of byte offsets, counted from the text itself: the csv crate's own
+/// count misses a bare line break inside a quoted field of a file with CRLF line ends.
+struct LineIndex(Vec<usize>);
+
+impl LineIndex {
+    fn new(text: &str) -> LineIndex {
+        LineIndex(text.bytes().enumerate().filter(|(_, b)| *b == b'\n').map(|(i, _)| i).collect())
+    }
+
+    fn line(&self, position: Option<&csv::Position>) -> usize {
+        position.map(|p| self.0.partition_point(|&nl| (nl as u64) <= p.byte()) + 1).unwrap_or(0)
+    }
 }
 
 fn read_delimited(path: &Path, format: Format, columns: &Columns) -> Result<Rows> {
-    let mut reader = csv_reader(path, format)?;
+    let text = read_text(path)?;
+    let lines = LineIndex::new(&text);
+    let mut reader = csv_reader_of(text, format);
     let header: Vec<String> = reader
         .headers()
         .with_context(|| format!("{}:1: cannot read the header", path.display()))?
@@ -173,7 +192,7 @@ fn read_delimited(path: &Path, format: Format, columns: &Columns) -> Result<Rows
     for record in reader.records() {
         let row = match record {
             Err(e) => {
-                let line = e.position().map(|p| p.line() as usize).unwrap_or(0);
+                let line = lines.line(e.position());
                 let reason = match e.kind() {
                     csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
                         format!("expected {expected_len} columns, found {len}")
@@ -183,7 +202,7 @@ fn read_delimited(path: &Path, format: Format, columns: &Columns) -> Result<Rows
                 Err((line, reason))
             }
             Ok(record) => {
-                let line = record.position().map(|p| p.line() as usize).unwrap_or(0);
+                let line = lines.line(record.position());
                 let cell = |c: Option<usize>| c.and_then(|c| record.get(c)).map(str::to_string);
                 if record.as_slice().len() > MAX_LINE_BYTES {
                     Err((line, format!("the row is more than {MAX_LINE_BYTES} bytes long")))

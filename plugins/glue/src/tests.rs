@@ -225,3 +225,116 @@ fn submission_files_are_checked_line_by_line() {
     assert!(format!("{:#}", read_predictions(task("rte"), &header).unwrap_err())
         .ends_with(":1: expected the header `index<TAB>prediction`"));
 }
+
+mod own_files {
+    use std::path::{Path, PathBuf};
+
+    use crate::files::{check_columns, class_names, read, Columns, Format, LabelKind};
+    use crate::reader::Label;
+
+    fn data(path: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/data").join(path)
+    }
+
+    const REVIEWS: Columns = Columns { text: "review", text_pair: None, label: "sentiment", id: Some("id") };
+    const PAIRS: Columns =
+        Columns { text: "premise", text_pair: Some("hypothesis"), label: "label", id: None };
+    const RATINGS: Columns = Columns { text: "text", text_pair: None, label: "score", id: None };
+
+    fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn csv_reads_quoted_fields_and_its_id_column() {
+        let path = data("reviews/train.csv");
+        let names = class_names(&path, Format::Csv, &REVIEWS).unwrap();
+        assert_eq!(names, ["negative", "positive"]);
+        let split = read(&path, Format::Csv, &REVIEWS, &LabelKind::Classes(&names), true, false).unwrap();
+        assert_eq!(split.examples.len(), 40);
+        let quoted = &split.examples[1];
+        assert!(quoted.first.starts_with("She said \"see it\", and "), "{}", quoted.first);
+        assert_eq!(quoted.label, Some(Label::Class(1)));
+        assert_eq!(quoted.index, 101);
+        assert!(split.examples[2].first.ends_with("honestly\nsecond line"));
+        // The row after the one with a line break starts on line 6 of the file.
+        assert_eq!(split.examples[3].line, 6, "{:?}", &split.examples[..4]);
+        let test =
+            read(&data("reviews/test.csv"), Format::Csv, &REVIEWS, &LabelKind::Classes(&names), false, false)
+                .unwrap();
+        assert!(test.examples.iter().all(|e| e.label.is_none()));
+    }
+
+    #[test]
+    fn tsv_pairs_take_their_classes_from_the_file_in_numeric_order() {
+        let path = data("pairs/train.tsv");
+        assert_eq!(class_names(&path, Format::Tsv, &PAIRS).unwrap(), ["0", "1", "2"]);
+        let dir = tempfile::tempdir().unwrap();
+        let numbers = write(&dir, "n.tsv", "premise\thypothesis\tlabel\na\tb\t10\nc\td\t2\ne\tf\t2\n");
+        assert_eq!(class_names(&numbers, Format::Tsv, &PAIRS).unwrap(), ["2", "10"]);
+        let names = ["0", "1", "2"].map(String::from);
+        let split = read(&path, Format::Tsv, &PAIRS, &LabelKind::Classes(&names), true, false).unwrap();
+        assert_eq!(split.examples.len(), 36);
+        assert_eq!(split.examples[0].second.as_deref(), Some("A horse sleeps."));
+        assert_eq!(split.examples[5].index, 5, "rows are numbered by position without an id column");
+    }
+
+    #[test]
+    fn json_lines_read_numbers_for_regression() {
+        let split =
+            read(&data("ratings/train.jsonl"), Format::JsonLines, &RATINGS, &LabelKind::Score, true, false)
+                .unwrap();
+        assert_eq!(split.examples.len(), 30);
+        assert_eq!(split.examples[0].label, Some(Label::Score(1.4)));
+    }
+
+    #[test]
+    fn bad_rows_name_file_and_line_or_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = ["negative", "positive"].map(String::from);
+        let classes = LabelKind::Classes(&names);
+        let csv = write(
+            &dir,
+            "r.csv",
+            "id,review,sentiment\n1,fine,positive\n2,\"two\nlines\",positive\n3,short\n4,bad,meh\n",
+        );
+        let err = read(&csv, Format::Csv, &REVIEWS, &classes, true, false).unwrap_err().to_string();
+        assert!(err.contains("r.csv:5: expected 3 columns, found 2"), "{err}");
+        let skipped = read(&csv, Format::Csv, &REVIEWS, &classes, true, true).unwrap();
+        assert_eq!(skipped.examples.len(), 2);
+        assert_eq!(skipped.bad_lines.len(), 2);
+        assert!(
+            skipped.bad_lines[1].1.contains("label `meh` is not one of negative, positive"),
+            "{:?}",
+            skipped.bad_lines
+        );
+        let jsonl = write(&dir, "r.jsonl", "{\"text\": \"a\", \"score\": 1}\n\n{\"text\": 5, \"score\": 2}\nnot json\n{\"text\": \"b\", \"score\": \"x\"}\n");
+        let err = read(&jsonl, Format::JsonLines, &RATINGS, &LabelKind::Score, true, false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("r.jsonl:3: `text` is integer `5`, not a string"), "{err}");
+        let skipped = read(&jsonl, Format::JsonLines, &RATINGS, &LabelKind::Score, true, true).unwrap();
+        let lines: Vec<usize> = skipped.bad_lines.iter().map(|(l, _)| *l).collect();
+        assert_eq!(lines, [3, 4, 5]);
+        let bad_id = write(&dir, "i.csv", "id,review,sentiment\nx,fine,positive\n");
+        let err = read(&bad_id, Format::Csv, &REVIEWS, &classes, true, false).unwrap_err().to_string();
+        assert!(err.contains("i.csv:2: id `x` is not a whole number"), "{err}");
+    }
+
+    #[test]
+    fn validation_checks_the_named_columns_and_the_format() {
+        let wrong = Columns { text: "sentence", ..REVIEWS };
+        let err = check_columns(&data("reviews/dev.csv"), Format::Csv, &wrong, true).unwrap_err().to_string();
+        assert!(err.contains("dev.csv:1: no column `sentence` (it has: id, review, sentiment)"), "{err}");
+        // A test file needs no label column.
+        let unlabelled = Columns { label: "missing", ..REVIEWS };
+        check_columns(&data("reviews/test.csv"), Format::Csv, &unlabelled, false).unwrap();
+        assert!(check_columns(&data("reviews/test.csv"), Format::Csv, &unlabelled, true).is_err());
+        check_columns(&data("ratings/dev.jsonl"), Format::JsonLines, &RATINGS, true).unwrap();
+        assert_eq!(Format::of(Path::new("a/b.JSON")).unwrap(), Format::JsonLines);
+        let err = Format::of(Path::new("a/b.txt")).unwrap_err().to_string();
+        assert!(err.contains("cannot tell the format from the extension; name it with `format:`"), "{err}");
+    }
+}
