@@ -44,6 +44,7 @@ fn plugins_lists_stage_kinds_with_their_options() {
     assert_eq!(
         kinds,
         [
+            "data.load",
             "demo.data",
             "demo.evaluate",
             "demo.fit",
