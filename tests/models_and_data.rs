@@ -287,3 +287,45 @@ stages:
         assert!(run.stderr.contains("data"), "the stage is named: {}", run.stderr);
     }
 }
+
+/// A relative path a stage reads is read from the pipeline file's folder, not from where
+/// petnas was started.
+#[test]
+fn relative_input_paths_are_read_from_the_pipeline_files_folder() {
+    let s = Scratch::new();
+    let recipes = s.path().join("recipes");
+    std::fs::create_dir_all(recipes.join("reviews")).unwrap();
+    for split in ["train", "dev"] {
+        std::fs::copy(
+            workspace().join(format!("tests/fixtures/data/reviews/{split}.csv")),
+            recipes.join(format!("reviews/{split}.csv")),
+        )
+        .unwrap();
+    }
+    let pipeline = format!(
+        "name: beside
+stages:
+  model: {{use: plm.load, with: {{model: '{}'}}}}
+  data: {{use: data.load, needs: [model], with: {{train: reviews/train.csv, dev: reviews/dev.csv, text: review, label: sentiment, max_len: 16}}}}
+",
+        petnas_e2e::tiny_model()
+    );
+    std::fs::write(recipes.join("p.yaml"), &pipeline).unwrap();
+    let run = s.petnas(&["run", "recipes/p.yaml"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let meta = s.read_json(&s.stage_dir("beside", "default", "data").join("outputs.json"))["meta"].clone();
+    let file = meta["splits"]["train"]["file"].as_str().unwrap();
+    assert_eq!(std::path::Path::new(file), recipes.join("reviews/train.csv"));
+    // The same names beside the current folder instead are not found, and the error says where
+    // they were looked for.
+    std::fs::write(s.path().join("p.yaml"), pipeline.replace("reviews/", "recipes/reviews/")).unwrap();
+    std::fs::rename(s.path().join("p.yaml"), recipes.join("q.yaml")).unwrap();
+    let run = s.petnas(&["validate", "recipes/q.yaml"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    let looked = recipes.join("recipes/reviews/train.csv");
+    assert!(
+        run.stderr.contains(&format!("{}: the train file is missing", looked.display())),
+        "{}",
+        run.stderr
+    );
+}

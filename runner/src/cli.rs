@@ -476,6 +476,7 @@ fn context(folders: &FolderArgs) -> pipeline::Context {
     pipeline::Context {
         runs_dir: absolute(&folders.runs_dir),
         allowed_writes: folders.allow_write.iter().map(|p| absolute(p)).collect(),
+        ..Default::default()
     }
 }
 

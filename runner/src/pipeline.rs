@@ -190,11 +190,14 @@ fn keep_flagged<T>(items: &mut Vec<T>, flags: &[bool]) {
     items.retain(|_| flags.next().copied().unwrap_or(false));
 }
 
-/// What validation needs to know beyond the file: where the runs go and what may be written.
+/// What validation needs to know beyond the file: where the runs go, what may be written,
+/// and the folder relative paths the file names are read from.
 #[derive(Debug, Clone, Default)]
 pub struct Context {
     pub runs_dir: PathBuf,
     pub allowed_writes: Vec<PathBuf>,
+    /// The pipeline file's folder (set by [`load`]); empty: the current folder.
+    pub pipeline_dir: PathBuf,
 }
 
 pub fn load(path: &Path, registry: &Registry, ctx: &Context) -> Result<Pipeline, Diagnostics> {
@@ -211,7 +214,9 @@ pub fn load(path: &Path, registry: &Registry, ctx: &Context) -> Result<Pipeline,
     let text = String::from_utf8(bytes).map_err(|e| {
         Diagnostic::file(&file, format!("the file is not UTF-8 (byte {})", e.utf8_error().valid_up_to()))
     })?;
-    let mut pipeline = parse(&text, &file, registry, ctx)?;
+    let pipeline_dir =
+        std::path::absolute(path).ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_default();
+    let mut pipeline = parse(&text, &file, registry, &Context { pipeline_dir, ..ctx.clone() })?;
     pipeline.file = path.to_path_buf();
     Ok(pipeline)
 }
@@ -874,7 +879,8 @@ fn check_options(
                 let value = match given.iter().find(|(k, _, _)| k == spec.name) {
                     Some((key, _, node)) if unresolved.contains(&key.as_str()) => node.to_json(),
                     Some((_, _, node)) => {
-                        let value = spec.canonical(matrix::resolve(node, cell));
+                        let value =
+                            beside(&ctx.pipeline_dir, &spec.ty, spec.canonical(matrix::resolve(node, cell)));
                         match spec.check(&value) {
                             // One error per option, in the first cell where it fails.
                             Err(_) if reported.contains(&spec.name) => {}
@@ -915,6 +921,23 @@ fn check_options(
             Json::Object(options)
         })
         .collect()
+}
+
+/// A path the stage reads, as the pipeline file names it: a relative one is read from the
+/// pipeline file's folder, wherever petnas is started.
+fn beside(pipeline_dir: &Path, ty: &OptType, value: Json) -> Json {
+    match (ty, value) {
+        (OptType::InputPath, Json::String(path)) if Path::new(&path).is_relative() => {
+            Json::String(pipeline_dir.join(&path).display().to_string())
+        }
+        (OptType::List(item), Json::Array(items)) => {
+            Json::Array(items.into_iter().map(|v| beside(pipeline_dir, item, v)).collect())
+        }
+        (OptType::MapOf(item), Json::Object(entries)) => {
+            Json::Object(entries.into_iter().map(|(k, v)| (k, beside(pipeline_dir, item, v))).collect())
+        }
+        (_, value) => value,
+    }
 }
 
 /// An unknown option: petnas's name where the user wrote a peer tool's, else the nearest.
