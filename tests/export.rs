@@ -101,6 +101,14 @@ fn lora_exports_to_a_merged_checkpoint_and_peft_folder_with_the_same_logits() {
         "the adapter goes on the base model the user gave, untouched"
     );
     assert!(!dir.join("peft/base").exists(), "no copy of the base model");
+    // Both routes name the classes as the task does.
+    for route in ["merged", "peft"] {
+        let config: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(route).join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(config["id2label"], json!({"0": "entailment", "1": "not_entailment"}), "{route}");
+        assert_eq!(config["label2id"]["not_entailment"], 1, "{route}");
+    }
 
     let adapter = Tensor::read_safetensors(dir.join("peft/adapter_model.safetensors")).unwrap();
     let mut pets = Vec::new();

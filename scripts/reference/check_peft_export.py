@@ -1,7 +1,8 @@
 """Checks a `pet.export` folder on the Python side: the merged checkpoint loads with
 transformers' AutoModelForSequenceClassification, and the LoRA adapter with
 peft.PeftModel.from_pretrained on the user's own base model (the folder petnas loaded,
-untouched; `base_model_name_or_path` names it), as the README tells users to load it; for
+untouched; `base_model_name_or_path` names it) with the task's config from the adapter
+folder (the same label names as the merged checkpoint), as the README tells users to load it; for
 two-label tasks also with AutoPeftModelForSequenceClassification, which reads the base from
 there. All give the logits petnas saved in check.json.
 
@@ -13,7 +14,7 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoConfig, AutoModelForSequenceClassification
 
 
 def logits_of(model, check):
@@ -40,9 +41,16 @@ def main():
         from peft import PeftModel
         config = json.loads((peft_dir / "adapter_config.json").read_text())
         num_labels = len(want[0])
+        # The task's label names ride in the adapter folder's config.json (PEFT reads only
+        # adapter_config.json), the same as the merged checkpoint's.
+        task_config = AutoConfig.from_pretrained(peft_dir)
         base = AutoModelForSequenceClassification.from_pretrained(
-            config["base_model_name_or_path"], num_labels=num_labels
+            config["base_model_name_or_path"], config=task_config
         )
+        assert base.config.num_labels == num_labels, (base.config.num_labels, num_labels)
+        if (export / "merged").exists():
+            assert base.config.id2label == merged.config.id2label, (base.config.id2label, merged.config.id2label)
+        print(f"PEFT adapter labels: {base.config.id2label}")
         if base.config.pad_token_id is None:
             # As users of decoders do: the tokenizer's padding token, for the head to find
             # the last real token (petnas's merged export writes it into config.json).

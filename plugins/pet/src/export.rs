@@ -39,25 +39,13 @@ fn head_tensors(model: &PetModel) -> Result<Vec<(String, Tensor)>> {
     Ok(head.hf_tensors().into_iter().map(|(n, t)| (n, t.detach().to_device(Device::Cpu))).collect())
 }
 
-fn write_checkpoint(
-    dir: &Path,
-    model: &PetModel,
-    weights: &BTreeMap<String, Tensor>,
-    labels: &[String],
-) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
+/// The base model's `config.json` as a sequence classifier of the task: its class, the task's
+/// label names, the problem type, the padding token its head looks for.
+fn classifier_config(model: &PetModel, labels: &[String]) -> Result<Value> {
     let info = model.backbone.info();
-    let names = model.backbone.hf_names();
-    let prefix = &names.base_prefix;
-    let mut tensors: Vec<(String, Tensor)> = weights
-        .iter()
-        .map(|(n, t)| (format!("{prefix}.{n}"), t.to_device(Device::Cpu).contiguous()))
-        .collect();
-    tensors.extend(head_tensors(model)?);
-    Tensor::write_safetensors(&tensors, dir.join("model.safetensors"))?;
     let mut config: Value = serde_json::from_str(&std::fs::read_to_string(info.dir.join("config.json"))?)?;
     let head = model.head.as_ref().context("the model has no task head: train it first")?;
-    config["architectures"] = json!([names.sequence_classification]);
+    config["architectures"] = json!([model.backbone.hf_names().sequence_classification]);
     let names: Vec<String> = if head.regression { vec!["LABEL_0".into()] } else { labels.to_vec() };
     config["id2label"] = names
         .iter()
@@ -78,7 +66,29 @@ fn write_checkpoint(
     if config["pad_token_id"].is_null() {
         config["pad_token_id"] = json!(model.backbone.tokenizer().pad_id());
     }
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+    Ok(config)
+}
+
+fn write_checkpoint(
+    dir: &Path,
+    model: &PetModel,
+    weights: &BTreeMap<String, Tensor>,
+    labels: &[String],
+) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let info = model.backbone.info();
+    let names = model.backbone.hf_names();
+    let prefix = &names.base_prefix;
+    let mut tensors: Vec<(String, Tensor)> = weights
+        .iter()
+        .map(|(n, t)| (format!("{prefix}.{n}"), t.to_device(Device::Cpu).contiguous()))
+        .collect();
+    tensors.extend(head_tensors(model)?);
+    Tensor::write_safetensors(&tensors, dir.join("model.safetensors"))?;
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&classifier_config(model, labels)?)?,
+    )?;
     for file in TOKENIZER_FILES {
         let source = info.dir.join(file);
         if source.exists() {
@@ -91,7 +101,7 @@ fn write_checkpoint(
 /// PEFT's adapter folder for an all-LoRA model, on the user's own base model. Under the
 /// balanced init the update is B·A − B₀·A₀ with the initial factors frozen, which is itself
 /// a LoRA: [B, −B₀]·[A; A₀], of rank r + r₀, exported at the same scaling.
-fn write_peft(dir: &Path, model: &PetModel) -> Result<()> {
+fn write_peft(dir: &Path, model: &PetModel, labels: &[String]) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let info = model.backbone.info();
     let prefix = &model.backbone.hf_names().base_prefix;
@@ -158,6 +168,12 @@ fn write_peft(dir: &Path, model: &PetModel) -> Result<()> {
         "use_dora": false,
     });
     std::fs::write(dir.join("adapter_config.json"), serde_json::to_string_pretty(&config)?)?;
+    // PEFT reads only adapter_config.json; the base model's config with the task's label
+    // names is beside it for `AutoConfig.from_pretrained(peft_dir)`.
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&classifier_config(model, labels)?)?,
+    )?;
     Ok(())
 }
 
@@ -209,7 +225,7 @@ impl Stage for Export {
             tracing::info!("no merged checkpoint: a PET module does not fold into the weights");
         }
         if !model.modules.is_empty() && model.modules.iter().all(|m| m.pet_type() == "lora") {
-            write_peft(&dir.join("peft"), &model)?;
+            write_peft(&dir.join("peft"), &model, &info.labels)?;
             written.push("peft");
         }
         // Token ids and logits of a few dev examples, to check the exports elsewhere.
