@@ -329,3 +329,39 @@ stages:
         run.stderr
     );
 }
+
+/// `petnas plan` says how many PET parameters each attaching stage would train, per PET
+/// type, before anything runs: what a user picks budgets by.
+#[test]
+fn plan_counts_the_pet_parameters_of_each_configuration() {
+    let s = Scratch::new();
+    s.write(
+        "p.yaml",
+        &format!(
+            "name: budgets
+stages:
+  model: {{use: plm.load, with: {{model: '{}'}}}}
+  lora: {{use: pet.attach, needs: [model], with: {{pets: [{{type: lora, rank: 8, targets: [query, value]}}]}}}}
+  mixed: {{use: pet.attach, needs: [model], with: {{pets: [{{type: bitfit}}, {{type: adapter, placement: parallel, bottleneck: 15}}]}}}}
+  supernet: {{use: nas.build_supernet, needs: [model], with: {{pets: [{{type: lora, rank: 1, targets: all-linear}}]}}}}
+",
+            default_model()
+        ),
+    );
+    let run = s.petnas(&["plan", "p.yaml"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for expected in [
+        "= 73728 PET parameters (0.325% of the model's 22713216): lora 73728 on 12 site(s)",
+        "= 97242 PET parameters (0.428% of the model's 22713216): bitfit 25728 on ",
+        "adapter 71514 on 6 site(s)",
+        "= 41472 PET parameters",
+    ] {
+        assert!(run.stdout.contains(expected), "`{expected}` in:\n{}", run.stdout);
+    }
+    assert_eq!(
+        run.stdout.matches(" PET parameters ").count(),
+        3,
+        "only the stages that attach: {}",
+        run.stdout
+    );
+}

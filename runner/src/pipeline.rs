@@ -97,6 +97,9 @@ pub struct StageDecl {
     pub options: Vec<Json>,
     /// What its Slurm job asks for beyond `defaults.resources`.
     pub resources: crate::resources::Resources,
+    /// Per cell: the line its kind's check says about it for `petnas plan`
+    /// ([`petnas_sdk::PLAN_KEY`]), where it says one.
+    pub plan: Vec<Option<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -440,7 +443,7 @@ fn parse_stages(
     // Stages whose options are wrong are not checked against their files: that error says
     // enough.
     let mut unchecked: Vec<String> = Vec::new();
-    let stages: Vec<StageDecl> = order
+    let mut stages: Vec<StageDecl> = order
         .into_iter()
         .map(|i| {
             let stage = &raw[i];
@@ -468,13 +471,14 @@ fn parse_stages(
                 kind: stage.kind.clone().unwrap_or_default(),
                 needs: stage.needs.iter().map(|(n, _)| n.clone()).collect(),
                 runs_in: runs_in[i].clone(),
+                plan: vec![None; runs_in[i].len()],
                 options,
                 resources: stage.resources.clone(),
             }
         })
         .collect();
     if errors.is_empty() {
-        check_files(&stages, &raw, registry, cells, &unchecked, file, errors);
+        check_files(&mut stages, &raw, registry, cells, &unchecked, file, errors);
     }
     stages
 }
@@ -485,7 +489,7 @@ fn parse_stages(
 /// each handed the descriptions of the outputs it needs (checked once per distinct options
 /// and inputs).
 fn check_files(
-    stages: &[StageDecl],
+    stages: &mut [StageDecl],
     raw: &[RawStage],
     registry: &Registry,
     cells: &[Cell],
@@ -495,6 +499,7 @@ fn check_files(
 ) {
     let mut memo: Vec<(usize, Json, Vec<Json>, Json)> = Vec::new();
     let mut failed: Vec<usize> = Vec::new();
+    let mut plans = Vec::new();
     for c in 0..cells.len() {
         let mut described: BTreeMap<&str, Json> = BTreeMap::new();
         for (s, stage) in stages.iter().enumerate().filter(|(_, st)| st.runs_in[c]) {
@@ -533,8 +538,13 @@ fn check_files(
                     }
                 },
             };
+            let mut description = description;
+            plans.push((s, c, description.as_object_mut().and_then(|d| d.remove(petnas_sdk::PLAN_KEY))));
             described.insert(&stage.id, description);
         }
+    }
+    for (s, c, plan) in plans {
+        stages[s].plan[c] = plan.and_then(|p| p.as_str().map(str::to_string));
     }
 }
 

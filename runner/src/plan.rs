@@ -26,6 +26,9 @@ pub fn text(pipeline: &Pipeline) -> String {
             };
             writeln!(out, "  {:width$}  {:kind_width$}  {}{needs}", stage.id, stage.kind, stage.options[c])
                 .ok();
+            if let Some(plan) = &stage.plan[c] {
+                writeln!(out, "  {:width$}  {:kind_width$}  = {plan}", "", "").ok();
+            }
         }
     }
     out

@@ -66,6 +66,9 @@ impl PetType for FullType {
         );
         Ok(Box::new(FullDelta { site: site.clone(), params }))
     }
+    fn parameters(&self, site: &Site, _options: &Value) -> Result<i64> {
+        Ok(deltas(site)?.iter().map(|(_, shape)| shape.iter().product::<i64>()).sum())
+    }
     fn restore(
         &self,
         site: &Site,

@@ -27,18 +27,18 @@ pub use artifact::{Artifact, Inputs};
 pub use options::{OptType, OptionSchema, OptionSpec};
 pub use plugin::{PluginDeclaration, Registrar};
 pub use services::Services;
-pub use stage::{caught, Progress, Stage, StageCtx};
+pub use stage::{caught, Progress, Stage, StageCtx, PLAN_KEY};
 pub use tool::{Tool, ToolOutput};
 
 /// Bumped whenever [`PluginDeclaration`] or any type crossing the plugin boundary changes.
-pub const CONTRACT_VERSION: u32 = 5;
+pub const CONTRACT_VERSION: u32 = 6;
 
 macro_rules! fingerprint_literal {
     () => {
         concat!(
             "petnas-sdk ",
             env!("CARGO_PKG_VERSION"),
-            "; contract 5; sdk source ",
+            "; contract 6; sdk source ",
             env!("PETNAS_SDK_SOURCE"),
             "; ",
             env!("PETNAS_RUSTC_VERSION"),
@@ -49,7 +49,7 @@ macro_rules! fingerprint_literal {
 }
 
 /// What host and plugin must agree on byte for byte before any Rust value crosses between
-/// them. (`contract 5` repeats [`CONTRACT_VERSION`]: `concat!` takes literals only.)
+/// them. (`contract 6` repeats [`CONTRACT_VERSION`]: `concat!` takes literals only.)
 pub const FINGERPRINT: &str = fingerprint_literal!();
 
 /// [`FINGERPRINT`]'s bytes in a plain array, which every plugin exports as

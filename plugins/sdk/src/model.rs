@@ -337,6 +337,12 @@ pub trait PetType: Send + Sync {
         device: tch::Device,
         seed: u64,
     ) -> Result<Box<dyn PetModule>>;
+    /// The parameters a fresh module at the site would have, for `petnas plan` and
+    /// validation: by default those of one made on the CPU; a type whose modules are large
+    /// (of a weight's size) counts them from the site's shape instead.
+    fn parameters(&self, site: &Site, options: &Value) -> Result<i64> {
+        Ok(live_parameters(self.create(site, options, tch::Device::Cpu, 0)?.as_ref()))
+    }
     /// A module rebuilt from what [`PetModule::state`] returned.
     fn restore(
         &self,

@@ -483,11 +483,26 @@ pub fn check_pets(pets: &[Value], inputs: &[Value], services: &dyn Services) -> 
         .with_context(|| format!("no loaded plugin provides the `{loader_name}` backbone loader"))?;
     let dir = backbone["info"]["dir"].as_str().context("the model names no folder")?;
     let model = PetModel::new(loader.describe(std::path::Path::new(dir))?, loader_name);
+    let mut counts = Vec::new();
+    let mut total = 0;
     for spec in &specs {
         let pet_type = services.pet_type(&spec.type_name).context("PET type vanished")?;
-        model.sites_for(pet_type, &spec.targets)?;
+        let sites = model.sites_for(pet_type, &spec.targets)?;
+        let mut parameters = 0;
+        for site in &sites {
+            parameters += pet_type.parameters(site, &spec.options)?;
+        }
+        total += parameters;
+        counts.push(format!("{} {parameters} on {} site(s)", spec.type_name, sites.len()));
     }
-    Ok(input.clone())
+    let plm = model.backbone.info().parameters;
+    let mut description = input.clone();
+    description[crate::stage::PLAN_KEY] = json!(format!(
+        "{total} PET parameters ({:.3}% of the model's {plm}): {}",
+        100.0 * total as f64 / plm.max(1) as f64,
+        counts.join(", ")
+    ));
+    Ok(description)
 }
 
 impl PetModel {

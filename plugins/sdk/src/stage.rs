@@ -13,6 +13,11 @@ use crate::options::OptionSchema;
 use crate::services::Services;
 use crate::tool::{Tool, ToolOutput};
 
+/// A key of a [`Stage::check`] description: one line about the stage that `petnas plan`
+/// prints beside it (e.g. the PET parameters it attaches). The runner hands it to no other
+/// stage.
+pub const PLAN_KEY: &str = "plan";
+
 pub trait Stage: Send + Sync {
     /// `plugin.kind`, as pipelines name it in `use:`.
     fn kind(&self) -> &'static str;
