@@ -79,6 +79,7 @@ impl Display {
             total: AtomicU64::new(0),
             done: AtomicU64::new(0),
             resumed: AtomicU64::new(0),
+            message: Mutex::new(String::new()),
             started: Instant::now(),
             last_logged: Mutex::new((0, Instant::now())),
         }
@@ -92,6 +93,8 @@ pub struct StageProgress {
     done: AtomicU64,
     /// Done before this run (a resumed stage): not part of the rate.
     resumed: AtomicU64,
+    /// What the stage last said of itself (a fit: its running loss and best dev metric).
+    message: Mutex<String>,
     started: Instant,
     /// Tenths of the total last logged, and when (plain mode).
     last_logged: Mutex<(u64, Instant)>,
@@ -103,6 +106,15 @@ impl StageProgress {
         let done = self.done.load(Ordering::Relaxed).saturating_sub(self.resumed.load(Ordering::Relaxed));
         done as f64 / self.started.elapsed().as_secs_f64().max(1e-9)
     }
+
+    /// The plain-mode log line: counts, rate, ETA and the stage's last message.
+    fn plain_line(&self, done: u64, total: u64) -> String {
+        let rate = self.rate();
+        let eta = if rate > 0.0 { total.saturating_sub(done) as f64 / rate } else { 0.0 };
+        let message = self.message.lock().unwrap_or_else(|e| e.into_inner());
+        let message = if message.is_empty() { String::new() } else { format!(" {message}") };
+        format!("{}: {done}/{total} ({rate:.1}/s, eta {eta:.0}s){message}", self.label)
+    }
 }
 
 impl Progress for StageProgress {
@@ -112,7 +124,7 @@ impl Progress for StageProgress {
             if total > 0 {
                 bar.set_style(
                     ProgressStyle::with_template(
-                        "  {prefix} {spinner} {msg} {pos}/{len} {per_sec} eta {eta}",
+                        "  {prefix} {spinner} {pos}/{len} {per_sec} eta {eta} {msg}",
                     )
                     .expect("valid template"),
                 );
@@ -145,16 +157,14 @@ impl Progress for StageProgress {
         // A line per tenth of the work, at most one every few seconds.
         if tenth > last.0 && last.1.elapsed() >= PLAIN_LOG_EVERY {
             *last = (tenth, Instant::now());
-            let rate = self.rate();
-            let eta = if rate > 0.0 { total.saturating_sub(done) as f64 / rate } else { 0.0 };
-            tracing::info!("{}: {done}/{total} ({rate:.1}/s, eta {eta:.0}s)", self.label);
+            tracing::info!("{}", self.plain_line(done, total));
         }
     }
 
     fn set_message(&self, message: &str) {
         match &self.bar {
             Some(bar) => bar.set_message(message.to_string()),
-            None => tracing::debug!("{}: {message}", self.label),
+            None => *self.message.lock().unwrap_or_else(|e| e.into_inner()) = message.to_string(),
         }
     }
 }
@@ -183,5 +193,15 @@ mod tests {
         progress.advance(10);
         // 10 steps in ≥ 0.1 s: at most 100/s, where counting the resumed 900 would say 9,100.
         assert!(progress.rate() <= 100.0, "{}", progress.rate());
+    }
+
+    #[test]
+    fn the_plain_line_carries_the_stages_last_message() {
+        let progress = Display::new(false, 1).stage("cell/fit".into());
+        progress.set_total(10);
+        progress.advance(5);
+        assert!(progress.plain_line(5, 10).starts_with("cell/fit: 5/10 ("), "{}", progress.plain_line(5, 10));
+        progress.set_message("loss 0.5000 · best f1 0.8000 (step 4)");
+        assert!(progress.plain_line(5, 10).ends_with("s) loss 0.5000 · best f1 0.8000 (step 4)"));
     }
 }

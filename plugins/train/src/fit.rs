@@ -49,6 +49,23 @@ fn log_line(log: &mut impl Write, path: &std::path::Path, line: serde_json::Valu
     writeln!(log, "{line}").with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// What the live display shows of a fit: the mean training loss since the last evaluation
+/// (the one just reported, right after it), and the best dev metric so far with its step.
+fn footer(state: &LoopState, metric: &str) -> String {
+    let loss = match state.loss_count {
+        0 => state.history.last().and_then(|e| e["train_loss"].as_f64()),
+        n => Some(state.loss_sum / n as f64),
+    };
+    let mut parts = Vec::new();
+    if let Some(loss) = loss {
+        parts.push(format!("loss {loss:.4}"));
+    }
+    if let (Some(best), Some(step)) = (state.best_metric, state.best_step) {
+        parts.push(format!("best {metric} {best:.4} (step {step})"));
+    }
+    parts.join(" · ")
+}
+
 pub fn fit(
     ctx: &StageCtx,
     o: &FitOptions,
@@ -150,7 +167,6 @@ pub fn fit(
         }
         state.step += 1;
         state.examples_seen += rows.len() as i64;
-        ctx.progress().advance(1);
         let at_eval = state.step % eval_every == 0 || state.step == total;
         if at_eval {
             let eval_started = Instant::now();
@@ -188,6 +204,8 @@ pub fn fit(
             eval_seconds += eval_started.elapsed().as_secs_f64();
         }
         state.train_seconds = started.elapsed().as_secs_f64() - eval_seconds;
+        ctx.progress().set_message(&footer(&state, info.scoring.main_metric()));
+        ctx.progress().advance(1);
         let stop_early =
             at_eval && o.early_stopping_patience.is_some_and(|p| state.evaluations_since_best > p);
         let checkpoint_now = (o.checkpoint_every > 0 && state.step % o.checkpoint_every == 0) || at_eval;
@@ -227,4 +245,20 @@ pub fn fit(
             "history": state.history,
         }),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_footer_shows_the_running_loss_and_the_best_metric() {
+        let mut state = LoopState { loss_sum: 1.5, loss_count: 3, ..Default::default() };
+        assert_eq!(footer(&state, "f1"), "loss 0.5000");
+        // Right after an evaluation: the mean it reported, and the best so far.
+        (state.loss_sum, state.loss_count) = (0.0, 0);
+        state.history.push(json!({"step": 8, "train_loss": 0.25}));
+        (state.best_metric, state.best_step) = (Some(0.8125), Some(8));
+        assert_eq!(footer(&state, "f1"), "loss 0.2500 · best f1 0.8125 (step 8)");
+    }
 }
