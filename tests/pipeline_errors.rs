@@ -53,7 +53,10 @@ fn unknown_top_level_key() {
 fn unknown_stage_kind_lists_known_kinds_and_the_nearest() {
     let err = rejected(&VALID.replace("use: demo.fit", "use: demo.fitt"));
     assert_has(&err, "p.yaml:10:10: error: unknown stage kind `demo.fitt`");
-    assert_has(&err, "help: did you mean `demo.fit`? known stage kinds: data.load, demo.data, demo.evaluate, demo.fit");
+    assert_has(
+        &err,
+        "help: did you mean `demo.fit`? known stage kinds: data.load, demo.data, demo.evaluate, demo.fit",
+    );
 }
 
 #[test]

@@ -92,7 +92,15 @@ fn loaded() -> &'static Mutex<HashMap<Key, Weak<dyn Backbone>>> {
 
 /// The folder as an absolute path, or an error that names it.
 fn model_dir(dir: &Path) -> Result<PathBuf> {
-    let dir = dir.canonicalize().with_context(|| format!("model folder `{}` not found", dir.display()))?;
+    let dir = dir.canonicalize().with_context(|| {
+        // The default is the one path a pipeline does not write, so it is read from the
+        // current folder rather than the pipeline file's.
+        let default = match dir == Path::new(DEFAULT_MODEL) {
+            true => " (the default model, read from the current folder: run from the repository, where scripts/setup.sh puts it, or set `model:`)",
+            false => "",
+        };
+        format!("model folder `{}` not found{default}", dir.display())
+    })?;
     if !dir.is_dir() {
         bail!("model folder `{}` is not a folder", dir.display());
     }

@@ -360,6 +360,14 @@ fn broken_checkpoints_are_errors_naming_file_and_tensor() {
     ));
 
     assert!(load_error(Path::new("no/such/model")).starts_with("model folder `no/such/model` not found"));
+    if !Path::new(crate::DEFAULT_MODEL).exists() {
+        assert!(
+            load_error(Path::new(crate::DEFAULT_MODEL))
+                .contains("the default model, read from the current folder"),
+            "{}",
+            load_error(Path::new(crate::DEFAULT_MODEL))
+        );
+    }
 }
 
 fn edit_config(dir: &Path, from: &str, to: &str) {
