@@ -185,3 +185,51 @@ stages:
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(run.stderr.contains("submitted to Slurm"), "{}", run.stderr);
 }
+
+/// A profile file holds the cluster's `executor:` settings: over the pipeline's, under the
+/// command line's, checked as strictly.
+#[test]
+fn a_profile_file_chooses_the_executor_between_pipeline_and_command_line() {
+    let s = Scratch::new();
+    s.write(
+        "p.yaml",
+        "name: profiled
+defaults: {threads: 1, executor: {type: local}}
+stages:
+  data: {use: demo.data, with: {n: 64}}
+",
+    );
+    s.write("bad.yaml", "executor: {type: slurm, max_jobs: zero}\ncluster: x\n");
+    let bad = s.petnas(&["run", "p.yaml", "--profile", "bad.yaml"]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains("bad.yaml:1:35: error: `max_jobs` must be an integer from 1 to 100000"),
+        "{}",
+        bad.stderr
+    );
+    assert!(bad.stderr.contains("bad.yaml:2:1: error: unknown key in a profile `cluster`"), "{}", bad.stderr);
+    assert!(!s.path().join("runs/profiled").exists(), "nothing ran");
+    s.write(
+        "cluster.yaml",
+        "executor: {type: slurm, max_jobs: 2, sbatch_args: [--comment=petnas-profile]}\n",
+    );
+    let local = s.petnas(&[
+        "run",
+        "p.yaml",
+        "--profile",
+        "cluster.yaml",
+        "--executor",
+        "local",
+        "--runs-dir",
+        "local",
+    ]);
+    assert_eq!(local.code, 0, "{}", local.stderr);
+    assert!(!local.stderr.contains("submitted to Slurm"), "the command line wins: {}", local.stderr);
+    if !slurm_here() {
+        return;
+    }
+    let run = s.command(&["run", "p.yaml"]).env("PETNAS_PROFILE", "cluster.yaml").output().unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("submitted to Slurm"), "the profile wins over the pipeline: {stderr}");
+}

@@ -100,11 +100,31 @@ struct SlurmArgs {
     /// Any other sbatch flag, passed as given (repeatable): `--sbatch-arg=--constraint=a100`.
     #[arg(long = "sbatch-arg", value_name = "FLAG", allow_hyphen_values = true)]
     sbatch_args: Vec<String>,
+    /// A profile file with the cluster's `executor:` settings (the keys of a pipeline's
+    /// `defaults: {executor: …}`), over the pipeline's and under the command line's
+    /// (default: $PETNAS_PROFILE).
+    #[arg(long, value_name = "FILE")]
+    profile: Option<PathBuf>,
 }
 
+/// Names the profile file when `--profile` does not.
+const PROFILE_ENV: &str = "PETNAS_PROFILE";
+
 impl SlurmArgs {
-    /// The Slurm executor, where the command line or the pipeline's `executor:` asks for
-    /// it; the command line's values over the pipeline's.
+    /// The executor settings of the profile, if any, over the pipeline's.
+    fn executor_defaults(
+        &self,
+        pipeline: &crate::slurm::ExecutorDefaults,
+    ) -> Result<crate::slurm::ExecutorDefaults> {
+        let profile = self.profile.clone().or_else(|| std::env::var_os(PROFILE_ENV).map(PathBuf::from));
+        match profile {
+            Some(path) => Ok(crate::slurm::read_profile(&path)?.over(pipeline)),
+            None => Ok(pipeline.clone()),
+        }
+    }
+
+    /// The Slurm executor, where the command line or the `executor:` settings (profile over
+    /// pipeline) ask for it; the command line's values over theirs.
     fn slurm(&self, pipeline: &crate::slurm::ExecutorDefaults) -> Option<crate::slurm::Slurm> {
         let slurm = match self.executor {
             Some(kind) => kind == ExecutorKind::Slurm,
@@ -534,8 +554,9 @@ fn run(args: &RunArgs, plugin_dirs: &[PathBuf], registry: &'static Registry) -> 
         bail!("--jobs must be from 1 to {}, got {jobs}", crate::pipeline::MAX_THREADS);
     }
     let mut pipeline = load(file, folders, registry)?;
-    let slurm = slurm_args.slurm(&pipeline.defaults.executor);
-    let max_jobs = slurm_args.max_jobs.or(pipeline.defaults.executor.max_jobs).unwrap_or(100);
+    let executor = slurm_args.executor_defaults(&pipeline.defaults.executor)?;
+    let slurm = slurm_args.slurm(&executor);
+    let max_jobs = slurm_args.max_jobs.or(executor.max_jobs).unwrap_or(100);
     if slurm.is_some() && !(1..=100_000).contains(&max_jobs) {
         bail!("--max-jobs must be from 1 to 100000, got {max_jobs}");
     }

@@ -33,8 +33,8 @@ pub struct Slurm {
     pub active: Arc<Mutex<BTreeSet<u64>>>,
 }
 
-/// A pipeline's `defaults: {executor: {...}}`: where its stages run unless the command line
-/// says otherwise (`--executor`, `--slurm-partition` … take precedence).
+/// A pipeline's `defaults: {executor: {...}}`, or a profile's `executor:`: where stages run
+/// unless the command line says otherwise (command line over profile over pipeline).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ExecutorDefaults {
     /// `local` or `slurm`.
@@ -47,6 +47,65 @@ pub struct ExecutorDefaults {
 }
 
 pub const EXECUTOR_KEYS: &[&str] = &["type", "partition", "account", "qos", "max_jobs", "sbatch_args"];
+
+impl ExecutorDefaults {
+    /// These settings where they are set, `lower`'s elsewhere; sbatch flags add up, the lower
+    /// ones first (sbatch takes the last of a repeated flag).
+    pub fn over(&self, lower: &ExecutorDefaults) -> ExecutorDefaults {
+        let mut sbatch_args = lower.sbatch_args.clone();
+        sbatch_args.extend(self.sbatch_args.iter().cloned());
+        ExecutorDefaults {
+            kind: self.kind.clone().or_else(|| lower.kind.clone()),
+            partition: self.partition.clone().or_else(|| lower.partition.clone()),
+            account: self.account.clone().or_else(|| lower.account.clone()),
+            qos: self.qos.clone().or_else(|| lower.qos.clone()),
+            max_jobs: self.max_jobs.or(lower.max_jobs),
+            sbatch_args,
+        }
+    }
+}
+
+/// What a profile file may hold: the cluster's settings, kept out of the pipelines that run
+/// on it.
+const PROFILE_KEYS: &[&str] = &["executor"];
+
+/// Reads a profile file (`--profile`, `PETNAS_PROFILE`): an `executor:` mapping with the keys
+/// of a pipeline's `defaults: {executor: …}`, checked alike.
+pub fn read_profile(path: &std::path::Path) -> Result<ExecutorDefaults, crate::diag::Diagnostics> {
+    use crate::diag::Diagnostic;
+    use crate::yaml::Value;
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Diagnostic::file(&file, format!("cannot read the profile file: {e}")))?;
+    let root = crate::yaml::parse(&text, &file)?;
+    let mut errors = Vec::new();
+    let mut executor = ExecutorDefaults::default();
+    match &root.value {
+        Value::Map(entries) => {
+            for (key, key_pos, value) in entries {
+                match key.as_str() {
+                    "executor" => executor = parse_executor(value, &file, &mut errors),
+                    _ => errors.push(crate::diag::unknown_key(
+                        &file,
+                        *key_pos,
+                        key,
+                        "key in a profile",
+                        PROFILE_KEYS,
+                    )),
+                }
+            }
+        }
+        _ => errors.push(Diagnostic::at(
+            &file,
+            root.pos,
+            format!("a profile is a mapping with {}, found {}", PROFILE_KEYS.join(", "), root.type_name()),
+        )),
+    }
+    match errors.is_empty() {
+        true => Ok(executor),
+        false => Err(crate::diag::Diagnostics(errors)),
+    }
+}
 
 pub fn parse_executor(
     node: &crate::yaml::Node,
