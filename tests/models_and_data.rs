@@ -344,11 +344,29 @@ stages:
   lora: {{use: pet.attach, needs: [model], with: {{pets: [{{type: lora, rank: 8, targets: [query, value]}}]}}}}
   mixed: {{use: pet.attach, needs: [model], with: {{pets: [{{type: bitfit}}, {{type: adapter, placement: parallel, bottleneck: 15}}]}}}}
   supernet: {{use: nas.build_supernet, needs: [model], with: {{pets: [{{type: lora, rank: 1, targets: all-linear}}]}}}}
+  full: {{use: pet.attach, needs: [model], with: {{pets: [{{type: full}}]}}}}
 ",
             default_model()
         ),
     );
     let run = s.petnas(&["plan", "p.yaml"]);
+    // `full` counts its weight-sized modules from the sites' shapes: the count the attached
+    // modules have when the stage runs.
+    let attached = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(attached.code, 0, "{}", attached.stderr);
+    let logged = attached
+        .stderr
+        .lines()
+        .find(|l| l.contains("stage=full") && l.contains("pet_parameters="))
+        .and_then(|l| l.split("pet_parameters=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no count logged: {}", attached.stderr))
+        .to_string();
+    assert!(
+        run.stdout.contains(&format!("= {logged} PET parameters (")),
+        "full's {logged} in:\n{}",
+        run.stdout
+    );
     assert_eq!(run.code, 0, "{}", run.stderr);
     for expected in [
         "= 73728 PET parameters (0.325% of the model's 22713216): lora 73728 on 12 site(s)",
@@ -360,7 +378,7 @@ stages:
     }
     assert_eq!(
         run.stdout.matches(" PET parameters ").count(),
-        3,
+        4,
         "only the stages that attach: {}",
         run.stdout
     );

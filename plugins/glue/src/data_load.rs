@@ -84,26 +84,30 @@ impl DataLoadOptions {
         if self.regression && self.labels.is_some() {
             bail!("`labels` names classes, and `regression: true` has none; drop one of them");
         }
-        if let Some(labels) = &self.labels {
-            if labels.len() < 2 {
-                bail!("`labels` names {} class(es); a classifier needs at least 2", labels.len());
-            }
-            if let Some(twice) = labels.iter().enumerate().find(|(i, l)| labels[..*i].contains(l)) {
-                bail!("`labels` names `{}` twice", twice.1);
-            }
-        }
         Ok(scoring)
     }
 
-    /// The class names: the option's, else the training file's distinct labels.
-    fn class_names(&self) -> Result<Vec<String>> {
-        match &self.labels {
-            Some(labels) => Ok(labels.clone()),
-            None => {
-                let path = Path::new(&self.train);
-                files::class_names(path, self.format(path)?, &self.columns())
-            }
+    /// Checks a classifier's classes, from `source` (the option, or the training file): at
+    /// least two, none twice, and two for `metric: f1`.
+    fn check_classes(scoring: Scoring, labels: &[String], source: &str) -> Result<()> {
+        if labels.len() < 2 {
+            bail!(
+                "{source} names {} class(es) ({}); a classifier needs at least 2",
+                labels.len(),
+                labels.join(", ")
+            );
         }
+        if let Some(twice) = labels.iter().enumerate().find(|(i, l)| labels[..*i].contains(l)) {
+            bail!("{source} names `{}` twice", twice.1);
+        }
+        if scoring == Scoring::F1Accuracy && labels.len() != 2 {
+            bail!(
+                "`metric: f1` scores the second of two classes; {source} names {} ({})",
+                labels.len(),
+                labels.join(", ")
+            );
+        }
+        Ok(())
     }
 
     /// The task's name in reports: the option, else the training file's folder.
@@ -187,7 +191,7 @@ impl Stage for DataLoad {
         _services: &dyn petnas_sdk::Services,
     ) -> Result<Value> {
         let o: DataLoadOptions = serde_json::from_value(options.clone())?;
-        o.scoring()?;
+        let scoring = o.scoring()?;
         let splits = o.splits();
         if let Some(missing) = splits.iter().find(|s| !s.path.is_file()) {
             bail!("{}: the {} file is missing", missing.path.display(), missing.name);
@@ -195,8 +199,8 @@ impl Stage for DataLoad {
         for split in splits {
             files::check_columns(&split.path, o.format(&split.path)?, &o.columns(), split.labelled)?;
         }
-        if o.metric.as_deref() == Some("f1") && o.labels.as_ref().is_some_and(|l| l.len() != 2) {
-            bail!("`metric: f1` scores the second of two classes; `labels` names more");
+        if let Some(labels) = &o.labels {
+            DataLoadOptions::check_classes(scoring, labels, "`labels`")?;
         }
         o.shaping.check(inputs)
     }
@@ -208,29 +212,30 @@ impl Stage for DataLoad {
     fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
         let o: DataLoadOptions = ctx.options()?;
         let scoring = o.scoring()?;
-        let labels = if o.regression { Vec::new() } else { o.class_names()? };
-        if scoring == Scoring::F1Accuracy && labels.len() != 2 {
-            bail!(
-                "`metric: f1` scores the second of two classes; {} has {} ({})",
-                o.train,
-                labels.len(),
-                labels.join(", ")
-            );
-        }
-        if !o.regression && labels.len() < 2 {
-            bail!("{}: one class only (`{}`); a classifier needs at least 2", o.train, labels.join(", "));
-        }
+        // Classes taken from the training file: its rows are read once, for them and for
+        // the split.
+        let train_rows = std::cell::RefCell::new(None);
+        let labels = match (&o.labels, o.regression) {
+            (_, true) => Vec::new(),
+            (Some(labels), false) => labels.clone(),
+            (None, false) => {
+                let path = Path::new(&o.train);
+                let rows = files::read_rows(path, o.format(path)?, &o.columns())?;
+                let names = files::class_names(&rows, path)?;
+                DataLoadOptions::check_classes(scoring, &names, &o.train)?;
+                *train_rows.borrow_mut() = Some(rows);
+                names
+            }
+        };
         let task = TaskInfo { name: o.task_name(), labels, scoring };
         let kind = if o.regression { LabelKind::Score } else { LabelKind::Classes(&task.labels) };
         dataset::build(ctx, inputs, &o.shaping, &task, &o.splits(), |file| {
-            files::read(
-                &file.path,
-                o.format(&file.path)?,
-                &o.columns(),
-                &kind,
-                file.labelled,
-                o.shaping.skip_bad_lines,
-            )
+            let read_before = if file.name == TRAIN { train_rows.borrow_mut().take() } else { None };
+            let rows = match read_before {
+                Some(rows) => rows,
+                None => files::read_rows(&file.path, o.format(&file.path)?, &o.columns())?,
+            };
+            files::split_of(rows, &file.path, &o.columns(), &kind, file.labelled, o.shaping.skip_bad_lines)
         })
     }
 }

@@ -87,7 +87,7 @@ struct Row {
 
 /// The rows of a file, each read or the reason it could not be, and whether the file has
 /// the label column at all.
-struct Rows {
+pub struct Rows {
     rows: Vec<std::result::Result<Row, (usize, String)>>,
     labelled: bool,
 }
@@ -295,17 +295,16 @@ fn read_json_lines(path: &Path, columns: &Columns) -> Result<Rows> {
     Ok(Rows { rows, labelled })
 }
 
-fn read_rows(path: &Path, format: Format, columns: &Columns) -> Result<Rows> {
+pub fn read_rows(path: &Path, format: Format, columns: &Columns) -> Result<Rows> {
     match format {
         Format::Csv | Format::Tsv => read_delimited(path, format, columns),
         Format::JsonLines => read_json_lines(path, columns),
     }
 }
 
-/// The label cells of a file's rows, for naming the classes of a file whose classes are not
-/// given: its distinct labels, ordered as numbers when all are whole numbers, else as text.
-pub fn class_names(path: &Path, format: Format, columns: &Columns) -> Result<Vec<String>> {
-    let rows = read_rows(path, format, columns)?;
+/// The classes of a file (`path`'s rows) whose classes are not given: its distinct labels,
+/// ordered as numbers when all are whole numbers, else as text.
+pub fn class_names(rows: &Rows, path: &Path) -> Result<Vec<String>> {
     let mut names: Vec<String> =
         rows.rows.iter().filter_map(|r| r.as_ref().ok().and_then(|r| r.label.clone())).collect();
     names.sort();
@@ -319,17 +318,16 @@ pub fn class_names(path: &Path, format: Format, columns: &Columns) -> Result<Vec
     Ok(names)
 }
 
-/// Reads one split. In a labelled split every row needs a label; an unlabelled split (a
-/// test file without the label column) reads its text only.
-pub fn read(
+/// One split from the rows of its file `path`. In a labelled split every row needs a label;
+/// an unlabelled split (a test file without the label column) reads its text only.
+pub fn split_of(
+    rows: Rows,
     path: &Path,
-    format: Format,
     columns: &Columns,
     labels: &LabelKind,
     labelled: bool,
     skip_bad_lines: bool,
 ) -> Result<Split> {
-    let rows = read_rows(path, format, columns)?;
     if labelled && !rows.labelled && rows.rows.iter().any(|r| r.is_ok()) {
         bail!("{}: no `{}` column, and the split needs labels", path.display(), columns.label);
     }

@@ -229,8 +229,19 @@ fn submission_files_are_checked_line_by_line() {
 mod own_files {
     use std::path::{Path, PathBuf};
 
-    use crate::files::{check_columns, class_names, read, Columns, Format, LabelKind};
-    use crate::reader::Label;
+    use crate::files::{check_columns, class_names, read_rows, split_of, Columns, Format, LabelKind};
+    use crate::reader::{Label, Split};
+
+    fn read(
+        path: &Path,
+        format: Format,
+        columns: &Columns,
+        labels: &LabelKind,
+        labelled: bool,
+        skip: bool,
+    ) -> anyhow::Result<Split> {
+        split_of(read_rows(path, format, columns)?, path, columns, labels, labelled, skip)
+    }
 
     fn data(path: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/data").join(path)
@@ -250,7 +261,7 @@ mod own_files {
     #[test]
     fn csv_reads_quoted_fields_and_its_id_column() {
         let path = data("reviews/train.csv");
-        let names = class_names(&path, Format::Csv, &REVIEWS).unwrap();
+        let names = class_names(&read_rows(&path, Format::Csv, &REVIEWS).unwrap(), &path).unwrap();
         assert_eq!(names, ["negative", "positive"]);
         let split = read(&path, Format::Csv, &REVIEWS, &LabelKind::Classes(&names), true, false).unwrap();
         assert_eq!(split.examples.len(), 40);
@@ -270,10 +281,16 @@ mod own_files {
     #[test]
     fn tsv_pairs_take_their_classes_from_the_file_in_numeric_order() {
         let path = data("pairs/train.tsv");
-        assert_eq!(class_names(&path, Format::Tsv, &PAIRS).unwrap(), ["0", "1", "2"]);
+        assert_eq!(
+            class_names(&read_rows(&path, Format::Tsv, &PAIRS).unwrap(), &path).unwrap(),
+            ["0", "1", "2"]
+        );
         let dir = tempfile::tempdir().unwrap();
         let numbers = write(&dir, "n.tsv", "premise\thypothesis\tlabel\na\tb\t10\nc\td\t2\ne\tf\t2\n");
-        assert_eq!(class_names(&numbers, Format::Tsv, &PAIRS).unwrap(), ["2", "10"]);
+        assert_eq!(
+            class_names(&read_rows(&numbers, Format::Tsv, &PAIRS).unwrap(), &numbers).unwrap(),
+            ["2", "10"]
+        );
         let names = ["0", "1", "2"].map(String::from);
         let split = read(&path, Format::Tsv, &PAIRS, &LabelKind::Classes(&names), true, false).unwrap();
         assert_eq!(split.examples.len(), 36);
