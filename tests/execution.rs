@@ -172,6 +172,62 @@ fn independent_cells_run_in_parallel_up_to_jobs() {
     assert!(!overlap(interval(&serial, CELLS[0], "fit"), interval(&serial, CELLS[1], "fit")));
 }
 
+/// The summary table and run.json name the device each stage ran on; GPU placement flags
+/// are refused where they cannot apply, before the run folder is touched.
+#[test]
+fn the_summary_names_each_stages_device_and_gpu_flags_are_checked() {
+    let s = Scratch::new();
+    s.write("p.yaml", &pipeline(50));
+    let run = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let header = run.stdout.lines().next().unwrap();
+    assert!(header.split_whitespace().eq(["cell", "stage", "status", "time", "device", "why"]), "{header}");
+    let fit = run.stdout.lines().find(|l| l.starts_with("sep=0.5") && l.contains(" fit ")).unwrap();
+    assert!(fit.split_whitespace().collect::<Vec<_>>()[2..].starts_with(&["done"]), "{fit}");
+    assert!(fit.split_whitespace().nth(4) == Some("cpu"), "{fit}");
+    let record = s.read_json(&s.path().join("runs/exec/run.json"));
+    assert_eq!(record["device"], "cpu");
+    assert!(record["stages"].as_array().unwrap().iter().all(|o| o["device"] == "cpu"), "{record}");
+    let again = s.petnas(&["run", "p.yaml"]);
+    let reused = again.stdout.lines().find(|l| l.starts_with("sep=2.0") && l.contains(" evaluate ")).unwrap();
+    assert!(
+        reused.split_whitespace().eq([
+            "sep=2.0",
+            "evaluate",
+            "reused",
+            reused.split_whitespace().nth(3).unwrap(),
+            "cpu"
+        ]),
+        "a reused stage names the device that computed it: {reused}"
+    );
+
+    s.write("p.yaml", &pipeline(50).replace("threads: 1", "threads: 1, device: cpu"));
+    let run = s.petnas(&["run", "p.yaml", "--devices", "cuda:0"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("--devices spreads stages over GPUs, but the pipeline's `device` is `cpu`"),
+        "{}",
+        run.stderr
+    );
+    let run = s.petnas(&["run", "p.yaml", "--jobs-per-device", "2"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("--jobs-per-device shares GPUs between stages, but this run is on the CPU"),
+        "{}",
+        run.stderr
+    );
+    if !tch::Cuda::is_available() {
+        s.write("p.yaml", &pipeline(50));
+        let run = s.petnas(&["run", "p.yaml", "--devices", "cuda:0,cuda:1"]);
+        assert_eq!(run.code, 2, "{}", run.stderr);
+        assert!(
+            run.stderr.contains("cuda:0 requested, but this machine has 0 CUDA device(s)"),
+            "{}",
+            run.stderr
+        );
+    }
+}
+
 fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
     let start = Instant::now();
     while !ready() {

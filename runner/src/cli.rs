@@ -151,9 +151,17 @@ impl SlurmArgs {
 #[derive(clap::Args)]
 struct RunArgs {
     file: PathBuf,
-    /// Stages run in parallel at most; libtorch threads are divided between them.
-    #[arg(short, long, default_value_t = 1)]
-    jobs: usize,
+    /// Stages run in parallel at most; libtorch threads are divided between them (default:
+    /// 1 on the CPU, the GPUs × --jobs-per-device on CUDA).
+    #[arg(short, long)]
+    jobs: Option<usize>,
+    /// The CUDA devices local stages are spread over (`cuda:0,cuda:1`; default: every visible
+    /// one where the pipeline's device is `auto` or `cuda`).
+    #[arg(long, value_name = "cuda:N,...")]
+    devices: Option<String>,
+    /// Stages that share one GPU at most (default: --jobs spread evenly over the devices).
+    #[arg(long, value_name = "K")]
+    jobs_per_device: Option<usize>,
     /// Recomputes this stage (in every cell) and everything downstream of it.
     #[arg(long, value_name = "STAGE")]
     force: Vec<String>,
@@ -317,7 +325,7 @@ pub fn main() -> i32 {
         }
         Command::Validate { file, folders } => load(&file, &folders, registry)
             .and_then(|p| {
-                placement(&p, 1)?;
+                devices(&p, None)?;
                 Ok(p)
             })
             .map(|p| {
@@ -504,7 +512,8 @@ fn load(file: &Path, folders: &FolderArgs, registry: &Registry) -> Result<Pipeli
     Ok(pipeline::load(file, registry, &context(folders))?)
 }
 
-fn placement(pipeline: &Pipeline, jobs: usize) -> Result<Placement> {
+/// The devices local stages run on: `--devices`, else what the pipeline's `device` names.
+fn devices(pipeline: &Pipeline, listed: Option<&str>) -> Result<Vec<tch::Device>> {
     let file = pipeline.file.display().to_string();
     let unavailable = |what: String| {
         let d = match pipeline.defaults.device_pos {
@@ -513,46 +522,72 @@ fn placement(pipeline: &Pipeline, jobs: usize) -> Result<Placement> {
         };
         crate::diag::Diagnostics::from(d.help("use `device: auto` to fall back to the CPU"))
     };
-    let device = match pipeline.defaults.device {
-        DeviceSpec::Cpu => tch::Device::Cpu,
-        DeviceSpec::Auto => tch::Device::cuda_if_available(),
-        DeviceSpec::Cuda(n) => {
-            if !tch::Cuda::is_available() {
+    let cuda_count = if tch::Cuda::is_available() { tch::Cuda::device_count() as usize } else { 0 };
+    Ok(match (pipeline.defaults.device, listed) {
+        (DeviceSpec::Cpu, Some(_)) => {
+            bail!("--devices spreads stages over GPUs, but the pipeline's `device` is `cpu`; set it to `auto` or `cuda`")
+        }
+        (_, Some(list)) => crate::devices::parse_list(list, cuda_count)?,
+        (DeviceSpec::Cpu, None) => vec![tch::Device::Cpu],
+        (DeviceSpec::Auto, None) if cuda_count == 0 => vec![tch::Device::Cpu],
+        (DeviceSpec::Auto, None) => (0..cuda_count).map(tch::Device::Cuda).collect(),
+        (DeviceSpec::Cuda(n), None) => {
+            if cuda_count == 0 {
                 return Err(unavailable(format!(
                     "device cuda:{n} requested, but CUDA is not available on this machine"
                 ))
                 .into());
             }
-            if n >= tch::Cuda::device_count() as usize {
+            if n >= cuda_count {
                 return Err(unavailable(format!(
-                    "device cuda:{n} requested, but this machine has {} CUDA device(s)",
-                    tch::Cuda::device_count()
+                    "device cuda:{n} requested, but this machine has {cuda_count} CUDA device(s)"
                 ))
                 .into());
             }
-            tch::Device::Cuda(n)
+            vec![tch::Device::Cuda(n)]
         }
-    };
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let threads = if pipeline.defaults.threads == 0 { cores } else { pipeline.defaults.threads };
-    let device_name = match device {
-        tch::Device::Cuda(n) => format!("cuda:{n}"),
-        _ => "cpu".into(),
-    };
-    Ok(Placement {
-        device,
-        device_name,
-        dtype: pipeline.defaults.dtype,
-        threads_per_job: (threads / jobs.max(1)).max(1),
     })
 }
 
-fn run(args: &RunArgs, plugin_dirs: &[PathBuf], registry: &'static Registry) -> Result<i32> {
-    let RunArgs { file, jobs, force, only, slurm: slurm_args, folders } = args;
-    let jobs = *jobs;
+/// The devices local stages run on, how many share one, and the stages run at once.
+fn placement(pipeline: &Pipeline, args: &RunArgs) -> Result<(Placement, usize)> {
+    let devices = devices(pipeline, args.devices.as_deref())?;
+    let on_cuda = devices[0].is_cuda();
+    if let Some(k) = args.jobs_per_device {
+        if !on_cuda {
+            bail!("--jobs-per-device shares GPUs between stages, but this run is on the CPU; use --jobs");
+        }
+        if k == 0 {
+            bail!("--jobs-per-device must be at least 1");
+        }
+    }
+    let jobs = match (args.jobs, args.jobs_per_device) {
+        (Some(jobs), _) => jobs,
+        (None, Some(k)) => devices.len() * k,
+        (None, None) if on_cuda => devices.len(),
+        (None, None) => 1,
+    };
     if !(1..=crate::pipeline::MAX_THREADS).contains(&jobs) {
         bail!("--jobs must be from 1 to {}, got {jobs}", crate::pipeline::MAX_THREADS);
     }
+    let per_device = match args.jobs_per_device {
+        Some(k) => k,
+        None => jobs.div_ceil(devices.len()),
+    };
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = if pipeline.defaults.threads == 0 { cores } else { pipeline.defaults.threads };
+    let jobs = jobs.min(devices.len() * per_device);
+    let placement = Placement {
+        devices,
+        per_device,
+        dtype: pipeline.defaults.dtype,
+        threads_per_job: (threads / jobs).max(1),
+    };
+    Ok((placement, jobs))
+}
+
+fn run(args: &RunArgs, plugin_dirs: &[PathBuf], registry: &'static Registry) -> Result<i32> {
+    let RunArgs { file, force, only, slurm: slurm_args, folders, .. } = args;
     let mut pipeline = load(file, folders, registry)?;
     let executor = slurm_args.executor_defaults(&pipeline.defaults.executor)?;
     let slurm = slurm_args.slurm(&executor);
@@ -560,10 +595,13 @@ fn run(args: &RunArgs, plugin_dirs: &[PathBuf], registry: &'static Registry) -> 
     if slurm.is_some() && !(1..=100_000).contains(&max_jobs) {
         bail!("--max-jobs must be from 1 to 100000, got {max_jobs}");
     }
-    // In Slurm jobs, at most --max-jobs in flight; each job's threads are its own.
-    let jobs = if slurm.is_some() { max_jobs } else { jobs };
+    if slurm.is_some() && (args.devices.is_some() || args.jobs_per_device.is_some()) {
+        bail!("--devices and --jobs-per-device place local stages; under --executor slurm, ask for GPUs with `resources: {{gpus: N}}` or --slurm-gpus");
+    }
     pipeline.select_cells(only).map_err(anyhow::Error::msg)?;
-    let placement = placement(&pipeline, jobs)?;
+    let (placement, local_jobs) = placement(&pipeline, args)?;
+    // In Slurm jobs, at most --max-jobs in flight; each job's threads are its own.
+    let jobs = if slurm.is_some() { max_jobs } else { local_jobs };
     // Checked before the run folder is touched: a wrong name must not reset a run's record.
     executor::forced_stages(&pipeline, force)?;
     let dir = absolute(&folders.runs_dir).join(&pipeline.name);
@@ -599,7 +637,7 @@ fn run(args: &RunArgs, plugin_dirs: &[PathBuf], registry: &'static Registry) -> 
         signal_hook::flag::register_conditional_shutdown(signal, EXIT_INTERRUPTED, cancel.clone())?;
         signal_hook::flag::register(signal, cancel.clone())?;
     }
-    tracing::info!(pipeline = %pipeline.name, cells = pipeline.cells.len(), stages = pipeline.stages.len(), device = %placement.device_name, jobs, "run started in {}", dir.display());
+    tracing::info!(pipeline = %pipeline.name, cells = pipeline.cells.len(), stages = pipeline.stages.len(), devices = %crate::devices::names(&placement.devices), jobs, "run started in {}", dir.display());
     let options = RunOptions {
         jobs,
         runs_dir: absolute(&folders.runs_dir),
@@ -643,7 +681,11 @@ fn print_summary(summary: &executor::RunSummary) {
         .collect();
     let cell_w = rows.iter().map(|o| o.cell.len()).max().unwrap_or(4).max(4);
     let stage_w = rows.iter().map(|o| o.stage.len()).max().unwrap_or(5).max(5);
-    println!("{:cell_w$}  {:stage_w$}  {:9}  {:>8}  why", "cell", "stage", "status", "time");
+    let device_w = rows.iter().filter_map(|o| o.device.as_ref()).map(|d| d.len()).max().unwrap_or(6).max(6);
+    println!(
+        "{:cell_w$}  {:stage_w$}  {:9}  {:>8}  {:device_w$}  why",
+        "cell", "stage", "status", "time", "device"
+    );
     for o in rows {
         let (status, why) = match &o.status {
             Status::Done => ("done", ""),
@@ -653,7 +695,11 @@ fn print_summary(summary: &executor::RunSummary) {
             Status::Cancelled => ("cancelled", ""),
         };
         let why = why.lines().next().unwrap_or("");
-        println!("{:cell_w$}  {:stage_w$}  {status:9}  {:>7.2}s  {why}", o.cell, o.stage, o.seconds);
+        let device = o.device.as_deref().unwrap_or("");
+        println!(
+            "{:cell_w$}  {:stage_w$}  {status:9}  {:>7.2}s  {device:device_w$}  {why}",
+            o.cell, o.stage, o.seconds
+        );
     }
     println!(
         "{done} done, {reused} reused, {failed} failed, {skipped} skipped, {cancelled} cancelled — {}",

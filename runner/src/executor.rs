@@ -52,6 +52,8 @@ pub struct Outcome {
     pub status: Status,
     pub seconds: f64,
     pub key: Option<String>,
+    /// The device that computed it (for a reused stage, the one its record names).
+    pub device: Option<String>,
 }
 
 pub struct RunSummary {
@@ -69,8 +71,10 @@ impl RunSummary {
 /// What the executor knows about the machine it runs on.
 #[derive(Clone)]
 pub struct Placement {
-    pub device: tch::Device,
-    pub device_name: String,
+    /// Where local stages run, each taking one (`crate::devices`).
+    pub devices: Vec<tch::Device>,
+    /// Stages sharing one device at most.
+    pub per_device: usize,
     pub dtype: DType,
     /// libtorch intra-op threads for each parallel stage.
     pub threads_per_job: usize,
@@ -120,6 +124,10 @@ pub fn run(
     let mut states: Vec<State> = nodes.iter().map(|_| State::Pending).collect();
     let mut keys: Vec<Option<String>> = vec![None; nodes.len()];
     let mut seconds = vec![0.0; nodes.len()];
+    let mut ran_on: Vec<Option<String>> = vec![None; nodes.len()];
+    let mut slots = crate::devices::DeviceSlots::new(placement.devices.clone(), placement.per_device);
+    // The slot each node's in-memory artifact lives on.
+    let mut slot_of: Vec<Option<usize>> = vec![None; nodes.len()];
     let mut artifacts: BTreeMap<usize, Arc<Artifact>> = BTreeMap::new();
     let mut consumers: Vec<usize> = vec![0; nodes.len()];
     for node in &nodes {
@@ -138,8 +146,12 @@ pub fn run(
         (_, crate::pipeline::DeviceSpec::Cpu) => "cpu",
         (_, crate::pipeline::DeviceSpec::Cuda(_)) => "cuda",
         (Some(_), crate::pipeline::DeviceSpec::Auto) if asks(stage).gpus.is_some_and(|g| g > 0) => "cuda",
-        (None, crate::pipeline::DeviceSpec::Auto) if placement.device.is_cuda() => "cuda",
+        (None, crate::pipeline::DeviceSpec::Auto) if placement.devices.iter().any(|d| d.is_cuda()) => "cuda",
         _ => "cpu",
+    };
+    let jobs = match opts.slurm {
+        Some(_) => opts.jobs,
+        None => opts.jobs.min(placement.devices.len() * placement.per_device),
     };
     let (sender, receiver) = mpsc::channel::<Finished>();
     let mut running = 0usize;
@@ -159,7 +171,7 @@ pub fn run(
         while progressed && !cancelled {
             progressed = false;
             for i in 0..nodes.len() {
-                if !matches!(states[i], State::Pending) || running >= opts.jobs {
+                if !matches!(states[i], State::Pending) || running >= jobs {
                     continue;
                 }
                 let node = &nodes[i];
@@ -232,8 +244,9 @@ pub fn run(
                 progressed = true;
                 keys[i] = Some(key.clone());
                 let forced_here = forced.contains(&node.stage);
-                if !forced_here && store::completed(&node.dir, &key).is_some() {
+                if let Some(record) = store::completed(&node.dir, &key).filter(|_| !forced_here) {
                     tracing::info!(cell = %cell.name, stage = %stage.id, "reused (content key matches)");
+                    ran_on[i] = Some(record.device);
                     states[i] = State::Finished(Status::Reused);
                     display.stage_finished();
                     continue;
@@ -255,9 +268,11 @@ pub fn run(
                     match store::copy_completed(&from, &node.dir, &pipeline_dir.join(&cell.name), &stage.id) {
                         Ok(()) => {
                             tracing::info!(cell = %cell.name, stage = %stage.id, from = %from.display(), "reused from another cell (content key matches)");
-                            if let Some(artifact) = twin.and_then(|j| artifacts.get(&j).cloned()) {
-                                artifacts.insert(i, artifact);
+                            if let Some(j) = twin.filter(|j| artifacts.contains_key(j)) {
+                                artifacts.insert(i, artifacts[&j].clone());
+                                slot_of[i] = slot_of[j];
                             }
+                            ran_on[i] = store::completed(&node.dir, &key).map(|r| r.device);
                             states[i] = State::Finished(Status::Reused);
                         }
                         Err(e) => {
@@ -268,9 +283,21 @@ pub fn run(
                     display.stage_finished();
                     continue;
                 }
+                // Where its inputs are in memory; a Slurm job is placed by Slurm.
+                let slot = match opts.slurm {
+                    Some(_) => None,
+                    None => {
+                        let near =
+                            node.deps.iter().find_map(|d| slot_of[*d].filter(|_| artifacts.contains_key(d)));
+                        Some(slots.take(near).context("no free device slot within --jobs")?)
+                    }
+                };
+                let device = slot.map_or(tch::Device::Cpu, |s| slots.device(s));
+                slot_of[i] = slot;
                 states[i] = State::Running;
                 running += 1;
                 let job = Job {
+                    device,
                     node: i,
                     cell_dir: pipeline_dir.join(&cell.name),
                     dir: node.dir.clone(),
@@ -286,7 +313,7 @@ pub fn run(
                         .map(|d| {
                             (
                                 pipeline.stages[nodes[*d].stage].id.clone(),
-                                artifacts.get(d).cloned(),
+                                artifacts.get(d).filter(|_| slot_of[*d] == slot || slot.is_none()).cloned(),
                                 nodes[*d].dir.clone(),
                             )
                         })
@@ -300,7 +327,7 @@ pub fn run(
                 let cancel = cancel.clone();
                 let progress = display.stage(format!("{}/{}", cell.name, stage.id));
                 let allowed = opts.allowed_writes.clone();
-                let placement = placement.clone();
+                let dtype = placement.dtype;
                 // Jobs own what they use: after Ctrl-C's grace period the run ends
                 // without waiting for them (their temporary folders are cleaned later).
                 let node_index = job.node;
@@ -313,8 +340,7 @@ pub fn run(
                         let started = Instant::now();
                         finish(
                             started,
-                            job.run(&placement, progress, cancel, allowed, registry)
-                                .map(|(a, r)| (Some(a), r)),
+                            job.run(dtype, progress, cancel, allowed, registry).map(|(a, r)| (Some(a), r)),
                         );
                     }),
                     Some(slurm) => {
@@ -348,13 +374,19 @@ pub fn run(
         }
         let Ok(done) = receiver.recv_timeout(Duration::from_millis(50)) else { continue };
         running -= 1;
+        if opts.slurm.is_none() {
+            if let Some(slot) = slot_of[done.node] {
+                slots.release(slot);
+            }
+        }
         display.stage_finished();
         seconds[done.node] = done.seconds;
         let node = &nodes[done.node];
         let label = format!("{}/{}", pipeline.cells[node.cell].name, pipeline.stages[node.stage].id);
         states[done.node] = State::Finished(match done.result {
-            Ok((artifact, _)) => {
+            Ok((artifact, record)) => {
                 tracing::info!("{label}: done in {:.2}s", done.seconds);
+                ran_on[done.node] = Some(record.device);
                 if let Some(artifact) = artifact.filter(|_| consumers[done.node] > 0) {
                     artifacts.insert(done.node, artifact);
                 }
@@ -392,6 +424,7 @@ pub fn run(
             },
             seconds: seconds[i],
             key: keys[i].clone(),
+            device: ran_on[i].clone(),
         })
         .collect();
     Ok(RunSummary { dir: pipeline_dir, outcomes, cancelled: cancel.load(Ordering::Relaxed) })
@@ -444,6 +477,7 @@ fn expand(pipeline: &Pipeline, pipeline_dir: &Path) -> Vec<Node> {
 
 struct Job {
     node: usize,
+    device: tch::Device,
     cell_dir: PathBuf,
     dir: PathBuf,
     stage_id: String,
@@ -503,17 +537,9 @@ pub fn run_spec(spec_path: &Path, registry: &'static Registry, cancel: Arc<Atomi
     };
     let threads = std::env::var("SLURM_CPUS_PER_TASK").ok().and_then(|c| c.parse().ok()).unwrap_or(1);
     tch::set_num_threads(threads as i32);
-    let placement = Placement {
-        device,
-        device_name: match device {
-            tch::Device::Cuda(n) => format!("cuda:{n}"),
-            _ => "cpu".into(),
-        },
-        dtype: spec.dtype,
-        threads_per_job: threads,
-    };
     let job = Job {
         node: 0,
+        device,
         cell_dir: spec.cell_dir,
         dir: spec.dir,
         stage_id: spec.stage_id.clone(),
@@ -529,7 +555,7 @@ pub fn run_spec(spec_path: &Path, registry: &'static Registry, cancel: Arc<Atomi
         plugin_sha256: spec.plugin_sha256,
     };
     let progress = Display::new(false, 1).stage(format!("{}/{}", spec.cell_name, spec.stage_id));
-    job.run(&placement, progress, cancel, spec.allowed_writes, registry)?;
+    job.run(spec.dtype, progress, cancel, spec.allowed_writes, registry)?;
     tracing::info!("{}/{}: committed", spec.cell_name, spec.stage_id);
     Ok(())
 }
@@ -607,7 +633,7 @@ impl Job {
 
     fn run(
         &self,
-        placement: &Placement,
+        dtype: DType,
         progress: crate::progress::StageProgress,
         cancel: Arc<AtomicBool>,
         allowed_writes: Vec<PathBuf>,
@@ -616,7 +642,7 @@ impl Job {
         let span = tracing::info_span!("stage", cell = %self.cell_name, stage = %self.stage_id);
         let _entered = span.enter();
         let temp = store::temp_dir(&self.cell_dir, &self.stage_id)?;
-        let result = self.run_in(&temp, &span, placement, progress, cancel, allowed_writes, registry);
+        let result = self.run_in(&temp, &span, dtype, progress, cancel, allowed_writes, registry);
         if result.is_err() {
             // What a failed stage wrote is of no use, and may be what filled the disk.
             std::fs::remove_dir_all(&temp).ok();
@@ -629,7 +655,7 @@ impl Job {
         &self,
         temp: &Path,
         span: &tracing::Span,
-        placement: &Placement,
+        dtype: DType,
         progress: crate::progress::StageProgress,
         cancel: Arc<AtomicBool>,
         allowed_writes: Vec<PathBuf>,
@@ -648,7 +674,7 @@ impl Job {
             let artifact = match artifact {
                 Some(a) => a.clone(),
                 None => Arc::new(
-                    Artifact::read(dir, placement.device)
+                    Artifact::read(dir, self.device)
                         .with_context(|| format!("cannot reuse the outputs of `{id}`"))?,
                 ),
             };
@@ -656,9 +682,9 @@ impl Job {
         }
         tch::manual_seed(self.seed as i64);
         let ctx = StageCtx::new(
-            placement.device,
+            self.device,
             self.seed,
-            placement.dtype.kind(),
+            dtype.kind(),
             temp.to_path_buf(),
             self.options.clone(),
             Arc::new(progress),
@@ -689,7 +715,7 @@ impl Job {
             inputs: self.input_keys.clone(),
             plugin: self.plugin_name.clone(),
             plugin_version: self.plugin_version.clone(),
-            device: placement.device_name.clone(),
+            device: crate::devices::name(self.device),
             seed: self.seed,
             started_unix,
             seconds: started.elapsed().as_secs_f64(),

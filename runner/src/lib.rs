@@ -3,6 +3,7 @@ pub mod cli;
 pub mod compare;
 pub mod cuda;
 pub mod curves;
+pub mod devices;
 pub mod diag;
 pub mod executor;
 pub mod logging;
