@@ -20,6 +20,31 @@ pub fn plugin_file(name: &str) -> PathBuf {
     build_dir().join(format!("libpetnas_{name}.so"))
 }
 
+/// The test-only demo plugins of tests/plugins/, installed under plugin file names into a
+/// folder of their own: cargo builds them as `libpetnastest_*.so`, which petnas does not
+/// load from beside the binary, so that users never see them.
+pub fn demo_plugin_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = build_dir().join("test-plugins");
+        std::fs::create_dir_all(&dir).expect("create the test plugin folder");
+        for name in ["demo", "demo_eval"] {
+            let built = build_dir().join(format!("libpetnastest_{name}.so"));
+            assert!(built.exists(), "{} is missing: build the workspace first", built.display());
+            // Another test process may be installing it too: copy, then rename into place.
+            let temp = dir.join(format!(".{name}.{}", std::process::id()));
+            std::fs::copy(&built, &temp).expect("copy a demo plugin");
+            std::fs::rename(&temp, dir.join(format!("libpetnas_{name}.so"))).expect("install a demo plugin");
+        }
+        dir
+    })
+    .clone()
+}
+
+pub fn demo_plugin(name: &str) -> PathBuf {
+    demo_plugin_dir().join(format!("libpetnas_{name}.so"))
+}
+
 /// A scratch folder with pipelines written into it and runs under `runs/`.
 pub struct Scratch {
     pub dir: tempfile::TempDir,
@@ -62,14 +87,14 @@ impl Scratch {
         path
     }
 
-    /// `petnas ARGS` in the scratch folder, plain log output, no plugin path from outside,
-    /// and no LD_LIBRARY_PATH: the binary finds libtorch by itself.
+    /// `petnas ARGS` in the scratch folder, plain log output, the demo plugins as the only
+    /// plugin path from outside, and no LD_LIBRARY_PATH: the binary finds libtorch by itself.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(petnas_bin());
         cmd.args(args)
             .current_dir(self.path())
             .env("CI", "1")
-            .env_remove("PETNAS_PLUGIN_PATH")
+            .env("PETNAS_PLUGIN_PATH", demo_plugin_dir())
             .env("RUST_LOG", "info");
         cmd
     }

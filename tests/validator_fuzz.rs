@@ -206,7 +206,7 @@ fn break_doc(doc: &mut Doc, rng: &mut StdRng) -> &'static str {
 }
 
 fn registry() -> Registry {
-    let registry = Registry::load(&[build_dir()]);
+    let registry = Registry::load(&[build_dir(), petnas_e2e::demo_plugin_dir()]);
     assert!(registry.stage("demo.data").is_some(), "the demo plugins load: {:?}", registry.refused);
     registry
 }
