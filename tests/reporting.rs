@@ -108,6 +108,118 @@ fn report_groups_cells_by_task_and_method_with_medians_and_spread() {
     // about a frontier of one point.
     assert!(svg.contains("73.7k") && !svg.contains("70000.0"), "short tick and legend labels");
     assert!(!plots.stderr.contains("Polyline"), "{}", plots.stderr);
+    pareto_png_reads_as_drawn(&s.path().join("plots/pareto-rte.png"));
+}
+
+/// The PNG as a reader sees it: x tick labels apart from each other, one under each tick,
+/// and the frontier's line drawn from BitFit (fewest parameters) to S-LoRA (best), not to
+/// the LoRA it dominates.
+fn pareto_png_reads_as_drawn(png: &Path) {
+    let image = resvg::tiny_skia::Pixmap::load_png(png).expect("a PNG");
+    let (width, height) = (image.width() as i64, image.height() as i64);
+    let pixel = |x: i64, y: i64| {
+        let p = image.pixel(x.clamp(0, width - 1) as u32, y.clamp(0, height - 1) as u32).unwrap();
+        (p.red(), p.green(), p.blue())
+    };
+    let dark = |x: i64, y: i64| {
+        let (r, g, b) = pixel(x, y);
+        0.299 * f64::from(r) + 0.587 * f64::from(g) + 0.114 * f64::from(b) < 160.0
+    };
+    // The plot's panel is the left 560 pixels, the legend's the rest (report.rs draws them).
+    let plot_width = 560;
+    let dark_columns = |y: i64| (0..plot_width).filter(|&x| dark(x, y)).collect::<Vec<_>>();
+    let runs = |columns: &[i64], gap: i64| {
+        let mut runs: Vec<(i64, i64)> = Vec::new();
+        for &x in columns {
+            match runs.last_mut() {
+                Some(run) if x - run.1 < gap => run.1 = x,
+                _ => runs.push((x, x)),
+            }
+        }
+        runs
+    };
+    // The x axis is the row with the longest dark line; below it come the tick marks, the
+    // tick labels and the axis title, as bands of rows with ink in them.
+    let axis = (0..height).max_by_key(|&y| dark_columns(y).len()).unwrap();
+    let mut bands: Vec<Vec<i64>> = Vec::new();
+    let mut inked = false;
+    for y in axis + 1..(axis + 45).min(height) {
+        let row = dark_columns(y);
+        match (row.is_empty(), inked) {
+            (true, _) => inked = false,
+            (false, false) => {
+                bands.push(row);
+                inked = true;
+            }
+            (false, true) => bands.last_mut().unwrap().extend(row),
+        }
+    }
+    assert!(
+        bands.len() >= 2,
+        "no tick labels under the x axis (does this machine have DejaVu or Liberation fonts?): {} bands",
+        bands.len()
+    );
+    // Right of the y axis (the column with the longest dark line), away from the y title.
+    let y_axis = (0..plot_width).max_by_key(|&x| (0..height).filter(|&y| dark(x, y)).count()).unwrap();
+    let right_of_y_axis =
+        |columns: Vec<i64>| columns.into_iter().filter(|&x| x > y_axis + 1).collect::<Vec<_>>();
+    let ticks = runs(&right_of_y_axis(dark_columns(axis + 2)), 3);
+    let mut label_columns = right_of_y_axis(bands[bands.len() - 2].clone());
+    label_columns.sort();
+    label_columns.dedup();
+    let labels = runs(&label_columns, 5);
+    assert!(ticks.len() >= 3, "x ticks: {ticks:?}");
+    assert_eq!(
+        labels.len(),
+        ticks.len(),
+        "one label per tick, none run together: labels {labels:?}, ticks {ticks:?}"
+    );
+    for ((from, to), tick) in labels.iter().zip(&ticks) {
+        assert!(
+            to - from < 50 && (*from..=*to).contains(&tick.0),
+            "label {from}–{to} is not under its tick {tick:?}"
+        );
+    }
+
+    // The points: each legend marker's colour, found in the plot's panel.
+    let points: Vec<(f64, f64)> = (0..3)
+        .map(|i| {
+            let colour = pixel(plot_width + 17, 79 + 20 * i);
+            let inked: Vec<(i64, i64)> = (0..height)
+                .flat_map(|y| (0..plot_width).map(move |x| (x, y)))
+                .filter(|&(x, y)| pixel(x, y) == colour)
+                .collect();
+            // The marker's rows, not its range line's: those with several pixels of it.
+            let rows: Vec<(i64, i64)> = inked
+                .iter()
+                .copied()
+                .filter(|&(_, y)| inked.iter().filter(|p| p.1 == y).count() >= 5)
+                .collect();
+            assert!(!rows.is_empty(), "no marker of legend entry {i} ({colour:?}) in the plot");
+            let n = rows.len() as f64;
+            (
+                rows.iter().map(|p| p.0 as f64).sum::<f64>() / n,
+                rows.iter().map(|p| p.1 as f64).sum::<f64>() / n,
+            )
+        })
+        .collect();
+    let by = |f: fn(&(f64, f64)) -> f64| {
+        let mut sorted = points.clone();
+        sorted.sort_by(|a, b| f(a).total_cmp(&f(b)));
+        sorted
+    };
+    let bitfit = by(|p| p.0)[0];
+    let s_lora = by(|p| p.1)[0];
+    let lora = *points.iter().find(|p| **p != bitfit && **p != s_lora).unwrap();
+    let line_between = |a: (f64, f64), b: (f64, f64)| {
+        (4..=16).all(|k| {
+            let t = k as f64 / 20.0;
+            let (x, y) = ((a.0 + t * (b.0 - a.0)).round() as i64, (a.1 + t * (b.1 - a.1)).round() as i64);
+            (-1..=1).any(|dx| (-1..=1).any(|dy| dark(x + dx, y + dy)))
+        })
+    };
+    assert!(line_between(bitfit, s_lora), "the frontier is not drawn from {bitfit:?} to {s_lora:?}");
+    assert!(!line_between(bitfit, lora), "a line runs to the dominated point {lora:?}");
 }
 
 #[test]
