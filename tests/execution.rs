@@ -339,6 +339,34 @@ fn two_runs_of_one_pipeline_do_not_share_a_run_folder() {
     assert!(second.stderr.contains("another petnas run is using"), "{}", second.stderr);
 }
 
+/// Where the filesystem keeps flocks per node, a petnas on another node is refused by the
+/// heartbeat it keeps in the run folder; a stale heartbeat (its node died) is not.
+#[test]
+fn a_petnas_on_another_node_is_refused_by_its_heartbeat() {
+    let s = Scratch::new();
+    s.write("p.yaml", &pipeline(50));
+    std::fs::create_dir_all(s.path().join("runs/exec")).unwrap();
+    let owner = s.path().join("runs/exec/.owner.json");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let held =
+        |age: f64| serde_json::json!({"host": "gpu-node-17", "pid": 4242, "heartbeat_unix": now - age});
+    std::fs::write(&owner, held(5.0).to_string()).unwrap();
+    let run = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("petnas on gpu-node-17 (pid 4242) is using")
+            && run.stderr.contains("heartbeat is 5s old"),
+        "{}",
+        run.stderr
+    );
+    assert!(!s.path().join("runs/exec/run.json").exists(), "nothing ran");
+
+    std::fs::write(&owner, held(600.0).to_string()).unwrap();
+    let run = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 0, "a stale heartbeat does not hold the folder: {}", run.stderr);
+    assert!(!owner.exists(), "the run gives the folder back when it ends");
+}
+
 #[test]
 fn outputs_go_outside_the_run_folder_only_where_allowed() {
     let s = Scratch::new();

@@ -607,11 +607,7 @@ fn run(args: &RunArgs, plugin_dirs: &[PathBuf], registry: &'static Registry) -> 
     let dir = absolute(&folders.runs_dir).join(&pipeline.name);
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("cannot create the run folder {}", dir.display()))?;
-    let lock = std::fs::File::create(dir.join(".lock"))
-        .with_context(|| format!("cannot create {}", dir.join(".lock").display()))?;
-    if lock.try_lock().is_err() {
-        bail!("another petnas run is using {}; wait for it to finish", dir.display());
-    }
+    let _lock = crate::run_lock::acquire(&dir)?;
     crate::store::clean_leftovers(&dir);
     let on_disk = |e: anyhow::Error| crate::store::name_full_disk(e, &dir);
     run_record::write_resolved(&dir, &pipeline).map_err(on_disk)?;

@@ -17,6 +17,7 @@ pub mod regress;
 pub mod report;
 pub mod resources;
 pub mod results;
+pub mod run_lock;
 pub mod run_record;
 pub mod slurm;
 pub mod store;
