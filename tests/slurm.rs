@@ -136,6 +136,39 @@ stages:
     }
 }
 
+/// The foreground petnas shows a job's own progress: the job writes it into its folder,
+/// and the plain progress lines (the live display's counts) come from there.
+#[test]
+fn a_jobs_progress_shows_in_the_foreground() {
+    if !slurm_here() {
+        return;
+    }
+    let s = Scratch::new();
+    s.write(
+        "p.yaml",
+        "name: followed
+defaults: {threads: 1}
+stages:
+  data: {use: demo.data, with: {n: 256}}
+  fit: {use: demo.fit, needs: [data], with: {steps: 300000}}
+",
+    );
+    let run = s.petnas(&["run", "p.yaml", "--executor", "slurm"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("default/fit: ") && l.contains("/300000 ("))
+        .unwrap_or_else(|| panic!("no progress line of the job's fit:\n{}", run.stderr));
+    let done: u64 =
+        line.split("default/fit: ").nth(1).and_then(|r| r.split('/').next()).unwrap().parse().unwrap();
+    assert!(done > 0 && done < 300000, "{line}");
+    assert!(
+        !s.path().join("runs/followed/default/.slurm-fit").exists(),
+        "the job's folder is gone once it ended"
+    );
+}
+
 #[test]
 fn resources_are_checked_by_validate() {
     let s = Scratch::new();

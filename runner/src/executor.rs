@@ -349,7 +349,7 @@ pub fn run(
                         let resources = asks(node.stage);
                         std::thread::spawn(move || {
                             let started = Instant::now();
-                            let result = job.run_on_slurm(&slurm, &spec, &resources, &cancel);
+                            let result = job.run_on_slurm(&slurm, &spec, &resources, &cancel, &progress);
                             drop(progress);
                             finish(started, result.map(|r| (None, r)));
                         });
@@ -554,7 +554,10 @@ pub fn run_spec(spec_path: &Path, registry: &'static Registry, cancel: Arc<Atomi
         seed: spec.seed,
         plugin_sha256: spec.plugin_sha256,
     };
-    let progress = Display::new(false, 1).stage(format!("{}/{}", spec.cell_name, spec.stage_id));
+    let job_dir = spec_path.parent().unwrap_or(Path::new("."));
+    let progress = Display::new(false, 1)
+        .stage(format!("{}/{}", spec.cell_name, spec.stage_id))
+        .writing_to(job_dir.join(crate::slurm::PROGRESS_FILE));
     job.run(spec.dtype, progress, cancel, spec.allowed_writes, registry)?;
     tracing::info!("{}/{}: committed", spec.cell_name, spec.stage_id);
     Ok(())
@@ -596,6 +599,7 @@ impl Job {
         spec: &JobSpec,
         resources: &crate::resources::Resources,
         cancel: &AtomicBool,
+        progress: &crate::progress::StageProgress,
     ) -> Result<StageRecord> {
         let job_dir = crate::slurm::job_dir(&self.cell_dir, &self.stage_id);
         std::fs::create_dir_all(&job_dir).with_context(|| format!("cannot create {}", job_dir.display()))?;
@@ -609,7 +613,8 @@ impl Job {
         command.extend(["run-stage".to_string(), spec_path.display().to_string()]);
         let name = format!("petnas/{}/{}", self.cell_name, self.stage_id);
         let job_id = slurm.submit_or_adopt(&job_dir, &name, &self.key, resources, &command)?;
-        let ended = slurm.wait(job_id, cancel)?;
+        let progress_file = job_dir.join(crate::slurm::PROGRESS_FILE);
+        let ended = slurm.wait(job_id, cancel, &|state| progress.follow(&progress_file, state))?;
         let log = job_dir.join(format!("slurm-{job_id}.log"));
         match store::completed(&self.dir, &self.key) {
             Some(record) => {

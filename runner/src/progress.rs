@@ -1,5 +1,6 @@
 //! The live display on a terminal (stages done/total, each running stage with its own
 //! progress, rate and ETA), or plain log lines when stderr is not a terminal.
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -21,6 +22,17 @@ pub fn suspend<R>(f: impl FnOnce() -> R) -> R {
 }
 
 const PLAIN_LOG_EVERY: Duration = Duration::from_secs(5);
+/// How often a stage in a Slurm job rewrites its progress file.
+const FILE_EVERY: Duration = Duration::from_secs(1);
+
+/// A stage's progress as a Slurm job writes it for the petnas that follows the job.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct Snapshot {
+    total: u64,
+    done: u64,
+    resumed: u64,
+    message: String,
+}
 
 pub struct Display {
     overall: Option<ProgressBar>,
@@ -82,6 +94,7 @@ impl Display {
             message: Mutex::new(String::new()),
             started: Instant::now(),
             last_logged: Mutex::new((0, Instant::now())),
+            file: None,
         }
     }
 }
@@ -98,9 +111,56 @@ pub struct StageProgress {
     started: Instant,
     /// Tenths of the total last logged, and when (plain mode).
     last_logged: Mutex<(u64, Instant)>,
+    /// Where a stage in a Slurm job writes its progress, and when it last did.
+    file: Option<(PathBuf, Mutex<Option<Instant>>)>,
 }
 
 impl StageProgress {
+    /// Also writes the progress to `file` (about once a second), for `follow`.
+    pub fn writing_to(mut self, file: PathBuf) -> StageProgress {
+        self.file = Some((file, Mutex::new(None)));
+        self
+    }
+
+    fn write_file(&self, force: bool) {
+        let Some((path, last)) = &self.file else { return };
+        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+        if !force && last.is_some_and(|t| t.elapsed() < FILE_EVERY) {
+            return;
+        }
+        *last = Some(Instant::now());
+        let snapshot = Snapshot {
+            total: self.total.load(Ordering::Relaxed),
+            done: self.done.load(Ordering::Relaxed),
+            resumed: self.resumed.load(Ordering::Relaxed),
+            message: self.message.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        };
+        // Progress is advisory: a failed write must not fail the stage.
+        if let Ok(value) = serde_json::to_value(&snapshot) {
+            crate::store::write_json_atomic(path, &value).ok();
+        }
+    }
+
+    /// Shows what a stage running elsewhere wrote to its progress file (`writing_to`), with
+    /// its job's state (`PENDING`, `RUNNING` …).
+    pub fn follow(&self, file: &Path, state: &str) {
+        let seen: Snapshot =
+            std::fs::read(file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        if seen.total != self.total.load(Ordering::Relaxed) {
+            self.set_total(seen.total);
+        }
+        let resumed = self.resumed.load(Ordering::Relaxed);
+        if seen.resumed > resumed {
+            self.resume_at(seen.resumed - resumed);
+        }
+        let done = self.done.load(Ordering::Relaxed);
+        if seen.done > done {
+            self.advance(seen.done - done);
+        }
+        let message = if seen.message.is_empty() { state.to_lowercase() } else { seen.message };
+        self.set_message(&message);
+    }
+
     /// Work per second done in this run (not what a resumed stage found done).
     fn rate(&self) -> f64 {
         let done = self.done.load(Ordering::Relaxed).saturating_sub(self.resumed.load(Ordering::Relaxed));
@@ -120,6 +180,7 @@ impl StageProgress {
 impl Progress for StageProgress {
     fn set_total(&self, total: u64) {
         self.total.store(total, Ordering::Relaxed);
+        self.write_file(true);
         if let Some(bar) = &self.bar {
             if total > 0 {
                 bar.set_style(
@@ -136,6 +197,7 @@ impl Progress for StageProgress {
     fn resume_at(&self, done: u64) {
         self.resumed.fetch_add(done, Ordering::Relaxed);
         self.done.fetch_add(done, Ordering::Relaxed);
+        self.write_file(true);
         if let Some(bar) = &self.bar {
             bar.set_position(done);
             bar.reset_eta();
@@ -144,6 +206,7 @@ impl Progress for StageProgress {
 
     fn advance(&self, delta: u64) {
         let done = self.done.fetch_add(delta, Ordering::Relaxed) + delta;
+        self.write_file(false);
         if let Some(bar) = &self.bar {
             bar.inc(delta);
             return;
@@ -166,6 +229,7 @@ impl Progress for StageProgress {
             Some(bar) => bar.set_message(message.to_string()),
             None => *self.message.lock().unwrap_or_else(|e| e.into_inner()) = message.to_string(),
         }
+        self.write_file(false);
     }
 }
 
@@ -193,6 +257,28 @@ mod tests {
         progress.advance(10);
         // 10 steps in ≥ 0.1 s: at most 100/s, where counting the resumed 900 would say 9,100.
         assert!(progress.rate() <= 100.0, "{}", progress.rate());
+    }
+
+    #[test]
+    fn a_stage_elsewhere_is_followed_through_its_progress_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("progress.json");
+        let job = Display::new(false, 1).stage("cell/fit".into()).writing_to(file.clone());
+        let shown = Display::new(false, 1).stage("cell/fit".into());
+        shown.follow(&file, "PENDING");
+        assert_eq!(*shown.message.lock().unwrap(), "pending", "no file yet: the job's state");
+        job.set_total(100);
+        job.resume_at(40);
+        job.set_message("loss 0.5000");
+        job.advance(20);
+        job.write_file(true);
+        shown.follow(&file, "RUNNING");
+        assert_eq!(shown.total.load(Ordering::Relaxed), 100);
+        assert_eq!(shown.done.load(Ordering::Relaxed), 60);
+        assert_eq!(shown.resumed.load(Ordering::Relaxed), 40, "what the job resumed at is not its rate");
+        assert_eq!(*shown.message.lock().unwrap(), "loss 0.5000");
+        shown.follow(&file, "RUNNING");
+        assert_eq!(shown.done.load(Ordering::Relaxed), 60, "following again adds nothing");
     }
 
     #[test]

@@ -167,6 +167,9 @@ pub enum JobState {
     Ended { state: String, exit_code: String },
 }
 
+/// What a stage in a Slurm job writes of its progress, in its job's folder.
+pub const PROGRESS_FILE: &str = "progress.json";
+
 /// The folder of a stage's Slurm job: its spec, its record and its log until it ends.
 pub fn job_dir(cell_dir: &Path, stage: &str) -> PathBuf {
     cell_dir.join(format!(".slurm-{stage}"))
@@ -255,14 +258,18 @@ impl Slurm {
     }
 
     /// Waits for the job to end; cancels it (and says so) when `cancel` is set.
-    pub fn wait(&self, job_id: u64, cancel: &AtomicBool) -> Result<JobState> {
+    /// Waits for the job to end, telling `on_poll` its state at each look.
+    pub fn wait(&self, job_id: u64, cancel: &AtomicBool, on_poll: &dyn Fn(&str)) -> Result<JobState> {
         loop {
             if cancel.load(Ordering::Relaxed) {
                 self.cancel_all();
                 bail!("cancelled (scancel {job_id})");
             }
             match state(job_id)? {
-                JobState::Active(_) => std::thread::sleep(POLL),
+                JobState::Active(state) => {
+                    on_poll(&state);
+                    std::thread::sleep(POLL)
+                }
                 ended => {
                     self.active.lock().unwrap_or_else(|e| e.into_inner()).remove(&job_id);
                     return Ok(ended);
