@@ -2,7 +2,8 @@
 //! parallel up to `--jobs`, complete stages whose content key matches are reused — also from
 //! another cell, where cells differ only in values the stage does not read (a supernet
 //! trained once for every budget) —, a failure skips only what depends on it, and Ctrl-C
-//! stops within a couple of seconds.
+//! stops within a couple of seconds. Where a started stage runs — this process's worker
+//! pool or a Slurm job — is its backend's business (`crate::backend`).
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use petnas_sdk::{Artifact, Inputs, StageCtx};
 
+use crate::backend::{Backend, LocalPool, SlurmJobs, StageResult, Started};
 use crate::pipeline::{DType, Pipeline};
 use crate::plugins::Registry;
 use crate::progress::Display;
@@ -95,8 +97,7 @@ enum State {
 
 struct Finished {
     node: usize,
-    /// The artifact when it was made in this process (a Slurm job's stays on disk).
-    result: Result<(Option<Arc<Artifact>>, StageRecord)>,
+    result: StageResult,
     seconds: f64,
 }
 
@@ -110,15 +111,16 @@ pub fn run(
     let pipeline_dir = opts.runs_dir.join(&pipeline.name);
     let forced = forced_stages(pipeline, &opts.force)?;
     let nodes = expand(pipeline, &pipeline_dir);
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(opts.jobs)
-        .thread_name(|i| format!("petnas-job-{i}"))
-        .start_handler({
-            let threads = placement.threads_per_job as i32;
-            move |_| tch::set_num_threads(threads)
-        })
-        .build()
-        .context("cannot start the worker threads")?;
+    let backend: Box<dyn Backend> = match &opts.slurm {
+        None => Box::new(LocalPool::new(opts.jobs, placement.threads_per_job, placement.dtype, registry)?),
+        Some(slurm) => Box::new(SlurmJobs {
+            slurm: slurm.clone(),
+            device: pipeline.defaults.device,
+            dtype: pipeline.defaults.dtype,
+            services_sha256: registry.services_sha256(),
+            plugin_dirs: opts.plugin_dirs.clone(),
+        }),
+    };
 
     let display = Display::new(opts.live_progress, nodes.len() as u64);
     let mut states: Vec<State> = nodes.iter().map(|_| State::Pending).collect();
@@ -298,7 +300,6 @@ pub fn run(
                 running += 1;
                 let job = Job {
                     device,
-                    node: i,
                     cell_dir: pipeline_dir.join(&cell.name),
                     dir: node.dir.clone(),
                     stage_id: stage.id.clone(),
@@ -324,37 +325,18 @@ pub fn run(
                     plugin_sha256: plugin.sha256.clone(),
                 };
                 let sender = sender.clone();
-                let cancel = cancel.clone();
-                let progress = display.stage(format!("{}/{}", cell.name, stage.id));
-                let allowed = opts.allowed_writes.clone();
-                let dtype = placement.dtype;
-                // Jobs own what they use: after Ctrl-C's grace period the run ends
-                // without waiting for them (their temporary folders are cleaned later).
-                let node_index = job.node;
-                let finish = move |started: Instant, result| {
-                    let seconds = started.elapsed().as_secs_f64();
-                    sender.send(Finished { node: node_index, result, seconds }).ok();
-                };
-                match &opts.slurm {
-                    None => pool.spawn(move || {
-                        let started = Instant::now();
-                        finish(
-                            started,
-                            job.run(dtype, progress, cancel, allowed, registry).map(|(a, r)| (Some(a), r)),
-                        );
+                let started = Instant::now();
+                backend.start(Started {
+                    job,
+                    progress: display.stage(format!("{}/{}", cell.name, stage.id)),
+                    cancel: cancel.clone(),
+                    allowed_writes: opts.allowed_writes.clone(),
+                    resources: asks(node.stage),
+                    finish: Box::new(move |result| {
+                        let seconds = started.elapsed().as_secs_f64();
+                        sender.send(Finished { node: i, result, seconds }).ok();
                     }),
-                    Some(slurm) => {
-                        let (slurm, spec) =
-                            (slurm.clone(), job.spec(pipeline, &services_sha256, allowed, opts));
-                        let resources = asks(node.stage);
-                        std::thread::spawn(move || {
-                            let started = Instant::now();
-                            let result = job.run_on_slurm(&slurm, &spec, &resources, &cancel, &progress);
-                            drop(progress);
-                            finish(started, result.map(|r| (None, r)));
-                        });
-                    }
-                }
+                });
             }
         }
         if running == 0 {
@@ -408,8 +390,8 @@ pub fn run(
         }
     }
     display.finish();
-    if let Some(slurm) = opts.slurm.as_ref().filter(|_| cancel.load(Ordering::Relaxed)) {
-        slurm.cancel_all();
+    if cancel.load(Ordering::Relaxed) {
+        backend.cancel_all();
     }
     let outcomes = nodes
         .iter()
@@ -475,8 +457,7 @@ fn expand(pipeline: &Pipeline, pipeline_dir: &Path) -> Vec<Node> {
     nodes
 }
 
-struct Job {
-    node: usize,
+pub struct Job {
     device: tch::Device,
     cell_dir: PathBuf,
     dir: PathBuf,
@@ -538,7 +519,6 @@ pub fn run_spec(spec_path: &Path, registry: &'static Registry, cancel: Arc<Atomi
     let threads = std::env::var("SLURM_CPUS_PER_TASK").ok().and_then(|c| c.parse().ok()).unwrap_or(1);
     tch::set_num_threads(threads as i32);
     let job = Job {
-        node: 0,
         device,
         cell_dir: spec.cell_dir,
         dir: spec.dir,
@@ -564,12 +544,13 @@ pub fn run_spec(spec_path: &Path, registry: &'static Registry, cancel: Arc<Atomi
 }
 
 impl Job {
-    fn spec(
+    pub(crate) fn spec(
         &self,
-        pipeline: &Pipeline,
+        device: crate::pipeline::DeviceSpec,
+        dtype: DType,
         services_sha256: &str,
         allowed_writes: Vec<PathBuf>,
-        opts: &RunOptions,
+        plugin_dirs: &[PathBuf],
     ) -> JobSpec {
         JobSpec {
             cell_dir: self.cell_dir.clone(),
@@ -584,16 +565,16 @@ impl Job {
             input_keys: self.input_keys.clone(),
             key: self.key.clone(),
             seed: self.seed,
-            device: pipeline.defaults.device,
-            dtype: pipeline.defaults.dtype,
+            device,
+            dtype,
             allowed_writes,
-            plugin_dirs: opts.plugin_dirs.clone(),
+            plugin_dirs: plugin_dirs.to_vec(),
         }
     }
 
     /// Submits the stage as a Slurm job (or adopts an earlier run's) and waits for it; the
     /// job's log ends up in the stage's folder, or is quoted in the error.
-    fn run_on_slurm(
+    pub(crate) fn run_on_slurm(
         &self,
         slurm: &crate::slurm::Slurm,
         spec: &JobSpec,
@@ -636,7 +617,7 @@ impl Job {
         }
     }
 
-    fn run(
+    pub(crate) fn run(
         &self,
         dtype: DType,
         progress: crate::progress::StageProgress,

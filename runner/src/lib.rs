@@ -1,4 +1,5 @@
 //! The `petnas` runner: pipeline files, the plugin host, the executor and the run folder.
+pub mod backend;
 pub mod cli;
 pub mod compare;
 pub mod cuda;
