@@ -250,21 +250,6 @@ fn spawn(s: &Scratch, args: &[&str]) -> Child {
         .expect("spawn petnas")
 }
 
-fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("outputs.") || n.ends_with(".tsv") || n == "metrics.json")
-        .map(|n| {
-            let bytes = std::fs::read(dir.join(&n)).unwrap();
-            (n, bytes)
-        })
-        .collect();
-    files.sort();
-    files
-}
-
 #[test]
 fn a_killed_run_resumes_and_ends_as_an_uninterrupted_one() {
     let steps = 30_000;
@@ -293,8 +278,8 @@ fn a_killed_run_resumes_and_ends_as_an_uninterrupted_one() {
     assert_eq!(reference.petnas(&["run", "p.yaml"]).code, 0);
     for cell in CELLS {
         for stage in STAGES {
-            let got = files_of(&s.stage_dir("exec", cell, stage));
-            let want = files_of(&reference.stage_dir("exec", cell, stage));
+            let got = petnas_e2e::stage_outputs(&s.stage_dir("exec", cell, stage));
+            let want = petnas_e2e::stage_outputs(&reference.stage_dir("exec", cell, stage));
             assert!(!want.is_empty());
             assert!(got == want, "{cell}/{stage} differs from an uninterrupted run");
         }
@@ -417,7 +402,7 @@ fn cells_share_stages_their_axes_do_not_change_and_when_picks_the_cells_of_a_sta
     assert!(!s.stage_dir("twins", "steps=50", "evaluate").exists(), "`when` leaves it out of steps=50");
     assert!(s.stage_dir("twins", "steps=100", "evaluate").join("metrics.json").exists());
     for stage in ["data", "fit"] {
-        let files = |cell: &str| files_of(&s.stage_dir("twins", cell, stage));
+        let files = |cell: &str| petnas_e2e::stage_outputs(&s.stage_dir("twins", cell, stage));
         assert_eq!(files("steps=50"), files("steps=100"), "{stage} is the same in both cells");
     }
     let refit = |cell: &str| s.read_json(&s.stage_dir("twins", cell, "refit").join("outputs.json"));

@@ -86,6 +86,102 @@ fn stages_run_as_slurm_jobs_with_their_logs_and_a_second_run_reuses_them() {
     assert_eq!(again.stderr.matches("submitted to Slurm").count(), 1, "only the failed stage is resubmitted");
 }
 
+const TWO_CELLS: &str = "name: same
+defaults: {threads: 1}
+matrix:
+  n: [256, 128]
+stages:
+  data: {use: demo.data, with: {n: '${matrix.n}'}}
+  fit: {use: demo.fit, needs: [data], with: {steps: 300}}
+  evaluate: {use: demo.evaluate, needs: [data, fit]}
+";
+
+fn assert_same_outputs(a: &Scratch, b: &Scratch, pipeline: &str, cells: &[&str]) {
+    for cell in cells {
+        for stage in ["data", "fit", "evaluate"] {
+            let (got, want) = (
+                petnas_e2e::stage_outputs(&a.stage_dir(pipeline, cell, stage)),
+                petnas_e2e::stage_outputs(&b.stage_dir(pipeline, cell, stage)),
+            );
+            assert!(
+                !want.is_empty() && got == want,
+                "{cell}/{stage}: the Slurm run's outputs differ from the local run's"
+            );
+        }
+    }
+}
+
+#[test]
+fn outputs_through_slurm_are_byte_identical_to_a_local_run() {
+    if !slurm_here() {
+        return;
+    }
+    let (on_slurm, local) = (Scratch::new(), Scratch::new());
+    for s in [&on_slurm, &local] {
+        s.write("p.yaml", TWO_CELLS);
+    }
+    let run = on_slurm.petnas(&["run", "p.yaml", "--executor", "slurm"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stderr.matches("submitted to Slurm").count(), 6, "one job per stage: {}", run.stderr);
+    assert_eq!(local.petnas(&["run", "p.yaml"]).code, 0);
+    assert_same_outputs(&on_slurm, &local, "same", &["n=256", "n=128"]);
+}
+
+/// `scancel` of a running job fails its stage (and skips what needs it); the next run
+/// redoes that stage alone, reusing what completed.
+#[test]
+fn a_job_cancelled_mid_stage_is_the_only_stage_redone() {
+    if !slurm_here() {
+        return;
+    }
+    let pipeline = "name: cancelled
+defaults: {threads: 1}
+stages:
+  data: {use: demo.data, with: {n: 256}}
+  fit: {use: demo.fit, needs: [data], with: {steps: 120000}}
+  evaluate: {use: demo.evaluate, needs: [data, fit]}
+";
+    let s = Scratch::new();
+    s.write("p.yaml", pipeline);
+    let job_dir = s.path().join("runs/cancelled/default/.slurm-fit");
+    let first = s
+        .command(&["run", "p.yaml", "--executor", "slurm"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    // Mid-stage: the job has written progress.
+    while !job_dir.join("progress.json").exists() {
+        assert!(started.elapsed() < Duration::from_secs(120), "the fit's job never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let job = s.read_json(&job_dir.join("job.json"))["job_id"].as_u64().unwrap();
+    assert!(Command::new("scancel").arg(job.to_string()).status().unwrap().success());
+    let out = first.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("default  fit       FAILED") && l.contains("ended CANCELLED")),
+        "{stdout}"
+    );
+    assert!(stdout.lines().any(|l| l.starts_with("default  evaluate  skipped")), "{stdout}");
+
+    let again = s.petnas(&["run", "p.yaml", "--executor", "slurm"]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(again.stdout.contains("2 done, 1 reused, 0 failed"), "{}", again.stdout);
+    assert_eq!(
+        again.stderr.matches("submitted to Slurm").count(),
+        2,
+        "fit and evaluate only: {}",
+        again.stderr
+    );
+    let local = Scratch::new();
+    local.write("p.yaml", pipeline);
+    assert_eq!(local.petnas(&["run", "p.yaml"]).code, 0);
+    assert_same_outputs(&s, &local, "cancelled", &["default"]);
+}
+
 #[test]
 fn a_killed_petnas_adopts_its_running_job_and_ctrl_c_cancels_it() {
     if !slurm_here() {
