@@ -58,6 +58,11 @@ def main() -> int:
     print(f"{len(finished)} finished cell(s) of {len(cells)} copied to {target}")
     for c in finished:
         print(f"  {c}")
+    # resolved.yaml is the latest run's: a later `--only` selection replaces the earlier one's
+    # cells, whose stage lists are then unknown here. Snapshot before starting another selection.
+    unlisted = sorted(p.name for p in run_dir.iterdir() if p.is_dir() and p.name not in cells)
+    for c in unlisted:
+        print(f"not copied (not in the latest run's resolved.yaml): {c}", file=sys.stderr)
     return 0
 
 

@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use petnas_e2e::Scratch;
+use petnas_e2e::{glue_fixtures, tiny_model, Scratch};
 
 fn slurm_here() -> bool {
     let required = std::env::var_os("PETNAS_TEST_SLURM").is_some_and(|v| v == "1");
@@ -180,6 +180,71 @@ stages:
     local.write("p.yaml", pipeline);
     assert_eq!(local.petnas(&["run", "p.yaml"]).code, 0);
     assert_same_outputs(&s, &local, "cancelled", &["default"]);
+}
+
+/// A fit's job cancelled after it wrote a checkpoint: its next job resumes from the
+/// checkpoint, and the fit ends as an uninterrupted local one.
+#[test]
+fn a_cancelled_fit_resumes_from_its_checkpoint_in_its_next_job() {
+    if !slurm_here() {
+        return;
+    }
+    let pipeline = format!(
+        "name: resumed
+defaults: {{seed: 5, threads: 1}}
+stages:
+  model: {{use: plm.load, with: {{model: '{model}'}}}}
+  data: {{use: glue.load, needs: [model], with: {{task: rte, dir: '{glue}', max_len: 48}}}}
+  pets: {{use: pet.attach, needs: [model], with: {{pets: [{{type: lora, rank: 4}}]}}}}
+  fit: {{use: train.fit, needs: [pets, data], with: {{epochs: 30, batch_size: 16, lr: 0.01, eval_every: 16, checkpoint_every: 4}}}}
+",
+        model = tiny_model(),
+        glue = glue_fixtures()
+    );
+    let s = Scratch::new();
+    s.write("p.yaml", &pipeline);
+    let checkpoints = s.path().join("runs/resumed/default/.checkpoints");
+    let has_checkpoint = || {
+        std::fs::read_dir(&checkpoints)
+            .map(|d| d.flatten().any(|e| e.path().join("checkpoint.json").exists()))
+            .unwrap_or(false)
+    };
+    let first = s
+        .command(&["run", "p.yaml", "--executor", "slurm"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !has_checkpoint() {
+        assert!(started.elapsed() < Duration::from_secs(180), "the fit's job wrote no checkpoint");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let job_dir = s.path().join("runs/resumed/default/.slurm-fit");
+    let job = s.read_json(&job_dir.join("job.json"))["job_id"].as_u64().unwrap();
+    assert!(Command::new("scancel").arg(job.to_string()).status().unwrap().success());
+    let out = first.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(!s.stage_dir("resumed", "default", "fit").exists(), "cancelled while fitting");
+
+    let again = s.petnas(&["run", "p.yaml", "--executor", "slurm"]);
+    assert_eq!(again.code, 0, "{}{}", again.stdout, again.stderr);
+    let fit = s.stage_dir("resumed", "default", "fit");
+    let log = std::fs::read_dir(&fit)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("slurm-"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .expect("the fit's job log in its folder");
+    assert!(log.contains("resuming from a checkpoint"), "the second job resumed: {log}");
+
+    let local = Scratch::new();
+    local.write("p.yaml", &pipeline);
+    assert_eq!(local.petnas(&["run", "p.yaml"]).code, 0);
+    let weights = |s: &Scratch| {
+        std::fs::read(s.stage_dir("resumed", "default", "fit").join("outputs.safetensors")).unwrap()
+    };
+    assert!(weights(&s) == weights(&local), "the resumed fit differs from an uninterrupted local one");
 }
 
 #[test]
