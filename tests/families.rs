@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use petnas_e2e::{glue_fixtures, registry, workspace, Scratch};
-use petnas_sdk::model::Role;
+use petnas_sdk::model::{Role, WeightsDtype};
 use petnas_sdk::pet_model::PetModel;
 use petnas_sdk::Artifact;
 use tch::Device;
@@ -78,6 +78,123 @@ stages:
                         .all(|r| matches!(r, Role::Key | Role::Value | Role::Activation | Role::FfnDown)),
                     "{cell}: {roles:?}"
                 );
+            }
+        }
+    }
+}
+
+/// `plm.load {dtype: bf16}`: the frozen weights are held in bf16 and each PET type still
+/// trains fp32 parameters on them, on a decoder and an encoder.
+#[test]
+fn every_pet_type_trains_in_fp32_on_weights_held_in_bf16() {
+    let s = Scratch::new();
+    s.write(
+        "p.yaml",
+        &format!(
+            "name: bf16
+defaults: {{seed: 1, threads: 1}}
+matrix:
+  family: [qwen2, roberta]
+  pet: [lora, bitfit, adapter, ia3, full]
+stages:
+  model: {{use: plm.load, with: {{model: '{root}/tiny-${{matrix.family}}', dtype: bf16}}}}
+  data: {{use: glue.load, needs: [model], with: {{task: rte, dir: '{glue}', max_len: 32, max_train_examples: 32}}}}
+  pets: {{use: pet.attach, needs: [model], with: {{pets: [{{type: '${{matrix.pet}}'}}]}}}}
+  fit: {{use: train.fit, needs: [pets, data], with: {{max_steps: 3, batch_size: 16, lr: 0.01}}}}
+  evaluate: {{use: glue.evaluate, needs: [fit, data]}}
+",
+            root = workspace().join("tests/fixtures/plm").display(),
+            glue = glue_fixtures()
+        ),
+    );
+    let run = s.petnas(&["run", "p.yaml", "--jobs", "2"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("dtype=bf16"), "the model is loaded in bf16: {}", run.stderr);
+    for family in ["qwen2", "roberta"] {
+        for pet in ["lora", "bitfit", "adapter", "ia3", "full"] {
+            let cell = format!("family={family},pet={pet}");
+            let fit = s.stage_dir("bf16", &cell, "fit");
+            let record = s.read_json(&fit.join("outputs.json"));
+            assert_eq!(record["meta"]["backbone"]["info"]["dtype"], "bf16", "{cell}");
+            let tensors = tch::Tensor::read_safetensors(fit.join("outputs.safetensors")).unwrap();
+            assert!(!tensors.is_empty(), "{cell}");
+            for (name, t) in &tensors {
+                if t.is_floating_point() {
+                    assert_eq!(t.kind(), tch::Kind::Float, "{cell}: {name} is trained in fp32");
+                }
+            }
+            let losses = record["meta"]["training"]["history"].to_string();
+            assert!(!losses.contains("null") && !losses.contains("NaN"), "{cell}: finite losses {losses}");
+            let metrics = s.read_json(&s.stage_dir("bf16", &cell, "evaluate").join("metrics.json"));
+            let accuracy = metrics["splits"]["dev"]["accuracy"].as_f64();
+            assert!(accuracy.is_some_and(|a| (0.0..=1.0).contains(&a)), "{cell}: {metrics}");
+        }
+    }
+}
+
+/// `train.fit {gradient_checkpointing: true}` recomputes each layer in the backward pass and
+/// gives the gradients of the plain pass: per step the same loss and gradient norm, and the
+/// same trained parameters, on every family, with dropout on (its masks are drawn again
+/// alike) and with PET parameters before the layers (BitFit's embedding LayerNorm bias).
+#[test]
+fn gradient_checkpointing_gives_the_same_gradients_on_every_family() {
+    let s = Scratch::new();
+    s.write(
+        "p.yaml",
+        &format!(
+            "name: recompute
+defaults: {{seed: 1, threads: 1}}
+matrix:
+  family: [{families}]
+  pet: [lora, bitfit]
+  recompute: [false, true]
+  exclude: [{exclude}]
+stages:
+  model: {{use: plm.load, with: {{model: '{root}/tiny-${{matrix.family}}'}}}}
+  data: {{use: glue.load, needs: [model], with: {{task: rte, dir: '{glue}', max_len: 32, max_train_examples: 32}}}}
+  pets: {{use: pet.attach, needs: [model], with: {{pets: [{{type: '${{matrix.pet}}'}}]}}}}
+  fit: {{use: train.fit, needs: [pets, data], with: {{max_steps: 3, batch_size: 16, lr: 0.01, dropout: 0.1, gradient_checkpointing: '${{matrix.recompute}}'}}}}
+",
+            families = FAMILIES.join(", "),
+            exclude = WITHOUT_BIASES.map(|f| format!("{{family: {f}, pet: bitfit}}")).join(", "),
+            root = workspace().join("tests/fixtures/plm").display(),
+            glue = glue_fixtures()
+        ),
+    );
+    let run = s.petnas(&["run", "p.yaml", "--jobs", "2"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let steps = |cell: &str| -> Vec<(f64, f64)> {
+        let log =
+            std::fs::read_to_string(s.stage_dir("recompute", cell, "fit").join("train_log.jsonl")).unwrap();
+        log.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|l| l["loss"].is_number())
+            .map(|l| (l["loss"].as_f64().unwrap(), l["grad_norm"].as_f64().unwrap()))
+            .collect()
+    };
+    for family in FAMILIES {
+        for pet in ["lora", "bitfit"] {
+            if pet == "bitfit" && WITHOUT_BIASES.contains(&family) {
+                continue;
+            }
+            let cell = |recompute: bool| format!("family={family},pet={pet},recompute={recompute}");
+            let (plain, recomputed) = (steps(&cell(false)), steps(&cell(true)));
+            assert_eq!(plain.len(), 3, "{family} {pet}");
+            for ((loss, norm), (loss_r, norm_r)) in plain.iter().zip(&recomputed) {
+                assert!(
+                    (loss - loss_r).abs() < 1e-6 && (norm - norm_r).abs() < 1e-5 * norm,
+                    "{family} {pet}: {plain:?} vs {recomputed:?}"
+                );
+            }
+            let trained = |recompute: bool| -> std::collections::BTreeMap<String, tch::Tensor> {
+                let dir = s.stage_dir("recompute", &cell(recompute), "fit");
+                tch::Tensor::read_safetensors(dir.join("outputs.safetensors")).unwrap().into_iter().collect()
+            };
+            let (a, b) = (trained(false), trained(true));
+            assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+            for ((name, x), (_, y)) in a.iter().zip(&b) {
+                let diff = (x - y).abs().max().double_value(&[]);
+                assert!(diff < 1e-5, "{family} {pet}: {name} differs by {diff}");
             }
         }
     }
@@ -242,7 +359,7 @@ fn a_libtorch_error_inside_a_plugin_is_an_error_on_the_other_side_of_the_boundar
     use petnas_sdk::Services;
     use tch::{Kind, Tensor};
     let loader = registry().backbone_loader("hf").unwrap();
-    let model = loader.load(Path::new(&fixture("distilbert")), Device::Cpu).unwrap();
+    let model = loader.load(Path::new(&fixture("distilbert")), Device::Cpu, WeightsDtype::Auto).unwrap();
     let ids = Tensor::from_slice(&[2i64, 100_000, 3]).view([1, 3]);
     let batch = Batch {
         token_type_ids: ids.zeros_like(),

@@ -218,6 +218,13 @@ impl Stage for Export {
         for module in &model.modules {
             merges &= module.merge_into(&mut weights)?;
         }
+        // Merged in fp32, saved in the dtype the backbone holds each weight in (a bf16 model
+        // stays bf16, as transformers saves it).
+        for (name, frozen) in model.backbone.weights() {
+            if let Some(merged) = weights.get_mut(&name) {
+                *merged = merged.to_kind(frozen.kind());
+            }
+        }
         if merges {
             write_checkpoint(&dir.join("merged"), &model, &weights, &info.labels)?;
             written.push("merged");

@@ -9,6 +9,7 @@ use petnas_sdk::model::{
     Backbone, BackboneInfo, Batch, Dropout, HeadActivation, HeadDense, HeadSpec, HeadToken, HfNames, Role,
     Site, SiteHooks, SiteKind, TextEncoder,
 };
+use petnas_sdk::recompute;
 use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
 
@@ -351,6 +352,39 @@ impl BertEncoder {
         Ok(hidden)
     }
 
+    /// A training pass with activation checkpointing ([`recompute`]): `loss` of the first
+    /// token's last hidden state, back-propagated; returns the loss.
+    pub fn backward_recomputing(
+        &self,
+        embedded: Tensor,
+        attention_mask: &Tensor,
+        pass: &Pass,
+        loss: &dyn Fn(&Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let width = embedded.size()[2];
+        let attention = Attention::new(
+            attention_mask,
+            self.heads,
+            width / self.heads,
+            pass.dropout.rate(self.attention_dropout),
+        );
+        let hidden_dropout = pass.dropout.rate(self.hidden_dropout);
+        // The last layer for the first token only, as `forward` computes it (and so with the
+        // same dropout masks).
+        let last = self.layers.len().saturating_sub(1);
+        let layer = |i: usize, hidden: &Tensor, _: &[Tensor]| {
+            let queries = if i == last { hidden.narrow(1, 0, 1) } else { hidden.shallow_clone() };
+            self.layers[i].forward(hidden, &queries, &attention, self.heads, hidden_dropout, pass)
+        };
+        let layers = recompute::Layers {
+            input: embedded,
+            shared: Vec::new(),
+            count: self.layers.len(),
+            layer: &layer,
+        };
+        recompute::backward(layers, &|hidden| loss(&hidden.select(1, 0)), pass.dropout)
+    }
+
     pub fn sites(&self) -> Vec<Site> {
         self.layers.iter().enumerate().flat_map(|(l, layer)| layer.sites(l as i64)).collect()
     }
@@ -449,6 +483,7 @@ fn load(checkpoint: &Checkpoint, w: &Weights) -> Result<Arc<dyn Backbone>> {
         vocab_size: c.vocab_size,
         max_tokens: Some(embeddings.max_tokens()),
         parameters: weights.iter().map(|(_, t)| t.numel() as i64).sum(),
+        dtype: w.dtype(),
     };
     Ok(Arc::new(Bert {
         info,
@@ -464,10 +499,12 @@ fn load(checkpoint: &Checkpoint, w: &Weights) -> Result<Arc<dyn Backbone>> {
 }
 
 impl Bert {
+    fn embed(&self, batch: &Batch, pass: &Pass) -> Result<Tensor> {
+        Ok(pass.dropout.apply(self.embeddings.forward(batch, pass)?, pass.dropout.rate(self.hidden_dropout)))
+    }
+
     fn encode(&self, batch: &Batch, pass: &Pass, first_token_only: bool) -> Result<Tensor> {
-        let embedded =
-            pass.dropout.apply(self.embeddings.forward(batch, pass)?, pass.dropout.rate(self.hidden_dropout));
-        self.encoder.forward(embedded, &batch.attention_mask, pass, first_token_only)
+        self.encoder.forward(self.embed(batch, pass)?, &batch.attention_mask, pass, first_token_only)
     }
 }
 
@@ -502,6 +539,18 @@ impl Backbone for Bert {
     fn forward_head_token(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Result<Tensor> {
         petnas_sdk::caught("the model", || {
             Ok(self.encode(batch, &Pass { hooks, dropout }, true)?.squeeze_dim(1))
+        })
+    }
+    fn backward_recomputing(
+        &self,
+        batch: &Batch,
+        hooks: &dyn SiteHooks,
+        dropout: &Dropout,
+        loss: &dyn Fn(&Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        petnas_sdk::caught("the model", || {
+            let pass = Pass { hooks, dropout };
+            self.encoder.backward_recomputing(self.embed(batch, &pass)?, &batch.attention_mask, &pass, loss)
         })
     }
     fn weights(&self) -> Vec<(String, Tensor)> {

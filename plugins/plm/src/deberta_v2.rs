@@ -14,6 +14,7 @@ use petnas_sdk::model::{
     Backbone, BackboneInfo, Batch, Dropout, HeadActivation, HeadDense, HeadSpec, HeadToken, HfNames, Role,
     Site, SiteHooks, SiteKind, TextEncoder,
 };
+use petnas_sdk::recompute;
 use serde::Deserialize;
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
@@ -394,6 +395,7 @@ fn load(checkpoint: &Checkpoint, w: &Weights) -> Result<Arc<dyn Backbone>> {
             vocab_size: c.vocab_size,
             max_tokens: c.position_biased_input.then_some(c.max_position_embeddings),
             parameters: weights.iter().map(|(_, t)| t.numel() as i64).sum(),
+            dtype: w.dtype(),
         },
         head: HeadSpec {
             token: HeadToken::First,
@@ -452,7 +454,7 @@ impl DebertaV2 {
             x = p.forward(&x, pass)?;
         }
         let x = self.embeddings_norm.forward(&x, pass)?;
-        let x = x * batch.attention_mask.unsqueeze(2).to_kind(Kind::Float);
+        let x = &x * batch.attention_mask.unsqueeze(2).to_kind(x.kind());
         Ok(pass.dropout.apply(x, pass.dropout.rate(self.hidden_dropout)))
     }
 
@@ -499,9 +501,18 @@ impl DebertaV2 {
                 scores += p2c / scale;
             }
         }
-        let scores = scores.view([b, heads, len, len]).masked_fill(&mask.logical_not(), f32::MIN as f64);
-        let probabilities =
-            pass.dropout.apply(scores.softmax(-1, Kind::Float), pass.dropout.rate(self.attention_dropout));
+        // The lowest finite value of the scores' dtype (`torch.finfo(dtype).min`), and softmax
+        // in fp32 with the probabilities in the values' dtype, as transformers does.
+        let lowest = match scores.kind() {
+            Kind::BFloat16 => -3.389_531_389_251_535_5e38,
+            Kind::Half => -65504.0,
+            _ => f32::MIN as f64,
+        };
+        let scores = scores.view([b, heads, len, len]).masked_fill(&mask.logical_not(), lowest);
+        let probabilities = pass.dropout.apply(
+            scores.softmax(-1, Kind::Float).to_kind(v.kind()),
+            pass.dropout.rate(self.attention_dropout),
+        );
         let context = probabilities.view([b * heads, len, len]).bmm(&v);
         let context =
             context.view([b, heads, len, d]).permute([0, 2, 1, 3]).contiguous().view([b, len, heads * d]);
@@ -511,30 +522,50 @@ impl DebertaV2 {
         a.norm.forward(&(attended + hidden), pass)
     }
 
-    fn encode(&self, batch: &Batch, pass: &Pass) -> Result<Tensor> {
-        let mut hidden = self.embed(batch, pass)?;
-        let len = hidden.size()[1];
+    /// What every layer reads besides its input: the attention mask, the relative positions
+    /// and the (normalised) relative embeddings.
+    fn context(&self, batch: &Batch, pass: &Pass) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
+        let len = batch.input_ids.size()[1];
         // A query attends where both it and the key are tokens (`get_attention_mask`).
         let m = batch.attention_mask.to_kind(Kind::Bool);
         let mask = m.unsqueeze(1).unsqueeze(2).logical_and(&m.unsqueeze(1).unsqueeze(3));
         let relative_pos = self
             .relative
             .as_ref()
-            .map(|r| relative_positions(len, r.buckets, r.max_distance, hidden.device()));
+            .map(|r| relative_positions(len, r.buckets, r.max_distance, batch.input_ids.device()));
         let rel = match (&self.rel_embeddings, &self.rel_norm) {
             (Some(r), Some(n)) => Some(n.forward(r, pass)?),
             (Some(r), None) => Some(r.shallow_clone()),
             (None, _) => None,
         };
+        Ok((mask, relative_pos, rel))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn layer(
+        &self,
+        layer: &Layer,
+        hidden: &Tensor,
+        mask: &Tensor,
+        relative_pos: Option<&Tensor>,
+        rel: Option<&Tensor>,
+        pass: &Pass,
+    ) -> Result<Tensor> {
+        let attended = self.attend(layer, hidden, mask, relative_pos, rel, pass)?;
+        let inner = layer.intermediate.forward(&attended, pass)?;
+        let activated = pass.apply(&layer.activation_site, &inner, self.activation.apply(&inner))?;
+        let out = pass
+            .dropout
+            .apply(layer.output.forward(&activated, pass)?, pass.dropout.rate(self.hidden_dropout));
+        let out = pass.apply(&layer.ffn_block, &attended, out)?;
+        layer.output_norm.forward(&(out + &attended), pass)
+    }
+
+    fn encode(&self, batch: &Batch, pass: &Pass) -> Result<Tensor> {
+        let mut hidden = self.embed(batch, pass)?;
+        let (mask, relative_pos, rel) = self.context(batch, pass)?;
         for layer in &self.layers {
-            let attended = self.attend(layer, &hidden, &mask, relative_pos.as_ref(), rel.as_ref(), pass)?;
-            let inner = layer.intermediate.forward(&attended, pass)?;
-            let activated = pass.apply(&layer.activation_site, &inner, self.activation.apply(&inner))?;
-            let out = pass
-                .dropout
-                .apply(layer.output.forward(&activated, pass)?, pass.dropout.rate(self.hidden_dropout));
-            let out = pass.apply(&layer.ffn_block, &attended, out)?;
-            hidden = layer.output_norm.forward(&(out + &attended), pass)?;
+            hidden = self.layer(layer, &hidden, &mask, relative_pos.as_ref(), rel.as_ref(), pass)?;
         }
         Ok(hidden)
     }
@@ -568,6 +599,25 @@ impl Backbone for DebertaV2 {
     }
     fn forward(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Result<Tensor> {
         petnas_sdk::caught("the model", || self.encode(batch, &Pass { hooks, dropout }))
+    }
+    fn backward_recomputing(
+        &self,
+        batch: &Batch,
+        hooks: &dyn SiteHooks,
+        dropout: &Dropout,
+        loss: &dyn Fn(&Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        petnas_sdk::caught("the model", || {
+            let pass = Pass { hooks, dropout };
+            let (mask, relative_pos, rel) = self.context(batch, &pass)?;
+            let layer = |i: usize, hidden: &Tensor, shared: &[Tensor]| {
+                self.layer(&self.layers[i], hidden, &mask, relative_pos.as_ref(), shared.first(), &pass)
+            };
+            let input = self.embed(batch, &pass)?;
+            let shared = rel.into_iter().collect();
+            let layers = recompute::Layers { input, shared, count: self.layers.len(), layer: &layer };
+            recompute::backward(layers, &|hidden| loss(&hidden.select(1, 0)), dropout)
+        })
     }
     fn weights(&self) -> Vec<(String, Tensor)> {
         self.weights.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()

@@ -10,6 +10,7 @@ use petnas_sdk::model::{
     Backbone, BackboneInfo, Batch, Dropout, HeadActivation, HeadDense, HeadSpec, HeadToken, HfNames, Role,
     Site, SiteHooks, SiteKind, TextEncoder,
 };
+use petnas_sdk::recompute;
 use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
 
@@ -209,6 +210,7 @@ fn load(checkpoint: &Checkpoint, w: &Weights) -> Result<Arc<dyn Backbone>> {
             vocab_size: c.vocab_size,
             max_tokens: Some(c.max_position_embeddings),
             parameters: weights.iter().map(|(_, t)| t.numel() as i64).sum(),
+            dtype: w.dtype(),
         },
         head: HeadSpec {
             token: HeadToken::First,
@@ -241,26 +243,48 @@ fn load(checkpoint: &Checkpoint, w: &Weights) -> Result<Arc<dyn Backbone>> {
 }
 
 impl DistilBert {
-    fn encode(&self, batch: &Batch, pass: &Pass, first_token_only: bool) -> Result<Tensor> {
+    fn embed(&self, batch: &Batch, pass: &Pass) -> Result<Tensor> {
         let ids = &batch.input_ids;
         let positions =
             Tensor::arange(ids.size()[1], (Kind::Int64, ids.device())).unsqueeze(0).expand_as(ids);
         let embedded = embed(&self.word, ids) + embed(&self.position, &positions);
-        let hidden_dropout = pass.dropout.rate(self.hidden_dropout);
-        let mut hidden = pass.dropout.apply(self.norm.forward(&embedded, pass)?, hidden_dropout);
+        Ok(pass.dropout.apply(self.norm.forward(&embedded, pass)?, pass.dropout.rate(self.hidden_dropout)))
+    }
+
+    fn attention(&self, batch: &Batch, pass: &Pass) -> Attention {
         let (heads, width) = (self.info.num_heads, self.info.hidden_size);
-        let attention = Attention::new(
-            &batch.attention_mask,
-            heads,
-            width / heads,
-            pass.dropout.rate(self.attention_dropout),
-        );
+        Attention::new(&batch.attention_mask, heads, width / heads, pass.dropout.rate(self.attention_dropout))
+    }
+
+    /// Block `i` on `hidden`, for the queries at `queries`.
+    fn block(
+        &self,
+        i: usize,
+        hidden: &Tensor,
+        queries: &Tensor,
+        attention: &Attention,
+        pass: &Pass,
+    ) -> Result<Tensor> {
+        let hidden_dropout = pass.dropout.rate(self.hidden_dropout);
+        self.blocks[i].forward(
+            hidden,
+            queries,
+            attention,
+            self.info.num_heads,
+            self.activation,
+            hidden_dropout,
+            pass,
+        )
+    }
+
+    fn encode(&self, batch: &Batch, pass: &Pass, first_token_only: bool) -> Result<Tensor> {
+        let mut hidden = self.embed(batch, pass)?;
+        let attention = self.attention(batch, pass);
         let last = self.blocks.len().saturating_sub(1);
-        for (i, block) in self.blocks.iter().enumerate() {
+        for i in 0..self.blocks.len() {
             let queries =
                 if first_token_only && i == last { hidden.narrow(1, 0, 1) } else { hidden.shallow_clone() };
-            hidden =
-                block.forward(&hidden, &queries, &attention, heads, self.activation, hidden_dropout, pass)?;
+            hidden = self.block(i, &hidden, &queries, &attention, pass)?;
         }
         if first_token_only && self.blocks.is_empty() {
             return Ok(hidden.narrow(1, 0, 1));
@@ -299,6 +323,28 @@ impl Backbone for DistilBert {
     fn forward_head_token(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Result<Tensor> {
         petnas_sdk::caught("the model", || {
             Ok(self.encode(batch, &Pass { hooks, dropout }, true)?.squeeze_dim(1))
+        })
+    }
+    fn backward_recomputing(
+        &self,
+        batch: &Batch,
+        hooks: &dyn SiteHooks,
+        dropout: &Dropout,
+        loss: &dyn Fn(&Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        petnas_sdk::caught("the model", || {
+            let pass = Pass { hooks, dropout };
+            let attention = self.attention(batch, &pass);
+            // The last block for the first token only, as `encode` computes it.
+            let last = self.blocks.len().saturating_sub(1);
+            let layer = |i: usize, hidden: &Tensor, _: &[Tensor]| {
+                let queries = if i == last { hidden.narrow(1, 0, 1) } else { hidden.shallow_clone() };
+                self.block(i, hidden, &queries, &attention, &pass)
+            };
+            let input = self.embed(batch, &pass)?;
+            let layers =
+                recompute::Layers { input, shared: Vec::new(), count: self.blocks.len(), layer: &layer };
+            recompute::backward(layers, &|hidden| loss(&hidden.select(1, 0)), dropout)
         })
     }
     fn weights(&self) -> Vec<(String, Tensor)> {

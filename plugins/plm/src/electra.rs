@@ -62,6 +62,7 @@ fn load(checkpoint: &Checkpoint, w: &Weights) -> Result<Arc<dyn Backbone>> {
             vocab_size: c.vocab_size,
             max_tokens: Some(embeddings.max_tokens()),
             parameters: weights.iter().map(|(_, t)| t.numel() as i64).sum(),
+            dtype: w.dtype(),
         },
         head: HeadSpec {
             token: HeadToken::First,
@@ -91,14 +92,17 @@ fn load(checkpoint: &Checkpoint, w: &Weights) -> Result<Arc<dyn Backbone>> {
 }
 
 impl Electra {
-    fn encode(&self, batch: &Batch, pass: &Pass, first_token_only: bool) -> Result<Tensor> {
+    fn embed(&self, batch: &Batch, pass: &Pass) -> Result<Tensor> {
         let embedded =
             pass.dropout.apply(self.embeddings.forward(batch, pass)?, pass.dropout.rate(self.hidden_dropout));
-        let embedded = match &self.project {
+        Ok(match &self.project {
             Some(p) => p.forward(&embedded, pass)?,
             None => embedded,
-        };
-        self.encoder.forward(embedded, &batch.attention_mask, pass, first_token_only)
+        })
+    }
+
+    fn encode(&self, batch: &Batch, pass: &Pass, first_token_only: bool) -> Result<Tensor> {
+        self.encoder.forward(self.embed(batch, pass)?, &batch.attention_mask, pass, first_token_only)
     }
 }
 
@@ -133,6 +137,18 @@ impl Backbone for Electra {
     fn forward_head_token(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Result<Tensor> {
         petnas_sdk::caught("the model", || {
             Ok(self.encode(batch, &Pass { hooks, dropout }, true)?.squeeze_dim(1))
+        })
+    }
+    fn backward_recomputing(
+        &self,
+        batch: &Batch,
+        hooks: &dyn SiteHooks,
+        dropout: &Dropout,
+        loss: &dyn Fn(&Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        petnas_sdk::caught("the model", || {
+            let pass = Pass { hooks, dropout };
+            self.encoder.backward_recomputing(self.embed(batch, &pass)?, &batch.attention_mask, &pass, loss)
         })
     }
     fn weights(&self) -> Vec<(String, Tensor)> {

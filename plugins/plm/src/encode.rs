@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Parser;
-use petnas_sdk::model::{Batch, Dropout, NoHooks};
+use petnas_sdk::model::{Batch, Dropout, NoHooks, WeightsDtype};
 use petnas_sdk::{Services, Tool, ToolOutput};
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
@@ -45,7 +45,7 @@ impl Tool for Encode {
             Ok(a) => a,
             Err(output) => return Ok(output),
         };
-        let model = HfLoader.load(&args.model, Device::Cpu)?;
+        let model = HfLoader.load(&args.model, Device::Cpu, WeightsDtype::Auto)?;
         let encoding =
             model.tokenizer().encode_batch(&[(&args.text, args.pair.as_deref())], args.max_len)?.remove(0);
         let len = encoding.ids.len() as i64;
@@ -57,7 +57,7 @@ impl Tool for Encode {
             rows: vec![0],
         };
         let hidden = tch::no_grad(|| model.forward(&batch, &NoHooks, &Dropout::off()))?.squeeze_dim(0);
-        let vector = |t: Tensor| Vec::<f32>::try_from(t).unwrap_or_default();
+        let vector = |t: Tensor| Vec::<f32>::try_from(t.to_kind(Kind::Float)).unwrap_or_default();
         let out = json!({
             "model": model.info().dir,
             "input_ids": encoding.ids,

@@ -101,9 +101,11 @@ impl Norm {
         let len = self.weight.size()[0];
         match &self.bias {
             Some(b) => x.layer_norm([len], Some(&self.weight), Some(b), self.eps, true),
+            // In fp32 and back, as `LlamaRMSNorm` does for bf16 and fp16 states.
             None => {
-                let normalised = x * (x.square().mean_dim(-1, true, x.kind()) + self.eps).rsqrt();
-                normalised * &self.weight
+                let x32 = x.to_kind(Kind::Float);
+                let normalised = &x32 * (x32.square().mean_dim(-1, true, Kind::Float) + self.eps).rsqrt();
+                normalised.to_kind(x.kind()) * &self.weight
             }
         }
     }
@@ -208,9 +210,12 @@ impl Attention {
             let q_len = q.size()[2];
             // A query-specific mask covers all queries; the last layer may ask for the first.
             let mask = if mask.size()[1] > 1 { mask.narrow(1, 0, q_len) } else { mask.shallow_clone() };
+            let mask = mask.to_kind(q.kind());
             // Scale and mask fused into one batched product.
             let scores = mask.baddbmm(&batched(q), &batched(k).transpose(1, 2), 1.0, self.scale);
-            let probabilities = pass.dropout.apply(scores.softmax(-1, Kind::Float), self.dropout_rate);
+            // Softmax in fp32, the probabilities in the values' dtype (as transformers does).
+            let probabilities =
+                pass.dropout.apply(scores.softmax(-1, Kind::Float).to_kind(v.kind()), self.dropout_rate);
             return probabilities.bmm(&batched(v)).view(q.size().as_slice());
         }
         let q_len = q.size()[2];

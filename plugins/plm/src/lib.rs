@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use anyhow::{bail, Context, Result};
 use petnas_sdk::artifact::kinds;
-use petnas_sdk::model::{Backbone, BackboneLoader, TextEncoder};
+use petnas_sdk::model::{Backbone, BackboneLoader, TextEncoder, WeightsDtype};
 use petnas_sdk::{Artifact, Inputs, OptType, OptionSchema, Registrar, Stage, StageCtx};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -83,7 +83,8 @@ impl Checkpoint {
 /// stage that asks for it while any of them holds it (the weights are frozen).
 pub struct HfLoader;
 
-type Key = (PathBuf, String);
+/// A folder, the device and the dtype it was loaded on.
+type Key = (PathBuf, String, WeightsDtype);
 
 fn loaded() -> &'static Mutex<HashMap<Key, Weak<dyn Backbone>>> {
     static LOADED: std::sync::OnceLock<Mutex<HashMap<Key, Weak<dyn Backbone>>>> = std::sync::OnceLock::new();
@@ -127,19 +128,19 @@ impl BackboneLoader for HfLoader {
         LOADER
     }
 
-    fn load(&self, dir: &Path, device: tch::Device) -> Result<Arc<dyn Backbone>> {
+    fn load(&self, dir: &Path, device: tch::Device, dtype: WeightsDtype) -> Result<Arc<dyn Backbone>> {
         let dir = model_dir(dir)?;
-        let key = (dir.clone(), format!("{device:?}"));
+        let key = (dir.clone(), format!("{device:?}"), dtype);
         let mut cache = loaded().lock().unwrap_or_else(|e| e.into_inner());
         if let Some(backbone) = cache.get(&key).and_then(Weak::upgrade) {
             return Ok(backbone);
         }
         let (checkpoint, family) = Checkpoint::open(&dir)?;
-        let weights = Weights::read(&dir, family.weight_prefixes, tch::Kind::Float, device)?;
+        let weights = Weights::read(&dir, family.weight_prefixes, dtype, device)?;
         let backbone = (family.load)(&checkpoint, &weights)?;
         checkpoint.check_vocabulary(backbone.as_ref())?;
         tracing::debug!(unused = ?weights.leftover(), "checkpoint tensors not part of the model");
-        tracing::info!(model = %dir.display(), model_type = %checkpoint.config.model_type, parameters = backbone.info().parameters, ?device, "model loaded");
+        tracing::info!(model = %dir.display(), model_type = %checkpoint.config.model_type, parameters = backbone.info().parameters, dtype = %backbone.info().dtype, ?device, "model loaded");
         cache.insert(key, Arc::downgrade(&backbone));
         Ok(backbone)
     }
@@ -148,8 +149,10 @@ impl BackboneLoader for HfLoader {
     /// dtype — without reading the weights.
     fn describe(&self, dir: &Path) -> Result<Arc<dyn Backbone>> {
         let (checkpoint, family) = Checkpoint::open(&model_dir(dir)?)?;
-        let backbone =
-            (family.load)(&checkpoint, &Weights::headers(&checkpoint.dir, family.weight_prefixes)?)?;
+        let backbone = (family.load)(
+            &checkpoint,
+            &Weights::headers(&checkpoint.dir, family.weight_prefixes, WeightsDtype::Auto)?,
+        )?;
         checkpoint.check_vocabulary(backbone.as_ref())?;
         Ok(backbone)
     }
@@ -165,6 +168,19 @@ struct Load;
 #[derive(Deserialize)]
 struct LoadOptions {
     model: String,
+    dtype: String,
+}
+
+impl LoadOptions {
+    fn dtype(&self) -> Result<WeightsDtype> {
+        WeightsDtype::parse(&self.dtype)
+            .with_context(|| format!("`dtype` {} is not one of {:?}", self.dtype, WeightsDtype::NAMES))
+    }
+}
+
+/// The model artifact's description of its backbone: what stages that use the model load.
+fn description(backbone: &dyn Backbone) -> Value {
+    json!({"backbone": {"loader": LOADER, "info": backbone.info()}})
 }
 
 impl Stage for Load {
@@ -175,12 +191,19 @@ impl Stage for Load {
         "a pre-trained model from a Hugging Face checkpoint folder (bert, roberta, xlm-roberta, camembert, distilbert, electra, deberta-v2, llama, qwen2, mistral), frozen"
     }
     fn options(&self) -> OptionSchema {
-        OptionSchema::new().opt(
-            "model",
-            OptType::InputPath,
-            DEFAULT_MODEL,
-            "checkpoint folder: config.json, model.safetensors (or sharded), tokenizer.json or the family's vocabulary files",
-        )
+        OptionSchema::new()
+            .opt(
+                "model",
+                OptType::InputPath,
+                DEFAULT_MODEL,
+                "checkpoint folder: config.json, model.safetensors (or sharded), tokenizer.json or the family's vocabulary files",
+            )
+            .opt(
+                "dtype",
+                OptType::Enum(WeightsDtype::NAMES),
+                "auto",
+                "what the frozen weights are held in: `auto` as the checkpoint stores them (a bf16 checkpoint stays bf16, as transformers' `dtype=\"auto\"`), or converted to fp32, bf16 or fp16; PET modules and the head are fp32 either way",
+            )
     }
     fn input_kinds(&self) -> &'static [&'static str] {
         &[]
@@ -195,8 +218,11 @@ impl Stage for Load {
         _services: &dyn petnas_sdk::Services,
     ) -> Result<Value> {
         let o: LoadOptions = serde_json::from_value(options.clone())?;
-        let backbone = HfLoader.describe(Path::new(&o.model))?;
-        Ok(json!({"backbone": {"loader": LOADER, "info": backbone.info()}}))
+        let mut described = description(HfLoader.describe(Path::new(&o.model))?.as_ref());
+        if let Some(kind) = o.dtype()?.kind() {
+            described["backbone"]["info"]["dtype"] = json!(WeightsDtype::name_of(kind));
+        }
+        Ok(described)
     }
     fn external_inputs(&self, options: &Value) -> Result<String> {
         let o: LoadOptions = serde_json::from_value(options.clone())?;
@@ -215,8 +241,9 @@ impl Stage for Load {
     }
     fn run(&self, ctx: &StageCtx, _inputs: &Inputs) -> Result<Artifact> {
         let o: LoadOptions = ctx.options()?;
-        let backbone = HfLoader.load(Path::new(&o.model), ctx.device)?;
-        Ok(Artifact::new(kinds::MODEL, json!({"backbone": {"loader": LOADER, "info": backbone.info()}})))
+        let dtype = o.dtype()?;
+        let backbone = HfLoader.load(Path::new(&o.model), ctx.device, dtype)?;
+        Ok(Artifact::new(kinds::MODEL, description(backbone.as_ref())))
     }
 }
 

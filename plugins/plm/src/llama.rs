@@ -10,9 +10,10 @@ use std::sync::Arc;
 
 use anyhow::{bail, Result};
 use petnas_sdk::model::{
-    Backbone, BackboneInfo, Batch, Dropout, HeadSpec, HeadToken, HfNames, Role, Site, SiteHooks, SiteKind,
-    TextEncoder,
+    head_token, Backbone, BackboneInfo, Batch, Dropout, HeadSpec, HeadToken, HfNames, Role, Site, SiteHooks,
+    SiteKind, TextEncoder,
 };
+use petnas_sdk::recompute;
 use serde::Deserialize;
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
@@ -180,14 +181,15 @@ impl Rotary {
         Ok(Rotary { inv_freq })
     }
 
-    /// cos and sin `[1, 1, len, head_dim]` for positions 0..len.
-    fn cos_sin(&self, len: i64, device: Device) -> (Tensor, Tensor) {
+    /// cos and sin `[1, 1, len, head_dim]` for positions 0..len, computed in fp32 and handed
+    /// out as `kind` (the hidden states'), as `LlamaRotaryEmbedding` does.
+    fn cos_sin(&self, len: i64, device: Device, kind: Kind) -> (Tensor, Tensor) {
         let inv_freq: Vec<f32> = self.inv_freq.iter().map(|&f| f as f32).collect();
         let inv_freq = Tensor::from_slice(&inv_freq).to_device(device);
         let positions = Tensor::arange(len, (Kind::Float, device));
         let freqs = positions.unsqueeze(1) * inv_freq.unsqueeze(0);
         let emb = Tensor::cat(&[&freqs, &freqs], -1).view([1, 1, len, -1]);
-        (emb.cos(), emb.sin())
+        (emb.cos().to_kind(kind), emb.sin().to_kind(kind))
     }
 }
 
@@ -404,6 +406,7 @@ fn load(checkpoint: &Checkpoint, w: &Weights) -> Result<Arc<dyn Backbone>> {
             // Rotary positions have no table to run out of: the context length trained.
             max_tokens: Some(c.max_position_embeddings),
             parameters: weights.iter().map(|(_, t)| t.numel() as i64).sum(),
+            dtype: w.dtype(),
         },
         head: HeadSpec {
             token: HeadToken::LastReal,
@@ -449,17 +452,18 @@ impl Llama {
         )
     }
 
-    fn decode(&self, batch: &Batch, pass: &Pass) -> Result<Tensor> {
+    /// What every layer reads besides its input: rotary angles and attention masks.
+    fn context(&self, batch: &Batch, pass: &Pass) -> Context {
         let ids = &batch.input_ids;
         let len = ids.size()[1];
-        let (cos, sin) = self.rotary.cos_sin(len, ids.device());
+        let (cos, sin) = self.rotary.cos_sin(len, ids.device(), self.embed_tokens.kind());
         let windowed = self
             .layers
             .iter()
             .filter_map(|l| l.window)
             .map(|w| (w, self.attention(&batch.attention_mask, Some(w), pass)))
             .collect();
-        let context = Context {
+        Context {
             cos,
             sin,
             causal: self.attention(&batch.attention_mask, None, pass),
@@ -467,8 +471,12 @@ impl Llama {
             heads: self.info.num_heads,
             kv_heads: self.kv_heads,
             activation: self.activation,
-        };
-        let mut hidden = embed(&self.embed_tokens, ids);
+        }
+    }
+
+    fn decode(&self, batch: &Batch, pass: &Pass) -> Result<Tensor> {
+        let context = self.context(batch, pass);
+        let mut hidden = embed(&self.embed_tokens, &batch.input_ids);
         for layer in &self.layers {
             hidden = layer.forward(&hidden, &context, pass)?;
         }
@@ -503,6 +511,28 @@ impl Backbone for Llama {
     }
     fn forward(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Result<Tensor> {
         petnas_sdk::caught("the model", || self.decode(batch, &Pass { hooks, dropout }))
+    }
+    fn backward_recomputing(
+        &self,
+        batch: &Batch,
+        hooks: &dyn SiteHooks,
+        dropout: &Dropout,
+        loss: &dyn Fn(&Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        petnas_sdk::caught("the model", || {
+            let pass = Pass { hooks, dropout };
+            let context = self.context(batch, &pass);
+            let layer =
+                |i: usize, hidden: &Tensor, _: &[Tensor]| self.layers[i].forward(hidden, &context, &pass);
+            let input = embed(&self.embed_tokens, &batch.input_ids);
+            let layers =
+                recompute::Layers { input, shared: Vec::new(), count: self.layers.len(), layer: &layer };
+            let head_loss = |hidden: &Tensor| {
+                let last = self.norm.forward(hidden, &pass)?;
+                loss(&head_token(&last, &batch.attention_mask, self.head.token))
+            };
+            recompute::backward(layers, &head_loss, dropout)
+        })
     }
     fn weights(&self) -> Vec<(String, Tensor)> {
         self.weights.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use petnas_sdk::data::{Labels, TokenizedSplit};
-use petnas_sdk::model::{BackboneLoader, Dropout, NoHooks, Rates};
+use petnas_sdk::model::{BackboneLoader, Dropout, NoHooks, Rates, WeightsDtype};
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
@@ -26,7 +26,7 @@ fn assert_parity(model_dir: &Path, prefix: &str) {
     .unwrap();
     let hidden: Vec<(String, Tensor)> =
         Tensor::read_safetensors(fixtures().join(format!("{prefix}_hidden.safetensors"))).unwrap();
-    let model = HfLoader.load(model_dir, Device::Cpu).unwrap();
+    let model = HfLoader.load(model_dir, Device::Cpu, WeightsDtype::Auto).unwrap();
     for (i, case) in cases["cases"].as_array().unwrap().iter().enumerate() {
         let inputs: Vec<(String, Option<String>)> = case["inputs"]
             .as_array()
@@ -140,7 +140,8 @@ fn rte_batch(model: &dyn petnas_sdk::model::Backbone, max_len: usize) -> petnas_
 fn training_attention_with_nothing_dropped_matches_the_fused_evaluation_path() {
     // A rate this small drops no entry (masks are drawn to 1/65536) but takes the explicit
     // attention path that training on the CPU uses.
-    let model = HfLoader.load(&workspace().join(crate::DEFAULT_MODEL), Device::Cpu).unwrap();
+    let model =
+        HfLoader.load(&workspace().join(crate::DEFAULT_MODEL), Device::Cpu, WeightsDtype::Auto).unwrap();
     let batch = rte_batch(model.as_ref(), 64);
     let fused = tch::no_grad(|| model.forward(&batch, &NoHooks, &Dropout::off()).unwrap());
     let explicit =
@@ -152,7 +153,8 @@ fn training_attention_with_nothing_dropped_matches_the_fused_evaluation_path() {
 
 #[test]
 fn the_first_token_path_gives_the_first_token_of_the_full_pass() {
-    let model = HfLoader.load(&workspace().join(crate::DEFAULT_MODEL), Device::Cpu).unwrap();
+    let model =
+        HfLoader.load(&workspace().join(crate::DEFAULT_MODEL), Device::Cpu, WeightsDtype::Auto).unwrap();
     let batch = rte_batch(model.as_ref(), 64);
     for dropout in [Dropout::off(), Dropout::training(Rates::Fixed(1e-9), 1)] {
         let full = tch::no_grad(|| model.forward(&batch, &NoHooks, &dropout).unwrap()).select(1, 0);
@@ -165,7 +167,8 @@ fn the_first_token_path_gives_the_first_token_of_the_full_pass() {
 
 #[test]
 fn training_dropout_changes_the_output_and_repeats_with_its_seed() {
-    let model = HfLoader.load(&workspace().join(crate::DEFAULT_MODEL), Device::Cpu).unwrap();
+    let model =
+        HfLoader.load(&workspace().join(crate::DEFAULT_MODEL), Device::Cpu, WeightsDtype::Auto).unwrap();
     let batch = rte_batch(model.as_ref(), 64);
     let pass = |seed| {
         tch::no_grad(|| model.forward(&batch, &NoHooks, &Dropout::training(Rates::Configured, seed)).unwrap())
@@ -178,7 +181,8 @@ fn training_dropout_changes_the_output_and_repeats_with_its_seed() {
 
 #[test]
 fn a_training_dropout_of_zero_switches_off_the_heads_dropout_too() {
-    let backbone = HfLoader.load(&workspace().join(crate::DEFAULT_MODEL), Device::Cpu).unwrap();
+    let backbone =
+        HfLoader.load(&workspace().join(crate::DEFAULT_MODEL), Device::Cpu, WeightsDtype::Auto).unwrap();
     let batch = rte_batch(backbone.as_ref(), 64);
     let mut model = petnas_sdk::pet_model::PetModel::new(backbone, "hf");
     model.ensure_head(1, true, 3).unwrap();
@@ -271,7 +275,7 @@ fn tiny_bert() -> tempfile::TempDir {
 }
 
 fn encode(dir: &Path) -> Tensor {
-    let model = HfLoader.load(dir, Device::Cpu).unwrap();
+    let model = HfLoader.load(dir, Device::Cpu, WeightsDtype::Auto).unwrap();
     let encodings =
         model.tokenizer().encode_batch(&[("the cat sat", Some("on a mat .")), ("a cat", None)], 32).unwrap();
     let split = TokenizedSplit::from_encodings(&encodings, Labels::None);
@@ -284,7 +288,7 @@ fn a_tiny_random_bert_loads_with_a_prefix_and_exposes_its_sites() {
     let dir = tiny_bert();
     let hidden = encode(dir.path());
     assert_eq!(hidden.size(), [2, 10, 16], "[CLS] the cat sat [SEP] on a mat . [SEP]");
-    let model = HfLoader.load(dir.path(), Device::Cpu).unwrap();
+    let model = HfLoader.load(dir.path(), Device::Cpu, WeightsDtype::Auto).unwrap();
     let sites: Vec<String> = model.sites().into_iter().map(|s| s.name).collect();
     assert_eq!(sites.len(), 1 + 2 * 11);
     assert!(sites.contains(&"encoder.layer.1.attention.self.query".to_string()));
@@ -320,8 +324,60 @@ fn a_sharded_checkpoint_loads_like_a_single_file() {
     assert_eq!(encode(sharded.path()), encode(single.path()));
 }
 
+/// A copy of the fixture checkpoint `name` with its weights stored as `kind`.
+fn stored_as(name: &str, kind: Kind) -> tempfile::TempDir {
+    let from = fixtures().join(name);
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&from).unwrap().flatten() {
+        if entry.file_name() != "model.safetensors" {
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+        }
+    }
+    let tensors: Vec<(String, Tensor)> = Tensor::read_safetensors(from.join("model.safetensors"))
+        .unwrap()
+        .into_iter()
+        .map(|(n, t)| (n, if t.is_floating_point() { t.to_kind(kind) } else { t }))
+        .collect();
+    Tensor::write_safetensors(&tensors, dir.path().join("model.safetensors")).unwrap();
+    dir
+}
+
+#[test]
+fn bf16_weights_stay_bf16_unless_upcast_and_every_family_runs_on_them() {
+    for name in [
+        "tiny-llama",
+        "tiny-qwen2",
+        "tiny-mistral",
+        "tiny-roberta",
+        "tiny-distilbert",
+        "tiny-electra",
+        "tiny-deberta-v3",
+    ] {
+        let dir = stored_as(name, Kind::BFloat16);
+        let kept = HfLoader.load(dir.path(), Device::Cpu, WeightsDtype::Auto).unwrap();
+        let upcast = HfLoader.load(dir.path(), Device::Cpu, WeightsDtype::Fp32).unwrap();
+        assert_eq!((kept.info().dtype.as_str(), upcast.info().dtype.as_str()), ("bf16", "fp32"), "{name}");
+        assert!(kept.weights().iter().all(|(_, t)| t.kind() == Kind::BFloat16), "{name}: held as stored");
+        assert!(upcast.weights().iter().all(|(_, t)| t.kind() == Kind::Float), "{name}: upcast on request");
+        let batch = rte_batch(kept.as_ref(), 40);
+        let real = batch.attention_mask.unsqueeze(-1).to_kind(Kind::Bool);
+        for dropout in [Dropout::off(), Dropout::training(Rates::Fixed(1e-9), 1)] {
+            let in_bf16 = tch::no_grad(|| kept.forward(&batch, &NoHooks, &dropout).unwrap());
+            let in_fp32 = tch::no_grad(|| upcast.forward(&batch, &NoHooks, &dropout).unwrap());
+            assert_eq!(in_bf16.kind(), Kind::BFloat16, "{name}: computed in the weights' dtype");
+            // The same weights, computed in bf16 rather than fp32: bf16's rounding (8 bits of
+            // mantissa) and no more.
+            let diff = (in_bf16.to_kind(Kind::Float) - &in_fp32).abs().masked_select(&real);
+            let scale = in_fp32.abs().masked_select(&real).mean(Kind::Float).double_value(&[]);
+            let (mean, max) = (diff.mean(Kind::Float).double_value(&[]), diff.max().double_value(&[]));
+            eprintln!("{name}: bf16 against fp32, mean |difference| {mean:.1e}, max {max:.1e}, mean |state| {scale:.1e}");
+            assert!(mean < 0.02 * scale && max < 0.2 * scale.max(1.0), "{name}: mean {mean}, max {max}");
+        }
+    }
+}
+
 fn load_error(dir: &Path) -> String {
-    match HfLoader.load(dir, Device::Cpu) {
+    match HfLoader.load(dir, Device::Cpu, WeightsDtype::Auto) {
         Ok(_) => panic!("{} loaded", dir.display()),
         Err(e) => format!("{e:#}"),
     }

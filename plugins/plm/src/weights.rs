@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
+use petnas_sdk::model::WeightsDtype;
 use safetensors::{Dtype, SafeTensors};
 use tch::{Device, Kind, Tensor};
 
@@ -106,6 +107,18 @@ pub struct Weights {
     device: Device,
 }
 
+/// The kind most of the checkpoint's floating-point values are stored in (fp32 for none).
+fn stored_kind(entries: &BTreeMap<String, Entry>) -> Kind {
+    let mut elements: BTreeMap<&str, (Kind, i64)> = BTreeMap::new();
+    for entry in entries.values() {
+        if let Some(kind) = kind_of(entry.dtype) {
+            elements.entry(WeightsDtype::name_of(kind)).or_insert((kind, 0)).1 +=
+                entry.shape.iter().product::<i64>();
+        }
+    }
+    elements.into_values().max_by_key(|(_, n)| *n).map_or(Kind::Float, |(kind, _)| kind)
+}
+
 fn kind_of(dtype: Dtype) -> Option<Kind> {
     match dtype {
         Dtype::F32 => Some(Kind::Float),
@@ -117,21 +130,21 @@ fn kind_of(dtype: Dtype) -> Option<Kind> {
 }
 
 impl Weights {
-    /// The weights of `dir` for reading, handed out as `kind` on `device`; `prefixes` are
+    /// The weights of `dir` for reading, handed out as `dtype` on `device`; `prefixes` are
     /// stripped from checkpoint names (`bert.embeddings…` is `embeddings…`).
-    pub fn read(dir: &Path, prefixes: &[&str], kind: Kind, device: Device) -> Result<Weights> {
-        Weights::open(dir, prefixes, kind, device, false)
+    pub fn read(dir: &Path, prefixes: &[&str], dtype: WeightsDtype, device: Device) -> Result<Weights> {
+        Weights::open(dir, prefixes, dtype, device, false)
     }
 
     /// The same, for checking only: no tensor is read.
-    pub fn headers(dir: &Path, prefixes: &[&str]) -> Result<Weights> {
-        Weights::open(dir, prefixes, Kind::Float, Device::Cpu, true)
+    pub fn headers(dir: &Path, prefixes: &[&str], dtype: WeightsDtype) -> Result<Weights> {
+        Weights::open(dir, prefixes, dtype, Device::Cpu, true)
     }
 
     fn open(
         dir: &Path,
         prefixes: &[&str],
-        kind: Kind,
+        dtype: WeightsDtype,
         device: Device,
         headers_only: bool,
     ) -> Result<Weights> {
@@ -161,6 +174,7 @@ impl Weights {
             }
             files.push((path, map));
         }
+        let kind = dtype.kind().unwrap_or_else(|| stored_kind(&entries));
         Ok(Weights {
             files,
             entries,
@@ -170,6 +184,11 @@ impl Weights {
             kind,
             device,
         })
+    }
+
+    /// What floating-point weights are handed out in, as [`WeightsDtype`] names it.
+    pub fn dtype(&self) -> String {
+        WeightsDtype::name_of(self.kind).to_string()
     }
 
     /// A view under `prefix`.

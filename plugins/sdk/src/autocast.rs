@@ -60,6 +60,13 @@ unsafe fn symbol<T: Copy>(lib: &libloading::os::unix::Library, name: &str) -> Re
     unsafe { lib.get::<T>(name.as_bytes()) }.map(|s| *s).map_err(|e| format!("libtorch has no `{name}`: {e}"))
 }
 
+/// Whether autocast is on for `device`'s kind of device in this thread.
+pub fn enabled(device: Device) -> bool {
+    let device_type = if device == Device::Cpu { CPU } else { CUDA };
+    // SAFETY: see `switches`; a read of libtorch's thread-local autocast state.
+    switches().is_ok_and(|s| unsafe { (s.is_enabled)(device_type) })
+}
+
 /// Runs `f` with bf16 autocast on `device`'s kind of device when `enabled`, else plainly.
 /// The previous autocast state is restored afterwards (and autocast's cast cache cleared).
 pub fn bf16<T>(enabled: bool, device: Device, f: impl FnOnce() -> T) -> Result<T> {

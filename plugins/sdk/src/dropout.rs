@@ -5,7 +5,9 @@
 //! training step. Here each mask element takes 16 bits of a SplitMix64 hash of (pass key,
 //! call, element), filled in parallel, so a mask depends only on the seed of the pass and its
 //! place in the pass — not on threads, nor on what other stages draw from libtorch's global
-//! generator meanwhile. On CUDA, libtorch's own (Philox) dropout is already fast and is used.
+//! generator meanwhile. On CUDA, libtorch's own (Philox) dropout is already fast and is used,
+//! except in a pass that recomputes layers (activation checkpointing), whose masks must be
+//! drawn again alike.
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tch::{Device, Kind, Tensor};
@@ -25,17 +27,35 @@ pub struct Dropout {
     training: Option<Rates>,
     key: u64,
     calls: AtomicU64,
+    /// Masks from the counter on every device, so that [`Dropout::seek`] replays them.
+    replayable: bool,
 }
 
 impl Dropout {
     /// Evaluation: no dropout.
     pub fn off() -> Dropout {
-        Dropout { training: None, key: 0, calls: AtomicU64::new(0) }
+        Dropout { training: None, key: 0, calls: AtomicU64::new(0), replayable: false }
     }
 
     /// Training: masks drawn from `seed`'s stream, one mask after another.
     pub fn training(rates: Rates, seed: u64) -> Dropout {
-        Dropout { training: Some(rates), key: splitmix64(seed), calls: AtomicU64::new(0) }
+        Dropout { training: Some(rates), key: splitmix64(seed), calls: AtomicU64::new(0), replayable: false }
+    }
+
+    /// Training whose masks can be drawn again ([`Dropout::seek`]), on any device.
+    pub fn replayable(rates: Rates, seed: u64) -> Dropout {
+        Dropout { replayable: true, ..Dropout::training(rates, seed) }
+    }
+
+    /// Where the mask stream stands: the masks drawn so far.
+    pub fn position(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    /// Draws the next masks from `position` again (in a replayable pass: elsewhere, on CUDA,
+    /// libtorch's generator draws them).
+    pub fn seek(&self, position: u64) {
+        self.calls.store(position, Ordering::Relaxed);
     }
 
     pub fn is_training(&self) -> bool {
@@ -57,11 +77,13 @@ impl Dropout {
         if !self.is_training() || p <= 0.0 {
             return x;
         }
-        if x.device() != Device::Cpu {
+        if x.device() != Device::Cpu && !self.replayable {
             return x.dropout(p, true);
         }
         let call = self.calls.fetch_add(1, Ordering::Relaxed);
-        let mask = self.mask(&x.size(), p, call);
+        // In the tensor's own dtype and place: a bf16 hidden state stays bf16.
+        let mask = self.mask(&x.size(), p, call).to_device(x.device());
+        let mask = if x.kind() == Kind::Float { mask } else { mask.to_kind(x.kind()) };
         x * mask
     }
 

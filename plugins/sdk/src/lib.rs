@@ -19,6 +19,7 @@ pub mod options;
 pub mod params;
 pub mod pet_model;
 pub mod plugin;
+pub mod recompute;
 pub mod services;
 pub mod stage;
 pub mod tool;
@@ -31,14 +32,14 @@ pub use stage::{caught, Progress, Stage, StageCtx, PLAN_KEY};
 pub use tool::{Tool, ToolOutput};
 
 /// Bumped whenever [`PluginDeclaration`] or any type crossing the plugin boundary changes.
-pub const CONTRACT_VERSION: u32 = 6;
+pub const CONTRACT_VERSION: u32 = 7;
 
 macro_rules! fingerprint_literal {
     () => {
         concat!(
             "petnas-sdk ",
             env!("CARGO_PKG_VERSION"),
-            "; contract 6; sdk source ",
+            "; contract 7; sdk source ",
             env!("PETNAS_SDK_SOURCE"),
             "; ",
             env!("PETNAS_RUSTC_VERSION"),
@@ -49,7 +50,7 @@ macro_rules! fingerprint_literal {
 }
 
 /// What host and plugin must agree on byte for byte before any Rust value crosses between
-/// them. (`contract 6` repeats [`CONTRACT_VERSION`]: `concat!` takes literals only.)
+/// them. (`contract 7` repeats [`CONTRACT_VERSION`]: `concat!` takes literals only.)
 pub const FINGERPRINT: &str = fingerprint_literal!();
 
 /// [`FINGERPRINT`]'s bytes in a plain array, which every plugin exports as

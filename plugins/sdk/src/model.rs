@@ -190,6 +190,13 @@ pub struct BackboneInfo {
     /// are computed (rotary).
     #[serde(default)]
     pub max_tokens: Option<i64>,
+    /// What the frozen weights are held in (`fp32`, `bf16`, `fp16`).
+    #[serde(default = "fp32")]
+    pub dtype: String,
+}
+
+fn fp32() -> String {
+    "fp32".into()
 }
 
 /// The token a sequence classifier reads.
@@ -263,6 +270,16 @@ pub trait Backbone: Send + Sync {
         let hidden = self.forward(batch, hooks, dropout)?;
         crate::caught("the head token", || Ok(head_token(&hidden, &batch.attention_mask, self.head().token)))
     }
+    /// A training pass with activation checkpointing ([`crate::recompute`]): back-propagates
+    /// `loss` of the head token's last hidden state `[batch, hidden]`, keeping one hidden
+    /// state per layer, and returns the loss. `dropout` is replayable.
+    fn backward_recomputing(
+        &self,
+        batch: &Batch,
+        hooks: &dyn SiteHooks,
+        dropout: &Dropout,
+        loss: &dyn Fn(&Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor>;
     /// The frozen weights by their checkpoint names (for merging and export).
     fn weights(&self) -> Vec<(String, Tensor)>;
 }
@@ -282,10 +299,71 @@ pub fn head_token(hidden: &Tensor, attention_mask: &Tensor, token: HeadToken) ->
     }
 }
 
+/// The dtype a backbone's frozen weights are held in: as the checkpoint stores them
+/// (transformers' `dtype="auto"`), or converted on loading. PET modules and the task head are
+/// fp32 whatever it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum WeightsDtype {
+    #[default]
+    Auto,
+    Fp32,
+    Bf16,
+    Fp16,
+}
+
+impl WeightsDtype {
+    /// As options name them.
+    pub const NAMES: &'static [&'static str] = &["auto", "fp32", "bf16", "fp16"];
+
+    pub fn parse(name: &str) -> Option<WeightsDtype> {
+        Some(match name {
+            "auto" => WeightsDtype::Auto,
+            "fp32" => WeightsDtype::Fp32,
+            "bf16" => WeightsDtype::Bf16,
+            "fp16" => WeightsDtype::Fp16,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightsDtype::Auto => "auto",
+            WeightsDtype::Fp32 => "fp32",
+            WeightsDtype::Bf16 => "bf16",
+            WeightsDtype::Fp16 => "fp16",
+        }
+    }
+
+    /// The kind it converts to; none for `auto`.
+    pub fn kind(self) -> Option<tch::Kind> {
+        match self {
+            WeightsDtype::Auto => None,
+            WeightsDtype::Fp32 => Some(tch::Kind::Float),
+            WeightsDtype::Bf16 => Some(tch::Kind::BFloat16),
+            WeightsDtype::Fp16 => Some(tch::Kind::Half),
+        }
+    }
+
+    /// The name of a floating-point kind as these dtypes name it.
+    pub fn name_of(kind: tch::Kind) -> &'static str {
+        match kind {
+            tch::Kind::BFloat16 => "bf16",
+            tch::Kind::Half => "fp16",
+            tch::Kind::Double => "fp64",
+            _ => "fp32",
+        }
+    }
+}
+
 /// Loads backbones from checkpoint folders (a plugin registers one, e.g. `hf`).
 pub trait BackboneLoader: Send + Sync {
     fn name(&self) -> &'static str;
-    fn load(&self, dir: &std::path::Path, device: tch::Device) -> Result<std::sync::Arc<dyn Backbone>>;
+    fn load(
+        &self,
+        dir: &std::path::Path,
+        device: tch::Device,
+        dtype: WeightsDtype,
+    ) -> Result<std::sync::Arc<dyn Backbone>>;
     /// Only the tokenizer (no weights read).
     fn load_tokenizer(&self, dir: &std::path::Path) -> Result<std::sync::Arc<dyn TextEncoder>>;
     /// The backbone as it would load — its sites, head and info — from the files' headers,

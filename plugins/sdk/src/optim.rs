@@ -21,6 +21,8 @@ pub struct AdamW {
     pub steps: i64,
     /// Forward passes under bf16 autocast (see [`crate::autocast`]).
     pub bf16: bool,
+    /// Backward passes that recompute each layer's activations ([`crate::recompute`]).
+    pub recompute: bool,
 }
 
 /// A training step whose loss or gradient is not finite (other errors are the model's).
@@ -60,6 +62,7 @@ impl AdamW {
             v,
             steps: 0,
             bf16: false,
+            recompute: false,
         }
     }
 
@@ -132,7 +135,11 @@ pub fn learning_rate(step: i64, total: i64, warmup: i64, peak: f64) -> f64 {
 /// The task loss of a batch: cross-entropy, or mean squared error for regression; with
 /// `dropout_seed`, a training pass (see [`PetModel::logits`]).
 pub fn task_loss(model: &PetModel, batch: &Batch, dropout_seed: Option<u64>) -> Result<Tensor> {
-    let logits = model.logits(batch, dropout_seed)?;
+    loss_of_logits(model, batch, &model.logits(batch, dropout_seed)?)
+}
+
+/// Mean squared error for a regression head, cross-entropy otherwise.
+fn loss_of_logits(model: &PetModel, batch: &Batch, logits: &Tensor) -> Result<Tensor> {
     let labels = batch.labels.as_ref().context("the batch has no labels")?;
     Ok(if model.head.as_ref().is_some_and(|h| h.regression) {
         logits.squeeze_dim(1).mse_loss(&labels.to_kind(Kind::Float), tch::Reduction::Mean)
@@ -151,7 +158,7 @@ pub struct StepReport {
 
 impl AdamW {
     /// One training step: loss (dropout drawn from `dropout_seed`; under bf16 autocast when
-    /// `bf16`), backward, clipping,
+    /// `bf16`), backward (recomputing each layer's activations with `recompute`), clipping,
     /// update, masks re-applied. Returns the loss and gradient norm, or an error naming the
     /// problem when the loss or gradient is not finite.
     pub fn train_step(
@@ -163,12 +170,20 @@ impl AdamW {
         masks: &BTreeMap<String, Tensor>,
         dropout_seed: u64,
     ) -> Result<StepReport> {
-        let loss = crate::autocast::bf16(self.bf16, model.backbone.device(), || {
-            task_loss(model, batch, Some(dropout_seed))
-        })??;
-        let value = loss.double_value(&[]);
         self.zero_grad();
-        loss.backward();
+        let value = crate::autocast::bf16(self.bf16, model.backbone.device(), || -> Result<f64> {
+            let loss = match self.recompute {
+                false => {
+                    let loss = task_loss(model, batch, Some(dropout_seed))?;
+                    loss.backward();
+                    loss
+                }
+                true => model.backward_recomputing(batch, dropout_seed, &|logits| {
+                    loss_of_logits(model, batch, logits)
+                })?,
+            };
+            Ok(loss.double_value(&[]))
+        })??;
         let norm = self.grad_norm();
         if !value.is_finite() || !norm.is_finite() {
             return Err(NonFinite(format!(

@@ -15,7 +15,7 @@ use crate::init;
 use crate::metrics::{score, Scoring, Values};
 use crate::model::{
     live_parameters, site_matches, Backbone, Batch, Dropout, HeadActivation, HeadSpec, PetModule, PetType,
-    Rates, Site, SiteHooks,
+    Rates, Site, SiteHooks, WeightsDtype,
 };
 use crate::services::Services;
 
@@ -58,7 +58,9 @@ impl Head {
                         .map(|(_, t)| t.shallow_clone())
                         .with_context(|| format!("the backbone has no pre-trained `{name}` for its head"))
                 };
-                pretrained = Some((get("weight")?, get("bias")?));
+                // In fp32, as the head's other layers, whatever the backbone is held in.
+                let fp32 = |t: Tensor| t.to_kind(tch::Kind::Float);
+                pretrained = Some((fp32(get("weight")?), fp32(get("bias")?)));
             } else {
                 params.push((
                     "dense.weight".into(),
@@ -98,7 +100,7 @@ impl Head {
     /// the family has it while training (`rate` maps the family's rates: a fit's `dropout`
     /// overrides them).
     fn forward(&self, token: Tensor, dropout: &Dropout) -> Tensor {
-        let mut x = token;
+        let mut x = token.to_kind(tch::Kind::Float);
         if let Some(dense) = &self.spec.dense {
             x = dropout.apply(x, dropout.rate(dense.dropout));
             x = match (&self.pretrained, self.param("dense.weight")) {
@@ -194,7 +196,12 @@ impl PetModel {
             .with_context(|| format!("no loaded plugin provides the `{loader_name}` backbone loader"))?;
         let dir =
             backbone_meta["info"]["dir"].as_str().context("the model artifact names no checkpoint folder")?;
-        let mut model = PetModel::new(loader.load(std::path::Path::new(dir), device)?, loader_name);
+        // The dtype the model stage held the weights in, so every stage loads the same model.
+        let dtype = backbone_meta["info"]["dtype"]
+            .as_str()
+            .and_then(WeightsDtype::parse)
+            .unwrap_or(WeightsDtype::Auto);
+        let mut model = PetModel::new(loader.load(std::path::Path::new(dir), device, dtype)?, loader_name);
         let tensors_of = |prefix: &str| -> Vec<(String, Tensor)> {
             artifact
                 .tensors
@@ -360,15 +367,39 @@ impl PetModel {
     /// Logits `[batch, num_labels]` (one column for regression); with `dropout_seed`, a
     /// training pass with dropout masks drawn from that seed.
     pub fn logits(&self, batch: &Batch, dropout_seed: Option<u64>) -> Result<Tensor> {
-        let head = self.head.as_ref().ok_or_else(|| anyhow!("the model has no task head: train it first"))?;
+        let head = self.task_head()?;
         let dropout = match dropout_seed {
             None => Dropout::off(),
-            Some(seed) => {
-                Dropout::training(self.training_dropout.map_or(Rates::Configured, Rates::Fixed), seed)
-            }
+            Some(seed) => Dropout::training(self.training_rates(), seed),
         };
         let token = self.backbone.forward_head_token(batch, self, &dropout)?;
         crate::caught("the task head", || Ok(head.forward(token, &dropout)))
+    }
+
+    /// A training pass with activation checkpointing: back-propagates `loss` of the logits
+    /// (dropout from `dropout_seed`, the masks [`PetModel::logits`] would draw) and returns it.
+    pub fn backward_recomputing(
+        &self,
+        batch: &Batch,
+        dropout_seed: u64,
+        loss: &dyn Fn(&Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let head = self.task_head()?;
+        let dropout = Dropout::replayable(self.training_rates(), dropout_seed);
+        let head_loss = |token: &Tensor| {
+            let logits =
+                crate::caught("the task head", || Ok(head.forward(token.shallow_clone(), &dropout)))?;
+            loss(&logits)
+        };
+        self.backbone.backward_recomputing(batch, self, &dropout, &head_loss)
+    }
+
+    fn task_head(&self) -> Result<&Head> {
+        self.head.as_ref().ok_or_else(|| anyhow!("the model has no task head: train it first"))
+    }
+
+    fn training_rates(&self) -> Rates {
+        self.training_dropout.map_or(Rates::Configured, Rates::Fixed)
     }
 
     /// Each module's stable name, `type@site`, with `#2`, `#3` … for further modules of one
@@ -427,13 +458,23 @@ impl PetModel {
 }
 
 impl SiteHooks for PetModel {
-    fn apply(&self, site: &str, input: &Tensor, mut output: Tensor, dropout: &Dropout) -> Result<Tensor> {
-        if let Some(indices) = self.by_site.get(site) {
-            for &i in indices {
-                output = self.modules[i].apply(input, output, dropout)?;
-            }
+    fn apply(&self, site: &str, input: &Tensor, output: Tensor, dropout: &Dropout) -> Result<Tensor> {
+        let Some(indices) = self.by_site.get(site) else {
+            return Ok(output);
+        };
+        // PET modules are fp32. On weights held in bf16 or fp16 they see their site's input and
+        // output in fp32 and hand the sum back in the site's dtype, as PEFT's adapters do on a
+        // bf16 model; under autocast libtorch does the casting.
+        let kind = output.kind();
+        let cast = kind != Kind::Float && !crate::autocast::enabled(output.device());
+        let (input, mut output) = match cast {
+            true => (input.to_kind(Kind::Float), output.to_kind(Kind::Float)),
+            false => (input.shallow_clone(), output),
+        };
+        for &i in indices {
+            output = self.modules[i].apply(&input, output, dropout)?;
         }
-        Ok(output)
+        Ok(if cast { output.to_kind(kind) } else { output })
     }
 }
 

@@ -35,6 +35,7 @@ pub struct FitOptions {
     pub pad_to: Option<usize>,
     pub dropout: Option<f64>,
     pub bf16: Option<bool>,
+    pub gradient_checkpointing: bool,
 }
 
 /// What the fit reports into the model artifact.
@@ -86,6 +87,7 @@ pub fn fit(
     let masks: BTreeMap<String, Tensor> = model.masks().into_iter().collect();
     let mut opt = AdamW::new(model.trainable(), o.weight_decay);
     opt.bf16 = o.bf16.unwrap_or(ctx.dtype == tch::Kind::BFloat16);
+    opt.recompute = o.gradient_checkpointing;
     let ckpt_dir = ctx.checkpoint_dir()?.to_path_buf();
     let (mut state, mut best) = match checkpoint::load(&ckpt_dir, &mut opt)? {
         Some((state, best)) => {

@@ -128,6 +128,12 @@ impl Stage for Fit {
                 Value::Null,
                 "bf16 autocast while training (mixed precision, as transformers' `bf16=True`; parameters and optimizer state stay fp32); default: the pipeline's `dtype`",
             )
+            .opt(
+                "gradient_checkpointing",
+                OptType::Bool,
+                false,
+                "activation checkpointing: keep one hidden state per layer and recompute each layer's activations in the backward pass (the same gradients for less memory, at the cost of a second forward pass through the layers)",
+            )
     }
     fn input_kinds(&self) -> &'static [&'static str] {
         &[kinds::MODEL, kinds::DATASET]
