@@ -36,8 +36,14 @@ Writes tests/fixtures/plm/:
                                                                size apart from hidden/heads, a
                                                                sliding window shorter than the
                                                                cases
-  <family>_cases.json, <family>_hidden.safetensors  their reference outputs (decoders padded on
-                                                 the right, as petnas pads)
+  <family>_cases.json, <family>_hidden.safetensors  their reference outputs (padded on the
+                                                 right, as petnas pads)
+  <family>_left_cases.json, …_left_hidden…       the decoders' outputs padded on the left, as
+                                                 decoder users often pad
+
+`plm_parity.py llama qwen2` remakes those families only (the others' random weights stay put);
+`--references` recomputes the reference outputs of the committed checkpoints without remaking
+them.
 """
 import json
 import sys
@@ -74,9 +80,9 @@ CASES = [
 ]
 
 
-def reference(model_dir: Path, prefix: str) -> None:
+def reference(model_dir: Path, prefix: str, padding_side: str = "right") -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.padding_side = "right"
+    tokenizer.padding_side = padding_side
     if tokenizer.pad_token is None:
         tokenizer.pad_token_id = json.loads((model_dir / "config.json").read_text())["pad_token_id"]
     model = AutoModel.from_pretrained(model_dir).eval()
@@ -105,8 +111,10 @@ def reference(model_dir: Path, prefix: str) -> None:
             "attention_mask": batch["attention_mask"].tolist(),
         })
         hidden[f"case{i}"] = out.contiguous()
-    (OUT / f"{prefix}_cases.json").write_text(json.dumps({"model": str(model_dir.relative_to(ROOT)), "cases": cases}, indent=1, ensure_ascii=False))
-    save_file(hidden, OUT / f"{prefix}_hidden.safetensors")
+    name = prefix if padding_side == "right" else f"{prefix}_{padding_side}"
+    record = {"model": str(model_dir.relative_to(ROOT)), "padding_side": padding_side, "cases": cases}
+    (OUT / f"{name}_cases.json").write_text(json.dumps(record, indent=1, ensure_ascii=False))
+    save_file(hidden, OUT / f"{name}_hidden.safetensors")
 
 
 def sst2_sentences(n: int) -> list:
@@ -305,18 +313,25 @@ FAMILIES = {
 }
 
 
+DECODERS = ["llama", "qwen2", "mistral"]
+
+
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
-    # `plm_parity.py llama qwen2` remakes those only (the others' random weights stay put).
-    only = sys.argv[1:]
+    args = sys.argv[1:]
+    keep_checkpoints = "--references" in args
+    only = [a for a in args if a != "--references"]
     if not only:
         reference(ROOT / "models" / "all-MiniLM-L6-v2", "minilm")
     for family, make in FAMILIES.items():
         if only and family not in only:
             continue
         target = OUT / f"tiny-{family}"
-        make(target)
+        if not keep_checkpoints:
+            make(target)
         reference(target, family.replace("-", "_"))
+        if family in DECODERS:
+            reference(target, family, padding_side="left")
     return 0
 
 

@@ -125,6 +125,84 @@ fn mistral_matches_transformers() {
     assert_parity(&fixtures().join("tiny-mistral"), "mistral");
 }
 
+/// Decoders on batches padded on the left (transformers' tokenizer with `padding_side =
+/// "left"`): the real tokens are petnas's ids, their hidden states transformers' to 1e-4, and
+/// the head reads the same last-token state as from the right-padded batch. transformers
+/// numbers positions from the first column in either case; rotary attention depends only on
+/// distances, so the shift changes no real token's state.
+fn assert_left_padded_parity(family: &str) {
+    let cases: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join(format!("{family}_left_cases.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cases["padding_side"], "left");
+    let hidden: Vec<(String, Tensor)> =
+        Tensor::read_safetensors(fixtures().join(format!("{family}_left_hidden.safetensors"))).unwrap();
+    let model =
+        HfLoader.load(&fixtures().join(format!("tiny-{family}")), Device::Cpu, WeightsDtype::Auto).unwrap();
+    let rows = |v: &Value| -> Vec<Vec<i64>> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect())
+            .collect()
+    };
+    let tensor = |rows: &[Vec<i64>]| Tensor::from_slice2(rows);
+    let mut left_padded = 0;
+    for (i, case) in cases["cases"].as_array().unwrap().iter().enumerate() {
+        let (ids, mask) = (rows(&case["input_ids"]), rows(&case["attention_mask"]));
+        left_padded += mask.iter().filter(|r| r[0] == 0).count();
+        let inputs: Vec<(String, Option<String>)> = case["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p[0].as_str().unwrap().to_string(), p[1].as_str().map(str::to_string)))
+            .collect();
+        let refs: Vec<(&str, Option<&str>)> =
+            inputs.iter().map(|(a, b)| (a.as_str(), b.as_deref())).collect();
+        let encodings =
+            model.tokenizer().encode_batch(&refs, case["max_len"].as_u64().unwrap() as usize).unwrap();
+        for ((row, m), encoding) in ids.iter().zip(&mask).zip(&encodings) {
+            let real: Vec<i64> = row.iter().zip(m).filter(|(_, m)| **m == 1).map(|(t, _)| *t).collect();
+            assert_eq!(real, encoding.ids, "{family} case {i}: token ids");
+        }
+        let batch = petnas_sdk::model::Batch {
+            input_ids: tensor(&ids),
+            token_type_ids: tensor(&ids).zeros_like(),
+            attention_mask: tensor(&mask),
+            labels: None,
+            rows: (0..ids.len()).collect(),
+        };
+        let got = tch::no_grad(|| model.forward(&batch, &NoHooks, &Dropout::off()).unwrap());
+        let want = &hidden.iter().find(|(n, _)| *n == format!("case{i}")).unwrap().1;
+        let real = batch.attention_mask.unsqueeze(-1).to_kind(Kind::Float);
+        let diff = ((&got - want) * &real).abs().max().double_value(&[]);
+        eprintln!("{family} left-padded case {i}: max |difference| from transformers {diff:.1e}");
+        assert!(diff < 1e-4, "{family} left-padded case {i}: max abs difference {diff}");
+        let split = TokenizedSplit::from_encodings(&encodings, Labels::None);
+        let right = split.batch(&batch.rows, model.tokenizer().pad_id(), Device::Cpu);
+        let head = |batch: &petnas_sdk::model::Batch| {
+            tch::no_grad(|| model.forward_head_token(batch, &NoHooks, &Dropout::off()).unwrap())
+        };
+        let last_column = want.select(1, want.size()[1] - 1);
+        for (side, token) in [("left", head(&batch)), ("right", head(&right))] {
+            let diff = (token - &last_column).abs().max().double_value(&[]);
+            assert!(
+                diff < 1e-4,
+                "{family} case {i}: the head token from the {side}-padded batch differs by {diff}"
+            );
+        }
+    }
+    assert!(left_padded > 0, "{family}: no row is padded on the left");
+}
+
+#[test]
+fn decoders_padded_on_the_left_match_transformers() {
+    for family in ["llama", "qwen2", "mistral"] {
+        assert_left_padded_parity(family);
+    }
+}
+
 /// A padded batch of RTE pairs, tokenised by `model`.
 fn rte_batch(model: &dyn petnas_sdk::model::Backbone, max_len: usize) -> petnas_sdk::model::Batch {
     let sentences = glue_sentences();
