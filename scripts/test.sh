@@ -15,6 +15,9 @@ cd "$root"
 if [ -z "${GLUE_DIR:-}" ] && [ -d "$root/../shared/data/glue" ]; then
   export GLUE_DIR="$root/../shared/data/glue"
 fi
+if [ -z "${PETNAS_TEST_DEVICE:-}" ]; then
+  echo "[test] tests/gpu.rs skips its checks: PETNAS_TEST_DEVICE is unset (scripts/gpu/check.sh runs them on a GPU)" >&2
+fi
 # The plugin crates' unit-test executables link libtorch without a run path (only the
 # `petnas` binary records one); the end-to-end tests start `petnas` without this variable.
 LD_LIBRARY_PATH="$(python -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')" \

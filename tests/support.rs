@@ -131,9 +131,13 @@ pub fn stage_outputs(dir: &Path) -> Vec<(String, Vec<u8>)> {
     files
 }
 
-/// The repository's root folder.
+/// The repository's root folder: where this crate was built, or `PETNAS_WORKSPACE` (a copy
+/// of the checkout on a GPU machine, where the tests run as built here).
 pub fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().expect("workspace root")
+    let root = std::env::var_os("PETNAS_WORKSPACE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."));
+    root.canonicalize().expect("workspace root")
 }
 
 /// A small random RoBERTa checkpoint saved by transformers (fast to train on).
