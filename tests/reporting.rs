@@ -436,6 +436,11 @@ fn compare_judges_the_best_of_each_side_by_the_paired_bootstrap_rule() {
         evaluated(s.path(), "u_lora", "cola", "matthews", search, 73728, seed);
         evaluated(s.path(), "lora", "cola", "matthews", hand, 73728, seed);
     }
+    // Two seeds, each well ahead: still no verdict, since the rule asks for 3 paired seeds.
+    for seed in [1, 2] {
+        evaluated(s.path(), "s_lora", "sst2", "accuracy", 0.90 + 0.01 * seed as f64, 73728, seed);
+        evaluated(s.path(), "lora", "sst2", "accuracy", 0.80, 73728, seed);
+    }
     let run = s.petnas(&["compare", "runs/exp", "--candidates", "s_*,u_*", "--baselines", "lora,bitfit*"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let rows: Vec<&str> = run.stdout.lines().collect();
@@ -453,7 +458,22 @@ fn compare_judges_the_best_of_each_side_by_the_paired_bootstrap_rule() {
     assert!(row("stsb").ends_with("| tie |"), "one seed behind: {}", run.stdout);
     assert!(row("cola").ends_with("| loss |"), "{}", run.stdout);
     assert!(!run.stdout.contains("| mrpc |"), "no candidate on mrpc: {}", run.stdout);
-    assert!(run.stdout.ends_with("1 win(s), 1 tie(s), 1 loss(es)\n"), "{}", run.stdout);
+    assert!(row("sst2").ends_with("| too few paired seeds |"), "{}", run.stdout);
+    assert!(
+        run.stdout.ends_with("1 win(s), 1 tie(s), 1 loss(es), 1 with too few paired seeds\n"),
+        "{}",
+        run.stdout
+    );
+    let two =
+        s.petnas(&["compare", "runs/exp", "--candidates", "s_*", "--baselines", "lora", "--min-seeds", "2"]);
+    assert!(
+        two.stdout.lines().any(|r| r.starts_with("| sst2 |") && r.ends_with("| win |")),
+        "{}",
+        two.stdout
+    );
+    let one =
+        s.petnas(&["compare", "runs/exp", "--candidates", "s_*", "--baselines", "lora", "--min-seeds", "1"]);
+    assert_eq!(one.code, 2, "a verdict needs two seeds at least: {}", one.stderr);
 
     let again = s.petnas(&["compare", "runs/exp", "--candidates", "s_*,u_*", "--baselines", "lora,bitfit*"]);
     assert_eq!(again.stdout, run.stdout, "a seeded bootstrap gives the same intervals");

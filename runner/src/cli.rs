@@ -247,6 +247,9 @@ enum Command {
         /// The bootstrap generator's seed.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Paired seeds a verdict needs; with fewer, "too few paired seeds".
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(2..))]
+        min_seeds: u64,
         /// JSON instead of a Markdown table.
         #[arg(long)]
         json: bool,
@@ -349,8 +352,21 @@ pub fn main() -> i32 {
         Command::Report { runs, format, cells, plots, curves } => {
             report(&runs, format, cells, plots.as_deref(), curves.as_deref())
         }
-        Command::Compare { runs, candidates, baselines, confidence, resamples, seed, json } => {
-            compare(&runs, &candidates, &baselines, confidence, resamples, seed, json)
+        Command::Compare { runs, candidates, baselines, confidence, resamples, seed, min_seeds, json } => {
+            patterns("candidates", &candidates)
+                .and_then(|c| Ok((c, patterns("baselines", &baselines)?)))
+                .and_then(|(candidates, baselines)| {
+                    let min_seeds = min_seeds as usize;
+                    let rule = crate::compare::Rule {
+                        candidates,
+                        baselines,
+                        confidence,
+                        resamples,
+                        seed,
+                        min_seeds,
+                    };
+                    compare(&runs, &rule, json)
+                })
         }
         Command::Regress { run, baseline, junit, update_baseline } => {
             regress(&run, &baseline, junit.as_deref(), update_baseline)
@@ -445,28 +461,13 @@ fn patterns(what: &str, texts: &[String]) -> Result<Vec<glob::Pattern>> {
         .collect()
 }
 
-fn compare(
-    runs: &[PathBuf],
-    candidates: &[String],
-    baselines: &[String],
-    confidence: f64,
-    resamples: usize,
-    seed: u64,
-    json: bool,
-) -> Result<i32> {
-    let rule = crate::compare::Rule {
-        candidates: patterns("candidates", candidates)?,
-        baselines: patterns("baselines", baselines)?,
-        confidence,
-        resamples,
-        seed,
-    };
+fn compare(runs: &[PathBuf], rule: &crate::compare::Rule, json: bool) -> Result<i32> {
     let groups = crate::results::group(&crate::results::collect(runs)?)?;
-    let comparisons = crate::compare::compare(&groups, &rule)?;
+    let comparisons = crate::compare::compare(&groups, rule)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&comparisons)?);
     } else {
-        print!("{}", crate::compare::markdown(&comparisons, confidence));
+        print!("{}", crate::compare::markdown(&comparisons, rule.confidence));
     }
     Ok(0)
 }

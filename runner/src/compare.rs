@@ -22,6 +22,8 @@ pub struct Rule {
     pub resamples: usize,
     /// Of the bootstrap's generator: the same seed, the same intervals.
     pub seed: u64,
+    /// Paired seeds a verdict needs (at least 2); fewer give "too few paired seeds".
+    pub min_seeds: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -30,7 +32,7 @@ pub enum Verdict {
     Win,
     Tie,
     Loss,
-    /// Fewer than two seeds that both sides ran.
+    /// Fewer seeds that both sides ran than the rule asks for.
     TooFewSeeds,
 }
 
@@ -118,7 +120,7 @@ pub fn compare(groups: &[Group], rule: &Rule) -> Result<Vec<Comparison>> {
             })
             .collect();
         let differences: Vec<f64> = paired.iter().map(|(_, d)| *d).collect();
-        let (mean_difference, interval, verdict) = if differences.len() < 2 {
+        let (mean_difference, interval, verdict) = if differences.len() < rule.min_seeds.max(2) {
             (f64::NAN, (f64::NAN, f64::NAN), Verdict::TooFewSeeds)
         } else {
             let mean = differences.iter().sum::<f64>() / differences.len() as f64;
