@@ -534,12 +534,10 @@ impl Backbone for Bert {
         &self.names
     }
     fn forward(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Result<Tensor> {
-        petnas_sdk::caught("the model", || self.encode(batch, &Pass { hooks, dropout }, false))
+        Pass::run(hooks, dropout, |pass| self.encode(batch, pass, false))
     }
     fn forward_head_token(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Result<Tensor> {
-        petnas_sdk::caught("the model", || {
-            Ok(self.encode(batch, &Pass { hooks, dropout }, true)?.squeeze_dim(1))
-        })
+        Pass::run(hooks, dropout, |pass| Ok(self.encode(batch, pass, true)?.squeeze_dim(1)))
     }
     fn backward_recomputing(
         &self,
@@ -548,9 +546,8 @@ impl Backbone for Bert {
         dropout: &Dropout,
         loss: &dyn Fn(&Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
-        petnas_sdk::caught("the model", || {
-            let pass = Pass { hooks, dropout };
-            self.encoder.backward_recomputing(self.embed(batch, &pass)?, &batch.attention_mask, &pass, loss)
+        Pass::run(hooks, dropout, |pass| {
+            self.encoder.backward_recomputing(self.embed(batch, pass)?, &batch.attention_mask, pass, loss)
         })
     }
     fn weights(&self) -> Vec<(String, Tensor)> {

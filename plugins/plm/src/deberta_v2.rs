@@ -598,7 +598,7 @@ impl Backbone for DebertaV2 {
         &self.names
     }
     fn forward(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Result<Tensor> {
-        petnas_sdk::caught("the model", || self.encode(batch, &Pass { hooks, dropout }))
+        Pass::run(hooks, dropout, |pass| self.encode(batch, pass))
     }
     fn backward_recomputing(
         &self,
@@ -607,13 +607,12 @@ impl Backbone for DebertaV2 {
         dropout: &Dropout,
         loss: &dyn Fn(&Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
-        petnas_sdk::caught("the model", || {
-            let pass = Pass { hooks, dropout };
-            let (mask, relative_pos, rel) = self.context(batch, &pass)?;
+        Pass::run(hooks, dropout, |pass| {
+            let (mask, relative_pos, rel) = self.context(batch, pass)?;
             let layer = |i: usize, hidden: &Tensor, shared: &[Tensor]| {
-                self.layer(&self.layers[i], hidden, &mask, relative_pos.as_ref(), shared.first(), &pass)
+                self.layer(&self.layers[i], hidden, &mask, relative_pos.as_ref(), shared.first(), pass)
             };
-            let input = self.embed(batch, &pass)?;
+            let input = self.embed(batch, pass)?;
             let shared = rel.into_iter().collect();
             let layers = recompute::Layers { input, shared, count: self.layers.len(), layer: &layer };
             recompute::backward(layers, &|hidden| loss(&hidden.select(1, 0)), dropout)

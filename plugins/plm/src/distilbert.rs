@@ -318,12 +318,10 @@ impl Backbone for DistilBert {
         &self.names
     }
     fn forward(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Result<Tensor> {
-        petnas_sdk::caught("the model", || self.encode(batch, &Pass { hooks, dropout }, false))
+        Pass::run(hooks, dropout, |pass| self.encode(batch, pass, false))
     }
     fn forward_head_token(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Result<Tensor> {
-        petnas_sdk::caught("the model", || {
-            Ok(self.encode(batch, &Pass { hooks, dropout }, true)?.squeeze_dim(1))
-        })
+        Pass::run(hooks, dropout, |pass| Ok(self.encode(batch, pass, true)?.squeeze_dim(1)))
     }
     fn backward_recomputing(
         &self,
@@ -332,16 +330,15 @@ impl Backbone for DistilBert {
         dropout: &Dropout,
         loss: &dyn Fn(&Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
-        petnas_sdk::caught("the model", || {
-            let pass = Pass { hooks, dropout };
-            let attention = self.attention(batch, &pass);
+        Pass::run(hooks, dropout, |pass| {
+            let attention = self.attention(batch, pass);
             // The last block for the first token only, as `encode` computes it.
             let last = self.blocks.len().saturating_sub(1);
             let layer = |i: usize, hidden: &Tensor, _: &[Tensor]| {
                 let queries = if i == last { hidden.narrow(1, 0, 1) } else { hidden.shallow_clone() };
-                self.block(i, hidden, &queries, &attention, &pass)
+                self.block(i, hidden, &queries, &attention, pass)
             };
-            let input = self.embed(batch, &pass)?;
+            let input = self.embed(batch, pass)?;
             let layers =
                 recompute::Layers { input, shared: Vec::new(), count: self.blocks.len(), layer: &layer };
             recompute::backward(layers, &|hidden| loss(&hidden.select(1, 0)), dropout)

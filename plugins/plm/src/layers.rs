@@ -14,7 +14,17 @@ pub struct Pass<'a> {
     pub dropout: &'a Dropout,
 }
 
-impl Pass<'_> {
+impl<'a> Pass<'a> {
+    /// `f` on a pass with these hooks and dropout, a libtorch error in it an error rather than
+    /// a panic (which must not unwind out of this plugin: see `petnas_sdk::caught`).
+    pub fn run<T>(
+        hooks: &'a dyn SiteHooks,
+        dropout: &'a Dropout,
+        f: impl FnOnce(&Pass) -> Result<T>,
+    ) -> Result<T> {
+        petnas_sdk::caught("the model", || f(&Pass { hooks, dropout }))
+    }
+
     /// The site's output after the modules attached there.
     pub fn apply(&self, site: &str, input: &Tensor, output: Tensor) -> Result<Tensor> {
         self.hooks.apply(site, input, output, self.dropout)

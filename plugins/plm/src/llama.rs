@@ -510,7 +510,7 @@ impl Backbone for Llama {
         &self.names
     }
     fn forward(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Result<Tensor> {
-        petnas_sdk::caught("the model", || self.decode(batch, &Pass { hooks, dropout }))
+        Pass::run(hooks, dropout, |pass| self.decode(batch, pass))
     }
     fn backward_recomputing(
         &self,
@@ -519,16 +519,15 @@ impl Backbone for Llama {
         dropout: &Dropout,
         loss: &dyn Fn(&Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
-        petnas_sdk::caught("the model", || {
-            let pass = Pass { hooks, dropout };
-            let context = self.context(batch, &pass);
+        Pass::run(hooks, dropout, |pass| {
+            let context = self.context(batch, pass);
             let layer =
-                |i: usize, hidden: &Tensor, _: &[Tensor]| self.layers[i].forward(hidden, &context, &pass);
+                |i: usize, hidden: &Tensor, _: &[Tensor]| self.layers[i].forward(hidden, &context, pass);
             let input = embed(&self.embed_tokens, &batch.input_ids);
             let layers =
                 recompute::Layers { input, shared: Vec::new(), count: self.layers.len(), layer: &layer };
             let head_loss = |hidden: &Tensor| {
-                let last = self.norm.forward(hidden, &pass)?;
+                let last = self.norm.forward(hidden, pass)?;
                 loss(&head_token(&last, &batch.attention_mask, self.head.token))
             };
             recompute::backward(layers, &head_loss, dropout)
