@@ -122,7 +122,7 @@ stages:
   fit: {use: train.fit, needs: [pets, data], with: {max_steps: 3, batch_size: 8, pad_to: 512, checkpoint_every: 0, eval_every: 1000000, gradient_checkpointing: $recompute}}
 YAML
   echo "gradient_checkpointing: $recompute"
-  timeout 300 python3 scripts/gpu/peak_memory.py "$petnas" run /tmp/llama-$recompute.yaml --runs-dir "$runs" | tail -1
+  timeout 300 python3 scripts/bench/peak_memory.py "$petnas" run /tmp/llama-$recompute.yaml --runs-dir "$runs" | tail -1
 done
 python3 scripts/lora_step_memory.py
 step "done"
