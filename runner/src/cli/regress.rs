@@ -1,0 +1,45 @@
+//! `petnas regress`: a run's metrics against a baseline file, for CI.
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use super::EXIT_FAILED;
+use crate::regress::Status::{Improved, Missing, Ok as Fine, Regressed};
+
+#[derive(clap::Args)]
+pub(super) struct Args {
+    run: PathBuf,
+    #[arg(long, value_name = "FILE")]
+    baseline: PathBuf,
+    /// Writes JUnit XML (one test case per baseline entry).
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+    /// Rewrites the baseline with the run's values, keeping tolerances.
+    #[arg(long)]
+    update_baseline: bool,
+}
+
+pub(super) fn execute(args: &Args) -> Result<i32> {
+    let Args { run, baseline, junit, update_baseline } = args;
+    let entries = crate::regress::read_baseline(baseline)?;
+    let groups = crate::results::group(&crate::results::collect(std::slice::from_ref(run))?)?;
+    if *update_baseline {
+        crate::store::write_atomic(baseline, crate::regress::updated(&entries, &groups, 0.02)?.as_bytes())?;
+        eprintln!("rewrote {}", baseline.display());
+        return Ok(0);
+    }
+    let checks = crate::regress::check(&entries, &groups)?;
+    print!("{}", crate::regress::table(&checks));
+    if let Some(path) = junit {
+        crate::store::write_atomic(path, crate::regress::junit(&checks, baseline)?.as_bytes())?;
+    }
+    let count = |s: crate::regress::Status| checks.iter().filter(|c| c.status == s).count();
+    println!(
+        "{} ok, {} improved, {} regressed, {} missing",
+        count(Fine),
+        count(Improved),
+        count(Regressed),
+        count(Missing)
+    );
+    Ok(if count(Regressed) + count(Missing) > 0 { EXIT_FAILED } else { 0 })
+}
