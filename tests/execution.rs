@@ -418,12 +418,19 @@ fn cells_share_stages_their_axes_do_not_change_and_when_picks_the_cells_of_a_sta
         (50.into(), 100.into())
     );
 
-    // A cell added later takes the shared stages from a finished one.
+    // A cell added later takes the shared stages from a finished one, also when it runs
+    // alone (`--only`) and the finished cells are not part of the run.
     s.write("p.yaml", &TWINS.replace("[50, 100]", "[50, 100, 150]"));
-    let more = s.petnas(&["run", "p.yaml"]);
+    let more = s.petnas(&["run", "p.yaml", "--only", "steps=150"]);
     assert_eq!(more.code, 0, "{}", more.stderr);
-    assert!(summary_line(&more.stdout).starts_with("1 done, 9 reused"), "{}", more.stdout);
+    assert!(summary_line(&more.stdout).starts_with("1 done, 2 reused"), "refit alone:\n{}", more.stdout);
     assert!(more.stderr.contains("reused from another cell (content key matches)"), "{}", more.stderr);
+    for stage in ["data", "fit"] {
+        let files = |cell: &str| petnas_e2e::stage_outputs(&s.stage_dir("twins", cell, stage));
+        assert_eq!(files("steps=50"), files("steps=150"), "{stage} is copied, not recomputed");
+    }
+    let all = s.petnas(&["run", "p.yaml"]);
+    assert!(summary_line(&all.stdout).starts_with("0 done, 10 reused"), "{}", all.stdout);
 
     // --force reruns a stage once and lets its twins copy it.
     let forced = s.petnas(&["run", "p.yaml", "--force", "fit"]);

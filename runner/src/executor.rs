@@ -111,6 +111,11 @@ pub fn run(
     let pipeline_dir = opts.runs_dir.join(&pipeline.name);
     let forced = forced_stages(pipeline, &opts.force)?;
     let nodes = expand(pipeline, &pipeline_dir);
+    let other_cells = store::completed_in_other_cells(
+        &pipeline_dir,
+        &pipeline.cells.iter().map(|c| c.name.as_str()).collect(),
+        &pipeline.stages.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+    );
     let backend: Box<dyn Backend> = match &opts.slurm {
         None => Box::new(LocalPool::new(opts.jobs, placement.threads_per_job, placement.dtype, registry)?),
         Some(slurm) => Box::new(SlurmJobs {
@@ -254,7 +259,8 @@ pub fn run(
                     continue;
                 }
                 // Forced stages rerun once, then serve their twins; otherwise any complete
-                // copy with this key (from this run or an earlier one) serves.
+                // copy with this key (from this run or an earlier one, in a cell of this run
+                // or another) serves.
                 let source = twin.map(|j| nodes[j].dir.clone()).or_else(|| {
                     (!forced_here)
                         .then(|| {
@@ -263,6 +269,7 @@ pub fn run(
                                 .filter(|n| n.stage == node.stage && n.dir != node.dir)
                                 .find(|n| store::completed(&n.dir, &key).is_some())
                                 .map(|n| n.dir.clone())
+                                .or_else(|| other_cells.get(&(stage.id.clone(), key.clone())).cloned())
                         })
                         .flatten()
                 });

@@ -1,7 +1,7 @@
 //! The run folder: `runs/<pipeline>/<cell>/<stage>/` with the stage's outputs, log and
 //! content key. A stage is written into a temporary folder that is renamed into place when
 //! it is complete, so a crash at any moment leaves either the finished stage or nothing.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -62,6 +62,35 @@ pub fn completed(dir: &Path, key: &str) -> Option<StageRecord> {
     let text = fs::read_to_string(dir.join(STAGE_RECORD)).ok()?;
     let record: StageRecord = serde_json::from_str(&text).ok()?;
     (record.key == key).then_some(record)
+}
+
+/// The complete stages in the cell folders of `pipeline_dir` that this run does not compute
+/// (left there by another `--only` selection, or by a matrix since changed), by stage id and
+/// content key: where a stage of this run can be copied from instead of recomputed.
+pub fn completed_in_other_cells(
+    pipeline_dir: &Path,
+    run_cells: &BTreeSet<&str>,
+    stage_ids: &[&str],
+) -> BTreeMap<(String, String), PathBuf> {
+    let mut found = BTreeMap::new();
+    let Ok(entries) = fs::read_dir(pipeline_dir) else { return found };
+    for entry in entries.flatten() {
+        let cell = entry.file_name();
+        let Some(cell) = cell.to_str() else { continue };
+        if cell.starts_with('.') || run_cells.contains(cell) || !entry.path().is_dir() {
+            continue;
+        }
+        for &stage in stage_ids {
+            let dir = stage_dir(&entry.path(), stage);
+            let record = fs::read_to_string(dir.join(STAGE_RECORD))
+                .ok()
+                .and_then(|text| serde_json::from_str::<StageRecord>(&text).ok());
+            if let Some(record) = record {
+                found.entry((stage.to_string(), record.key)).or_insert(dir);
+            }
+        }
+    }
+    found
 }
 
 /// Where a stage with this content key keeps its checkpoints across interrupted runs.
