@@ -128,6 +128,52 @@ stages:
     );
 }
 
+/// A data set's part of the content key is its files' contents: the same files provisioned
+/// anew (written again, with other times) keep the data stage, and a changed label recomputes
+/// it.
+#[test]
+fn data_written_anew_keeps_its_stage_and_a_changed_label_recomputes_it() {
+    let s = Scratch::new();
+    let rte = s.path().join("glue/RTE");
+    std::fs::create_dir_all(&rte).unwrap();
+    let header = "index\tsentence1\tsentence2\tlabel\n";
+    let rows = |label: &str| format!("{header}0\ta\tb\tentailment\n1\tc\td\t{label}\n");
+    let write = |train: &str, age_s: u64| {
+        for (file, text) in [("train.tsv", train.to_string()), ("dev.tsv", rows("entailment"))] {
+            let path = rte.join(file);
+            std::fs::write(&path, text).unwrap();
+            let then = std::time::SystemTime::now() - std::time::Duration::from_secs(age_s);
+            std::fs::File::options().write(true).open(&path).unwrap().set_modified(then).unwrap();
+        }
+    };
+    write(&rows("not_entailment"), 3600);
+    s.write(
+        "p.yaml",
+        &format!(
+            "name: stamps
+stages:
+  model: {{use: plm.load, with: {{model: '{}'}}}}
+  data: {{use: glue.load, needs: [model], with: {{task: rte, dir: glue, max_len: 32}}}}
+",
+            petnas_e2e::tiny_model()
+        ),
+    );
+    let summary = |run: &petnas_e2e::Run| run.stdout.lines().last().unwrap_or("").to_string();
+    let first = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert!(summary(&first).starts_with("2 done, 0 reused"), "{}", first.stdout);
+    write(&rows("not_entailment"), 60);
+    let again = s.petnas(&["run", "p.yaml"]);
+    assert!(
+        summary(&again).starts_with("0 done, 2 reused"),
+        "the same files written anew:\n{}",
+        again.stdout
+    );
+    write(&rows("entailment"), 60);
+    let changed = s.petnas(&["run", "p.yaml"]);
+    assert!(summary(&changed).starts_with("1 done, 1 reused"), "a changed label:\n{}", changed.stdout);
+}
+
 #[test]
 fn score_rates_a_submission_file_with_the_official_metrics() {
     let s = Scratch::new();
