@@ -1,6 +1,7 @@
 //! The search through the binary and the real plugins, on a tiny RoBERTa: budgets, masks
-//! through training, cut versus masked models, Taylor scores against finite differences, a
-//! PET type the search does not know, and resuming iterative pruning after a kill.
+//! through training, cut versus masked models, Taylor scores against finite differences,
+//! groups ranked per parameter, a PET type the search does not know, and resuming iterative
+//! pruning after a kill.
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -218,6 +219,57 @@ fn taylor_scores_agree_with_finite_differences() {
     assert_eq!(compared, 6);
     let meta = &scores.meta["modules"][0];
     assert_eq!(meta["groups"].as_array().unwrap().len(), 4, "one score per rank-1 component");
+}
+
+/// Groups kept per module when the lowest-scoring groups (by squared norm, summed or
+/// averaged over the group) are removed until at most `target` parameters remain.
+fn kept_by_magnitude(m: &PetModel, target: i64, mean: bool) -> Vec<(String, usize)> {
+    let mut groups: Vec<(f64, usize, i64)> = Vec::new();
+    let mut kept = Vec::new();
+    for (i, (module, key)) in m.modules.iter().zip(m.module_keys()).enumerate() {
+        let params = module.parameters();
+        let prune_groups = module.prune_groups();
+        kept.push((key, prune_groups.len()));
+        for g in prune_groups {
+            let (mut sum, mut size) = (0.0, 0);
+            for mem in &g.members {
+                let part = mem.part(&params.iter().find(|(n, _)| *n == mem.param).unwrap().1);
+                sum += part.square().sum(Kind::Double).double_value(&[]);
+                size += part.numel() as i64;
+            }
+            groups.push((if mean { sum / size as f64 } else { sum }, i, size));
+        }
+    }
+    // Stable: ties stay in model order, as the plugin breaks them.
+    groups.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut count = m.pet_parameters();
+    for (_, i, size) in groups {
+        if count <= target {
+            break;
+        }
+        kept[i].1 -= 1;
+        count -= size;
+    }
+    kept.retain(|(_, n)| *n > 0);
+    kept
+}
+
+/// `group_score: mean` ranks groups per parameter, so a mixed supernet's large LoRA
+/// components are not kept for their size: a one-shot cut keeps, module by module, what the
+/// mean ranking keeps, which differs here from what the sum keeps.
+#[test]
+fn mean_group_scores_rank_groups_per_parameter() {
+    let s = Scratch::new();
+    s.write("p.yaml", &search_pipeline(MIXED, "{budget: 3000, score: magnitude, group_score: mean}", 1000));
+    let run = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let warm = model(&output(&s, "warm"));
+    let by_mean = kept_by_magnitude(&warm, 3000, true);
+    assert_ne!(by_mean, kept_by_magnitude(&warm, 3000, false), "the two rankings agree here: no test");
+    let cut = model(&output(&s, "structured"));
+    let kept: Vec<(String, usize)> =
+        cut.modules.iter().zip(cut.module_keys()).map(|(m, k)| (k, m.prune_groups().len())).collect();
+    assert_eq!(kept, by_mean);
 }
 
 #[test]

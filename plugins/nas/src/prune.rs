@@ -3,6 +3,7 @@
 use anyhow::Result;
 use petnas_sdk::model::{PetModule, PruneGroup};
 use petnas_sdk::pet_model::PetModel;
+use serde::Deserialize;
 use tch::{Kind, Tensor};
 
 use crate::scores::Scores;
@@ -21,17 +22,31 @@ pub fn group_size(module: &dyn PetModule, group: &PruneGroup) -> i64 {
         .sum()
 }
 
+/// How a group's score is compared with the others'.
+#[derive(Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupScore {
+    /// The group's total: a group holding more parameters tends to score more.
+    Sum,
+    /// The total over the group's live parameters: importance per parameter kept.
+    Mean,
+}
+
 /// Removes the lowest-scoring groups until at most `target` PET parameters remain (so the
 /// target is met to within one group); modules left empty are detached. Returns how many
 /// groups were removed.
-pub fn structured(model: &mut PetModel, scores: &Scores, target: i64) -> Result<usize> {
+pub fn structured(model: &mut PetModel, scores: &Scores, target: i64, by: GroupScore) -> Result<usize> {
     let group_scores = scores.group_scores(model);
     let mut candidates: Vec<(f64, usize, usize, i64)> = Vec::new();
     for (i, module) in model.modules.iter().enumerate() {
         for (j, group) in module.prune_groups().iter().enumerate() {
             let size = group_size(module.as_ref(), group);
             if size > 0 {
-                candidates.push((group_scores[i][j], i, j, size));
+                let score = match by {
+                    GroupScore::Sum => group_scores[i][j],
+                    GroupScore::Mean => group_scores[i][j] / size as f64,
+                };
+                candidates.push((score, i, j, size));
             }
         }
     }

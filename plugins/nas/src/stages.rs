@@ -137,6 +137,7 @@ pub struct PruneStructured;
 #[derive(Deserialize)]
 struct StructuredOptions {
     schedule: String,
+    group_score: prune::GroupScore,
     rounds: usize,
     train_steps: usize,
     lr: f64,
@@ -174,6 +175,13 @@ impl Stage for PruneStructured {
                 OptType::Enum(&["cubic", "geometric"]),
                 "cubic",
                 "how the target falls from round to round",
+            )
+            .opt(
+                "group_score",
+                OptType::Enum(&["sum", "mean"]),
+                "sum",
+                "a group's score: the sum over its parameters, or their mean (the sum over the group's size), \
+                 which does not favour large groups (a feed-forward LoRA component holds 2.5× an attention one)",
             )
             .opt("rounds", OptType::Int, 1, "pruning rounds (1: one-shot)")
             .at_least(1.0)
@@ -219,7 +227,7 @@ impl Stage for PruneStructured {
             ctx.check_cancelled()?;
             let target = schedule_target(&o.schedule, start, budget, r, rounds);
             let scores = score(ctx, &model, &train, info.pad_id, &scoring, &format!("round {r}"))?;
-            let removed = prune::structured(&mut model, &scores, target)?;
+            let removed = prune::structured(&mut model, &scores, target, o.group_score)?;
             let count = model.pet_parameters();
             tracing::info!(round = r, target, parameters = count, removed_groups = removed, "pruned");
             history
