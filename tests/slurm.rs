@@ -427,3 +427,71 @@ stages:
     assert_eq!(run.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("submitted to Slurm"), "the profile wins over the pipeline: {stderr}");
 }
+
+/// A pipeline file may come from someone else: it may not make jobs load code, take
+/// environment or write outside the run folder (`--export=…,LD_PRELOAD=…`, `--output=…`).
+/// The same flags stay open to the person who runs petnas, in a profile or on the command line.
+#[test]
+fn a_pipeline_cannot_pass_sbatch_flags_that_load_code_or_write_outside_the_run() {
+    let s = Scratch::new();
+    s.write(
+        "p.yaml",
+        "name: hostile
+defaults:
+  threads: 1
+  executor:
+    type: slurm
+    sbatch_args: ['--export=ALL,LD_PRELOAD=/tmp/evil.so', --output=/tmp/elsewhere.log, -D/tmp, --constraint=a100]
+stages:
+  data: {use: demo.data, with: {n: 64}}
+",
+    );
+    for command in ["validate", "run"] {
+        let run = s.petnas(&[command, "p.yaml"]);
+        assert_eq!(run.code, 2, "{command}: {}", run.stderr);
+        for message in [
+            "p.yaml:6:19: error: a pipeline file may not pass sbatch `--export`: it sets the job's environment",
+            "p.yaml:6:59: error: a pipeline file may not pass sbatch `--output`: it names a file or folder outside the run folder",
+            "p.yaml:6:88: error: `-D/tmp` is not a long sbatch flag",
+            "pass any other flag with `petnas run --sbatch-arg=…` or in a `--profile` file",
+        ] {
+            assert!(run.stderr.contains(message), "{command}: {message}:\n{}", run.stderr);
+        }
+        assert!(!run.stderr.contains("--constraint`"), "a resource flag is allowed: {}", run.stderr);
+    }
+    assert!(!s.path().join("runs/hostile").exists(), "nothing ran");
+    s.write("trusted.yaml", "executor: {sbatch_args: [--export=ALL, --output=/tmp/x.log]}\n");
+    s.write(
+        "p.yaml",
+        "name: trusted\ndefaults: {threads: 1}\nstages:\n  data: {use: demo.data, with: {n: 64}}\n",
+    );
+    let profiled = s.petnas(&["validate", "p.yaml"]);
+    assert_eq!(profiled.code, 0, "{}", profiled.stderr);
+    let local = s.petnas(&["run", "p.yaml", "--profile", "trusted.yaml", "--executor", "local"]);
+    assert_eq!(local.code, 0, "a profile may pass any flag: {}", local.stderr);
+}
+
+/// sbatch reads `--output` as a pattern: a `%` in the run folder's path must reach it as `%%`,
+/// or every job fails before it starts, with no log.
+#[test]
+fn a_percent_sign_in_the_runs_folder_reaches_sbatch_escaped() {
+    if !slurm_here() {
+        return;
+    }
+    let s = Scratch::new();
+    s.write(
+        "p.yaml",
+        "name: percent\ndefaults: {threads: 1}\nstages:\n  data: {use: demo.data, with: {n: 64}}\n",
+    );
+    let run = s.petnas(&["run", "p.yaml", "--executor", "slurm", "--runs-dir", "runs%j%x"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let stage = s.path().join("runs%j%x/percent/default/data");
+    assert!(stage.join("stage.json").exists(), "the job committed its stage");
+    let logs: Vec<String> = std::fs::read_dir(&stage)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("slurm-") && n.ends_with(".log"))
+        .collect();
+    assert_eq!(logs.len(), 1, "the job's log, beside the stage: {logs:?}");
+}

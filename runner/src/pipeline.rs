@@ -353,7 +353,10 @@ fn parse_defaults(node: &Node, file: &str, errors: &mut Vec<Diagnostic>) -> Defa
                 ),
             )),
             ("resources", _) => defaults.resources = crate::resources::parse(value, file, errors),
-            ("executor", _) => defaults.executor = crate::slurm::parse_executor(value, file, errors),
+            ("executor", _) => {
+                defaults.executor =
+                    crate::slurm::parse_executor(value, file, crate::slurm::Source::Pipeline, errors)
+            }
             _ => errors.push(unknown_key(file, *key_pos, key, "key in `defaults`", DEFAULTS_KEYS)),
         }
     }

@@ -84,7 +84,7 @@ pub fn read_profile(path: &std::path::Path) -> Result<ExecutorDefaults, crate::d
         Value::Map(entries) => {
             for (key, key_pos, value) in entries {
                 match key.as_str() {
-                    "executor" => executor = parse_executor(value, &file, &mut errors),
+                    "executor" => executor = parse_executor(value, &file, Source::Profile, &mut errors),
                     _ => errors.push(crate::diag::unknown_key(
                         &file,
                         *key_pos,
@@ -107,9 +107,88 @@ pub fn read_profile(path: &std::path::Path) -> Result<ExecutorDefaults, crate::d
     }
 }
 
+/// Who wrote an `executor:` mapping: a pipeline file, which may come from someone else, or the
+/// profile of the person who runs the command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Pipeline,
+    Profile,
+}
+
+/// The sbatch flags a pipeline file may set: what a job asks for and where it may run. None
+/// of them names code to load, environment to pass, or a path to read or write; every other
+/// flag belongs on the command line (`--sbatch-arg`) or in a profile.
+const PIPELINE_SBATCH_FLAGS: &[&str] = &[
+    "--account",
+    "--begin",
+    "--comment",
+    "--constraint",
+    "--contiguous",
+    "--cores-per-socket",
+    "--cpus-per-gpu",
+    "--cpus-per-task",
+    "--deadline",
+    "--exclude",
+    "--exclusive",
+    "--gpu-bind",
+    "--gpus",
+    "--gpus-per-node",
+    "--gpus-per-task",
+    "--gres",
+    "--gres-flags",
+    "--hint",
+    "--licenses",
+    "--mem",
+    "--mem-per-cpu",
+    "--mem-per-gpu",
+    "--mincpus",
+    "--nice",
+    "--no-requeue",
+    "--nodelist",
+    "--partition",
+    "--prefer",
+    "--qos",
+    "--requeue",
+    "--reservation",
+    "--signal",
+    "--sockets-per-node",
+    "--threads-per-core",
+    "--time",
+    "--time-min",
+    "--tmp",
+];
+
+/// Why a pipeline file may not pass this sbatch flag, if it may not.
+fn refused_in_pipeline(flag: &str) -> Option<String> {
+    let name = flag.split_once('=').map_or(flag, |(name, _)| name);
+    if !name.starts_with("--") {
+        return Some(format!(
+            "`{flag}` is not a long sbatch flag: a pipeline names sbatch flags as `--flag=value` ({})",
+            "short flags such as `-o` or `-D` are not taken from pipeline files"
+        ));
+    }
+    if PIPELINE_SBATCH_FLAGS.contains(&name) {
+        return None;
+    }
+    let why = match name {
+        "--export" | "--export-file" | "--get-user-env" => {
+            "it sets the job's environment, which can make it load code"
+        }
+        "--output" | "--error" | "--input" | "--chdir" | "--open-mode" => {
+            "it names a file or folder outside the run folder"
+        }
+        "--wrap" | "--container" | "--container-id" | "--bb" | "--bbf" | "--uid" | "--gid" => {
+            "it changes what the job runs or as whom"
+        }
+        _ => "it is not one of the flags a pipeline file may set",
+    };
+    Some(format!("a pipeline file may not pass sbatch `{name}`: {why}"))
+}
+
 pub fn parse_executor(
     node: &crate::yaml::Node,
     file: &str,
+    source: Source,
     errors: &mut Vec<crate::diag::Diagnostic>,
 ) -> ExecutorDefaults {
     use crate::diag::Diagnostic;
@@ -138,10 +217,15 @@ pub fn parse_executor(
             ("max_jobs", Value::Int(n)) if (1..=100_000).contains(n) => out.max_jobs = Some(*n as usize),
             ("max_jobs", _) => errors.push(bad("an integer from 1 to 100000")),
             ("sbatch_args", Value::Seq(items)) if items.iter().all(|i| matches!(i.value, Value::Str(_))) => {
-                out.sbatch_args = items
-                    .iter()
-                    .filter_map(|i| if let Value::Str(s) = &i.value { Some(s.clone()) } else { None })
-                    .collect()
+                for item in items {
+                    let Value::Str(flag) = &item.value else { continue };
+                    match refused_in_pipeline(flag).filter(|_| source == Source::Pipeline) {
+                        Some(why) => errors.push(Diagnostic::at(file, item.pos, why).help(
+                            "a pipeline may set only the flags that ask for resources or placement (--constraint, --gres, --mem, --time … as the README's \"On a Slurm cluster\" lists); pass any other flag with `petnas run --sbatch-arg=…` or in a `--profile` file",
+                        )),
+                        None => out.sbatch_args.push(flag.clone()),
+                    }
+                }
             }
             ("sbatch_args", _) => errors.push(bad("a list of sbatch flags")),
             _ => {
@@ -183,6 +267,24 @@ fn slurm_command(program: &str, args: &[String]) -> Result<std::process::Output>
         .with_context(|| format!("cannot run `{program}`: is Slurm installed and on PATH?"))
 }
 
+/// sbatch reads `--output` as a pattern: `%` starts a replacement (`%j`, the job id) and is
+/// written `%%`, and a backslash anywhere turns every replacement off.
+fn output_pattern(dir: &Path) -> String {
+    format!("{}/slurm-%j.log", dir.display().to_string().replace('%', "%%"))
+}
+
+/// A run folder whose jobs' logs sbatch can name: one without a backslash (see
+/// `output_pattern`).
+pub fn check_run_folder(dir: &Path) -> Result<()> {
+    if dir.display().to_string().contains('\\') {
+        bail!(
+            "the run folder {} has a backslash in its path, which makes sbatch name every job's log `slurm-%j.log` alike; choose a --runs-dir without one",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 fn quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
 }
@@ -218,7 +320,7 @@ impl Slurm {
         let mut args: Vec<String> = vec![
             "--parsable".into(),
             format!("--job-name={name}"),
-            format!("--output={}", dir.join("slurm-%j.log").display()),
+            format!("--output={}", output_pattern(dir)),
         ];
         let options = [
             ("--partition", self.partition.clone()),

@@ -220,6 +220,9 @@ pub(super) fn execute(args: &Args, plugin_dirs: &[PathBuf], registry: &'static R
     // Checked before the run folder is touched: a wrong name must not reset a run's record.
     executor::forced_stages(&pipeline, force)?;
     let dir = absolute(&folders.runs_dir).join(&pipeline.name);
+    if slurm.is_some() {
+        crate::slurm::check_run_folder(&dir)?;
+    }
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("cannot create the run folder {}", dir.display()))?;
     let _lock = crate::run_lock::acquire(&dir)?;
