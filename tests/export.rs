@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use petnas_e2e::{glue_fixtures, registry, tiny_model, Scratch};
-use petnas_sdk::pet_model::PetModel;
+use petnas_kit::pet_model::PetModel;
 use petnas_sdk::Artifact;
 use serde_json::{json, Value};
 use tch::{Device, Tensor};

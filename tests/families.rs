@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use petnas_e2e::{glue_fixtures, registry, workspace, Scratch};
+use petnas_kit::pet_model::PetModel;
 use petnas_sdk::model::{Role, WeightsDtype};
-use petnas_sdk::pet_model::PetModel;
 use petnas_sdk::Artifact;
 use tch::Device;
 

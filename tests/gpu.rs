@@ -5,9 +5,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use petnas_e2e::{glue_fixtures, registry, tiny_model, Scratch};
-use petnas_sdk::data::{Labels, TokenizedSplit};
+use petnas_kit::data::{Labels, TokenizedSplit};
+use petnas_kit::pet_model::PetModel;
 use petnas_sdk::model::WeightsDtype;
-use petnas_sdk::pet_model::PetModel;
 use petnas_sdk::{Artifact, Services};
 use tch::{Device, Kind, Tensor};
 
@@ -86,7 +86,7 @@ fn tensors_made_on_the_gpu_in_one_plugin_are_used_in_another_without_a_copy() {
     }
     let mut batch = mrpc_batch(&model, device);
     batch.labels = Some(Tensor::from_slice(&[1i64, 0, 1]).to_device(device));
-    let mut opt = petnas_sdk::optim::AdamW::new(model.trainable(), 0.0);
+    let mut opt = petnas_kit::optim::AdamW::new(model.trainable(), 0.0);
     let report = opt.train_step(&model, &batch, 1e-3, 1.0, &Default::default(), 7).unwrap();
     assert!(report.loss.is_finite() && report.grad_norm > 0.0, "{report:?}");
     for (name, t) in model.trainable() {

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use petnas_sdk::data::{BatchOptions, Labels, TokenizedSplit};
+use petnas_kit::data::{BatchOptions, Labels, TokenizedSplit};
 use petnas_sdk::{Services, Tool, ToolOutput};
 
 use crate::reader::read_split;

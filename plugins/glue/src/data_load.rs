@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use petnas_kit::data::TRAIN;
+use petnas_kit::metrics::Scoring;
 use petnas_sdk::artifact::kinds;
-use petnas_sdk::data::TRAIN;
-use petnas_sdk::metrics::Scoring;
 use petnas_sdk::{Artifact, Inputs, OptType, OptionSchema, Stage, StageCtx};
 use serde::Deserialize;
 use serde_json::Value;

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
+use petnas_kit::data::{Labels, TokenizedSplit, TRAIN, VALIDATION};
+use petnas_kit::metrics::Scoring;
 use petnas_sdk::artifact::kinds;
-use petnas_sdk::data::{Labels, TokenizedSplit, TRAIN, VALIDATION};
-use petnas_sdk::metrics::Scoring;
 use petnas_sdk::model::TextEncoder;
 use petnas_sdk::{Artifact, Inputs, OptType, OptionSchema, StageCtx};
 use rand::seq::index::sample;

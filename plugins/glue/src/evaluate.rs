@@ -3,10 +3,10 @@
 use std::io::Write;
 
 use anyhow::{bail, Context, Result};
+use petnas_kit::data::{DatasetInfo, TokenizedSplit};
+use petnas_kit::metrics::Values;
+use petnas_kit::pet_model::{evaluate, PetModel};
 use petnas_sdk::artifact::kinds;
-use petnas_sdk::data::{DatasetInfo, TokenizedSplit};
-use petnas_sdk::metrics::Values;
-use petnas_sdk::pet_model::{evaluate, PetModel};
 use petnas_sdk::{Artifact, Inputs, OptType, OptionSchema, Stage, StageCtx};
 use serde::Deserialize;
 use serde_json::{json, Value};

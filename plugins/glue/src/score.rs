@@ -9,7 +9,7 @@ use petnas_sdk::{Services, Tool, ToolOutput};
 
 use crate::reader::{read_split, Label};
 use crate::tasks::{Task, NAMES};
-use petnas_sdk::metrics::{score, Values};
+use petnas_kit::metrics::{score, Values};
 
 #[derive(Parser)]
 #[command(

@@ -1,7 +1,7 @@
 //! The GLUE tasks: where their files are, which columns hold the text and the label, their
 //! label names and official metrics.
 
-pub use petnas_sdk::metrics::Scoring;
+pub use petnas_kit::metrics::Scoring;
 
 /// Columns of a file with a header, by header name.
 #[derive(Debug, Clone, Copy)]

@@ -1,8 +1,9 @@
 //! Pruning through the model contract: whole prune groups (structured, physically cut) and
 //! single entries (unstructured, masks), lowest scores first.
 use anyhow::Result;
+use petnas_kit::optim::Cuts;
+use petnas_kit::pet_model::PetModel;
 use petnas_sdk::model::{PetModule, PruneGroup};
-use petnas_sdk::pet_model::PetModel;
 use serde::Deserialize;
 use tch::{Kind, Tensor};
 
@@ -32,11 +33,18 @@ pub enum GroupScore {
     Mean,
 }
 
+/// What a structured cut did: how many groups it removed, and how it shrank each trainable
+/// tensor it cut along a dimension (the indices kept), for the optimizer to follow.
+pub struct Cut {
+    pub removed: usize,
+    pub cuts: Cuts,
+}
+
 /// Removes the lowest-scoring groups until at most `target` PET parameters remain (so the
-/// target is met to within one group); modules left empty are detached. Returns how many
-/// groups were removed.
-pub fn structured(model: &mut PetModel, scores: &Scores, target: i64, by: GroupScore) -> Result<usize> {
+/// target is met to within one group); modules left empty are detached.
+pub fn structured(model: &mut PetModel, scores: &Scores, target: i64, by: GroupScore) -> Result<Cut> {
     let group_scores = scores.group_scores(model);
+    let model_keys = model.module_keys();
     let mut candidates: Vec<(f64, usize, usize, i64)> = Vec::new();
     for (i, module) in model.modules.iter().enumerate() {
         for (j, group) in module.prune_groups().iter().enumerate() {
@@ -64,17 +72,24 @@ pub fn structured(model: &mut PetModel, scores: &Scores, target: i64, by: GroupS
         n += 1;
     }
     let mut emptied = Vec::new();
-    for (i, module) in model.modules.iter_mut().enumerate() {
+    let mut cuts = Cuts::new();
+    for ((i, module), key) in model.modules.iter_mut().enumerate().zip(model_keys) {
         if removed[i].is_empty() {
             continue;
         }
-        let keep: Vec<usize> = (0..module.prune_groups().len()).filter(|j| !removed[i].contains(j)).collect();
+        let groups = module.prune_groups();
+        let keep: Vec<usize> = (0..groups.len()).filter(|j| !removed[i].contains(j)).collect();
+        for member in keep.iter().flat_map(|&j| &groups[j].members) {
+            if let Some((dim, index)) = member.slice {
+                cuts.entry(format!("pet.{key}:{}", member.param)).or_insert((dim, Vec::new())).1.push(index);
+            }
+        }
         if !module.keep_groups(&keep)? {
             emptied.push(i);
         }
     }
     model.detach(&emptied);
-    Ok(n)
+    Ok(Cut { removed: n, cuts })
 }
 
 /// Masks all but the `budget` highest-scoring live entries, exactly.

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{anyhow, Result};
+use petnas_kit::pet_model::PetModel;
 use petnas_sdk::artifact::kinds;
 use petnas_sdk::model::{live_parameters, Role, Site};
-use petnas_sdk::pet_model::PetModel;
 use petnas_sdk::{Artifact, Inputs, OptType, OptionSchema, Stage, StageCtx};
 use plotters::prelude::*;
 use serde_json::{json, Value};

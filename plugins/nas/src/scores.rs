@@ -6,10 +6,10 @@
 //! `movement` (Sanh et al., 2020): −Σ θ·∂L/∂θ, signed — parameters moving away from zero
 //! score high.
 use anyhow::{bail, Result};
-use petnas_sdk::data::{BatchOptions, TokenizedSplit};
+use petnas_kit::data::{BatchOptions, TokenizedSplit};
+use petnas_kit::optim::task_loss;
+use petnas_kit::pet_model::PetModel;
 use petnas_sdk::init::derive_seed;
-use petnas_sdk::optim::task_loss;
-use petnas_sdk::pet_model::PetModel;
 use petnas_sdk::StageCtx;
 use serde::Deserialize;
 use tch::{Kind, Tensor};

@@ -2,11 +2,11 @@
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Context, Result};
+use petnas_kit::data::{BatchOptions, DatasetInfo, TokenizedSplit};
+use petnas_kit::optim::AdamW;
+use petnas_kit::pet_model::PetModel;
 use petnas_sdk::artifact::kinds;
-use petnas_sdk::data::{BatchOptions, DatasetInfo, TokenizedSplit};
 use petnas_sdk::init::derive_seed;
-use petnas_sdk::optim::AdamW;
-use petnas_sdk::pet_model::PetModel;
 use petnas_sdk::{Artifact, Inputs, OptType, OptionSchema, Stage, StageCtx};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -39,7 +39,7 @@ fn score_options(schema: OptionSchema) -> OptionSchema {
         .below(1.0)
 }
 
-fn budget_options(schema: OptionSchema) -> OptionSchema {
+pub fn budget_options(schema: OptionSchema) -> OptionSchema {
     schema
         .opt("budget", OptType::Int, Value::Null, "PET parameters to keep (the task head is not counted)")
         .at_least(0.0)
@@ -55,14 +55,14 @@ fn budget_options(schema: OptionSchema) -> OptionSchema {
 }
 
 #[derive(Deserialize)]
-struct Budget {
+pub struct Budget {
     budget: Option<i64>,
     budget_percent: Option<f64>,
 }
 
 impl Budget {
     /// Parameters to keep; the schema saw to it that exactly one of the two is set.
-    fn resolve(&self, plm: i64) -> i64 {
+    pub fn resolve(&self, plm: i64) -> i64 {
         match (self.budget, self.budget_percent) {
             (Some(b), _) => b,
             (None, p) => (plm as f64 * p.unwrap_or(0.0) / 100.0).round() as i64,
@@ -227,7 +227,7 @@ impl Stage for PruneStructured {
             ctx.check_cancelled()?;
             let target = schedule_target(&o.schedule, start, budget, r, rounds);
             let scores = score(ctx, &model, &train, info.pad_id, &scoring, &format!("round {r}"))?;
-            let removed = prune::structured(&mut model, &scores, target, o.group_score)?;
+            let removed = prune::structured(&mut model, &scores, target, o.group_score)?.removed;
             let count = model.pet_parameters();
             tracing::info!(round = r, target, parameters = count, removed_groups = removed, "pruned");
             history

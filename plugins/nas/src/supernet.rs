@@ -1,8 +1,8 @@
 //! `nas.build_supernet`: every listed PET type at its largest, on every site it matches.
 use anyhow::Result;
+use petnas_kit::pet_model::PetModel;
 use petnas_sdk::artifact::kinds;
 use petnas_sdk::model::live_parameters;
-use petnas_sdk::pet_model::PetModel;
 use petnas_sdk::{Artifact, Inputs, OptType, OptionSchema, Stage, StageCtx};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -51,7 +51,7 @@ impl Stage for BuildSupernet {
     }
     fn check(&self, options: &Value, inputs: &[Value], services: &dyn petnas_sdk::Services) -> Result<Value> {
         let o: SupernetOptions = serde_json::from_value(options.clone())?;
-        petnas_sdk::pet_model::check_pets(&o.pets, inputs, services)
+        petnas_kit::pet_model::check_pets(&o.pets, inputs, services)
     }
     fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
         let o: SupernetOptions = ctx.options()?;

@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use petnas_kit::data::{DatasetInfo, TokenizedSplit};
+use petnas_kit::pet_model::PetModel;
 use petnas_sdk::artifact::kinds;
-use petnas_sdk::data::{DatasetInfo, TokenizedSplit};
-use petnas_sdk::pet_model::PetModel;
 use petnas_sdk::{Artifact, Inputs, OptType, OptionSchema, Stage, StageCtx};
 use serde::Deserialize;
 use serde_json::{json, Value};

@@ -1,8 +1,8 @@
 //! PET modules on a model: `pet.attach` puts modules of any registered PET type on the sites
 //! their targets match; `pet.export` writes a trained model for others (Hugging Face, PEFT).
 use anyhow::Result;
+use petnas_kit::pet_model::PetModel;
 use petnas_sdk::artifact::kinds;
-use petnas_sdk::pet_model::PetModel;
 use petnas_sdk::{Artifact, Inputs, OptType, OptionSchema, Registrar, Stage, StageCtx};
 use serde::Deserialize;
 use serde_json::Value;
@@ -45,7 +45,7 @@ impl Stage for Attach {
     }
     fn check(&self, options: &Value, inputs: &[Value], services: &dyn petnas_sdk::Services) -> Result<Value> {
         let o: AttachOptions = serde_json::from_value(options.clone())?;
-        petnas_sdk::pet_model::check_pets(&o.pets, inputs, services)
+        petnas_kit::pet_model::check_pets(&o.pets, inputs, services)
     }
     fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
         let o: AttachOptions = ctx.options()?;

@@ -5,11 +5,11 @@
 use std::sync::Arc;
 
 use anyhow::Result;
+use petnas_kit::recompute;
 use petnas_sdk::model::{
     Backbone, BackboneInfo, Batch, Dropout, HeadActivation, HeadDense, HeadSpec, HeadToken, HfNames, Role,
     Site, SiteHooks, SiteKind, TextEncoder,
 };
-use petnas_sdk::recompute;
 use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
 

@@ -9,11 +9,11 @@
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
+use petnas_kit::recompute;
 use petnas_sdk::model::{
     head_token, Backbone, BackboneInfo, Batch, Dropout, HeadSpec, HeadToken, HfNames, Role, Site, SiteHooks,
     SiteKind, TextEncoder,
 };
-use petnas_sdk::recompute;
 use serde::Deserialize;
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};

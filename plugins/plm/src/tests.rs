@@ -3,7 +3,7 @@
 //! (on a tiny random BERT written here).
 use std::path::{Path, PathBuf};
 
-use petnas_sdk::data::{Labels, TokenizedSplit};
+use petnas_kit::data::{Labels, TokenizedSplit};
 use petnas_sdk::model::{BackboneLoader, Dropout, NoHooks, Rates, WeightsDtype};
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
@@ -262,10 +262,10 @@ fn a_training_dropout_of_zero_switches_off_the_heads_dropout_too() {
     let backbone =
         HfLoader.load(&workspace().join(crate::DEFAULT_MODEL), Device::Cpu, WeightsDtype::Auto).unwrap();
     let batch = rte_batch(backbone.as_ref(), 64);
-    let mut model = petnas_sdk::pet_model::PetModel::new(backbone, "hf");
+    let mut model = petnas_kit::pet_model::PetModel::new(backbone, "hf");
     model.ensure_head(1, true, 3).unwrap();
     let logits =
-        |model: &petnas_sdk::pet_model::PetModel, seed| tch::no_grad(|| model.logits(&batch, seed)).unwrap();
+        |model: &petnas_kit::pet_model::PetModel, seed| tch::no_grad(|| model.logits(&batch, seed)).unwrap();
     let evaluation = logits(&model, None);
     // The checkpoint's rates (classifier dropout 0.1 included) change the logits…
     assert!((logits(&model, Some(5)) - &evaluation).abs().max().double_value(&[]) > 1e-4);

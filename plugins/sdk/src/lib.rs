@@ -8,18 +8,12 @@
 //! that is what the fingerprint pins.
 
 pub mod artifact;
-pub mod autocast;
-pub mod data;
 pub mod dropout;
 pub mod init;
-pub mod metrics;
 pub mod model;
-pub mod optim;
 pub mod options;
 pub mod params;
-pub mod pet_model;
 pub mod plugin;
-pub mod recompute;
 pub mod services;
 pub mod stage;
 pub mod tool;

@@ -270,7 +270,7 @@ pub trait Backbone: Send + Sync {
         let hidden = self.forward(batch, hooks, dropout)?;
         crate::caught("the head token", || Ok(head_token(&hidden, &batch.attention_mask, self.head().token)))
     }
-    /// A training pass with activation checkpointing ([`crate::recompute`]): back-propagates
+    /// A training pass with activation checkpointing (petnas-kit's `recompute`): back-propagates
     /// `loss` of the head token's last hidden state `[batch, hidden]`, keeping one hidden
     /// state per layer, and returns the loss. `dropout` is replayable.
     fn backward_recomputing(

@@ -9,15 +9,15 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
-use crate::artifact::{kinds, Artifact};
 use crate::data::{BatchOptions, Labels, TokenizedSplit};
-use crate::init;
 use crate::metrics::{score, Scoring, Values};
-use crate::model::{
+use petnas_sdk::artifact::{kinds, Artifact};
+use petnas_sdk::init;
+use petnas_sdk::model::{
     live_parameters, site_matches, Backbone, Batch, Dropout, HeadActivation, HeadSpec, PetModule, PetType,
     Rates, Site, SiteHooks, WeightsDtype,
 };
-use crate::services::Services;
+use petnas_sdk::services::Services;
 
 /// A sequence-classification (or regression) head as the backbone's family builds it
 /// ([`HeadSpec`]): the hidden state of the token it reads, an optional dense layer (a
@@ -373,7 +373,7 @@ impl PetModel {
             Some(seed) => Dropout::training(self.training_rates(), seed),
         };
         let token = self.backbone.forward_head_token(batch, self, &dropout)?;
-        crate::caught("the task head", || Ok(head.forward(token, &dropout)))
+        petnas_sdk::caught("the task head", || Ok(head.forward(token, &dropout)))
     }
 
     /// A training pass with activation checkpointing: back-propagates `loss` of the logits
@@ -388,7 +388,7 @@ impl PetModel {
         let dropout = Dropout::replayable(self.training_rates(), dropout_seed);
         let head_loss = |token: &Tensor| {
             let logits =
-                crate::caught("the task head", || Ok(head.forward(token.shallow_clone(), &dropout)))?;
+                petnas_sdk::caught("the task head", || Ok(head.forward(token.shallow_clone(), &dropout)))?;
             loss(&logits)
         };
         self.backbone.backward_recomputing(batch, self, &dropout, &head_loss)
@@ -538,7 +538,7 @@ pub fn check_pets(pets: &[Value], inputs: &[Value], services: &dyn Services) -> 
     }
     let plm = model.backbone.info().parameters;
     let mut description = input.clone();
-    description[crate::stage::PLAN_KEY] = json!(format!(
+    description[petnas_sdk::stage::PLAN_KEY] = json!(format!(
         "{total} PET parameters ({:.3}% of the model's {plm}): {}",
         100.0 * total as f64 / plm.max(1) as f64,
         counts.join(", ")

@@ -5,15 +5,175 @@ use std::time::Instant;
 use std::io::Write;
 
 use anyhow::{bail, Context, Result};
-use petnas_sdk::data::{BatchOptions, DatasetInfo, TokenizedSplit};
-use petnas_sdk::pet_model::{evaluate, PetModel};
-use petnas_sdk::StageCtx;
+use petnas_sdk::artifact::kinds;
+use petnas_sdk::init::derive_seed;
+use petnas_sdk::{Inputs, OptType, OptionSchema, StageCtx};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 use tch::Tensor;
 
-use crate::checkpoint::{self, LoopState};
-use petnas_sdk::optim::{learning_rate, AdamW, NonFinite};
+use crate::data::{BatchOptions, DatasetInfo, TokenizedSplit};
+use crate::pet_model::{evaluate, PetModel};
+
+use crate::fit_checkpoint::{self as checkpoint, LoopState};
+use crate::optim::{learning_rate, AdamW, NonFinite};
+
+/// Limits that keep a typo from asking for unbounded work.
+const MAX_EPOCHS: f64 = 10_000.0;
+const MAX_BATCH_SIZE: f64 = 65_536.0;
+const MAX_TOKENS: f64 = 65_536.0;
+
+/// The options of a fit, declared once for every stage that trains (train.fit, the search's
+/// nas.prune_while_training); [`FitOptions`] is what they read.
+pub fn options() -> OptionSchema {
+    OptionSchema::new()
+        .opt("epochs", OptType::Float, 3.0, "passes over the training split")
+        .above(0.0)
+        .at_most(MAX_EPOCHS)
+        .peer_name("num_train_epochs")
+        .opt("max_steps", OptType::Int, Value::Null, "optimizer steps instead of epochs")
+        .at_least(1.0)
+        .opt("batch_size", OptType::Int, 32, "examples per step")
+        .at_least(1.0)
+        .at_most(MAX_BATCH_SIZE)
+        .peer_name("per_device_train_batch_size")
+        .opt("lr", OptType::Float, 1e-3, "peak learning rate (0 trains nothing, to check a regression test)")
+        .at_least(0.0)
+        .peer_name("learning_rate")
+        .opt("weight_decay", OptType::Float, 0.0, "AdamW weight decay (not on biases, LayerNorm, deltas)")
+        .at_least(0.0)
+        .opt(
+            "warmup_ratio",
+            OptType::Float,
+            0.06,
+            "share of the steps with linear warm-up; then linear decay to 0",
+        )
+        .at_least(0.0)
+        .below(1.0)
+        .opt("max_grad_norm", OptType::Float, 1.0, "gradient clipping by global norm (0: off)")
+        .at_least(0.0)
+        .opt(
+            "eval_every",
+            OptType::Int,
+            0,
+            "evaluate every N steps (0: each epoch), on the validation split held out of train when the dataset has one, else on dev",
+        )
+        .at_least(0.0)
+        .peer_name("eval_steps")
+        .opt(
+            "early_stopping_patience",
+            OptType::Int,
+            Value::Null,
+            "stop after N evaluations without improvement",
+        )
+        .at_least(0.0)
+        .opt(
+            "keep_best",
+            OptType::Bool,
+            true,
+            "keep the parameters of the best evaluation, not the last (select on a held-out validation split, glue.load's `validation_fraction`, to report dev unpeeked)",
+        )
+        .peer_name("load_best_model_at_end")
+        .opt(
+            "shuffle",
+            OptType::Bool,
+            true,
+            "draw a new order of the training split each epoch (false: the file's order, to replay another tool's run)",
+        )
+        .opt("bucket_by_length", OptType::Bool, false, "batch examples of similar length together")
+        .opt(
+            "reinit",
+            OptType::Bool,
+            false,
+            "re-initialise the PET parameters first (architecture and masks kept)",
+        )
+        .opt(
+            "skip_nonfinite",
+            OptType::Bool,
+            false,
+            "skip steps with a non-finite loss or gradient instead of failing",
+        )
+        .opt(
+            "checkpoint_every",
+            OptType::Int,
+            200,
+            "steps between checkpoints for resuming (0: at evaluations only)",
+        )
+        .at_least(0.0)
+        .peer_name("save_steps")
+        .opt(
+            "pad_to",
+            OptType::Int,
+            Value::Null,
+            "pad every training batch to this many tokens (default: its longest)",
+        )
+        .at_least(1.0)
+        .at_most(MAX_TOKENS)
+        .opt(
+            "dropout",
+            OptType::Float,
+            Value::Null,
+            "hidden, attention and classifier dropout while training (default: the checkpoint's)",
+        )
+        .at_least(0.0)
+        .below(1.0)
+        .opt(
+            "bf16",
+            OptType::Bool,
+            Value::Null,
+            "bf16 autocast while training (mixed precision, as transformers' `bf16=True`; parameters and optimizer state stay fp32); default: the pipeline's `dtype`",
+        )
+        .opt(
+            "gradient_checkpointing",
+            OptType::Bool,
+            false,
+            "activation checkpointing: keep one hidden state per layer and recompute each layer's activations in the backward pass (the same gradients for less memory, at the cost of a second forward pass through the layers)",
+        )
+}
+
+/// The checks of a fit's options that need its inputs: `pad_to` within the model's positions.
+pub fn check(options: &Value, inputs: &[Value]) -> Result<()> {
+    let o: FitOptions = serde_json::from_value(options.clone())?;
+    let max_tokens = inputs.iter().find_map(|i| i["dataset"]["max_tokens"].as_i64());
+    if let (Some(pad_to), Some(max)) = (o.pad_to, max_tokens) {
+        anyhow::ensure!(
+            pad_to as i64 <= max,
+            "`pad_to` {pad_to} is more than the model's {max} positions; at most {max}"
+        );
+    }
+    Ok(())
+}
+
+/// What a fit starts from: the model (copied, with its task head and the fit's dropout,
+/// re-initialised if asked), the dataset's description, and its training and selection
+/// splits.
+pub struct Prepared {
+    pub model: PetModel,
+    pub info: DatasetInfo,
+    pub train: TokenizedSplit,
+    pub selection: Option<(String, TokenizedSplit)>,
+}
+
+pub fn prepare(ctx: &StageCtx, inputs: &Inputs, o: &FitOptions) -> Result<Prepared> {
+    let data = inputs.one(kinds::DATASET)?;
+    let info = DatasetInfo::from_artifact(data)?;
+    let mut model = PetModel::load(inputs.one(kinds::MODEL)?, ctx.services(), ctx.device, true)?;
+    model.ensure_head(info.num_labels(), info.regression, derive_seed(ctx.seed, "head"))?;
+    if let Some(p) = o.dropout {
+        model.training_dropout = Some(p);
+    }
+    if o.reinit {
+        for (i, module) in model.modules.iter_mut().enumerate() {
+            module.reinitialize(derive_seed(ctx.seed, &format!("reinit {i}")))?;
+        }
+    }
+    let train = TokenizedSplit::from_artifact(data, "train")?;
+    let selection = match info.selection_split() {
+        Some(name) => Some((name.to_string(), TokenizedSplit::from_artifact(data, name)?)),
+        None => None,
+    };
+    Ok(Prepared { model, info, train, selection })
+}
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct FitOptions {
@@ -36,6 +196,18 @@ pub struct FitOptions {
     pub dropout: Option<f64>,
     pub bf16: Option<bool>,
     pub gradient_checkpointing: bool,
+}
+
+/// What a stage does between the steps of a fit: the search prunes the model while it
+/// trains (nas.prune_while_training); plain training has no hook.
+pub trait FitHook {
+    /// After each optimizer step, its gradients still in place. Returns whether it changed
+    /// the model's PET modules (cut or masked them), after which it has moved the optimizer
+    /// onto the new parameters ([`AdamW::follow`]) and the fit re-reads the masks.
+    fn after_step(&mut self, model: &mut PetModel, opt: &mut AdamW, step: i64, total: i64) -> Result<bool>;
+    /// Tensors kept in each checkpoint and given back to [`FitHook::restore`] on resume.
+    fn state(&self) -> Vec<(String, Tensor)>;
+    fn restore(&mut self, tensors: Vec<(String, Tensor)>) -> Result<()>;
 }
 
 /// What the fit reports into the model artifact.
@@ -74,6 +246,7 @@ pub fn fit(
     info: &DatasetInfo,
     train: &TokenizedSplit,
     dev: Option<(&str, TokenizedSplit)>,
+    mut hook: Option<&mut dyn FitHook>,
 ) -> Result<FitReport> {
     if train.is_empty() {
         bail!("the training split is empty");
@@ -84,14 +257,25 @@ pub fn fit(
         None => ((o.epochs * steps_per_epoch as f64).ceil() as i64).max(1),
     };
     let warmup = (o.warmup_ratio * total as f64).round() as i64;
-    let masks: BTreeMap<String, Tensor> = model.masks().into_iter().collect();
+    let ckpt_dir = ctx.checkpoint_dir()?.to_path_buf();
+    // A hook may have changed the model: its checkpoint holds the model as it was then.
+    if hook.is_some() {
+        if let Some(saved) = checkpoint::saved_model(&ckpt_dir, ctx.device)? {
+            let dropout = model.training_dropout;
+            *model = PetModel::load(&saved, ctx.services(), ctx.device, true)?;
+            model.training_dropout = dropout;
+        }
+    }
+    let mut masks: BTreeMap<String, Tensor> = model.masks().into_iter().collect();
     let mut opt = AdamW::new(model.trainable(), o.weight_decay);
     opt.bf16 = o.bf16.unwrap_or(ctx.dtype == tch::Kind::BFloat16);
     opt.recompute = o.gradient_checkpointing;
-    let ckpt_dir = ctx.checkpoint_dir()?.to_path_buf();
     let (mut state, mut best) = match checkpoint::load(&ckpt_dir, &mut opt)? {
-        Some((state, best)) => {
+        Some((state, best, hook_state)) => {
             tracing::info!(step = state.step, "resuming from a checkpoint");
+            if let Some(hook) = hook.as_deref_mut() {
+                hook.restore(hook_state)?;
+            }
             (state, best)
         }
         None => (LoopState::default(), Vec::new()),
@@ -169,6 +353,14 @@ pub fn fit(
         }
         state.step += 1;
         state.examples_seen += rows.len() as i64;
+        if let Some(hook) = hook.as_deref_mut() {
+            if hook.after_step(model, &mut opt, state.step, total)? {
+                masks = model.masks().into_iter().collect();
+                // The best parameters so far belong to a model that is no more.
+                best.clear();
+                (state.best_metric, state.best_step) = (None, None);
+            }
+        }
         let at_eval = state.step % eval_every == 0 || state.step == total;
         if at_eval {
             let eval_started = Instant::now();
@@ -213,7 +405,8 @@ pub fn fit(
         let checkpoint_now = (o.checkpoint_every > 0 && state.step % o.checkpoint_every == 0) || at_eval;
         if checkpoint_now && state.step < total && !stop_early {
             step_log.flush().with_context(|| format!("cannot write {}", log_path.display()))?;
-            checkpoint::save(&ckpt_dir, &opt, &best, &state, &log_path)?;
+            let hooked = hook.as_deref().map(|h| (model.to_artifact(), h.state()));
+            checkpoint::save(&ckpt_dir, &opt, &best, &state, &log_path, hooked.as_ref())?;
         }
         if stop_early {
             tracing::info!(

@@ -1,19 +1,22 @@
-//! Checkpoints of a running fit, so that an interrupted `train.fit` resumes where it was:
-//! parameters, optimizer state, the best parameters so far, and the loop's counters.
+//! Checkpoints of a running fit, so that an interrupted fit resumes where it was:
+//! parameters, optimizer state, the best parameters so far, and the loop's counters; with a
+//! hook ([`crate::fit::FitHook`]), the model as the hook left it and the hook's tensors.
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use petnas_sdk::artifact::{last_checkpoint, save_checkpoint};
-use petnas_sdk::optim::AdamW;
+use crate::optim::AdamW;
+use petnas_sdk::artifact::{last_checkpoint, save_checkpoint, Artifact};
 
 // The per-step log is kept in each checkpoint, so that a resumed fit's log runs on unbroken.
 use crate::fit::STEP_LOG;
 
 const TENSORS: &str = "checkpoint.safetensors";
 const STATE: &str = "checkpoint.json";
+/// The model a hook changed, as an artifact folder inside the checkpoint.
+const MODEL: &str = "model";
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LoopState {
@@ -49,6 +52,7 @@ pub fn save(
     best: &[(String, Tensor)],
     state: &LoopState,
     step_log: &Path,
+    hooked: Option<&(Artifact, Vec<(String, Tensor)>)>,
 ) -> Result<()> {
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
     for ((name, p, _), (m, v)) in opt.params.iter().zip(opt.m.iter().zip(&opt.v)) {
@@ -59,6 +63,11 @@ pub fn save(
     for (name, t) in best {
         tensors.push((format!("best.{name}"), t.to_device(tch::Device::Cpu)));
     }
+    if let Some((_, hook_state)) = hooked {
+        for (name, t) in hook_state {
+            tensors.push((format!("hook.{name}"), t.to_device(tch::Device::Cpu)));
+        }
+    }
     let mut full = serde_json::to_value(state)?;
     full["optimizer_steps"] = opt.steps.into();
     save_checkpoint(dir, |folder| {
@@ -68,6 +77,11 @@ pub fn save(
         if step_log.exists() {
             std::fs::copy(step_log, folder.join(STEP_LOG))
                 .with_context(|| format!("cannot copy {} into the checkpoint", step_log.display()))?;
+        }
+        if let Some((model, _)) = hooked {
+            let dir = folder.join(MODEL);
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            model.save(&dir)?;
         }
         let path = folder.join(STATE);
         std::fs::write(&path, serde_json::to_vec(&full)?)
@@ -80,12 +94,20 @@ pub fn exists(dir: &Path) -> bool {
     last_checkpoint(dir, |d| d.join(TENSORS).exists() && d.join(STATE).exists()).is_some()
 }
 
-/// Parameters by name (the best ones so far).
+/// The model a hook had changed when the last complete checkpoint was saved, if any.
+pub fn saved_model(dir: &Path, device: tch::Device) -> Result<Option<Artifact>> {
+    match last_checkpoint(dir, |d| d.join(TENSORS).exists() && d.join(STATE).exists()) {
+        Some(found) if found.join(MODEL).is_dir() => Ok(Some(Artifact::read(&found.join(MODEL), device)?)),
+        _ => Ok(None),
+    }
+}
+
+/// Parameters by name (the best ones so far, a hook's state).
 pub type NamedTensors = Vec<(String, Tensor)>;
 
-/// Loads a checkpoint into the optimizer's parameters and state; returns the loop state and
-/// the best parameters, or `None` when there is no usable checkpoint.
-pub fn load(dir: &Path, opt: &mut AdamW) -> Result<Option<(LoopState, NamedTensors)>> {
+/// Loads a checkpoint into the optimizer's parameters and state; returns the loop state, the
+/// best parameters and the hook's tensors, or `None` when there is no usable checkpoint.
+pub fn load(dir: &Path, opt: &mut AdamW) -> Result<Option<(LoopState, NamedTensors, NamedTensors)>> {
     let Some(dir) = last_checkpoint(dir, |d| d.join(TENSORS).exists() && d.join(STATE).exists()) else {
         return Ok(None);
     };
@@ -121,7 +143,11 @@ pub fn load(dir: &Path, opt: &mut AdamW) -> Result<Option<(LoopState, NamedTenso
             best.push((name.clone(), t));
         }
     }
-    Ok(Some((state, best)))
+    let hook = saved
+        .iter()
+        .filter_map(|(n, t)| n.strip_prefix("hook.").map(|n| (n.to_string(), t.shallow_clone())))
+        .collect();
+    Ok(Some((state, best, hook)))
 }
 
 #[cfg(test)]
@@ -150,9 +176,10 @@ mod tests {
             &best,
             &LoopState { step: 3, ..LoopState::default() },
             Path::new("no step log"),
+            None,
         )
         .unwrap();
-        let (state, loaded) = load(dir.path(), &mut opt).unwrap().expect("a checkpoint");
+        let (state, loaded, _) = load(dir.path(), &mut opt).unwrap().expect("a checkpoint");
         assert_eq!(state.step, 3);
         let loaded: Vec<(&str, f32)> =
             loaded.iter().map(|(n, t)| (n.as_str(), t.double_value(&[0]) as f32)).collect();
@@ -171,7 +198,7 @@ mod tests {
             tch::no_grad(|| {
                 let _ = opt.params[0].1.f_fill_(step as f64);
             });
-            save(&dir, opt, &[], &LoopState { step, ..LoopState::default() }, Path::new("no step log"))
+            save(&dir, opt, &[], &LoopState { step, ..LoopState::default() }, Path::new("no step log"), None)
                 .unwrap();
         };
         at(4, &mut opt);
@@ -184,7 +211,7 @@ mod tests {
             if killed_between_renames {
                 std::fs::rename(&dir, dir.with_extension("previous")).unwrap();
             }
-            let (state, _) = load(&dir, &mut opt).unwrap().expect("a checkpoint");
+            let (state, _, _) = load(&dir, &mut opt).unwrap().expect("a checkpoint");
             assert_eq!(state.step, 8);
             assert_eq!(opt.params[0].1.double_value(&[0]), 8.0, "the tensors of the state's step");
         }

@@ -6,9 +6,9 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use tch::{Device, Kind, Tensor};
 
-use crate::artifact::Artifact;
 use crate::metrics::Scoring;
-use crate::model::{Batch, Encoding};
+use petnas_sdk::artifact::Artifact;
+use petnas_sdk::model::{Batch, Encoding};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Labels {

@@ -12,7 +12,7 @@
 use anyhow::Result;
 use tch::{Kind, Tensor};
 
-use crate::dropout::Dropout;
+use petnas_sdk::dropout::Dropout;
 
 /// What a family's stack of layers is, for one pass: the first layer's input (with its graph
 /// back to the embeddings), the tensors every layer reads besides (DeBERTa's relative

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use tch::{Kind, Tensor};
 
-use crate::model::Batch;
 use crate::pet_model::PetModel;
+use petnas_sdk::model::Batch;
 
 pub struct AdamW {
     pub beta1: f64,
@@ -24,6 +24,9 @@ pub struct AdamW {
     /// Backward passes that recompute each layer's activations ([`crate::recompute`]).
     pub recompute: bool,
 }
+
+/// How a cut shrank trainable tensors: by name, the dimension cut and the indices kept.
+pub type Cuts = BTreeMap<String, (i64, Vec<i64>)>;
 
 /// A training step whose loss or gradient is not finite (other errors are the model's).
 #[derive(Debug)]
@@ -64,6 +67,42 @@ impl AdamW {
             bf16: false,
             recompute: false,
         }
+    }
+
+    /// Moves the optimizer onto `params`, the model's trainable tensors after a cut: a tensor
+    /// of the same name and shape keeps its moments, one cut along a dimension (`cuts`: the
+    /// indices kept) keeps those of the entries it kept, and any other starts from zero.
+    pub fn follow(&mut self, params: Vec<(String, Tensor)>, cuts: &Cuts) {
+        let old: BTreeMap<String, (Tensor, Tensor)> = self
+            .params
+            .iter()
+            .zip(self.m.iter().zip(&self.v))
+            .map(|((n, _, _), (m, v))| (n.clone(), (m.shallow_clone(), v.shallow_clone())))
+            .collect();
+        let (mut m, mut v) = (Vec::new(), Vec::new());
+        for (name, p) in &params {
+            let kept = old.get(name).and_then(|(om, ov)| {
+                let (om, ov) = match cuts.get(name) {
+                    Some((dim, index)) => {
+                        let index = Tensor::from_slice(index).to_device(om.device());
+                        (om.index_select(*dim, &index), ov.index_select(*dim, &index))
+                    }
+                    None => (om.shallow_clone(), ov.shallow_clone()),
+                };
+                (om.size() == p.size()).then_some((om, ov))
+            });
+            let (pm, pv) = kept.unwrap_or_else(|| (p.zeros_like(), p.zeros_like()));
+            m.push(pm);
+            v.push(pv);
+        }
+        self.params = params
+            .into_iter()
+            .map(|(n, p)| {
+                let decay = decays(&n);
+                (n, p, decay)
+            })
+            .collect();
+        (self.m, self.v) = (m, v);
     }
 
     pub fn zero_grad(&mut self) {
@@ -226,6 +265,34 @@ mod tests {
         for (g, w) in got.iter().zip(want) {
             assert!((f64::from(*g) - w).abs() < 1e-6, "{got:?} vs {want:?}");
         }
+    }
+
+    /// After a cut, an entry kept keeps its moments, a tensor untouched keeps all of its, and
+    /// one whose cut cannot be followed starts from zero.
+    #[test]
+    fn moments_follow_the_entries_a_cut_keeps() {
+        let a = Tensor::from_slice(&[1f32, 2., 3., 4., 5., 6.]).view([3, 2]);
+        let head = Tensor::from_slice(&[7f32]);
+        let mut opt = AdamW::new(
+            vec![("pet.lora@q:A".into(), a.shallow_clone()), ("head.w".into(), head.shallow_clone())],
+            0.0,
+        );
+        opt.m = vec![a.shallow_clone() * 10, head.shallow_clone() * 10];
+        opt.v = vec![a.shallow_clone() * 100, head.shallow_clone() * 100];
+        let kept = a.index_select(0, &Tensor::from_slice(&[0i64, 2]));
+        let cuts = Cuts::from([("pet.lora@q:A".to_string(), (0, vec![0i64, 2]))]);
+        opt.follow(
+            vec![("pet.lora@q:A".into(), kept.shallow_clone()), ("head.w".into(), head.shallow_clone())],
+            &cuts,
+        );
+        let values = |t: &Tensor| Vec::<f32>::try_from(t.flatten(0, -1)).unwrap();
+        assert_eq!(values(&opt.m[0]), [10., 20., 50., 60.]);
+        assert_eq!(values(&opt.v[0]), [100., 200., 500., 600.]);
+        assert_eq!(values(&opt.m[1]), [70.]);
+        let wrong = Cuts::from([("pet.lora@q:A".to_string(), (0, vec![1i64]))]);
+        opt.follow(vec![("pet.lora@q:A".into(), kept.shallow_clone())], &wrong);
+        assert_eq!(values(&opt.m[0]), [0., 0., 0., 0.], "a cut that does not give the new shape");
+        assert_eq!(opt.params.len(), 1, "a tensor gone is gone from the optimizer");
     }
 
     #[test]
