@@ -6,11 +6,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use petnas_e2e::{glue_fixtures, registry, tiny_model, workspace, Scratch};
-use petnas_sdk::data::{DatasetInfo, TokenizedSplit};
+use petnas_kit::data::{DatasetInfo, TokenizedSplit};
+use petnas_kit::optim::task_loss;
+use petnas_kit::pet_model::PetModel;
 use petnas_sdk::init::derive_seed;
 use petnas_sdk::model::{GroupMember, PruneGroup};
-use petnas_sdk::optim::task_loss;
-use petnas_sdk::pet_model::PetModel;
 use petnas_sdk::Artifact;
 use tch::{Device, Kind, Tensor};
 
@@ -363,4 +363,109 @@ fn resumed_pruning_is_uninterrupted_pruning(pipeline: &str) {
         };
         assert!(file(&s) == file(&reference), "{stage} differs from an uninterrupted run");
     }
+}
+
+fn one_run_pipeline(pets: &str, search: &str) -> String {
+    format!(
+        "name: search
+defaults: {{seed: 3, threads: 1}}
+stages:
+  model: {{use: plm.load, with: {{model: '{model}'}}}}
+  data: {{use: glue.load, needs: [model], with: {{task: mrpc, dir: '{glue}', max_len: 32, max_train_examples: 64}}}}
+  supernet: {{use: nas.build_supernet, needs: [model], with: {{pets: {pets}}}}}
+  search: {{use: nas.prune_while_training, needs: [supernet, data], with: {search}}}
+  report: {{use: nas.report, needs: [search]}}
+",
+        model = tiny_model(),
+        glue = glue_fixtures()
+    )
+}
+
+/// The search in one fit: cut on schedule to the budget (S-), or cut to a structured budget
+/// and masked to the budget exactly (U-), for any PET type's prune groups; masked entries
+/// stay zero through the rest of the fit; the cuts are recorded.
+#[test]
+fn a_search_while_training_meets_its_budget_for_any_pet_type() {
+    let s = Scratch::new();
+    let recipe = "epochs: 4, batch_size: 16, lr: 0.005, rounds: 3, prune_start: 0.1, prune_end: 0.6";
+    s.write("p.yaml", &one_run_pipeline(MIXED, &format!("{{budget: 3000, {recipe}}}")));
+    let run = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let supernet = model(&output(&s, "supernet"));
+    let searched = output(&s, "search");
+    let count = model(&searched).pet_parameters();
+    assert!(count <= 3000 && count > 3000 - largest_group(&supernet), "{count} for a budget of 3000");
+    let rounds = searched.meta["notes"]["pruning"].as_array().expect("the cuts' record").clone();
+    let steps: Vec<i64> = rounds.iter().map(|r| r["step"].as_i64().unwrap()).collect();
+    assert_eq!(steps, [4, 7, 10], "cuts evenly spaced from step 2 to step 10 of 16");
+    assert_eq!(searched.meta["training"]["steps"], 16, "the survivors trained to the end");
+    let summary =
+        std::fs::read_to_string(s.stage_dir("search", "default", "report").join("summary.txt")).unwrap();
+    assert!(summary.starts_with(&format!("{count} PET parameters")), "{summary}");
+
+    let u = Scratch::new();
+    u.write(
+        "p.yaml",
+        &one_run_pipeline(MIXED, &format!("{{budget: 1234, structured_budget: 3000, {recipe}}}")),
+    );
+    let run = u.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let searched = output(&u, "search");
+    assert_eq!(model(&searched).pet_parameters(), 1234, "the mask meets the budget exactly");
+    let mut masked = 0;
+    for (name, mask) in searched.tensors.iter().filter(|(n, _)| n.contains(":mask.")) {
+        let param = searched.tensors.get(&name.replace(":mask.", ":")).expect("masked parameter");
+        let outside = (param * (mask.ones_like() - mask)).abs().sum(Kind::Double).double_value(&[]);
+        assert_eq!(outside, 0.0, "{name}: masked entries moved in the steps after the mask");
+        masked += (mask.ones_like() - mask).sum(Kind::Int64).int64_value(&[]);
+    }
+    assert!(masked > 0);
+}
+
+fn search_checkpoint_past_a_cut(s: &Scratch) -> bool {
+    let dir = s.path().join("runs/search/default/.checkpoints");
+    std::fs::read_dir(&dir).is_ok_and(|d| {
+        d.flatten().any(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let state = e.path().join("checkpoint.json");
+            name.starts_with("search-")
+                && !name.ends_with(".tmp")
+                && std::fs::read(&state)
+                    .ok()
+                    .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
+                    .is_some_and(|v| v["step"].as_i64().is_some_and(|step| (20..60).contains(&step)))
+        })
+    })
+}
+
+/// Killed after its first cuts, the search resumes from its checkpoint (the cut model, the
+/// optimizer's moments and the scores gathered since the last cut) and ends as an
+/// uninterrupted run does, byte for byte.
+#[test]
+fn a_search_while_training_resumes_after_a_kill_as_an_uninterrupted_run() {
+    let search = "{budget: 2000, structured_budget: 3000, epochs: 40, batch_size: 16, lr: 0.005, rounds: 6, prune_start: 0.05, prune_end: 0.5, checkpoint_every: 1}";
+    let pipeline = one_run_pipeline(MIXED, search);
+    let s = Scratch::new();
+    s.write("p.yaml", &pipeline);
+    let mut child = s
+        .command(&["run", "p.yaml"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("a checkpoint after the first cuts", || search_checkpoint_past_a_cut(&s));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!s.stage_dir("search", "default", "search").exists(), "killed in the middle of the search");
+    let resumed = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(resumed.code, 0, "{}", resumed.stderr);
+    assert!(resumed.stderr.contains("resuming from a checkpoint"), "{}", resumed.stderr);
+
+    let reference = Scratch::new();
+    reference.write("p.yaml", &pipeline);
+    assert_eq!(reference.petnas(&["run", "p.yaml"]).code, 0);
+    let file = |s: &Scratch| {
+        std::fs::read(s.stage_dir("search", "default", "search").join("outputs.safetensors")).unwrap()
+    };
+    assert!(file(&s) == file(&reference), "the resumed search differs from an uninterrupted one");
 }
