@@ -166,3 +166,53 @@ fn bias_and_ia3_merge_and_adapters_do_not() {
         "adapter model artifact",
     );
 }
+
+/// What `pet.export` writes outside the run folder (`--allow-write`) is part of the stage: a
+/// rerun finds it deleted or overwritten by another run and writes it again, and reuses the
+/// stage only while it is as the stage left it.
+#[test]
+fn an_export_outside_the_run_folder_is_checked_before_the_stage_is_reused() {
+    let s = Scratch::new();
+    let outside = s.path().join("shared-exports");
+    s.write(
+        "p.yaml",
+        &format!(
+            "name: outside
+defaults: {{seed: 2, threads: 1}}
+stages:
+  model: {{use: plm.load, with: {{model: '{}'}}}}
+  data: {{use: glue.load, needs: [model], with: {{task: rte, dir: '{}', max_len: 32, max_train_examples: 32}}}}
+  pets: {{use: pet.attach, needs: [model], with: {{pets: [{{type: lora, targets: [query, value], rank: 2}}]}}}}
+  fit: {{use: train.fit, needs: [pets, data], with: {{epochs: 1, batch_size: 16, lr: 0.01}}}}
+  export: {{use: pet.export, needs: [fit, data], with: {{dir: '{}/lora'}}}}
+",
+            tiny_model(),
+            glue_fixtures(),
+            outside.display()
+        ),
+    );
+    let run = |what: &str| {
+        let run = s.petnas(&["run", "p.yaml", "--allow-write", "shared-exports"]);
+        assert_eq!(run.code, 0, "{what}: {}{}", run.stdout, run.stderr);
+        run
+    };
+    let export_line =
+        |stdout: &str| stdout.lines().find(|l| l.contains(" export ")).unwrap_or("").to_string();
+    let first = run("first run");
+    let config = outside.join("lora/peft/adapter_config.json");
+    let written = std::fs::read(&config).expect("the export, outside the run folder");
+    assert!(export_line(&run("unchanged").stdout).contains("reused"));
+
+    std::fs::remove_dir_all(&outside).unwrap();
+    let again = run("after the export was deleted");
+    assert!(export_line(&again.stdout).contains("done"), "{}", again.stdout);
+    assert!(again.stderr.contains("lora, is gone: computed again"), "{}", again.stderr);
+    assert_eq!(std::fs::read(&config).unwrap(), written, "written again, as before");
+
+    std::fs::write(&config, "{\"written by\": \"another pipeline\"}").unwrap();
+    let again = run("after another run wrote there");
+    assert!(export_line(&again.stdout).contains("done"), "{}", again.stdout);
+    assert!(again.stderr.contains("has changed since: computed again"), "{}", again.stderr);
+    assert_eq!(std::fs::read(&config).unwrap(), written);
+    assert!(export_line(&first.stdout).contains("done"));
+}

@@ -701,7 +701,15 @@ impl Job {
             self.kind.output_kind(),
             artifact.kind
         );
+        let outside = outside_outputs(&self.kind.options(), &self.options, temp)
+            .into_iter()
+            .map(|path| {
+                let hash = store::tree_hash(&path);
+                (path.display().to_string(), hash)
+            })
+            .collect();
         let record = StageRecord {
+            outside,
             key: self.key.clone(),
             kind: self.kind.kind().to_string(),
             options: self.options.clone(),
@@ -722,4 +730,22 @@ impl Job {
         ));
         Ok((Arc::new(artifact), record))
     }
+}
+
+/// The paths a stage's output options name outside its folder (`--allow-write`), resolved
+/// against the folder it ran in.
+fn outside_outputs(
+    schema: &petnas_sdk::OptionSchema,
+    options: &serde_json::Value,
+    dir: &Path,
+) -> Vec<PathBuf> {
+    schema
+        .options
+        .iter()
+        .filter(|spec| spec.ty == petnas_sdk::OptType::OutputPath)
+        .filter_map(|spec| options[spec.name].as_str())
+        .map(Path::new)
+        .filter(|path| path.is_absolute() || path.components().any(|c| c == std::path::Component::ParentDir))
+        .map(|path| petnas_sdk::stage::normalize(&dir.join(path)))
+        .collect()
 }

@@ -51,17 +51,72 @@ pub struct StageRecord {
     pub seed: u64,
     pub started_unix: f64,
     pub seconds: f64,
+    /// What the stage wrote outside the run folder (`--allow-write`): by path, the SHA-256 of
+    /// what was there when it completed. Reuse checks it, so that a folder since deleted or
+    /// overwritten by another run is written again.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outside: BTreeMap<String, String>,
+}
+
+/// The SHA-256 of a file, or of a folder's files by relative path and content in path order;
+/// `missing` where nothing is there.
+pub fn tree_hash(path: &Path) -> String {
+    fn walk(root: &Path, dir: &Path, files: &mut Vec<PathBuf>) {
+        let Ok(entries) = fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => walk(root, &path, files),
+                Ok(t) if t.is_file() => files.push(path.strip_prefix(root).unwrap_or(&path).to_path_buf()),
+                _ => {}
+            }
+        }
+    }
+    let mut hash = Sha256::new();
+    let mut files = Vec::new();
+    match fs::metadata(path) {
+        Ok(m) if m.is_dir() => walk(path, path, &mut files),
+        Ok(m) if m.is_file() => files.push(PathBuf::new()),
+        _ => return "missing".into(),
+    }
+    files.sort();
+    for file in files {
+        hash.update(file.to_string_lossy().as_bytes());
+        hash.update([0]);
+        match fs::File::open(path.join(&file)) {
+            Ok(mut f) => {
+                if std::io::copy(&mut f, &mut hash).is_err() {
+                    return "unreadable".into();
+                }
+            }
+            Err(_) => return "unreadable".into(),
+        }
+        hash.update([0]);
+    }
+    hex(&hash.finalize())
 }
 
 pub fn stage_dir(cell_dir: &Path, stage: &str) -> PathBuf {
     cell_dir.join(stage)
 }
 
-/// The record of a complete stage whose key is `key`, if there is one.
+/// The record of a complete stage whose key is `key`, if there is one and what it wrote
+/// outside the run folder is still there as it wrote it.
 pub fn completed(dir: &Path, key: &str) -> Option<StageRecord> {
     let text = fs::read_to_string(dir.join(STAGE_RECORD)).ok()?;
     let record: StageRecord = serde_json::from_str(&text).ok()?;
-    (record.key == key).then_some(record)
+    if record.key != key {
+        return None;
+    }
+    for (path, hash) in &record.outside {
+        let now = tree_hash(Path::new(path));
+        if &now != hash {
+            let what = if now == "missing" { "is gone" } else { "has changed since" };
+            tracing::warn!(stage = %dir.display(), "its output outside the run folder, {path}, {what}: computed again");
+            return None;
+        }
+    }
+    Some(record)
 }
 
 /// The complete stages in the cell folders of `pipeline_dir` that this run does not compute

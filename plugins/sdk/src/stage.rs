@@ -254,7 +254,7 @@ pub fn resolve_output_path(
 }
 
 /// Removes `.` and `..` lexically (the target may not exist yet).
-fn normalize(path: &Path) -> PathBuf {
+pub fn normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for c in path.components() {
         match c {
