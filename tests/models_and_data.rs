@@ -429,3 +429,94 @@ stages:
         run.stdout
     );
 }
+
+fn own_data(s: &Scratch, with: &str) -> String {
+    format!(
+        "name: own
+defaults: {{threads: 1}}
+stages:
+  model: {{use: plm.load, with: {{model: '{}'}}}}
+  data: {{use: data.load, needs: [model], with: {{{with}, max_len: 16}}}}
+",
+        petnas_e2e::tiny_model()
+    )
+    .replace("DIR", &s.path().display().to_string())
+}
+
+/// A quote never closed in a CSV's last column would swallow every later row into one field
+/// (24 rows read as 5 examples, exit 0): the file is refused, naming the line it opens on.
+#[test]
+fn a_csv_quote_that_is_never_closed_is_an_error_naming_its_line() {
+    let s = Scratch::new();
+    let mut rows = String::from("review,sentiment\n");
+    for i in 0..24 {
+        let review = if i == 4 {
+            format!("\"row {i} is quoted, never closed,positive\n")
+        } else {
+            format!("row {i},positive\n")
+        };
+        rows.push_str(&review.replace(",positive\n", if i % 2 == 0 { ",positive\n" } else { ",negative\n" }));
+    }
+    s.write("train.csv", &rows);
+    s.write("dev.csv", "review,sentiment\nfine,positive\nbad,negative\n");
+    s.write(
+        "p.yaml",
+        &own_data(&s, "train: 'DIR/train.csv', dev: 'DIR/dev.csv', text: review, label: sentiment"),
+    );
+    let run = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("train.csv:6: a quoted field opens here and is never closed")
+            && run.stdout.contains("every line after it (19 of them)"),
+        "{}{}",
+        run.stdout,
+        run.stderr
+    );
+    assert!(!s.stage_dir("own", "default", "data").exists(), "no dataset from a file read wrong");
+
+    // A field that does close, many lines later, is read, and reading says so.
+    let long = format!("review,sentiment\n\"{}\",positive\nshort,negative\n", "line\n".repeat(30));
+    s.write("train.csv", &long);
+    let run = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("train.csv:2: a quoted field runs across lines 2 to 32"), "{}", run.stderr);
+}
+
+/// Labels `1` and `1.0` in JSON Lines are one class, as pandas reads them: a binary task
+/// trains as one, and dev labels `1.0` are scored as `1`. Strings and numbers in one label
+/// column are an error; labels that differ by spaces around them are named in a warning.
+#[test]
+fn equal_numbers_are_one_class_and_mixed_label_types_are_refused() {
+    let s = Scratch::new();
+    let train: String = (0..16)
+        .map(|i| format!("{{\"text\": \"example {i}\", \"label\": {}}}\n", ["1", "1.0", "0", "0.0"][i % 4]))
+        .collect();
+    s.write("train.jsonl", &train);
+    s.write("dev.jsonl", "{\"text\": \"a\", \"label\": 1.0}\n{\"text\": \"b\", \"label\": 0}\n");
+    s.write("p.yaml", &own_data(&s, "train: 'DIR/train.jsonl', dev: 'DIR/dev.jsonl', text: text"));
+    let run = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let meta = s.read_json(&s.stage_dir("own", "default", "data").join("outputs.json"))["meta"].clone();
+    assert_eq!(meta["labels"], serde_json::json!(["0", "1"]), "{meta}");
+
+    s.write("train.jsonl", &train.replacen("\"label\": 0.0", "\"label\": \"0\"", 1));
+    let run = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("train.jsonl:4: the `label` column holds numbers (line 1 on) and strings (here)"),
+        "{}",
+        run.stdout
+    );
+
+    s.write("train.csv", "text,label\na, 1\nb,1\nc,0\nd,0\n");
+    s.write("dev.csv", "text,label\na,1\nb,0\n");
+    s.write("p.yaml", &own_data(&s, "train: 'DIR/train.csv', dev: 'DIR/dev.csv', text: text"));
+    let run = s.petnas(&["run", "p.yaml"]);
+    assert!(
+        run.stderr.contains(
+            "train.csv: the label ` 1` has spaces around it, so it is a class of its own, apart from `1`"
+        ),
+        "{}",
+        run.stderr
+    );
+}

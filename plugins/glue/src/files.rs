@@ -130,10 +130,27 @@ pub fn check_columns(path: &Path, format: Format, columns: &Columns, labelled: b
     }
     for name in needed {
         if !have.iter().any(|h| h == name) {
-            bail!("{}:1: no column `{name}` (it has: {})", path.display(), have.join(", "));
+            bail!("{}:1: no column `{name}` (it has: {})", path.display(), listed(&have));
         }
     }
     Ok(())
+}
+
+/// Column names for a message, however many or long they are: the first 20, each cut at
+/// 60 characters (a header read from the wrong file can be megabytes long).
+fn listed(names: &[String]) -> String {
+    let shown: Vec<String> = names
+        .iter()
+        .take(20)
+        .map(|n| match n.char_indices().nth(60) {
+            Some((at, _)) => format!("{}…", &n[..at]),
+            None => n.clone(),
+        })
+        .collect();
+    match names.len() {
+        n if n > 20 => format!("{} and {} more", shown.join(", "), n - 20),
+        _ => shown.join(", "),
+    }
 }
 
 fn read_text(path: &Path) -> Result<String> {
@@ -173,8 +190,71 @@ impl LineIndex {
     }
 }
 
+/// Lines a quoted field may run across before reading it says so.
+const LONG_FIELD_LINES: usize = 20;
+
+/// Quoted fields as Python's `csv` and pandas read them: a field that opens with a quote
+/// runs to the quote that closes it (`""` is a quote inside it), across line breaks. A
+/// quote never closed would swallow every later row into one field: pandas refuses such a
+/// file ("EOF inside string"), and so does this, naming the line where the field opens.
+/// Fields that run across many lines are reported as a warning.
+fn check_quotes(path: &Path, text: &str, delimiter: u8) -> Result<()> {
+    enum State {
+        FieldStart,
+        Unquoted,
+        Quoted { opened: usize },
+        QuoteInQuoted { opened: usize },
+    }
+    let mut state = State::FieldStart;
+    let mut line = 1;
+    let mut long_fields: Vec<(usize, usize)> = Vec::new();
+    for &b in text.as_bytes() {
+        let at_end_of_field = b == delimiter || b == b'\n';
+        state = match state {
+            State::FieldStart if b == b'"' => State::Quoted { opened: line },
+            State::FieldStart | State::Unquoted if at_end_of_field => State::FieldStart,
+            State::FieldStart | State::Unquoted => State::Unquoted,
+            State::Quoted { opened } if b == b'"' => State::QuoteInQuoted { opened },
+            State::Quoted { opened } => State::Quoted { opened },
+            State::QuoteInQuoted { opened } if b == b'"' => State::Quoted { opened },
+            State::QuoteInQuoted { opened } => {
+                if line - opened + 1 > LONG_FIELD_LINES {
+                    long_fields.push((opened, line));
+                }
+                if at_end_of_field {
+                    State::FieldStart
+                } else {
+                    State::Unquoted
+                }
+            }
+        };
+        if b == b'\n' {
+            line += 1;
+        }
+    }
+    if let State::Quoted { opened } = state {
+        bail!(
+            "{}:{opened}: a quoted field opens here and is never closed: the end of the file comes inside it, so every line after it ({} of them) would be read into one field; close the quote, or double a quote meant inside a field (`\"\"`)",
+            path.display(),
+            text.lines().count().saturating_sub(opened)
+        );
+    }
+    if let Some((opened, closed)) = long_fields.first() {
+        tracing::warn!(
+            "{}:{opened}: a quoted field runs across lines {opened} to {closed}{}; check that its quotes are where you meant them",
+            path.display(),
+            match long_fields.len() {
+                1 => String::new(),
+                n => format!(" (and {} more fields run across more than {LONG_FIELD_LINES} lines)", n - 1),
+            }
+        );
+    }
+    Ok(())
+}
+
 fn read_delimited(path: &Path, format: Format, columns: &Columns) -> Result<Rows> {
     let text = read_text(path)?;
+    check_quotes(path, &text, if format == Format::Tsv { b'\t' } else { b',' })?;
     let lines = LineIndex::new(&text);
     let mut reader = csv_reader_of(text, format);
     let header: Vec<String> = reader
@@ -222,13 +302,31 @@ fn read_delimited(path: &Path, format: Format, columns: &Columns) -> Result<Rows
     Ok(Rows { rows, labelled: label.is_some() })
 }
 
-/// A JSON value as a cell: strings as they are, numbers and booleans as they print.
+/// A JSON value as a cell: strings as they are, booleans as they print, numbers by value
+/// (`1`, `1.0` and `1e0` are one cell, `1`, as pandas reads them into one class).
 fn json_cell(value: &Value) -> Option<String> {
     match value {
         Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
+        Value::Number(n) => Some(match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => i.to_string(),
+            (None, Some(f)) if f.fract() == 0.0 && f.abs() < 9.007_199_254_740_992e15 => {
+                (f as i64).to_string()
+            }
+            (None, Some(f)) => f.to_string(),
+            (None, None) => n.to_string(),
+        }),
         Value::Bool(b) => Some(b.to_string()),
         _ => None,
+    }
+}
+
+/// The JSON type of a label, as the error that finds two in one column names it.
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::String(_) => "strings",
+        Value::Number(_) => "numbers",
+        Value::Bool(_) => "booleans",
+        _ => "other values",
     }
 }
 
@@ -236,6 +334,8 @@ fn read_json_lines(path: &Path, columns: &Columns) -> Result<Rows> {
     let text = read_text(path)?;
     let mut rows = Vec::new();
     let mut labelled = false;
+    // The type of the label column's first value, and its line.
+    let mut label_type: Option<(&str, usize)> = None;
     for (i, line) in text.lines().enumerate() {
         let number = i + 1;
         if line.trim().is_empty() {
@@ -266,6 +366,20 @@ fn read_json_lines(path: &Path, columns: &Columns) -> Result<Rows> {
             }
         };
         labelled |= object.contains_key(columns.label);
+        if let Some(value) = object.get(columns.label) {
+            let this = json_type(value);
+            match label_type {
+                None => label_type = Some((this, number)),
+                Some((first, at)) if first != this => {
+                    rows.push(Err((number, format!(
+                        "the `{}` column holds {first} (line {at} on) and {this} (here): a label `1` and a label `\"1\"` would be two classes; write every label one way",
+                        columns.label
+                    ))));
+                    continue;
+                }
+                Some(_) => {}
+            }
+        }
         let row = (|| {
             Ok(Row {
                 line: number,
@@ -314,6 +428,14 @@ pub fn class_names(rows: &Rows, path: &Path) -> Result<Vec<String>> {
     }
     if names.is_empty() {
         bail!("{}: no labelled row to take the class names from", path.display());
+    }
+    for name in names.iter().filter(|n| n.trim() != n.as_str()) {
+        let twin = names.iter().find(|other| *other != name && other.trim() == name.trim());
+        tracing::warn!(
+            "{}: the label `{name}` has spaces around it, so it is a class of its own{}; write it without them",
+            path.display(),
+            twin.map(|t| format!(", apart from `{t}`")).unwrap_or_default()
+        );
     }
     Ok(names)
 }

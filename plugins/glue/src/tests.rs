@@ -345,6 +345,21 @@ mod own_files {
         let wrong = Columns { text: "sentence", ..REVIEWS };
         let err = check_columns(&data("reviews/dev.csv"), Format::Csv, &wrong, true).unwrap_err().to_string();
         assert!(err.contains("dev.csv:1: no column `sentence` (it has: id, review, sentiment)"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let wide = write(
+            &dir,
+            "wide.csv",
+            &format!(
+                "{}\n",
+                (0..5000).map(|i| format!("column {i} {}", "x".repeat(100))).collect::<Vec<_>>().join(",")
+            ),
+        );
+        let err = check_columns(&wide, Format::Csv, &REVIEWS, true).unwrap_err().to_string();
+        assert!(
+            err.len() < 2000 && err.ends_with("and 4980 more)"),
+            "a header is not echoed whole: {} bytes",
+            err.len()
+        );
         // A test file needs no label column.
         let unlabelled = Columns { label: "missing", ..REVIEWS };
         check_columns(&data("reviews/test.csv"), Format::Csv, &unlabelled, false).unwrap();
