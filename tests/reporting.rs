@@ -543,3 +543,68 @@ stages:
     }
     assert!(s.path().join("plots/curves-curves-default.png").exists());
 }
+
+/// A metric that is not defined (Pearson's r of a constant dev target) is null in
+/// `metrics.json`, never 0; report, compare and regress say it is undefined, and a median
+/// over seeds leaves it out instead of ranking it as the largest value.
+#[test]
+fn an_undefined_metric_is_null_and_said_so_never_a_number() {
+    let s = Scratch::new();
+    let train: String =
+        (0..32).map(|i| format!("{{\"text\": \"sentence number {i}\", \"score\": {}}}\n", i % 5)).collect();
+    s.write("train.jsonl", &train);
+    s.write("dev.jsonl", &"{\"text\": \"the same\", \"score\": 2.5}\n".repeat(6));
+    s.write(
+        "p.yaml",
+        &format!(
+            "name: flat
+defaults: {{threads: 1, seed: 1}}
+stages:
+  model: {{use: plm.load, with: {{model: '{}'}}}}
+  data: {{use: data.load, needs: [model], with: {{train: train.jsonl, dev: dev.jsonl, text: text, label: score, regression: true, metric: pearson, name: flat, max_len: 16}}}}
+  pets: {{use: pet.attach, needs: [model], with: {{pets: [{{type: bitfit}}]}}}}
+  fit: {{use: train.fit, needs: [pets, data], with: {{epochs: 1, batch_size: 16}}}}
+  bitfit: {{use: glue.evaluate, needs: [fit, data]}}
+",
+            petnas_e2e::tiny_model()
+        ),
+    );
+    let run = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let metrics = s.read_json(&s.stage_dir("flat", "default", "bitfit").join("metrics.json"));
+    assert!(metrics["value"].is_null() && metrics["splits"]["dev"]["pearson"].is_null(), "{metrics}");
+    let report = s.petnas(&["report", "runs/flat"]);
+    assert!(report.stdout.contains("| pearson | undefined | undefined |"), "{}", report.stdout);
+    s.write(
+        "baseline.yaml",
+        "entries:\n  - {task: flat, method: bitfit, metric: pearson, expected: 0.5, tolerance: 0.1}\n",
+    );
+    let regress = s.petnas(&["regress", "runs/flat", "--baseline", "baseline.yaml"]);
+    assert_eq!(regress.code, 1, "{}{}", regress.stdout, regress.stderr);
+    assert!(
+        regress
+            .stdout
+            .contains("flat     bitfit           pearson           0.5000 undefined      ±0.1  UNDEFINED")
+            && regress.stdout.ends_with("0 missing, 1 undefined\n"),
+        "{}",
+        regress.stdout
+    );
+
+    let seeds = Scratch::new();
+    for (seed, lora) in [(1, 0.5), (2, 0.6), (3, f64::NAN)] {
+        evaluated(seeds.path(), "lora", "rte", "accuracy", lora, 73728, seed);
+        evaluated(seeds.path(), "bitfit", "rte", "accuracy", 0.55, 25728, seed);
+    }
+    let report = seeds.petnas(&["report", "runs/exp"]);
+    assert!(
+        report.stdout.contains("| 3 (1 undefined) | accuracy | 0.5500 | 0.5000–0.6000 |"),
+        "{}",
+        report.stdout
+    );
+    let compare = seeds.petnas(&["compare", "runs/exp", "--candidates", "lora", "--baselines", "bitfit"]);
+    assert!(
+        compare.stdout.contains("| 2 (undefined at seed 3) | — | — | too few paired seeds |"),
+        "{}",
+        compare.stdout
+    );
+}

@@ -59,6 +59,8 @@ pub struct Comparison {
     pub baseline_median: f64,
     /// Seeds both ran, and the candidate's value less the baseline's at each.
     pub seeds: Vec<i64>,
+    /// Seeds both ran where the metric is undefined on one side: no pair.
+    pub undefined: Vec<i64>,
     pub differences: Vec<f64>,
     pub mean_difference: f64,
     pub interval: (f64, f64),
@@ -119,6 +121,9 @@ pub fn compare(groups: &[Group], rule: &Rule) -> Result<Vec<Comparison>> {
                 Some((seed, value - other))
             })
             .collect();
+        // A seed whose metric is undefined on either side is no pair.
+        let undefined: Vec<i64> = paired.iter().filter(|(_, d)| d.is_nan()).map(|(s, _)| *s).collect();
+        let paired: Vec<(i64, f64)> = paired.into_iter().filter(|(_, d)| !d.is_nan()).collect();
         let differences: Vec<f64> = paired.iter().map(|(_, d)| *d).collect();
         let (mean_difference, interval, verdict) = if differences.len() < rule.min_seeds.max(2) {
             (f64::NAN, (f64::NAN, f64::NAN), Verdict::TooFewSeeds)
@@ -143,6 +148,7 @@ pub fn compare(groups: &[Group], rule: &Rule) -> Result<Vec<Comparison>> {
             baseline: baseline.method.clone(),
             baseline_median: baseline.median,
             seeds: paired.iter().map(|(s, _)| *s).collect(),
+            undefined,
             differences,
             mean_difference,
             interval,
@@ -181,12 +187,25 @@ pub fn markdown(comparisons: &[Comparison], confidence: f64) -> String {
         row.extend([
             c.metric.clone(),
             c.candidate.clone(),
-            format!("{:.4}", c.candidate_median),
+            crate::report::shown(c.candidate_median),
             c.baseline.clone(),
-            format!("{:.4}", c.baseline_median),
-            c.seeds.len().to_string(),
-            format!("{:+.4}", c.mean_difference),
-            format!("[{:+.4}, {:+.4}]", c.interval.0, c.interval.1),
+            crate::report::shown(c.baseline_median),
+            match c.undefined.as_slice() {
+                [] => c.seeds.len().to_string(),
+                seeds => format!(
+                    "{} (undefined at seed {})",
+                    c.seeds.len(),
+                    seeds.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
+                ),
+            },
+            match c.mean_difference.is_nan() {
+                true => "—".to_string(),
+                false => format!("{:+.4}", c.mean_difference),
+            },
+            match c.interval.0.is_nan() {
+                true => "—".to_string(),
+                false => format!("[{:+.4}, {:+.4}]", c.interval.0, c.interval.1),
+            },
             c.verdict.text().to_string(),
         ]);
         writeln!(out, "| {} |", row.join(" | ")).ok();

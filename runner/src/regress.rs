@@ -41,6 +41,8 @@ pub enum Status {
     Regressed,
     Improved,
     Missing,
+    /// The run has the result, but its metric is undefined (NaN).
+    Undefined,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -319,9 +321,10 @@ pub fn check(entries: &[Entry], groups: &[Group]) -> Result<Vec<Check>> {
     entries
         .iter()
         .map(|entry| {
-            let observed = observed(entry, groups)?.filter(|v| v.is_finite());
+            let observed = observed(entry, groups)?;
             let status = match observed {
                 None => Status::Missing,
+                Some(value) if value.is_nan() => Status::Undefined,
                 Some(value) => {
                     let better =
                         if entry.higher_is_better { value - entry.expected } else { entry.expected - value };
@@ -354,12 +357,13 @@ pub fn table(checks: &[Check]) -> String {
             Tolerance::Absolute(t) => format!("±{t}"),
             Tolerance::Relative(r) => format!("±{}%", r * 100.0),
         };
-        let observed = c.observed.map_or("—".to_string(), |v| format!("{v:.4}"));
+        let observed = c.observed.map_or("—".to_string(), crate::report::shown);
         let status = match c.status {
             Status::Ok => "ok",
             Status::Regressed => "REGRESSED",
             Status::Improved => "improved",
             Status::Missing => "MISSING",
+            Status::Undefined => "UNDEFINED (no value: e.g. a correlation of constant predictions)",
         };
         out.push_str(&format!(
             "{:<8} {:<16} {:<14} {:>9.4} {:>9} {:>9}  {status}\n",
@@ -390,9 +394,13 @@ pub fn junit(checks: &[Check], baseline: &Path) -> Result<String> {
         let e = &c.entry;
         let status = match c.status {
             Status::Ok | Status::Improved => TestCaseStatus::success(),
-            Status::Regressed | Status::Missing => {
+            Status::Regressed | Status::Missing | Status::Undefined => {
                 let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
                 s.set_message(match c.observed {
+                    Some(v) if v.is_nan() => format!(
+                        "{}: undefined (no value), expected {:.4} (baseline line {})",
+                        e.metric, e.expected, e.line
+                    ),
                     Some(v) => format!(
                         "{}: observed {v:.4}, expected {:.4} (baseline line {})",
                         e.metric, e.expected, e.line

@@ -51,14 +51,42 @@ pub fn markdown(groups: &[Group]) -> String {
             g.method.clone(),
             g.pet_parameters.to_string(),
             format!("{:.3}", g.percent_of_plm),
-            g.seeds.to_string(),
+            seeds(g),
             g.metric.clone(),
-            format!("{:.4}", g.median),
-            format!("{:.4}–{:.4}", g.min, g.max),
+            shown(g.median),
+            match g.min.is_nan() {
+                true => "undefined".to_string(),
+                false => format!("{:.4}–{:.4}", g.min, g.max),
+            },
         ]);
         writeln!(out, "| {} |", row.join(" | ")).ok();
     }
     out
+}
+
+/// A metric's value to four places, or `undefined` (NaN: a correlation of constant
+/// predictions …), which is no number at all.
+pub fn shown(value: f64) -> String {
+    match value.is_nan() {
+        true => "undefined".to_string(),
+        false => format!("{value:.4}"),
+    }
+}
+
+/// The seeds of a group, and how many of them have an undefined metric.
+fn seeds(g: &Group) -> String {
+    match g.undefined {
+        0 => g.seeds.to_string(),
+        n => format!("{} ({n} undefined)", g.seeds),
+    }
+}
+
+/// A value in CSV: empty where it is undefined.
+fn csv_value(value: f64) -> String {
+    match value.is_nan() {
+        true => String::new(),
+        false => format!("{value}"),
+    }
 }
 
 /// One row per group: its labels, parameters, metric and summary over seeds; with `cells`,
@@ -92,19 +120,15 @@ pub fn csv(groups: &[Group], cells: bool) -> Result<String> {
         ]);
         if cells {
             row.extend(seeds.iter().map(|s| {
-                g.seed_values
-                    .iter()
-                    .find(|(seed, _)| seed == s)
-                    .map_or(String::new(), |(_, v)| format!("{v}"))
+                g.seed_values.iter().find(|(seed, _)| seed == s).map_or(String::new(), |(_, v)| csv_value(*v))
             }));
         } else {
-            let values: Vec<String> = g.values.iter().map(|v| format!("{v}")).collect();
-            row.extend([
-                format!("{}", g.median),
-                format!("{}", g.min),
-                format!("{}", g.max),
-                values.join(" "),
-            ]);
+            let values: Vec<String> = g
+                .values
+                .iter()
+                .map(|v| if v.is_nan() { "undefined".into() } else { format!("{v}") })
+                .collect();
+            row.extend([csv_value(g.median), csv_value(g.min), csv_value(g.max), values.join(" ")]);
         }
         writer.write_record(&row)?;
     }

@@ -42,6 +42,9 @@ pub struct Group {
     pub metric: String,
     /// Distinct seeds.
     pub seeds: usize,
+    /// Seeds whose metric is undefined (a correlation of constant predictions …): left out of
+    /// the median, min and max.
+    pub undefined: usize,
     pub median: f64,
     pub min: f64,
     pub max: f64,
@@ -70,7 +73,10 @@ pub fn pipeline_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(dirs)
 }
 
-fn median(values: &mut [f64]) -> f64 {
+/// The median of the defined values (an undefined metric, NaN, is not a value: it never
+/// ranks as the largest one); NaN when there is none.
+fn median(values: &mut Vec<f64>) -> f64 {
+    values.retain(|v| !v.is_nan());
     values.sort_by(f64::total_cmp);
     let n = values.len();
     if n == 0 {
@@ -254,6 +260,7 @@ pub fn group(results: &[Evaluated]) -> Result<Vec<Group>> {
                 percent_of_plm: median(&mut percents),
                 metric: members[0].metric.clone(),
                 seeds: members.len(),
+                undefined: values.iter().filter(|v| v.is_nan()).count(),
                 median: median(&mut ordered),
                 min: ordered.first().copied().unwrap_or(f64::NAN),
                 max: ordered.last().copied().unwrap_or(f64::NAN),

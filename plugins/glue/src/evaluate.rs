@@ -59,8 +59,9 @@ impl Stage for Evaluate {
             per_split.insert(name.to_string(), json!(evaluation.metrics));
         }
         let main = info.scoring.main_metric();
-        let main_value =
-            splits.iter().filter_map(|s| per_split[*s][main].as_f64()).sum::<f64>() / splits.len() as f64;
+        // Undefined (null: a correlation of constant predictions …) where any split's is.
+        let main_value = splits.iter().map(|s| per_split[*s][main].as_f64().unwrap_or(f64::NAN)).sum::<f64>()
+            / splits.len() as f64;
         let plm = model.backbone.info().parameters;
         let pet = model.pet_parameters();
         let training = &model_artifact.meta["training"];

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use super::EXIT_FAILED;
-use crate::regress::Status::{Improved, Missing, Ok as Fine, Regressed};
+use crate::regress::Status::{Improved, Missing, Ok as Fine, Regressed, Undefined};
 
 #[derive(clap::Args)]
 pub(super) struct Args {
@@ -35,11 +35,15 @@ pub(super) fn execute(args: &Args) -> Result<i32> {
     }
     let count = |s: crate::regress::Status| checks.iter().filter(|c| c.status == s).count();
     println!(
-        "{} ok, {} improved, {} regressed, {} missing",
+        "{} ok, {} improved, {} regressed, {} missing{}",
         count(Fine),
         count(Improved),
         count(Regressed),
-        count(Missing)
+        count(Missing),
+        match count(Undefined) {
+            0 => String::new(),
+            n => format!(", {n} undefined"),
+        }
     );
-    Ok(if count(Regressed) + count(Missing) > 0 { EXIT_FAILED } else { 0 })
+    Ok(if count(Regressed) + count(Missing) + count(Undefined) > 0 { EXIT_FAILED } else { 0 })
 }
