@@ -110,6 +110,14 @@ fn lora_exports_to_a_merged_checkpoint_and_peft_folder_with_the_same_logits() {
         assert_eq!(config["label2id"]["not_entailment"], 1, "{route}");
     }
 
+    assert_same_logits(&peft_reimport(&dir), &dir, "PEFT adapter");
+}
+
+/// The PEFT adapter folder of an export, read back as PEFT reads it onto the base model.
+fn peft_reimport(dir: &Path) -> PetModel {
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("peft/adapter_config.json")).unwrap())
+            .unwrap();
     let adapter = Tensor::read_safetensors(dir.join("peft/adapter_model.safetensors")).unwrap();
     let mut pets = Vec::new();
     let mut tensors = Vec::new();
@@ -117,6 +125,9 @@ fn lora_exports_to_a_merged_checkpoint_and_peft_folder_with_the_same_logits() {
         let site = name.trim_start_matches("base_model.model.roberta.").trim_end_matches(".lora_A.weight");
         let b = &adapter.iter().find(|(n, _)| *n == name.replace("lora_A", "lora_B")).unwrap().1;
         let rank = a.size()[0];
+        let r =
+            config["rank_pattern"].get(site).and_then(Value::as_i64).unwrap_or(config["r"].as_i64().unwrap());
+        assert_eq!(rank, r, "{site}: the config's rank is the tensors'");
         let alpha = config["alpha_pattern"]
             .get(site)
             .and_then(Value::as_f64)
@@ -125,7 +136,29 @@ fn lora_exports_to_a_merged_checkpoint_and_peft_folder_with_the_same_logits() {
         tensors.push((format!("pet.lora@{site}:A"), a.shallow_clone()));
         tensors.push((format!("pet.lora@{site}:B"), b.shallow_clone()));
     }
-    assert_same_logits(&reimport(Path::new(&tiny_model()), pets, tensors, &adapter), &dir, "PEFT adapter");
+    reimport(Path::new(&tiny_model()), pets, tensors, &adapter)
+}
+
+/// Two LoRA modules on one site (two entries of `pets:` whose targets overlap) export as
+/// their sum: one merged weight, one PEFT LoRA of their ranks together, the same logits.
+#[test]
+fn two_lora_modules_on_one_site_export_as_their_sum() {
+    let (_s, dir) =
+        export("[{type: lora, targets: [query], rank: 2, alpha: 8}, {type: lora, targets: all-linear, rank: 3, alpha: 3, init: balanced}]");
+    let merged_tensors = Tensor::read_safetensors(dir.join("merged/model.safetensors")).unwrap();
+    assert_same_logits(
+        &reimport(&dir.join("merged"), vec![], vec![], &merged_tensors),
+        &dir,
+        "merged, summed",
+    );
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("peft/adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        config["rank_pattern"]["encoder.layer.0.attention.self.query"], 8,
+        "2 + 3 + the balanced init's 3: {config}"
+    );
+    assert_same_logits(&peft_reimport(&dir), &dir, "PEFT adapter, summed");
 }
 
 #[test]

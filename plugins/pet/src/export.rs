@@ -100,7 +100,9 @@ fn write_checkpoint(
 
 /// PEFT's adapter folder for an all-LoRA model, on the user's own base model. Under the
 /// balanced init the update is B·A − B₀·A₀ with the initial factors frozen, which is itself
-/// a LoRA: [B, −B₀]·[A; A₀], of rank r + r₀, exported at the same scaling.
+/// a LoRA: [B, −B₀]·[A; A₀], of rank r + r₀, exported at the same scaling. Several LoRA
+/// modules on one site sum to one LoRA in the same way, [s₁B₁, s₂B₂]·[A₁; A₂] at the first
+/// one's scaling s (each Bᵢ scaled by sᵢ/s).
 fn write_peft(dir: &Path, model: &PetModel, labels: &[String]) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let info = model.backbone.info();
@@ -108,8 +110,9 @@ fn write_peft(dir: &Path, model: &PetModel, labels: &[String]) -> Result<()> {
     let mut tensors = Vec::new();
     let mut ranks: BTreeMap<String, i64> = BTreeMap::new();
     let mut alphas: BTreeMap<String, f64> = BTreeMap::new();
+    // By site: the scaling of its first module, and the factors of all of them.
+    let mut sites: BTreeMap<String, (f64, Vec<Tensor>, Vec<Tensor>)> = BTreeMap::new();
     for module in &model.modules {
-        let site = &module.site().name;
         let (state, saved) = module.state();
         let get = |n: &str| saved.iter().find(|(k, _)| k == n).map(|(_, t)| t.shallow_clone());
         let (mut a, mut b) =
@@ -119,6 +122,12 @@ fn write_peft(dir: &Path, model: &PetModel, labels: &[String]) -> Result<()> {
             a = Tensor::cat(&[a, a0.to_device(module.params().get("A").device())], 0);
             b = Tensor::cat(&[b, -b0.to_device(module.params().get("B").device())], 1);
         }
+        let site = sites.entry(module.site().name.clone()).or_insert((scaling, Vec::new(), Vec::new()));
+        site.2.push(b * (scaling / site.0));
+        site.1.push(a);
+    }
+    for (site, (scaling, a, b)) in &sites {
+        let (a, b) = (Tensor::cat(a, 0), Tensor::cat(b, 1));
         let rank = a.size()[0];
         ranks.insert(site.clone(), rank);
         alphas.insert(site.clone(), scaling * rank as f64);
