@@ -608,3 +608,65 @@ stages:
         compare.stdout
     );
 }
+
+/// `petnas report` with a time bound: a plot that never ends is a failure, not a hang.
+fn report_within(s: &Scratch, args: &[&str], seconds: u64) -> (Option<i32>, String) {
+    let (out, err) = (s.path().join("report.out"), s.path().join("report.err"));
+    let mut child = s
+        .command(args)
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed().as_secs() > seconds {
+            child.kill().ok();
+            panic!("`petnas {}` ran past {seconds} s", args.join(" "));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    (status.code(), std::fs::read_to_string(&err).unwrap())
+}
+
+/// Pareto plots keep a bounded size whatever the number of methods (10,000 asked for a
+/// 1.66 GB canvas), and leave out values no plot can place (1e308 hung, NaN), saying so.
+#[test]
+fn pareto_plots_are_bounded_and_survive_extreme_values() {
+    let s = Scratch::new();
+    for i in 0..10_000 {
+        evaluated(
+            s.path(),
+            &format!("m{i}"),
+            "rte",
+            "accuracy",
+            0.5 + (i % 100) as f64 / 1000.0,
+            1000 + i,
+            1,
+        );
+    }
+    let (code, stderr) = report_within(&s, &["report", "runs/exp", "--plots", "plots"], 60);
+    assert_eq!(code, Some(0), "{stderr}");
+    let png = resvg::tiny_skia::Pixmap::load_png(s.path().join("plots/pareto-rte.png")).expect("a PNG");
+    assert!(png.width() <= 1040 && png.height() <= 1000, "{} × {}", png.width(), png.height());
+    let svg = std::fs::read_to_string(s.path().join("plots/pareto-rte.svg")).unwrap();
+    assert!(svg.contains("and 9960 more methods"), "the legend names 40 and counts the rest");
+
+    let extreme = Scratch::new();
+    for (seed, (lora, huge)) in [(1, (0.6, 1e308)), (2, (0.62, 1e308)), (3, (0.61, f64::NAN))] {
+        evaluated(extreme.path(), "lora", "rte", "accuracy", lora, 73728, seed);
+        evaluated(extreme.path(), "broken", "rte", "accuracy", huge, 1000, seed);
+    }
+    let (code, stderr) = report_within(&extreme, &["report", "runs/exp", "--plots", "plots"], 60);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains(
+            "the Pareto plot leaves out 1 method(s) whose metric is undefined or beyond ±1e12 (broken)"
+        ),
+        "{stderr}"
+    );
+    assert!(extreme.path().join("plots/pareto-rte.png").exists());
+}

@@ -70,9 +70,14 @@ pub fn curve_plots(runs: &[PathBuf], dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(written)
 }
 
+/// A point a plot can place: finite, and no further out than a score or loss can be.
+fn plotted(&(x, y): &(f64, f64)) -> bool {
+    [x, y].iter().all(|v| v.is_finite() && v.abs() <= crate::report::MAX_PLOTTED)
+}
+
 fn range(points: impl Iterator<Item = (f64, f64)>) -> ((f64, f64), (f64, f64)) {
     let (mut x, mut y) = ((f64::INFINITY, f64::NEG_INFINITY), (f64::INFINITY, f64::NEG_INFINITY));
-    for (px, py) in points.filter(|(a, b)| a.is_finite() && b.is_finite()) {
+    for (px, py) in points.filter(plotted) {
         x = (x.0.min(px), x.1.max(px));
         y = (y.0.min(py), y.1.max(py));
     }
@@ -95,7 +100,10 @@ where
     let panels: [(&DrawingArea<DB, plotters::coord::Shift>, &str, bool); 2] =
         [(&left, "training loss", false), (&right, "dev metric", true)];
     for (area, title, dev) in panels {
-        let series = |c: &Curve| if dev { c.evaluations.clone() } else { c.loss.clone() };
+        let series = |c: &Curve| {
+            let points = if dev { &c.evaluations } else { &c.loss };
+            points.iter().copied().filter(plotted).collect::<Vec<_>>()
+        };
         let ((x0, x1), (y0, y1)) = range(curves.iter().flat_map(series));
         if !y0.is_finite() {
             continue;

@@ -198,21 +198,37 @@ pub fn pareto_plots(groups: &[Group], dir: &Path) -> Result<Vec<std::path::PathB
     tasks.dedup();
     let mut written = Vec::new();
     for task in tasks {
-        let members: Vec<&Group> = groups
+        let (members, left_out): (Vec<&Group>, Vec<&Group>) = groups
             .iter()
-            .filter(|g| g.task == task && g.pet_parameters > 0 && g.median.is_finite())
-            .collect();
+            .filter(|g| g.task == task && g.pet_parameters > 0)
+            .partition(|g| [g.median, g.min, g.max].iter().all(|v| v.is_finite() && v.abs() <= MAX_PLOTTED));
+        if !left_out.is_empty() {
+            tracing::warn!(
+                task,
+                "the Pareto plot leaves out {} method(s) whose metric is undefined or beyond ±{MAX_PLOTTED:e} ({}{})",
+                left_out.len(),
+                left_out.iter().take(5).map(|g| g.method.as_str()).collect::<Vec<_>>().join(", "),
+                if left_out.len() > 5 { ", …" } else { "" }
+            );
+        }
         if members.is_empty() {
             continue;
         }
         let svg = dir.join(format!("pareto-{task}.svg"));
-        let height = (480).max(90 + 20 * members.len() as u32);
+        let height = 90 + 20 * (members.len().min(MAX_LEGEND) as u32 + 1);
+        let height = height.max(480);
         draw(SVGBackend::new(&svg, (1040, height)).into_drawing_area(), task, &members)?;
         written.push(png_of(&svg)?);
         written.push(svg);
     }
     Ok(written)
 }
+
+/// Methods named in a Pareto plot's legend (the rest are drawn and counted): a plot of any
+/// number of them keeps a bounded size.
+const MAX_LEGEND: usize = 40;
+/// Metric values past this are no scores to plot (an overflow, a metric read wrong).
+pub const MAX_PLOTTED: f64 = 1e12;
 
 /// `12,864` as `12.9k`: tick labels that fit side by side.
 fn short_count(x: f64) -> String {
@@ -293,9 +309,14 @@ where
             .map_err(err)?;
         chart.draw_series(std::iter::once(Circle::new((x, g.median), 5, color.filled()))).map_err(err)?;
         let y = 72 + 20 * i as i32;
-        legend_area.draw(&Circle::new((17, y + 7), 5, color.filled())).map_err(err)?;
-        let label = format!("{} ({})", legend(g, &axes), short_count(g.pet_parameters as f64));
-        legend_area.draw(&Text::new(label, (34, y), style.clone())).map_err(err)?;
+        if i < MAX_LEGEND {
+            legend_area.draw(&Circle::new((17, y + 7), 5, color.filled())).map_err(err)?;
+            let label = format!("{} ({})", legend(g, &axes), short_count(g.pet_parameters as f64));
+            legend_area.draw(&Text::new(label, (34, y), style.clone())).map_err(err)?;
+        } else if i == MAX_LEGEND {
+            let more = format!("… and {} more methods, in the report's table", members.len() - MAX_LEGEND);
+            legend_area.draw(&Text::new(more, (34, y), style.clone())).map_err(err)?;
+        }
     }
     root.present().map_err(err)?;
     Ok(())

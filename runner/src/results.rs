@@ -222,20 +222,24 @@ pub fn axes_of<'a>(values: impl IntoIterator<Item = &'a BTreeMap<String, String>
 /// appear in.
 pub fn group(results: &[Evaluated]) -> Result<Vec<Group>> {
     type Key = (String, String, BTreeMap<String, String>, String);
+    // Each group's members, the groups in the order they first appear.
     let mut keys: Vec<Key> = Vec::new();
+    let mut members_of: BTreeMap<Key, Vec<&Evaluated>> = BTreeMap::new();
     for r in results {
         let key = (r.task.clone(), r.pipeline.clone(), r.axes.clone(), r.method.clone());
-        if !keys.contains(&key) {
-            keys.push(key);
-        }
+        members_of
+            .entry(key.clone())
+            .or_insert_with(|| {
+                keys.push(key);
+                Vec::new()
+            })
+            .push(r);
     }
     keys.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| compare_axes(&a.2, &b.2)));
     keys.into_iter()
-        .map(|(task, pipeline, axes, method)| {
-            let mut members: Vec<&Evaluated> = results
-                .iter()
-                .filter(|r| r.task == task && r.pipeline == pipeline && r.axes == axes && r.method == method)
-                .collect();
+        .map(|key| {
+            let mut members = members_of.remove(&key).unwrap_or_default();
+            let (task, pipeline, axes, method) = key;
             members.sort_by_key(|r| r.seed);
             if let Some(pair) = members.windows(2).find(|w| w[0].seed == w[1].seed) {
                 bail!(
