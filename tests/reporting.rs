@@ -609,8 +609,8 @@ stages:
     );
 }
 
-/// `petnas report` with a time bound: a plot that never ends is a failure, not a hang.
-fn report_within(s: &Scratch, args: &[&str], seconds: u64) -> (Option<i32>, String) {
+/// A petnas command with a time bound: one that never ends is a failure, not a hang.
+fn petnas_within(s: &Scratch, args: &[&str], seconds: u64) -> (Option<i32>, String) {
     let (out, err) = (s.path().join("report.out"), s.path().join("report.err"));
     let mut child = s
         .command(args)
@@ -648,7 +648,7 @@ fn pareto_plots_are_bounded_and_survive_extreme_values() {
             1,
         );
     }
-    let (code, stderr) = report_within(&s, &["report", "runs/exp", "--plots", "plots"], 60);
+    let (code, stderr) = petnas_within(&s, &["report", "runs/exp", "--plots", "plots"], 60);
     assert_eq!(code, Some(0), "{stderr}");
     let png = resvg::tiny_skia::Pixmap::load_png(s.path().join("plots/pareto-rte.png")).expect("a PNG");
     assert!(png.width() <= 1040 && png.height() <= 1000, "{} × {}", png.width(), png.height());
@@ -660,7 +660,7 @@ fn pareto_plots_are_bounded_and_survive_extreme_values() {
         evaluated(extreme.path(), "lora", "rte", "accuracy", lora, 73728, seed);
         evaluated(extreme.path(), "broken", "rte", "accuracy", huge, 1000, seed);
     }
-    let (code, stderr) = report_within(&extreme, &["report", "runs/exp", "--plots", "plots"], 60);
+    let (code, stderr) = petnas_within(&extreme, &["report", "runs/exp", "--plots", "plots"], 60);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
         stderr.contains(
@@ -669,4 +669,38 @@ fn pareto_plots_are_bounded_and_survive_extreme_values() {
         "{stderr}"
     );
     assert!(extreme.path().join("plots/pareto-rte.png").exists());
+}
+
+/// Files that never end or never open — a metrics.json linked to /dev/urandom, a step log
+/// linked to /dev/zero, /dev/zero or a FIFO as the pipeline or profile file — are refused at
+/// once, naming the file, instead of being read to the end of memory or waited on.
+#[test]
+fn endless_and_special_files_are_refused_not_read() {
+    let s = fixture();
+    let metrics = s.path().join("runs/exp/task=rte,seed=1/lora/metrics.json");
+    std::fs::remove_file(&metrics).unwrap();
+    std::os::unix::fs::symlink("/dev/urandom", &metrics).unwrap();
+    let (code, stderr) = petnas_within(&s, &["report", "runs/exp"], 30);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("metrics.json: not a regular file"), "{stderr}");
+
+    let curves = fixture();
+    let log = curves.path().join("runs/exp/task=rte,seed=1/lora/train_log.jsonl");
+    std::os::unix::fs::symlink("/dev/zero", &log).unwrap();
+    let (_, stderr) = petnas_within(&curves, &["report", "runs/exp", "--curves", "curves"], 30);
+    assert!(stderr.contains("train_log.jsonl: not a regular file"), "{stderr}");
+
+    let fifo = s.path().join("p.yaml");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    for args in [
+        vec!["validate", "/dev/zero"],
+        vec!["validate", "p.yaml"],
+        vec!["run", "p.yaml"],
+        vec!["run", "pipeline.yaml", "--profile", "/dev/zero"],
+    ] {
+        s.write("pipeline.yaml", "name: x\nstages:\n  data: {use: demo.data}\n");
+        let (code, stderr) = petnas_within(&s, &args, 30);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("not a regular file"), "{args:?}: {stderr}");
+    }
 }

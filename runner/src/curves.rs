@@ -15,7 +15,10 @@ struct Curve {
 }
 
 fn read_curve(stage_dir: &Path) -> Option<Curve> {
-    let text = std::fs::read_to_string(stage_dir.join("train_log.jsonl")).ok()?;
+    let text =
+        crate::bounded::read_to_string(&stage_dir.join("train_log.jsonl"), crate::bounded::STEP_LOG_BYTES)
+            .map_err(|e| tracing::warn!("{e:#}"))
+            .ok()?;
     let mut curve = Curve {
         stage: stage_dir.file_name()?.to_string_lossy().to_string(),
         loss: Vec::new(),

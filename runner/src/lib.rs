@@ -1,5 +1,6 @@
 //! The `petnas` runner: pipeline files, the plugin host, the executor and the run folder.
 pub mod backend;
+pub mod bounded;
 pub mod cli;
 pub mod compare;
 pub mod cuda;

@@ -205,15 +205,8 @@ pub struct Context {
 
 pub fn load(path: &Path, registry: &Registry, ctx: &Context) -> Result<Pipeline, Diagnostics> {
     let file = path.display().to_string();
-    let bytes = std::fs::read(path)
+    let bytes = crate::bounded::read(path, yaml::MAX_BYTES as u64)
         .map_err(|e| Diagnostic::file(&file, format!("cannot read the pipeline file: {e}")))?;
-    if bytes.len() > yaml::MAX_BYTES {
-        return Err(Diagnostic::file(
-            &file,
-            format!("the file is {} bytes; pipeline files may be at most {}", bytes.len(), yaml::MAX_BYTES),
-        )
-        .into());
-    }
     let text = String::from_utf8(bytes).map_err(|e| {
         Diagnostic::file(&file, format!("the file is not UTF-8 (byte {})", e.utf8_error().valid_up_to()))
     })?;

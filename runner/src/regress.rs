@@ -111,7 +111,8 @@ fn number(node: &Node, what: &str, file: &str, errors: &mut Vec<Diagnostic>) -> 
 /// Reads a baseline file; every problem is reported with its line.
 pub fn read_baseline(path: &Path) -> Result<Vec<Entry>> {
     let file = path.display().to_string();
-    let source = std::fs::read_to_string(path).with_context(|| format!("cannot read the baseline {file}"))?;
+    let source = crate::bounded::read_to_string(path, crate::yaml::MAX_BYTES as u64)
+        .with_context(|| format!("cannot read the baseline {file}"))?;
     let root = yaml::parse(&source, &file).map_err(Diagnostics::from)?;
     let mut errors = Vec::new();
     let entries_node = match &root.value {

@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+
+use crate::bounded::RECORD_BYTES;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -139,8 +141,10 @@ pub fn collect(dirs: &[PathBuf]) -> Result<Vec<Evaluated>> {
 /// progress (its record lists stages when it ends; the stages done so far are reported) or
 /// when run.json lists none.
 fn stages_of_last_run(pipeline_dir: &Path) -> Option<std::collections::BTreeSet<(String, String)>> {
-    let run: Value =
-        serde_json::from_str(&std::fs::read_to_string(pipeline_dir.join("run.json")).ok()?).ok()?;
+    let run: Value = serde_json::from_str(
+        &crate::bounded::read_to_string(&pipeline_dir.join("run.json"), RECORD_BYTES).ok()?,
+    )
+    .ok()?;
     let stages = run["stages"].as_array().filter(|s| !s.is_empty() && run["status"] != "running")?;
     Some(
         stages
@@ -152,9 +156,11 @@ fn stages_of_last_run(pipeline_dir: &Path) -> Option<std::collections::BTreeSet<
 
 fn read_result(stage_dir: &Path, pipeline: &str, cell: &str) -> Result<Evaluated> {
     let path = stage_dir.join("metrics.json");
-    let m: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)
+    let m: Value = serde_json::from_str(&crate::bounded::read_to_string(&path, RECORD_BYTES)?)
         .with_context(|| format!("{} is not valid JSON", path.display()))?;
-    let stage: Value = serde_json::from_str(&std::fs::read_to_string(stage_dir.join("stage.json"))?)?;
+    let stage_path = stage_dir.join("stage.json");
+    let stage: Value = serde_json::from_str(&crate::bounded::read_to_string(&stage_path, RECORD_BYTES)?)
+        .with_context(|| format!("{} is not valid JSON", stage_path.display()))?;
     let mut metrics = BTreeMap::new();
     for (split, values) in m["splits"].as_object().into_iter().flatten() {
         for (name, v) in values.as_object().into_iter().flatten() {

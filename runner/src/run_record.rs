@@ -51,7 +51,9 @@ pub fn stages_outside(dir: &Path, pipeline: &Pipeline, only: &[String]) -> Vec<s
     if only.is_empty() {
         return Vec::new();
     }
-    let Ok(text) = std::fs::read_to_string(dir.join("run.json")) else { return Vec::new() };
+    let Ok(text) = crate::bounded::read_to_string(&dir.join("run.json"), crate::bounded::RECORD_BYTES) else {
+        return Vec::new();
+    };
     let Ok(record) = serde_json::from_str::<serde_json::Value>(&text) else { return Vec::new() };
     record["stages"]
         .as_array()

@@ -103,7 +103,7 @@ pub fn stage_dir(cell_dir: &Path, stage: &str) -> PathBuf {
 /// The record of a complete stage whose key is `key`, if there is one and what it wrote
 /// outside the run folder is still there as it wrote it.
 pub fn completed(dir: &Path, key: &str) -> Option<StageRecord> {
-    let text = fs::read_to_string(dir.join(STAGE_RECORD)).ok()?;
+    let text = crate::bounded::read_to_string(&dir.join(STAGE_RECORD), crate::bounded::RECORD_BYTES).ok()?;
     let record: StageRecord = serde_json::from_str(&text).ok()?;
     if record.key != key {
         return None;
@@ -137,9 +137,10 @@ pub fn completed_in_other_cells(
         }
         for &stage in stage_ids {
             let dir = stage_dir(&entry.path(), stage);
-            let record = fs::read_to_string(dir.join(STAGE_RECORD))
-                .ok()
-                .and_then(|text| serde_json::from_str::<StageRecord>(&text).ok());
+            let record =
+                crate::bounded::read_to_string(&dir.join(STAGE_RECORD), crate::bounded::RECORD_BYTES)
+                    .ok()
+                    .and_then(|text| serde_json::from_str::<StageRecord>(&text).ok());
             if let Some(record) = record {
                 found.entry((stage.to_string(), record.key)).or_insert(dir);
             }
