@@ -4,7 +4,7 @@
 //! trained once for every budget) —, a failure skips only what depends on it, and Ctrl-C
 //! stops within a couple of seconds. Where a started stage runs — this process's worker
 //! pool or a Slurm job — is its backend's business (`crate::backend`).
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -127,6 +127,16 @@ pub fn run(
         }),
     };
 
+    // Complete stages of this run's cells by stage and content key, each folder read once:
+    // where a stage can be copied from instead of recomputed, found without a scan.
+    let mut completed: HashMap<(usize, String), PathBuf> = HashMap::new();
+    for node in &nodes {
+        if let Some(key) = store::recorded_key(&node.dir) {
+            completed.entry((node.stage, key)).or_insert_with(|| node.dir.clone());
+        }
+    }
+    // Nodes of this run by content key, once it is known: twins in other cells.
+    let mut by_key: HashMap<String, Vec<usize>> = HashMap::new();
     let display = Display::new(opts.live_progress, nodes.len() as u64);
     let mut states: Vec<State> = nodes.iter().map(|_| State::Pending).collect();
     let mut keys: Vec<Option<String>> = vec![None; nodes.len()];
@@ -178,6 +188,9 @@ pub fn run(
         while progressed && !cancelled {
             progressed = false;
             for i in 0..nodes.len() {
+                if cancel.load(Ordering::Relaxed) {
+                    break;
+                }
                 if !matches!(states[i], State::Pending) || running >= jobs {
                     continue;
                 }
@@ -237,9 +250,8 @@ pub fn run(
                 }
                 .key();
                 // A twin in this run: the same content key in another cell.
-                let twin = (0..nodes.len()).find(|&j| {
+                let twin = by_key.get(&key).into_iter().flatten().copied().find(|&j| {
                     j != i
-                        && keys[j].as_deref() == Some(key.as_str())
                         && matches!(
                             states[j],
                             State::Running | State::Finished(Status::Done | Status::Reused)
@@ -250,6 +262,7 @@ pub fn run(
                 }
                 progressed = true;
                 keys[i] = Some(key.clone());
+                by_key.entry(key.clone()).or_default().push(i);
                 let forced_here = forced.contains(&node.stage);
                 if let Some(record) = store::completed(&node.dir, &key).filter(|_| !forced_here) {
                     tracing::info!(cell = %cell.name, stage = %stage.id, "reused (content key matches)");
@@ -264,11 +277,10 @@ pub fn run(
                 let source = twin.map(|j| nodes[j].dir.clone()).or_else(|| {
                     (!forced_here)
                         .then(|| {
-                            nodes
-                                .iter()
-                                .filter(|n| n.stage == node.stage && n.dir != node.dir)
-                                .find(|n| store::completed(&n.dir, &key).is_some())
-                                .map(|n| n.dir.clone())
+                            completed
+                                .get(&(node.stage, key.clone()))
+                                .filter(|dir| **dir != node.dir && store::completed(dir, &key).is_some())
+                                .cloned()
                                 .or_else(|| other_cells.get(&(stage.id.clone(), key.clone())).cloned())
                         })
                         .flatten()

@@ -282,6 +282,27 @@ impl Matrix {
         }
     }
 
+    /// The `exclude` rules by the axes they name (as positions in axis order): for each such
+    /// set of axes, the values a cell must not have on them, so that a cell is looked up
+    /// once per set rather than compared with every rule.
+    fn excluded(&self) -> Vec<(Vec<usize>, std::collections::HashSet<Vec<String>>)> {
+        let mut by_axes: std::collections::BTreeMap<Vec<usize>, std::collections::HashSet<Vec<String>>> =
+            Default::default();
+        for rule in &self.exclude {
+            let mut named: Vec<(usize, String)> = rule
+                .iter()
+                .filter_map(|(a, v)| {
+                    self.axes.iter().position(|(axis, _)| axis == a).map(|i| (i, display(v)))
+                })
+                .collect();
+            named.sort();
+            named.dedup_by_key(|(i, _)| *i);
+            let (axes, values): (Vec<usize>, Vec<String>) = named.into_iter().unzip();
+            by_axes.entry(axes).or_default().insert(values);
+        }
+        by_axes.into_iter().collect()
+    }
+
     /// Every combination of axis values, in axis order, less the excluded ones.
     pub fn cells(&self) -> Vec<Cell> {
         if self.axes.is_empty() {
@@ -300,12 +321,13 @@ impl Matrix {
                 })
                 .collect();
         }
+        let excluded = self.excluded();
         combos
             .into_iter()
             .filter(|combo| {
-                !self.exclude.iter().any(|rule| {
-                    rule.iter()
-                        .all(|(a, v)| combo.iter().any(|(ca, cv)| ca == a && display(cv) == display(v)))
+                !excluded.iter().any(|(axes, rules)| {
+                    let key: Vec<String> = axes.iter().map(|&i| display(&combo[i].1)).collect();
+                    rules.contains(&key)
                 })
             })
             .map(|values| Cell {

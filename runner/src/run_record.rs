@@ -8,29 +8,47 @@ use serde_json::json;
 use crate::executor::{Outcome, Placement};
 use crate::pipeline::Pipeline;
 use crate::plugins::Registry;
-use crate::store::{write_atomic, write_json_atomic};
+use crate::store::write_atomic_with;
 
-/// The pipeline as it runs: every cell's stages with their checked options.
+/// A sequence serialised as it is iterated, never held whole.
+struct Streamed<F>(F);
+
+impl<F, I> serde::Serialize for Streamed<F>
+where
+    F: Fn() -> I,
+    I: Iterator<Item = serde_json::Value>,
+{
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_seq((self.0)())
+    }
+}
+
+/// The pipeline as it runs: every cell's stages with their checked options, written a cell
+/// at a time.
 pub fn write_resolved(dir: &Path, pipeline: &Pipeline) -> Result<()> {
-    let cells: Vec<serde_json::Value> = pipeline
-        .cells
-        .iter()
-        .enumerate()
-        .map(|(c, cell)| {
+    let cells = Streamed(|| {
+        pipeline.cells.iter().enumerate().map(|(c, cell)| {
             let stages: serde_json::Map<String, serde_json::Value> = pipeline
                 .stages_in(c)
                 .map(|(_, s)| (s.id.clone(), json!({"use": s.kind, "needs": s.needs, "with": s.options[c]})))
                 .collect();
             json!({"cell": cell.name, "seed": pipeline.cell_seed(cell), "stages": stages})
         })
-        .collect();
-    let resolved = json!({
-        "name": pipeline.name,
-        "file": pipeline.file.display().to_string(),
-        "defaults": pipeline.defaults,
-        "cells": cells,
     });
-    write_atomic(&dir.join("resolved.yaml"), serde_yaml::to_string(&resolved)?.as_bytes())
+    #[derive(serde::Serialize)]
+    struct Resolved<'a, C: serde::Serialize> {
+        name: &'a str,
+        file: String,
+        defaults: &'a crate::pipeline::Defaults,
+        cells: C,
+    }
+    let resolved = Resolved {
+        name: &pipeline.name,
+        file: pipeline.file.display().to_string(),
+        defaults: &pipeline.defaults,
+        cells,
+    };
+    write_atomic_with(&dir.join("resolved.yaml"), |out| Ok(serde_yaml::to_writer(out, &resolved)?))
 }
 
 pub struct RunRecord<'a> {
@@ -70,8 +88,12 @@ impl RunRecord<'_> {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
-        let mut stages = self.other_cells.clone();
-        stages.extend(outcomes.iter().map(|o| serde_json::to_value(o).unwrap_or_default()));
+        let stages = Streamed(|| {
+            self.other_cells
+                .iter()
+                .cloned()
+                .chain(outcomes.iter().map(|o| serde_json::to_value(o).unwrap_or_default()))
+        });
         let record = json!({
             "status": status,
             "pipeline": self.pipeline.name,
@@ -88,9 +110,18 @@ impl RunRecord<'_> {
             "started_unix": self.started_unix,
             "seconds": now - self.started_unix,
             "only": self.only,
-            "stages": stages,
         });
-        write_json_atomic(&dir.join("run.json"), &record)
+        // The record's fields, then its stages streamed in as the last one.
+        let serde_json::Value::Object(fields) = record else { unreachable!("a JSON object") };
+        #[derive(serde::Serialize)]
+        struct Record<'a, S: serde::Serialize> {
+            #[serde(flatten)]
+            fields: &'a serde_json::Map<String, serde_json::Value>,
+            stages: S,
+        }
+        write_atomic_with(&dir.join("run.json"), |out| {
+            Ok(serde_json::to_writer_pretty(out, &Record { fields: &fields, stages })?)
+        })
     }
 }
 

@@ -100,6 +100,12 @@ pub fn stage_dir(cell_dir: &Path, stage: &str) -> PathBuf {
     cell_dir.join(stage)
 }
 
+/// The content key a complete stage's record gives, if there is one.
+pub fn recorded_key(dir: &Path) -> Option<String> {
+    let text = crate::bounded::read_to_string(&dir.join(STAGE_RECORD), crate::bounded::RECORD_BYTES).ok()?;
+    serde_json::from_str::<StageRecord>(&text).ok().map(|r| r.key)
+}
+
 /// The record of a complete stage whose key is `key`, if there is one and what it wrote
 /// outside the run folder is still there as it wrote it.
 pub fn completed(dir: &Path, key: &str) -> Option<StageRecord> {
@@ -217,6 +223,15 @@ pub fn write_json_atomic(path: &Path, value: &Json) -> Result<()> {
 }
 
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, |file| file.write_all(bytes).map_err(anyhow::Error::from))
+}
+
+/// Writes `path` whole or not at all, `write` streaming into a temporary file beside it (so
+/// that a large record is never held in memory whole).
+pub fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut dyn std::io::Write) -> Result<()>,
+) -> Result<()> {
     use std::io::Write;
     let temp = path.with_file_name(format!(
         ".{}.tmp-{}",
@@ -225,9 +240,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     ));
     let written = fs::File::create(&temp)
         .with_context(|| format!("cannot create {}", temp.display()))
-        .and_then(|mut file| {
-            file.write_all(bytes)
-                .and_then(|_| file.sync_all())
+        .and_then(|file| {
+            let mut buffered = std::io::BufWriter::new(file);
+            write(&mut buffered)
+                .and_then(|_| buffered.flush().map_err(anyhow::Error::from))
+                .and_then(|_| buffered.get_ref().sync_all().map_err(anyhow::Error::from))
                 .with_context(|| format!("cannot write {}", temp.display()))
         })
         .and_then(|_| fs::rename(&temp, path).with_context(|| format!("cannot write {}", path.display())));
