@@ -704,3 +704,37 @@ fn endless_and_special_files_are_refused_not_read() {
         assert!(stderr.contains("not a regular file"), "{args:?}: {stderr}");
     }
 }
+
+/// `--update-baseline` changes the expected values in place: the project's own baseline
+/// keeps its provenance comments, its layout and its tolerances, line for line.
+#[test]
+fn update_baseline_keeps_the_comments_of_the_projects_baseline() {
+    let s = Scratch::new();
+    let committed =
+        std::fs::read_to_string(petnas_e2e::workspace().join("pipelines/ci-regression.baseline.yaml"))
+            .unwrap();
+    s.write("baseline.yaml", &committed);
+    evaluated(s.path(), "lora", "sst2", "accuracy", 0.8123, 73728, 1);
+    evaluated(s.path(), "s_lora", "sst2", "accuracy", 0.8, 73728, 1);
+    evaluated(s.path(), "s_lora", "stsb", "pearson", 0.7, 73728, 1);
+    let run = s.petnas(&["regress", "runs/exp", "--baseline", "baseline.yaml", "--update-baseline"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let text = std::fs::read_to_string(s.path().join("baseline.yaml")).unwrap();
+    let (before, after): (Vec<&str>, Vec<&str>) = (committed.lines().collect(), text.lines().collect());
+    assert_eq!(before.len(), after.len(), "{text}");
+    for (old, new) in before.iter().zip(&after) {
+        if old.trim_start().starts_with('#') || !old.contains("expected:") {
+            assert_eq!(old, new, "kept as it was");
+        }
+    }
+    assert!(
+        text.contains("  - {task: sst2, method: lora, metric: accuracy, expected: 0.8123, tolerance: 0.02}"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "  - {task: stsb, method: s_lora, metric: pearson, expected: 0.7000, tolerance: 0.064}"
+        ),
+        "{text}"
+    );
+}

@@ -32,6 +32,10 @@ pub struct Entry {
     pub higher_is_better: bool,
     #[serde(skip)]
     pub line: usize,
+    /// Where the `expected` value is written (1-based line and column), for updating it in
+    /// place; none for an entry not read from a file.
+    #[serde(skip)]
+    pub expected_at: Option<(usize, usize)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -168,8 +172,9 @@ pub fn read_baseline(path: &Path) -> Result<Vec<Entry>> {
             Some(n) => axes(n, &file, &mut errors),
             None => Some(BTreeMap::new()),
         };
-        let expected =
-            required("expected", &mut errors).and_then(|n| number(n, "expected", &file, &mut errors));
+        let expected_node = required("expected", &mut errors);
+        let expected_at = expected_node.map(|n| (n.pos.line, n.pos.col));
+        let expected = expected_node.and_then(|n| number(n, "expected", &file, &mut errors));
         let non_negative = |n: &Node, what: &str, errors: &mut Vec<Diagnostic>| {
             let value = number(n, what, &file, errors)?;
             if value < 0.0 {
@@ -244,6 +249,7 @@ pub fn read_baseline(path: &Path) -> Result<Vec<Entry>> {
                 tolerance,
                 higher_is_better,
                 line: item.pos.line,
+                expected_at,
             });
         }
     }
@@ -427,46 +433,42 @@ pub fn junit(checks: &[Check], baseline: &Path) -> Result<String> {
     Ok(report.to_string()?)
 }
 
-/// The baseline with the observed values as expected ones (tolerances kept); methods the run
-/// has and the baseline lacks are added with `new_tolerance`.
-pub fn updated(entries: &[Entry], groups: &[Group], new_tolerance: f64) -> Result<String> {
-    let mut out = String::from(
-        "# petnas regression baseline (rewritten by `petnas regress --update-baseline`)\nentries:\n",
-    );
-    let mut line = |e: &Entry| {
-        let tolerance = match e.tolerance {
-            Tolerance::Absolute(t) => format!("tolerance: {t}"),
-            Tolerance::Relative(r) => format!("tolerance_relative: {r}"),
-        };
-        let direction = if e.higher_is_better { "" } else { ", direction: lower" };
-        let axes = match e.axes.is_empty() {
-            true => String::new(),
-            false => {
-                let values: Vec<String> = e.axes.iter().map(|(a, v)| format!("{a}: '{v}'")).collect();
-                format!("axes: {{{}}}, ", values.join(", "))
-            }
-        };
-        out.push_str(&format!(
-            "  - {{task: {}, method: {}, {axes}metric: {}, expected: {:.4}, {tolerance}{direction}}}\n",
-            e.task, e.method, e.metric, e.expected
-        ));
-    };
+/// The baseline file `source` with the observed values as expected ones, changed in place:
+/// every comment, tolerance and layout is kept, each `expected` value rewritten to four
+/// places; methods the run has and the baseline lacks are added at the end with
+/// `new_tolerance`.
+pub fn updated(source: &str, entries: &[Entry], groups: &[Group], new_tolerance: f64) -> Result<String> {
+    let mut lines: Vec<String> = source.lines().map(str::to_string).collect();
     for e in entries {
         let value = observed(e, groups)?.filter(|v| v.is_finite()).unwrap_or(e.expected);
-        line(&Entry { expected: value, ..e.clone() });
+        let Some((line, column)) = e.expected_at else { continue };
+        let text = lines.get_mut(line - 1).context("the baseline changed while it was read")?;
+        let start = text.char_indices().nth(column - 1).map_or(text.len(), |(at, _)| at);
+        let length = text[start..]
+            .find(|c: char| c == ',' || c == '}' || c == '#' || c.is_whitespace())
+            .unwrap_or(text.len() - start);
+        text.replace_range(start..start + length, &format!("{value:.4}"));
     }
+    let mut out = lines.join("\n");
+    out.push('\n');
+    let mut added = false;
     for g in groups {
         if !entries.iter().any(|e| e.picks(g)) && g.median.is_finite() {
-            line(&Entry {
-                task: g.task.clone(),
-                method: g.method.clone(),
-                axes: g.axes.clone(),
-                metric: g.metric.clone(),
-                expected: g.median,
-                tolerance: Tolerance::Absolute(new_tolerance),
-                higher_is_better: true,
-                line: 0,
-            });
+            if !added {
+                out.push_str("  # added by `petnas regress --update-baseline`\n");
+                added = true;
+            }
+            let axes = match g.axes.is_empty() {
+                true => String::new(),
+                false => {
+                    let values: Vec<String> = g.axes.iter().map(|(a, v)| format!("{a}: '{v}'")).collect();
+                    format!("axes: {{{}}}, ", values.join(", "))
+                }
+            };
+            out.push_str(&format!(
+                "  - {{task: {}, method: {}, {axes}metric: {}, expected: {:.4}, tolerance: {new_tolerance}}}\n",
+                g.task, g.method, g.metric, g.median
+            ));
         }
     }
     Ok(out)

@@ -24,7 +24,16 @@ pub(super) fn execute(args: &Args) -> Result<i32> {
     let entries = crate::regress::read_baseline(baseline)?;
     let groups = crate::results::group(&crate::results::collect(std::slice::from_ref(run))?)?;
     if *update_baseline {
-        crate::store::write_atomic(baseline, crate::regress::updated(&entries, &groups, 0.02)?.as_bytes())?;
+        crate::store::write_atomic(
+            baseline,
+            crate::regress::updated(
+                &crate::bounded::read_to_string(baseline, crate::yaml::MAX_BYTES as u64)?,
+                &entries,
+                &groups,
+                0.02,
+            )?
+            .as_bytes(),
+        )?;
         eprintln!("rewrote {}", baseline.display());
         return Ok(0);
     }
