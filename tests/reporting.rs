@@ -738,3 +738,22 @@ fn update_baseline_keeps_the_comments_of_the_projects_baseline() {
         "{text}"
     );
 }
+
+/// A task name from a record (data.load's `name:`) with terminal escapes, a line break or a
+/// `|` is printed escaped: it neither drives the terminal nor splits a Markdown table row.
+#[test]
+fn control_characters_in_names_are_printed_escaped() {
+    let s = Scratch::new();
+    let task = "evil\u{1b}[31mred\nrow|x";
+    for seed in 1..=3 {
+        evaluated(s.path(), "lora", task, "accuracy", 0.6, 73728, seed);
+    }
+    for args in [vec!["report", "runs/exp"], vec!["report", "runs/exp", "--format", "csv"]] {
+        let run = s.petnas(&args);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        assert!(!run.stdout.contains('\u{1b}'), "{args:?}: {:?}", run.stdout);
+        assert!(run.stdout.contains("evil\\u{1b}[31mred\\nrow\\|x"), "{args:?}: {}", run.stdout);
+    }
+    let table = s.petnas(&["report", "runs/exp"]).stdout;
+    assert_eq!(table.lines().filter(|l| l.starts_with("| evil")).count(), 1, "one row: {table}");
+}

@@ -164,26 +164,38 @@ fn read_result(stage_dir: &Path, pipeline: &str, cell: &str) -> Result<Evaluated
     let mut metrics = BTreeMap::new();
     for (split, values) in m["splits"].as_object().into_iter().flatten() {
         for (name, v) in values.as_object().into_iter().flatten() {
-            metrics.insert(format!("{split}/{name}"), v.as_f64().unwrap_or(f64::NAN));
+            metrics.insert(printable(&format!("{split}/{name}")), v.as_f64().unwrap_or(f64::NAN));
         }
     }
     let values = cell_values(cell);
     let seed = values.get("seed").and_then(|s| s.parse().ok()).or_else(|| stage["seed"].as_i64());
     let axes = values.into_iter().filter(|(axis, _)| axis != "seed" && axis != "task").collect();
     Ok(Evaluated {
-        pipeline: pipeline.to_string(),
+        pipeline: printable(pipeline),
         cell: cell.to_string(),
         axes,
-        method: stage_dir.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string(),
-        task: m["task"].as_str().unwrap_or("?").to_string(),
+        method: printable(stage_dir.file_name().and_then(|n| n.to_str()).unwrap_or("")),
+        task: printable(m["task"].as_str().unwrap_or("?")),
         seed,
         pet_parameters: m["parameters"]["pet"].as_i64().unwrap_or(0),
         head_parameters: m["parameters"]["head"].as_i64().unwrap_or(0),
         percent_of_plm: m["parameters"]["pet_percent_of_plm"].as_f64().unwrap_or(0.0),
-        metric: m["metric"].as_str().unwrap_or("?").to_string(),
+        metric: printable(m["metric"].as_str().unwrap_or("?")),
         value: m["value"].as_f64().unwrap_or(f64::NAN),
         metrics,
     })
+}
+
+/// Text from a record as reports print it: control characters (a terminal's escape
+/// sequences, line breaks that would split a table row) written as escapes, `|` as `\|`.
+fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| match c {
+            '|' => vec!['\\', '|'],
+            c if c.is_control() => c.escape_default().collect(),
+            c => vec![c],
+        })
+        .collect()
 }
 
 /// A cell's matrix values, from its folder name (`task=rte,budget=12864,seed=1`; `default`
