@@ -495,3 +495,41 @@ fn a_percent_sign_in_the_runs_folder_reaches_sbatch_escaped() {
         .collect();
     assert_eq!(logs.len(), 1, "the job's log, beside the stage: {logs:?}");
 }
+
+/// A petnas that loses `squeue` after submitting does not leave its job running unwatched:
+/// it cancels the job and says so.
+#[test]
+fn a_job_whose_state_cannot_be_read_is_cancelled_not_left_running() {
+    if !slurm_here() {
+        return;
+    }
+    let s = Scratch::new();
+    let bin = s.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for tool in ["sbatch", "scancel", "scontrol", "sacct", "sinfo"] {
+        let real = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().unwrap();
+        let real = String::from_utf8_lossy(&real.stdout).trim().to_string();
+        if !real.is_empty() {
+            std::os::unix::fs::symlink(real, bin.join(tool)).unwrap();
+        }
+    }
+    s.write("p.yaml", "name: unwatched\ndefaults: {threads: 1}\nstages:\n  unwatched_data: {use: demo.data, with: {n: 64}}\n");
+    let path = bin.display().to_string();
+    let run = s.command(&["run", "p.yaml", "--executor", "slurm"]).env("PATH", &path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert_eq!(run.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("lost track of Slurm job") && stdout.contains("so it was cancelled"),
+        "{stdout}{stderr}"
+    );
+    let start = Instant::now();
+    while !queued("unwatched_data").is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the job is still queued: {:?}",
+            queued("unwatched_data")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -368,7 +368,20 @@ impl Slurm {
                 self.cancel_all();
                 bail!("cancelled (scancel {job_id})");
             }
-            match state(job_id)? {
+            let now = match state(job_id) {
+                Ok(now) => now,
+                Err(e) => {
+                    // Not knowing where the job is, do not leave it running unwatched.
+                    let cancelled =
+                        slurm_command("scancel", &[job_id.to_string()]).is_ok_and(|o| o.status.success());
+                    self.active.lock().unwrap_or_else(|e| e.into_inner()).remove(&job_id);
+                    return Err(e.context(match cancelled {
+                        true => format!("lost track of Slurm job {job_id}, so it was cancelled (scancel {job_id})"),
+                        false => format!("lost track of Slurm job {job_id}, which may still be running: cancel it with `scancel {job_id}`"),
+                    }));
+                }
+            };
+            match now {
                 JobState::Active(state) => {
                     on_poll(&state);
                     std::thread::sleep(POLL)
