@@ -420,3 +420,35 @@ fn a_head_handed_on_by_an_earlier_fit_goes_on_training() {
     let moved = (head("refit") - head("fit")).abs().max().double_value(&[]);
     assert!(moved > 0.0, "the second fit trains the head the first one made");
 }
+
+/// bf16 autocast cannot mix with frozen weights held in fp16 ("mixed dtype" at step 1): it
+/// is refused by validate where the fit asks for it, and before the first step where the
+/// pipeline's `dtype: bf16` does, naming the way out either way.
+#[test]
+fn bf16_training_over_fp16_weights_is_refused_before_it_starts() {
+    let s = Scratch::new();
+    let fp16 = pipeline(
+        "[{type: lora, targets: [query, value], rank: 2}]",
+        "{epochs: 1, batch_size: 16, bf16: true}",
+    )
+    .replace(&format!("model: '{}'}}", tiny_model()), &format!("model: '{}', dtype: fp16}}", tiny_model()));
+    s.write("p.yaml", &fp16);
+    let validate = s.petnas(&["validate", "p.yaml"]);
+    assert_eq!(validate.code, 2, "{}", validate.stderr);
+    assert!(validate.stderr.contains("the model's frozen weights are held in fp16, which bf16 autocast cannot mix with; load it with `dtype: bf16` or `fp32`"), "{}", validate.stderr);
+    s.write(
+        "p.yaml",
+        &fp16
+            .replace("bf16: true", "max_steps: 2")
+            .replace("defaults: {seed: 5, threads: 1}", "defaults: {seed: 5, threads: 1, dtype: bf16}"),
+    );
+    let run = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("fit")
+            && run.stdout.contains("held in fp16, which bf16 autocast cannot mix with"),
+        "{}",
+        run.stdout
+    );
+    assert!(!run.stdout.contains("mixed dtype"), "{}", run.stdout);
+}

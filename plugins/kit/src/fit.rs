@@ -131,9 +131,15 @@ pub fn options() -> OptionSchema {
         )
 }
 
-/// The checks of a fit's options that need its inputs: `pad_to` within the model's positions.
+/// Why a fit under bf16 autocast cannot train a model whose frozen weights are held in fp16.
+const FP16_UNDER_BF16: &str = "the model's frozen weights are held in fp16, which bf16 autocast cannot mix with; load it with `dtype: bf16` or `fp32` (plm.load), or train without `bf16`";
+
+/// The checks of a fit's options that need its inputs: `pad_to` within the model's
+/// positions, no bf16 autocast over weights held in fp16.
 pub fn check(options: &Value, inputs: &[Value]) -> Result<()> {
     let o: FitOptions = serde_json::from_value(options.clone())?;
+    let held = inputs.iter().find_map(|i| i["backbone"]["info"]["dtype"].as_str());
+    anyhow::ensure!(!(o.bf16 == Some(true) && held == Some("fp16")), FP16_UNDER_BF16);
     let max_tokens = inputs.iter().find_map(|i| i["dataset"]["max_tokens"].as_i64());
     if let (Some(pad_to), Some(max)) = (o.pad_to, max_tokens) {
         anyhow::ensure!(
@@ -270,6 +276,9 @@ pub fn fit(
     let mut opt = AdamW::new(model.trainable(), o.weight_decay);
     opt.bf16 = o.bf16.unwrap_or(ctx.dtype == tch::Kind::BFloat16);
     opt.recompute = o.gradient_checkpointing;
+    if opt.bf16 && model.backbone.weights().iter().any(|(_, w)| w.kind() == tch::Kind::Half) {
+        bail!(FP16_UNDER_BF16);
+    }
     let (mut state, mut best) = match checkpoint::load(&ckpt_dir, &mut opt)? {
         Some((state, best, hook_state)) => {
             tracing::info!(step = state.step, "resuming from a checkpoint");
