@@ -380,6 +380,18 @@ fn a_libtorch_error_inside_a_plugin_is_an_error_on_the_other_side_of_the_boundar
 /// the rank) on every family, two labels (MRPC) and one (STS-B).
 #[test]
 fn exports_give_petnas_logits_in_transformers_and_peft_on_every_family() {
+    check_exports(&FAMILIES, "auto");
+}
+
+/// On a base held in bf16 the exports promise petnas's logits to what bf16 keeps
+/// (check.json says which precision), load in bf16 as transformers' `dtype="auto"` reads
+/// the merged `config.json`, and the merged weights are bf16.
+#[test]
+fn exports_of_a_bf16_base_keep_their_promise_in_transformers_and_peft() {
+    check_exports(&["llama", "qwen2", "roberta"], "bf16");
+}
+
+fn check_exports(families: &[&str], dtype: &str) {
     let python = workspace().join(".venv/bin/python");
     let import = std::process::Command::new(&python).args(["-c", "import transformers, peft"]).output();
     assert!(
@@ -396,14 +408,14 @@ matrix:
   family: [{families}]
   task: [mrpc, stsb]
 stages:
-  model: {{use: plm.load, with: {{model: '{root}/tiny-${{matrix.family}}'}}}}
+  model: {{use: plm.load, with: {{model: '{root}/tiny-${{matrix.family}}', dtype: {dtype}}}}}
   data: {{use: glue.load, needs: [model], with: {{task: '${{matrix.task}}', dir: '{glue}', max_len: 32, max_train_examples: 32}}}}
   supernet: {{use: nas.build_supernet, needs: [model], with: {{pets: [{{type: lora, targets: all-linear, rank: 4, init: balanced}}]}}}}
   warm: {{use: train.fit, needs: [supernet, data], with: {{max_steps: 3, batch_size: 16, lr: 0.01}}}}
   structured: {{use: nas.prune_structured, needs: [warm, data], with: {{budget: 1500, score_batches: 2}}}}
   export: {{use: pet.export, needs: [structured, data]}}
 ",
-            families = FAMILIES.join(", "),
+            families = families.join(", "),
             root = workspace().join("tests/fixtures/plm").display(),
             glue = glue_fixtures()
         ),
@@ -411,10 +423,15 @@ stages:
     let run = s.petnas(&["run", "p.yaml", "--jobs", "2"]);
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
     let script = workspace().join("scripts/reference/check_peft_export.py");
-    for family in FAMILIES {
+    for family in families {
         for task in ["mrpc", "stsb"] {
             let dir =
                 s.stage_dir("exports", &format!("family={family},task={task}"), "export").join("export");
+            if dtype == "bf16" {
+                let config = s.read_json(&dir.join("merged/config.json"));
+                assert_eq!(config["torch_dtype"], "bfloat16", "{family}/{task}: {config}");
+                assert_eq!(s.read_json(&dir.join("check.json"))["dtype"], "bf16", "{family}/{task}");
+            }
             let check = std::process::Command::new(&python).arg(&script).arg(&dir).output().unwrap();
             let stdout = String::from_utf8_lossy(&check.stdout);
             let said = format!("{stdout}{}", String::from_utf8_lossy(&check.stderr));

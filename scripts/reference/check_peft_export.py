@@ -23,16 +23,24 @@ def logits_of(model, check):
     if getattr(model.config, "type_vocab_size", 0) > 1:
         batch["token_type_ids"] = torch.tensor(check["token_type_ids"], dtype=torch.long)
     with torch.no_grad():
-        return model.eval()(**batch).logits
+        return model.eval()(**batch).logits.float()
+
+
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def main():
     export = Path(sys.argv[1])
     check = json.loads((export / "check.json").read_text())
     want = torch.tensor(check["logits"])
+    # The base as petnas held it (check.json says: fp32, bf16 or fp16), and what the exports
+    # promise at that precision.
+    held = TORCH_DTYPES[check.get("dtype", "fp32")]
+    tolerance = check.get("tolerance", 1e-4)
     worst = 0.0
     if (export / "merged").exists():
-        merged = AutoModelForSequenceClassification.from_pretrained(export / "merged")
+        merged = AutoModelForSequenceClassification.from_pretrained(export / "merged", dtype="auto")
+        assert merged.dtype == held, f"the merged checkpoint loads as {merged.dtype}, petnas held {held}"
         diff = (logits_of(merged, check) - want).abs().max().item()
         print(f"merged checkpoint: max |logit difference| = {diff:.2e}")
         worst = max(worst, diff)
@@ -45,7 +53,7 @@ def main():
         # adapter_config.json), the same as the merged checkpoint's.
         task_config = AutoConfig.from_pretrained(peft_dir)
         base = AutoModelForSequenceClassification.from_pretrained(
-            config["base_model_name_or_path"], config=task_config
+            config["base_model_name_or_path"], config=task_config, dtype=held
         )
         assert base.config.num_labels == num_labels, (base.config.num_labels, num_labels)
         if (export / "merged").exists():
@@ -62,14 +70,14 @@ def main():
         worst = max(worst, diff)
         if num_labels == 2:
             from peft import AutoPeftModelForSequenceClassification
-            auto = AutoPeftModelForSequenceClassification.from_pretrained(peft_dir)
+            auto = AutoPeftModelForSequenceClassification.from_pretrained(peft_dir, dtype=held)
             if auto.config.pad_token_id is None:
                 auto.config.pad_token_id = base.config.pad_token_id
             diff = (logits_of(auto, check) - want).abs().max().item()
             print(f"AutoPeftModelForSequenceClassification: max |logit difference| = {diff:.2e}")
             worst = max(worst, diff)
-    if worst > 1e-4:
-        sys.exit(f"the exports differ from petnas by {worst:.2e}")
+    if worst > tolerance:
+        sys.exit(f"the exports differ from petnas by {worst:.2e}, more than the {tolerance:.0e} promised on a {check.get('dtype', 'fp32')} base")
     print("ok")
 
 

@@ -61,6 +61,15 @@ fn classifier_config(model: &PetModel, labels: &[String]) -> Result<Value> {
         .into();
     config["problem_type"] =
         json!(if head.regression { "regression" } else { "single_label_classification" });
+    // The dtype the frozen weights are held in, which is what the merged weights are saved
+    // in (a checkpoint converted on loading says so, not what it was stored in).
+    let torch_dtype = match info.dtype.as_str() {
+        "bf16" => "bfloat16",
+        "fp16" => "float16",
+        _ => "float32",
+    };
+    config["torch_dtype"] = json!(torch_dtype);
+    config["dtype"] = json!(torch_dtype);
     // Decoders' configs often name no padding token; their classification heads need the
     // one petnas padded with to find the last real token.
     if config["pad_token_id"].is_null() {
@@ -254,7 +263,13 @@ impl Stage for Export {
         let as_rows = |t: &Tensor| -> Result<Vec<Vec<f64>>> {
             Ok(Vec::<Vec<f64>>::try_from(t.to_kind(tch::Kind::Double))?)
         };
+        let held = &model.backbone.info().dtype;
         let check = json!({
+            // What the exports promise: petnas's logits to 1e-4 on an fp32 base; on a base
+            // held in bf16 or fp16, to what those keep (rounding the merged weights once, and
+            // the order of additions, move a logit by up to a few of its last digits).
+            "dtype": held,
+            "tolerance": match held.as_str() { "bf16" => 5e-2, "fp16" => 1e-2, _ => 1e-4 },
             "input_ids": as_rows(&batch.input_ids.to_device(Device::Cpu))?,
             "token_type_ids": as_rows(&batch.token_type_ids.to_device(Device::Cpu))?,
             "attention_mask": as_rows(&batch.attention_mask.to_device(Device::Cpu))?,
