@@ -452,3 +452,60 @@ fn bf16_training_over_fp16_weights_is_refused_before_it_starts() {
     );
     assert!(!run.stdout.contains("mixed dtype"), "{}", run.stdout);
 }
+
+/// By default a fit never selects on the split results are reported on: with a validation
+/// split held out of train it keeps the best evaluation there, without one its last
+/// parameters, and says so; `keep_best: true` on dev is warned about. metrics.json records
+/// what was kept, its step and the split it was selected on; the curves name that split.
+#[test]
+fn the_default_selects_on_held_out_data_or_keeps_the_last_and_records_which() {
+    let s = Scratch::new();
+    let held_out = pipeline("[{type: lora, targets: [query, value], rank: 2}]", FIT)
+        .replace("max_len: 48}", "max_len: 48, validation_fraction: 0.25}");
+    s.write("p.yaml", &held_out);
+    let run = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let selection = metrics(&s)["selection"].clone();
+    assert_eq!(selection["kept"], "best", "{selection}");
+    assert_eq!(selection["split"], "validation", "{selection}");
+    assert!(selection["step"].as_i64().is_some_and(|step| step > 0), "{selection}");
+    assert!(s.petnas(&["report", "runs/train", "--curves", "plots"]).code == 0);
+    let svg = std::fs::read_to_string(s.path().join("plots/curves-train-default.svg")).unwrap();
+    assert!(
+        svg.contains("validation accuracy") && !svg.contains("dev accuracy"),
+        "the panel names the split it plots"
+    );
+
+    let unpeeked = Scratch::new();
+    unpeeked.write("p.yaml", &pipeline("[{type: lora, targets: [query, value], rank: 2}]", FIT));
+    let run = unpeeked.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("keeping the last parameters: the dataset holds no validation split"),
+        "{}",
+        run.stderr
+    );
+    let selection = metrics(&unpeeked)["selection"].clone();
+    assert_eq!(
+        (selection["kept"].as_str(), selection["split"].is_null()),
+        (Some("last"), true),
+        "{selection}"
+    );
+
+    let peeked = Scratch::new();
+    peeked.write(
+        "p.yaml",
+        &pipeline(
+            "[{type: lora, targets: [query, value], rank: 2}]",
+            &FIT.replace('}', ", keep_best: true}"),
+        ),
+    );
+    let run = peeked.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("keep_best selects on `dev`, the split results are reported on"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(metrics(&peeked)["selection"]["split"], "dev");
+}

@@ -11,6 +11,8 @@ struct Curve {
     stage: String,
     loss: Vec<(f64, f64)>,
     metric: Option<String>,
+    /// The split the fit evaluated on (`validation` held out of train, or `dev`).
+    split: Option<String>,
     evaluations: Vec<(f64, f64)>,
 }
 
@@ -23,6 +25,7 @@ fn read_curve(stage_dir: &Path) -> Option<Curve> {
         stage: stage_dir.file_name()?.to_string_lossy().to_string(),
         loss: Vec::new(),
         metric: None,
+        split: None,
         evaluations: Vec::new(),
     };
     for line in text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()) {
@@ -32,6 +35,7 @@ fn read_curve(stage_dir: &Path) -> Option<Curve> {
         }
         if let (Some(metric), Some(value)) = (line["metric"].as_str(), line["value"].as_f64()) {
             curve.metric = Some(metric.to_string());
+            curve.split = line["evaluated"].as_str().map(str::to_string);
             curve.evaluations.push((step, value));
         }
     }
@@ -101,7 +105,7 @@ where
     let root = root.titled(cell, ("sans-serif", 18)).map_err(err)?;
     let (left, right) = root.split_horizontally(550);
     let panels: [(&DrawingArea<DB, plotters::coord::Shift>, &str, bool); 2] =
-        [(&left, "training loss", false), (&right, "dev metric", true)];
+        [(&left, "training loss", false), (&right, "evaluation metric", true)];
     for (area, title, dev) in panels {
         let series = |c: &Curve| {
             let points = if dev { &c.evaluations } else { &c.loss };
@@ -112,7 +116,8 @@ where
             continue;
         }
         let metric = curves.iter().find_map(|c| c.metric.clone()).unwrap_or_default();
-        let y_desc = if dev { format!("dev {metric}") } else { "loss".to_string() };
+        let split = curves.iter().find_map(|c| c.split.clone()).unwrap_or_else(|| "dev".to_string());
+        let y_desc = if dev { format!("{split} {metric}") } else { "loss".to_string() };
         let mut chart = ChartBuilder::on(area)
             .caption(title, ("sans-serif", 15))
             .margin(10)

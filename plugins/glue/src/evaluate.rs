@@ -76,6 +76,13 @@ impl Stage for Evaluate {
                 "plm": plm,
                 "pet_percent_of_plm": 100.0 * pet as f64 / plm as f64,
             },
+            // Which parameters were evaluated: the fit's last, or its best and the split it was
+            // selected on (never the split reported here, unless asked for and warned about).
+            "selection": match training["kept"].as_str() {
+                Some("best") => json!({"kept": "best", "step": training["best_step"], "split": training["selected_on"]}),
+                Some(kept) => json!({"kept": kept, "step": training["steps"], "split": null}),
+                None => Value::Null,
+            },
             "train_seconds": training["train_seconds"],
             "train_samples_per_second": training["train_samples_per_second"],
             "eval_seconds": seconds,

@@ -70,8 +70,8 @@ pub fn options() -> OptionSchema {
         .opt(
             "keep_best",
             OptType::Bool,
-            true,
-            "keep the parameters of the best evaluation, not the last (select on a held-out validation split, glue.load's `validation_fraction`, to report dev unpeeked)",
+            Value::Null,
+            "keep the parameters of the best evaluation, not the last; unset: the best on the validation split held out of train when the dataset has one (glue.load's `validation_fraction`), else the last, so that the split results are reported on is never the one they were selected on; `true` selects on dev where there is nothing else, and says so",
         )
         .peer_name("load_best_model_at_end")
         .opt(
@@ -192,7 +192,7 @@ pub struct FitOptions {
     pub max_grad_norm: f64,
     pub eval_every: i64,
     pub early_stopping_patience: Option<i64>,
-    pub keep_best: bool,
+    pub keep_best: Option<bool>,
     pub shuffle: bool,
     pub bucket_by_length: bool,
     pub reinit: bool,
@@ -312,6 +312,18 @@ pub fn fit(
         bucket_by_length: o.bucket_by_length,
     };
     let eval_every = if o.eval_every > 0 { o.eval_every } else { steps_per_epoch };
+    let selected_on = dev.as_ref().map(|(name, _)| name.to_string());
+    let held_out = selected_on.as_deref() == Some(crate::data::VALIDATION);
+    let keep_best = o.keep_best.unwrap_or(held_out) && selected_on.is_some();
+    match (o.keep_best, &selected_on) {
+        (Some(true), Some(split)) if !held_out => tracing::warn!(
+            "keep_best selects on `{split}`, the split results are reported on: they will read better than an unseen split would (glue.load's `validation_fraction` holds a validation split out of train)"
+        ),
+        (None, _) if !held_out => {
+            tracing::info!("keeping the last parameters: the dataset holds no validation split out of train to select on")
+        }
+        _ => {}
+    }
     let mut epoch_rows: Option<(i64, Vec<Vec<usize>>)> = None;
     let started = Instant::now() - std::time::Duration::from_secs_f64(state.train_seconds);
     let mut eval_seconds = 0.0;
@@ -427,7 +439,7 @@ pub fn fit(
         }
     }
     step_log.flush().with_context(|| format!("cannot write {}", log_path.display()))?;
-    if o.keep_best && !best.is_empty() {
+    if keep_best && !best.is_empty() {
         tch::no_grad(|| {
             for ((name, p, _), (best_name, value)) in opt.params.iter_mut().zip(&best) {
                 debug_assert_eq!(name, best_name);
@@ -442,7 +454,8 @@ pub fn fit(
             "epochs": state.step as f64 / steps_per_epoch as f64,
             "best_step": state.best_step,
             "best_metric": state.best_metric,
-            "kept": if o.keep_best && !best.is_empty() { "best" } else { "last" },
+            "kept": if keep_best && !best.is_empty() { "best" } else { "last" },
+            "selected_on": if keep_best && !best.is_empty() { selected_on.clone() } else { None },
             "skipped_steps": state.skipped,
             "train_seconds": state.train_seconds,
             "train_samples_per_second": state.examples_seen as f64 / train_seconds,
