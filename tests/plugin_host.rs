@@ -39,34 +39,34 @@ fn plugins_lists_stage_kinds_with_their_options() {
         run.stdout
     );
     let listing = plugins_json(&s, &[]);
-    let kinds: Vec<&str> =
-        listing["stages"].as_array().unwrap().iter().map(|k| k["kind"].as_str().unwrap()).collect();
-    assert_eq!(
-        kinds,
-        [
-            "data.load",
-            "demo.data",
-            "demo.evaluate",
-            "demo.fit",
-            "glue.evaluate",
-            "glue.load",
-            "glue.predict",
-            "nas.build_supernet",
-            "nas.prune_structured",
-            "nas.prune_unstructured",
-            "nas.report",
-            "nas.score",
-            "pet.attach",
-            "pet.export",
-            "plm.load",
-            "train.fit",
-        ]
-    );
-    let pets: Vec<&str> =
-        listing["pet_types"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
-    assert_eq!(pets, ["adapter", "bitfit", "full", "ia3", "lora"]);
-    let commands: Vec<&str> =
-        listing["commands"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    let names = |key: &str, field: &str| -> Vec<String> {
+        listing[key].as_array().unwrap().iter().map(|k| k[field].as_str().unwrap().to_string()).collect()
+    };
+    // Listed once each, in name order; every plugin's, a new one without editing this list.
+    for (key, field) in [("stages", "kind"), ("pet_types", "name"), ("commands", "name")] {
+        let listed = names(key, field);
+        let mut sorted = listed.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(listed, sorted, "{key}");
+    }
+    let kinds = names("stages", "kind");
+    for kind in [
+        "data.load",
+        "demo.data",
+        "demo.fit",
+        "glue.evaluate",
+        "nas.prune_while_training",
+        "pet.export",
+        "train.fit",
+    ] {
+        assert!(kinds.iter().any(|k| k == kind), "{kind} in {kinds:?}");
+    }
+    let pets = names("pet_types", "name");
+    for pet in ["adapter", "bitfit", "full", "ia3", "lora", "pair"] {
+        assert!(pets.iter().any(|p| p == pet), "{pet} in {pets:?}");
+    }
+    let commands = names("commands", "name");
     assert_eq!(commands, ["encode", "glue-throughput", "score"]);
 
     // Without the tests' plugin folder, a user's petnas lists no demo stages.

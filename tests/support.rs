@@ -28,9 +28,20 @@ pub fn demo_plugin_dir() -> PathBuf {
     DIR.get_or_init(|| {
         let dir = build_dir().join("test-plugins");
         std::fs::create_dir_all(&dir).expect("create the test plugin folder");
-        for name in ["demo", "demo_eval"] {
-            let built = build_dir().join(format!("libpetnastest_{name}.so"));
-            assert!(built.exists(), "{} is missing: build the workspace first", built.display());
+        let built_plugins: Vec<(String, PathBuf)> = std::fs::read_dir(build_dir())
+            .expect("the build folder")
+            .flatten()
+            .filter_map(|e| {
+                let file = e.file_name().to_string_lossy().into_owned();
+                let name = file.strip_prefix("libpetnastest_")?.strip_suffix(".so")?.to_string();
+                Some((name, e.path()))
+            })
+            .collect();
+        assert!(
+            built_plugins.len() >= 2,
+            "the test plugins of tests/plugins/ are missing: build the workspace first"
+        );
+        for (name, built) in built_plugins {
             // Another test process may be installing it too: copy, then rename into place.
             let temp = dir.join(format!(".{name}.{}", std::process::id()));
             std::fs::copy(&built, &temp).expect("copy a demo plugin");
