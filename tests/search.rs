@@ -157,7 +157,7 @@ fn a_cut_model_computes_what_the_masked_one_does() {
 #[test]
 fn taylor_scores_agree_with_finite_differences() {
     let s = Scratch::new();
-    let text = search_pipeline("[{type: lora, targets: [query, value], rank: 4, init: balanced}]", "{budget: 3000}", 1000).replace(
+    let text = search_pipeline("[{type: lora, targets: [query, value], rank: 4, init: balanced}]", "{budget: 800}", 500).replace(
         "  structured:",
         "  scores: {use: nas.score, needs: [warm, data], with: {score_batches: 1, score_batch_size: 64}}\n  structured:",
     );
@@ -468,4 +468,78 @@ fn a_search_while_training_resumes_after_a_kill_as_an_uninterrupted_run() {
         std::fs::read(s.stage_dir("search", "default", "search").join("outputs.safetensors")).unwrap()
     };
     assert!(file(&s) == file(&reference), "the resumed search differs from an uninterrupted one");
+}
+
+/// A PET type written outside petnas (tests/plugins/pair, one crate built against the
+/// contract) is listed with its options, checked by validate, trained, and pruned by the
+/// search with no change anywhere else; a type whose prune groups are not independent is
+/// refused by the cut, naming it.
+#[test]
+fn a_pet_type_from_outside_is_listed_checked_trained_and_searched() {
+    let s = Scratch::new();
+    let listing = s.petnas(&["plugins"]);
+    assert!(listing.stdout.contains("dependent: bool (default false)"), "{}", listing.stdout);
+    let pipeline = |pair: &str| {
+        one_run_pipeline("[{type: pair}]", "{budget: 1, epochs: 1}")
+            .replace("  search: ", "  unused_search: ")
+            .replace("  report: {use: nas.report, needs: [search]}\n", "")
+            .replace("unused_search: {use: nas.prune_while_training, needs: [supernet, data], with: {budget: 1, epochs: 1}}\n", &format!(
+                "fit: {{use: train.fit, needs: [supernet, data], with: {{epochs: 1, batch_size: 16}}}}
+  cut: {{use: nas.prune_structured, needs: [fit, data], with: {{budget: 400, score_batches: 2}}}}
+  retrain: {{use: train.fit, needs: [cut, data], with: {{epochs: 1, batch_size: 16}}}}
+  evaluate: {{use: glue.evaluate, needs: [retrain, data]}}
+")).replace("[{type: pair}]", pair)
+    };
+    s.write("p.yaml", &pipeline("[{type: pair, scale: 0}]"));
+    let refused = s.petnas(&["validate", "p.yaml"]);
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("`scale`") && refused.stderr.contains("PET type `pair`"),
+        "{}",
+        refused.stderr
+    );
+
+    s.write("p.yaml", &pipeline("[{type: pair, scale: 2.0}]"));
+    let run = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    // Read from the artifact: this test process has not loaded the plugin.
+    let cut = output(&s, "cut");
+    let held: i64 =
+        cut.tensors.iter().filter(|(n, _)| n.starts_with("pet.pair@")).map(|(_, t)| t.numel() as i64).sum();
+    assert!(held <= 400 && held > 0, "{held}");
+    assert!(cut.tensors.keys().filter(|n| n.starts_with("pet.")).all(|n| n.starts_with("pet.pair@")));
+
+    let dependent = Scratch::new();
+    dependent.write("p.yaml", &pipeline("[{type: pair, dependent: true}]"));
+    let run = dependent.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("prune groups of PET type pair should have left")
+            && run.stdout.contains("not independent"),
+        "{}",
+        run.stdout
+    );
+}
+
+/// A search that cannot do what it says is refused by validate, naming the stage: a budget
+/// at or above what the supernet holds (it pruned nothing and reported `done`), pruning a
+/// model with no PET modules, evaluating a model no stage trained.
+#[test]
+fn a_search_that_would_go_wrong_is_refused_by_validate() {
+    let s = Scratch::new();
+    let base = search_pipeline("[{type: bitfit}]", "{budget: 300, score_batches: 2}", 150);
+    let cases = [
+        (base.replace("{budget: 300, score_batches: 2}", "{budget: 1000000, score_batches: 2}"), "stage `structured` (nas.prune_structured): the budget of 1000000 PET parameters is at or above the"),
+        (base.replace("needs: [supernet, data], with: {epochs: 1", "needs: [model, data], with: {epochs: 1"), "stage `structured` (nas.prune_structured): the model it is handed holds no PET modules to score or prune"),
+        (format!("{base}  evaluate: {{use: glue.evaluate, needs: [supernet, data]}}\n"), "stage `evaluate` (glue.evaluate): the model it is handed was never trained"),
+    ];
+    for (text, expected) in cases {
+        s.write("p.yaml", &text);
+        let run = s.petnas(&["validate", "p.yaml"]);
+        assert_eq!(run.code, 2, "{expected}: {}", run.stderr);
+        assert!(run.stderr.contains(expected), "{expected}:\n{}", run.stderr);
+    }
+    s.write("p.yaml", &base);
+    let fine = s.petnas(&["validate", "p.yaml"]);
+    assert_eq!(fine.code, 0, "{}", fine.stderr);
 }

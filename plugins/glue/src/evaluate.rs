@@ -18,6 +18,17 @@ struct EvaluateOptions {
     batch_size: usize,
 }
 
+/// For validation: a model no stage trained has a random task head, whose predictions mean
+/// nothing; where the model was described, it must have been trained.
+fn check_trained(inputs: &[Value]) -> Result<()> {
+    if let Some(model) = petnas_kit::pet_model::described_model(inputs) {
+        if !model[petnas_kit::pet_model::FITTED].as_bool().unwrap_or(false) {
+            bail!("the model it is handed was never trained, so its task head is random: put a train.fit (or nas.prune_while_training) between it and the model");
+        }
+    }
+    Ok(())
+}
+
 impl Stage for Evaluate {
     fn kind(&self) -> &'static str {
         "glue.evaluate"
@@ -37,6 +48,15 @@ impl Stage for Evaluate {
     }
     fn output_kind(&self) -> &'static str {
         kinds::METRICS
+    }
+    fn check(
+        &self,
+        _options: &Value,
+        inputs: &[Value],
+        _services: &dyn petnas_sdk::Services,
+    ) -> Result<Value> {
+        check_trained(inputs)?;
+        Ok(Value::Null)
     }
     fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
         let o: EvaluateOptions = ctx.options()?;
@@ -145,6 +165,15 @@ impl Stage for Predict {
     }
     fn output_kind(&self) -> &'static str {
         kinds::REPORT
+    }
+    fn check(
+        &self,
+        _options: &Value,
+        inputs: &[Value],
+        _services: &dyn petnas_sdk::Services,
+    ) -> Result<Value> {
+        check_trained(inputs)?;
+        Ok(Value::Null)
     }
     fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
         let o: PredictOptions = ctx.options()?;

@@ -136,7 +136,7 @@ const FP16_UNDER_BF16: &str = "the model's frozen weights are held in fp16, whic
 
 /// The checks of a fit's options that need its inputs: `pad_to` within the model's
 /// positions, no bf16 autocast over weights held in fp16.
-pub fn check(options: &Value, inputs: &[Value]) -> Result<()> {
+pub fn check(options: &Value, inputs: &[Value]) -> Result<Value> {
     let o: FitOptions = serde_json::from_value(options.clone())?;
     let held = inputs.iter().find_map(|i| i["backbone"]["info"]["dtype"].as_str());
     anyhow::ensure!(!(o.bf16 == Some(true) && held == Some("fp16")), FP16_UNDER_BF16);
@@ -147,7 +147,7 @@ pub fn check(options: &Value, inputs: &[Value]) -> Result<()> {
             "`pad_to` {pad_to} is more than the model's {max} positions; at most {max}"
         );
     }
-    Ok(())
+    Ok(crate::pet_model::described_as_fitted(inputs))
 }
 
 /// What a fit starts from: the model (copied, with its task head and the fit's dropout,

@@ -509,6 +509,33 @@ pub fn pet_specs(pets: &[Value], services: &dyn Services) -> Result<Vec<PetSpec>
         .collect()
 }
 
+/// What validation knows of a model artifact, beside its backbone (`backbone`): the PET
+/// parameters it holds, and whether a stage trained it (its task head too).
+pub const PET_PARAMETERS: &str = "pet_parameters";
+pub const FITTED: &str = "fitted";
+
+/// The description of the model among a stage's inputs, if a stage could describe it.
+pub fn described_model(inputs: &[Value]) -> Option<&Value> {
+    inputs.iter().find(|i| i["backbone"]["loader"].is_string())
+}
+
+/// The PET parameters a described model holds (none described: not known).
+pub fn described_pet_parameters(model: &Value) -> Option<i64> {
+    model[PET_PARAMETERS].as_i64()
+}
+
+/// The model's description as a stage that trains it passes it on.
+pub fn described_as_fitted(inputs: &[Value]) -> Value {
+    match described_model(inputs) {
+        Some(model) => {
+            let mut model = model.clone();
+            model[FITTED] = json!(true);
+            model
+        }
+        None => Value::Null,
+    }
+}
+
 /// For validation: the `pets:` entries against the model a stage is handed, as the model
 /// stage described it (no weights read) — every entry must find sites. Returns that
 /// description, which the stage passes on; `Null` where there is none to check against.
@@ -538,6 +565,7 @@ pub fn check_pets(pets: &[Value], inputs: &[Value], services: &dyn Services) -> 
     }
     let plm = model.backbone.info().parameters;
     let mut description = input.clone();
+    description[PET_PARAMETERS] = json!(described_pet_parameters(input).unwrap_or(0) + total);
     description[petnas_sdk::stage::PLAN_KEY] = json!(format!(
         "{total} PET parameters ({:.3}% of the model's {plm}): {}",
         100.0 * total as f64 / plm.max(1) as f64,

@@ -1,6 +1,6 @@
 //! Pruning through the model contract: whole prune groups (structured, physically cut) and
 //! single entries (unstructured, masks), lowest scores first.
-use anyhow::Result;
+use anyhow::{bail, Result};
 use petnas_kit::optim::Cuts;
 use petnas_kit::pet_model::PetModel;
 use petnas_sdk::model::{PetModule, PruneGroup};
@@ -73,6 +73,7 @@ pub fn structured(model: &mut PetModel, scores: &Scores, target: i64, by: GroupS
     }
     let mut emptied = Vec::new();
     let mut cuts = Cuts::new();
+    let mut cut_types: Vec<String> = Vec::new();
     for ((i, module), key) in model.modules.iter_mut().enumerate().zip(model_keys) {
         if removed[i].is_empty() {
             continue;
@@ -84,11 +85,25 @@ pub fn structured(model: &mut PetModel, scores: &Scores, target: i64, by: GroupS
                 cuts.entry(format!("pet.{key}:{}", member.param)).or_insert((dim, Vec::new())).1.push(index);
             }
         }
+        cut_types.push(module.pet_type().to_string());
         if !module.keep_groups(&keep)? {
             emptied.push(i);
         }
     }
     model.detach(&emptied);
+    let left = model.pet_parameters();
+    if left != count {
+        let types: std::collections::BTreeSet<&str> = cut_types.iter().map(String::as_str).collect();
+        bail!(
+            "removing {n} prune groups of PET type {} should have left {count} PET parameters, but {left} are left: \
+             its prune groups are not independent (removing one removes parameters another counts); \
+             a PET type's groups must each hold their own parameters and together cover all of them",
+            types.into_iter().collect::<Vec<_>>().join(", ")
+        );
+    }
+    if left == 0 {
+        bail!("pruning to {target} PET parameters left none: every prune group holds more than the budget allows");
+    }
     Ok(Cut { removed: n, cuts })
 }
 

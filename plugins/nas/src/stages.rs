@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Context, Result};
 use petnas_kit::data::{BatchOptions, DatasetInfo, TokenizedSplit};
 use petnas_kit::optim::AdamW;
-use petnas_kit::pet_model::PetModel;
+use petnas_kit::pet_model::{described_model, described_pet_parameters, PetModel, FITTED, PET_PARAMETERS};
 use petnas_sdk::artifact::kinds;
 use petnas_sdk::init::derive_seed;
 use petnas_sdk::{Artifact, Inputs, OptType, OptionSchema, Stage, StageCtx};
@@ -79,6 +79,36 @@ fn score_options_of(options: &Value) -> Result<ScoreOptions> {
     }))?)
 }
 
+/// What a described model holds at most after a cut to a budget.
+const PET_PARAMETERS_AT_MOST: &str = "pet_parameters_at_most";
+
+/// For validation: the model a stage that scores or prunes is handed must hold PET modules,
+/// and more PET parameters than the budget where that is known (else nothing would be
+/// pruned). Returns the model's description as the stage passes it on, holding at most the
+/// budget; `Null` where the model was not described.
+pub fn check_budget(options: &Value, inputs: &[Value]) -> Result<Value> {
+    let Some(model) = described_model(inputs) else { return Ok(Value::Null) };
+    let held = described_pet_parameters(model);
+    if held == Some(0) {
+        bail!("the model it is handed holds no PET modules to score or prune: build a supernet first (nas.build_supernet)");
+    }
+    let mut passed = model.clone();
+    if options.get("budget").is_some() || options.get("budget_percent").is_some() {
+        let plm = model["backbone"]["info"]["parameters"].as_i64().unwrap_or(0);
+        let budget: Budget = serde_json::from_value(options.clone())?;
+        let budget = budget.resolve(plm);
+        if let Some(held) = held.filter(|&held| budget >= held) {
+            bail!(
+                "the budget of {budget} PET parameters is at or above the {held} the model holds: nothing would be pruned; give a budget under {held}"
+            );
+        }
+        // A structured cut meets its budget to within one group: what follows knows a bound.
+        passed[PET_PARAMETERS] = Value::Null;
+        passed[PET_PARAMETERS_AT_MOST] = json!(budget);
+    }
+    Ok(passed)
+}
+
 /// The model (copied: it will change), the dataset's info and its training split.
 fn model_and_data(ctx: &StageCtx, inputs: &Inputs) -> Result<(PetModel, DatasetInfo, TokenizedSplit)> {
     let data = inputs.one(kinds::DATASET)?;
@@ -108,6 +138,14 @@ impl Stage for Score {
     }
     fn output_kind(&self) -> &'static str {
         kinds::SCORES
+    }
+    fn check(
+        &self,
+        options: &Value,
+        inputs: &[Value],
+        _services: &dyn petnas_sdk::Services,
+    ) -> Result<Value> {
+        check_budget(options, inputs).map(|_| Value::Null)
     }
     fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
         let (model, info, train) = model_and_data(ctx, inputs)?;
@@ -202,6 +240,19 @@ impl Stage for PruneStructured {
     fn output_kind(&self) -> &'static str {
         kinds::MODEL
     }
+    fn check(
+        &self,
+        options: &Value,
+        inputs: &[Value],
+        _services: &dyn petnas_sdk::Services,
+    ) -> Result<Value> {
+        let mut passed = check_budget(options, inputs)?;
+        // Training between rounds trains the task head too.
+        if options["train_steps"].as_i64().unwrap_or(0) > 0 && passed.is_object() {
+            passed[FITTED] = json!(true);
+        }
+        Ok(passed)
+    }
     fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
         let raw: Value = ctx.options()?;
         let o: StructuredOptions = ctx.options()?;
@@ -294,6 +345,14 @@ impl Stage for PruneUnstructured {
     }
     fn output_kind(&self) -> &'static str {
         kinds::MODEL
+    }
+    fn check(
+        &self,
+        options: &Value,
+        inputs: &[Value],
+        _services: &dyn petnas_sdk::Services,
+    ) -> Result<Value> {
+        check_budget(options, inputs)
     }
     fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
         let raw: Value = ctx.options()?;

@@ -95,7 +95,11 @@ impl Stage for PruneWhileTraining {
         inputs: &[Value],
         _services: &dyn petnas_sdk::Services,
     ) -> Result<Value> {
-        fit::check(options, inputs)?;
+        let fitted = fit::check(options, inputs)?;
+        let mut passed = crate::stages::check_budget(options, inputs)?;
+        if passed.is_object() && fitted.get(petnas_kit::pet_model::FITTED).is_some() {
+            passed[petnas_kit::pet_model::FITTED] = json!(true);
+        }
         let p: PruneOptions = serde_json::from_value(options.clone())?;
         if p.prune_start >= p.prune_end {
             bail!("`prune_start` {} must come before `prune_end` {}", p.prune_start, p.prune_end);
@@ -105,7 +109,7 @@ impl Stage for PruneWhileTraining {
                 bail!("`structured_budget` {structured} is under `budget` {budget}: the cut must keep what the mask chooses from");
             }
         }
-        Ok(Value::Null)
+        Ok(passed)
     }
     fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
         let o: FitOptions = ctx.options()?;

@@ -222,6 +222,8 @@ impl Stage for Load {
         if let Some(kind) = o.dtype()?.kind() {
             described["backbone"]["info"]["dtype"] = json!(WeightsDtype::name_of(kind));
         }
+        // A model as loaded holds no PET modules.
+        described[petnas_kit::pet_model::PET_PARAMETERS] = json!(0);
         Ok(described)
     }
     fn external_inputs(&self, options: &Value) -> Result<String> {

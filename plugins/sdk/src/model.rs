@@ -374,6 +374,13 @@ pub trait BackboneLoader: Send + Sync {
 /// A structured unit of a PET module that pruning removes as a whole: one rank-1 LoRA
 /// component, one bias vector, one adapter bottleneck unit. Groups are numbered by their
 /// position in [`PetModule::prune_groups`].
+///
+/// A module's groups must be independent — removing one removes exactly the parameters its
+/// members name, no other group's — and together cover every parameter of the module, so
+/// that the search's count of what a cut leaves is the count the module then holds (the
+/// search refuses a cut where they differ, naming the PET type). A member with a `slice`
+/// names the index of its group along one dimension; `keep_groups` keeps those of the kept
+/// groups, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PruneGroup {
     pub members: Vec<GroupMember>,

@@ -35,8 +35,7 @@ impl Stage for Fit {
         inputs: &[Value],
         _services: &dyn petnas_sdk::Services,
     ) -> Result<Value> {
-        fit::check(options, inputs)?;
-        Ok(Value::Null)
+        fit::check(options, inputs)
     }
     fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
         let o: fit::FitOptions = ctx.options()?;
