@@ -9,17 +9,41 @@ pub const RECORD_BYTES: u64 = 16 << 20;
 /// A fit's per-step log: a line per step, millions of steps.
 pub const STEP_LOG_BYTES: u64 = 1 << 30;
 
-/// The bytes of the regular file at `path` (symbolic links followed), at most `limit`.
-pub fn read(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
-    if !meta.is_file() {
-        return Err("not a regular file (a folder, a FIFO, a device …)".into());
+/// Why a file was not read.
+#[derive(Debug)]
+pub enum Refused {
+    NotRegular,
+    /// Its size (at least `limit + 1` where it grew while read), and the limit.
+    TooLarge(u64, u64),
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::NotRegular => f.write_str("not a regular file (a folder, a FIFO, a device …)"),
+            Refused::TooLarge(len, limit) => {
+                write!(f, "the file is {len} bytes, more than the {limit} it may be")
+            }
+            Refused::Io(e) => write!(f, "{e}"),
+        }
     }
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+}
+
+/// The bytes of the regular file at `path` (symbolic links followed), at most `limit`.
+pub fn read(path: &Path, limit: u64) -> Result<Vec<u8>, Refused> {
+    let meta = std::fs::metadata(path).map_err(Refused::Io)?;
+    if !meta.is_file() {
+        return Err(Refused::NotRegular);
+    }
+    if meta.len() > limit {
+        return Err(Refused::TooLarge(meta.len(), limit));
+    }
+    let file = std::fs::File::open(path).map_err(Refused::Io)?;
     let mut bytes = Vec::new();
-    file.take(limit + 1).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    file.take(limit + 1).read_to_end(&mut bytes).map_err(Refused::Io)?;
     if bytes.len() as u64 > limit {
-        return Err(format!("larger than {limit} bytes, the most it may be"));
+        return Err(Refused::TooLarge(bytes.len() as u64, limit));
     }
     Ok(bytes)
 }
@@ -42,11 +66,12 @@ mod tests {
         let file = dir.path().join("f");
         std::fs::write(&file, "12345").unwrap();
         assert_eq!(read(&file, 5).unwrap(), b"12345");
-        assert!(read(&file, 4).unwrap_err().contains("larger than 4 bytes"));
-        assert!(read(Path::new("/dev/zero"), 1 << 20).unwrap_err().contains("not a regular file"));
-        assert!(read(dir.path(), 10).unwrap_err().contains("not a regular file"));
+        let refused = |path: &Path, limit| read(path, limit).unwrap_err().to_string();
+        assert_eq!(refused(&file, 4), "the file is 5 bytes, more than the 4 it may be");
+        assert!(refused(Path::new("/dev/zero"), 1 << 20).contains("not a regular file"));
+        assert!(refused(dir.path(), 10).contains("not a regular file"));
         let link = dir.path().join("zero");
         std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
-        assert!(read(&link, 1 << 20).unwrap_err().contains("not a regular file"));
+        assert!(refused(&link, 1 << 20).contains("not a regular file"));
     }
 }

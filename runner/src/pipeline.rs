@@ -205,8 +205,12 @@ pub struct Context {
 
 pub fn load(path: &Path, registry: &Registry, ctx: &Context) -> Result<Pipeline, Diagnostics> {
     let file = path.display().to_string();
-    let bytes = crate::bounded::read(path, yaml::MAX_BYTES as u64)
-        .map_err(|e| Diagnostic::file(&file, format!("cannot read the pipeline file: {e}")))?;
+    let bytes = crate::bounded::read(path, yaml::MAX_BYTES as u64).map_err(|e| match e {
+        crate::bounded::Refused::TooLarge(len, limit) => {
+            Diagnostic::file(&file, format!("the file is {len} bytes; pipeline files may be at most {limit}"))
+        }
+        e => Diagnostic::file(&file, format!("cannot read the pipeline file: {e}")),
+    })?;
     let text = String::from_utf8(bytes).map_err(|e| {
         Diagnostic::file(&file, format!("the file is not UTF-8 (byte {})", e.utf8_error().valid_up_to()))
     })?;
@@ -644,6 +648,10 @@ fn parse_stage<'a>(
                     format!("`with` must be a mapping of options, found {}", value.type_name()),
                 )),
             },
+            "seed" => errors.push(
+                Diagnostic::at(file, *key_pos, format!("stage `{id}` cannot set a seed of its own"))
+                    .help("seeds belong to cells: `defaults: {seed: N}`, or a `seed` axis of the matrix, which every stage of a cell runs with"),
+            ),
             _ => errors.push(unknown_key(file, *key_pos, key, &format!("key in stage `{id}`"), STAGE_KEYS)),
         }
     }
@@ -948,6 +956,9 @@ fn beside(pipeline_dir: &Path, ty: &OptType, value: Json) -> Json {
 
 /// An unknown option: petnas's name where the user wrote a peer tool's, else the nearest.
 fn unknown_option(schema: &OptionSchema, key: &str, pos: Pos, of: &str, file: &str) -> Diagnostic {
+    if let Some((_, hint)) = schema.foreign.iter().find(|(name, _)| *name == key) {
+        return Diagnostic::at(file, pos, format!("unknown option `{key}` for {of}")).help(*hint);
+    }
     if let Some(spec) = schema.by_peer_name(key) {
         return Diagnostic::at(file, pos, format!("unknown option `{key}` for {of}"))
             .help(format!("`{key}` is what PEFT or transformers call it; petnas calls it `{}`", spec.name));

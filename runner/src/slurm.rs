@@ -76,6 +76,7 @@ pub fn read_profile(path: &std::path::Path) -> Result<ExecutorDefaults, crate::d
     use crate::yaml::Value;
     let file = path.display().to_string();
     let text = crate::bounded::read(path, crate::yaml::MAX_BYTES as u64)
+        .map_err(|e| e.to_string())
         .and_then(|b| String::from_utf8(b).map_err(|_| "not UTF-8 text".to_string()))
         .map_err(|e| Diagnostic::file(&file, format!("cannot read the profile file: {e}")))?;
     let root = crate::yaml::parse(&text, &file)?;
