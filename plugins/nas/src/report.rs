@@ -77,11 +77,10 @@ impl Stage for Report {
         let mut by_type: BTreeMap<String, i64> = BTreeMap::new();
         let mut by_block: BTreeMap<&str, i64> = BTreeMap::new();
         let mut by_layer: BTreeMap<i64, i64> = BTreeMap::new();
-        for module in &model.modules {
+        for (module, key) in model.modules.iter().zip(model.module_keys()) {
             let live = live_parameters(module.as_ref());
             let site = module.site();
-            let origin =
-                &sizes.get(&format!("{}@{}", module.pet_type(), site.name)).cloned().unwrap_or(Value::Null);
+            let origin = &sizes.get(&key).cloned().unwrap_or(Value::Null);
             modules.push(json!({
                 "site": site.name, "layer": site.layer, "part": site.local, "role": site.role.name(), "type": module.pet_type(),
                 "groups": module.prune_groups().len(), "supernet_groups": origin["groups"],

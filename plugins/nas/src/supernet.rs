@@ -19,11 +19,9 @@ pub fn record_supernet(model: &mut PetModel) {
     let sizes: serde_json::Map<String, Value> = model
         .modules
         .iter()
-        .map(|m| {
-            (
-                format!("{}@{}", m.pet_type(), m.site().name),
-                json!({"parameters": live_parameters(m.as_ref()), "groups": m.prune_groups().len()}),
-            )
+        .zip(model.module_keys())
+        .map(|(m, key)| {
+            (key, json!({"parameters": live_parameters(m.as_ref()), "groups": m.prune_groups().len()}))
         })
         .collect();
     model.notes.insert("supernet".into(), json!({"modules": sizes, "parameters": model.pet_parameters()}));

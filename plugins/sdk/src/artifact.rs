@@ -171,10 +171,6 @@ impl Inputs {
         self.by_stage.insert(stage.to_string(), artifact);
     }
 
-    pub fn by_stage(&self) -> impl Iterator<Item = (&str, &Arc<Artifact>)> {
-        self.by_stage.iter().map(|(k, v)| (k.as_str(), v))
-    }
-
     /// The one input of this kind; an error names what there is when there is none or several.
     pub fn one(&self, kind: &str) -> Result<&Artifact> {
         let mut found = self.by_stage.iter().filter(|(_, a)| a.kind == kind);
