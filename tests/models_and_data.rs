@@ -464,10 +464,10 @@ fn a_csv_quote_that_is_never_closed_is_an_error_naming_its_line() {
         &own_data(&s, "train: 'DIR/train.csv', dev: 'DIR/dev.csv', text: review, label: sentiment"),
     );
     let run = s.petnas(&["run", "p.yaml"]);
-    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert_eq!(run.code, 2, "refused before anything runs: {}{}", run.stdout, run.stderr);
     assert!(
-        run.stdout.contains("train.csv:6: a quoted field opens here and is never closed")
-            && run.stdout.contains("every line after it (19 of them)"),
+        run.stderr.contains("train.csv:6: a quoted field opens here and is never closed")
+            && run.stderr.contains("every line after it (19 of them)"),
         "{}{}",
         run.stdout,
         run.stderr
@@ -519,4 +519,30 @@ fn equal_numbers_are_one_class_and_mixed_label_types_are_refused() {
         "{}",
         run.stderr
     );
+}
+
+/// `labels:` are checked against the labelled files at validate (the run failed, and
+/// skip_bad_lines skipped every row into "no example read"); a split whose rows were all
+/// skipped says why.
+#[test]
+fn labels_are_checked_against_the_files_by_validate_and_all_rows_skipped_says_why() {
+    let s = Scratch::new();
+    s.write("train.csv", "text,label\na,pos\nb,neg\nc,pos\n");
+    s.write("dev.csv", "text,label\na,pos\nb,neg\n");
+    s.write(
+        "p.yaml",
+        &own_data(&s, "train: 'DIR/train.csv', dev: 'DIR/dev.csv', text: text, labels: [positive, negative]"),
+    );
+    let validate = s.petnas(&["validate", "p.yaml"]);
+    assert_eq!(validate.code, 2, "{}", validate.stderr);
+    assert!(
+        validate.stderr.contains("train.csv: its `label` column holds `neg`, `pos` that `labels` (positive, negative) does not name"),
+        "{}",
+        validate.stderr
+    );
+    s.write("p.yaml", &own_data(&s, "train: 'DIR/train.csv', dev: 'DIR/dev.csv', text: text, labels: [pos, neg], skip_bad_lines: true"));
+    s.write("train.csv", "text,label\na\nb\n");
+    let run = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(run.stdout.contains("no example read: all 2 rows were skipped as bad (the first, line 2: expected 2 columns, found 1)"), "{}", run.stdout);
 }

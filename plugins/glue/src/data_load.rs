@@ -110,6 +110,41 @@ impl DataLoadOptions {
         Ok(())
     }
 
+    /// For validation: the labels the labelled files hold, against `labels` where it names
+    /// the classes (a label it lacks would fail every such row), or as the classes where it
+    /// does not. Files past a size are left to the run.
+    fn check_file_labels(&self, scoring: Scoring) -> Result<()> {
+        const READ_AT_VALIDATION: u64 = 64 << 20;
+        for split in self.splits().iter().filter(|s| s.labelled) {
+            if std::fs::metadata(&split.path).map(|m| m.len()).unwrap_or(u64::MAX) > READ_AT_VALIDATION {
+                continue;
+            }
+            let rows = files::read_rows(&split.path, self.format(&split.path)?, &self.columns())?;
+            match &self.labels {
+                Some(labels) => {
+                    let found = files::labels_in(&rows);
+                    let unknown: Vec<&String> = found.iter().filter(|l| !labels.contains(l)).collect();
+                    if !unknown.is_empty() {
+                        bail!(
+                            "{}: its `{}` column holds {} that `labels` ({}) does not name: every such row would fail (or be skipped, with skip_bad_lines); name them in `labels`, or leave `labels` out to take the file's",
+                            split.path.display(),
+                            self.label,
+                            unknown.iter().take(10).map(|l| format!("`{l}`")).collect::<Vec<_>>().join(", "),
+                            labels.join(", ")
+                        );
+                    }
+                }
+                None if split.name == TRAIN => DataLoadOptions::check_classes(
+                    scoring,
+                    &files::class_names(&rows, &split.path)?,
+                    &split.path.display().to_string(),
+                )?,
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
     /// The task's name in reports: the option, else the training file's folder.
     fn task_name(&self) -> String {
         self.name.clone().unwrap_or_else(|| {
@@ -201,6 +236,9 @@ impl Stage for DataLoad {
         }
         if let Some(labels) = &o.labels {
             DataLoadOptions::check_classes(scoring, labels, "`labels`")?;
+        }
+        if !o.regression {
+            o.check_file_labels(scoring)?;
         }
         o.shaping.check(inputs)
     }

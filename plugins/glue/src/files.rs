@@ -416,13 +416,19 @@ pub fn read_rows(path: &Path, format: Format, columns: &Columns) -> Result<Rows>
     }
 }
 
-/// The classes of a file (`path`'s rows) whose classes are not given: its distinct labels,
-/// ordered as numbers when all are whole numbers, else as text.
-pub fn class_names(rows: &Rows, path: &Path) -> Result<Vec<String>> {
+/// The distinct labels of the rows that were read, in text order.
+pub fn labels_in(rows: &Rows) -> Vec<String> {
     let mut names: Vec<String> =
         rows.rows.iter().filter_map(|r| r.as_ref().ok().and_then(|r| r.label.clone())).collect();
     names.sort();
     names.dedup();
+    names
+}
+
+/// The classes of a file (`path`'s rows) whose classes are not given: its distinct labels,
+/// ordered as numbers when all are whole numbers, else as text.
+pub fn class_names(rows: &Rows, path: &Path) -> Result<Vec<String>> {
+    let mut names = labels_in(rows);
     if names.iter().all(|n| n.parse::<i64>().is_ok()) {
         names.sort_by_key(|n| n.parse::<i64>().unwrap_or(0));
     }
@@ -479,7 +485,14 @@ pub fn split_of(
         }
     }
     if split.examples.is_empty() {
-        bail!("{}: no example read", path.display());
+        match split.bad_lines.first() {
+            Some((line, reason)) => bail!(
+                "{}: no example read: all {} rows were skipped as bad (the first, line {line}: {reason})",
+                path.display(),
+                split.bad_lines.len()
+            ),
+            None => bail!("{}: no example read: the file has no rows", path.display()),
+        }
     }
     Ok(split)
 }
