@@ -509,3 +509,82 @@ fn the_default_selects_on_held_out_data_or_keeps_the_last_and_records_which() {
     );
     assert_eq!(metrics(&peeked)["selection"]["split"], "dev");
 }
+
+/// transformers' and PEFT's vocabulary: `warmup_steps` over `warmup_ratio`, the cosine
+/// schedule, `gradient_accumulation_steps` (two batches of 8 train as one of 16), LoRA's
+/// `use_rslora`; a stage-level `seed:` and LoRA's `bias:` are told where they belong.
+#[test]
+fn the_vocabulary_of_transformers_and_peft_trains_as_it_does_there() {
+    let s = Scratch::new();
+    let lora = "[{type: lora, targets: [query, value], rank: 4, alpha: 8, use_rslora: true}]";
+    s.write(
+        "p.yaml",
+        &pipeline(
+            lora,
+            "{max_steps: 8, batch_size: 16, warmup_steps: 2, warmup_ratio: 0.5, lr_scheduler_type: cosine}",
+        ),
+    );
+    let run = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let log =
+        std::fs::read_to_string(s.stage_dir("train", "default", "fit").join("train_log.jsonl")).unwrap();
+    let lrs: Vec<f64> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["lr"].as_f64())
+        .collect();
+    // 2 warm-up steps (not 4 of 8), then half a cosine from 1e-3: 1e-3·(1 + cos(π·k/6))/2.
+    let want: Vec<f64> = [0.0, 0.5]
+        .into_iter()
+        .chain((0..6).map(|k| 0.5 * (1.0 + (std::f64::consts::PI * k as f64 / 6.0).cos())))
+        .map(|x| x * 1e-3)
+        .collect();
+    assert_eq!(lrs.len(), 8, "{log}");
+    for (got, want) in lrs.iter().zip(&want) {
+        assert!((got - want).abs() < 1e-12, "{lrs:?} vs {want:?}");
+    }
+    let fit = s.read_json(&s.stage_dir("train", "default", "fit").join("outputs.json"));
+    let scaling = fit["meta"]["pets"][0]["state"]["scaling"].as_f64().unwrap();
+    assert!((scaling - 8.0 / 2.0).abs() < 1e-12, "rsLoRA scales by alpha / sqrt(r): {scaling}");
+
+    let trained = |fit: &str| {
+        let s = Scratch::new();
+        s.write(
+            "p.yaml",
+            &pipeline("[{type: lora, targets: [query, value], rank: 2}]", fit)
+                .replace("max_len: 48}", "max_len: 48, max_train_examples: 32}"),
+        );
+        let run = s.petnas(&["run", "p.yaml"]);
+        assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+        let artifact =
+            petnas_sdk::Artifact::read(&s.stage_dir("train", "default", "fit"), tch::Device::Cpu).unwrap();
+        (artifact.meta["training"]["steps"].clone(), artifact.tensors)
+    };
+    let plain = "shuffle: false, dropout: 0.0, lr: 0.01, epochs: 2";
+    let (whole_steps, whole) = trained(&format!("{{batch_size: 16, {plain}}}"));
+    let (accumulated_steps, accumulated) =
+        trained(&format!("{{batch_size: 8, gradient_accumulation_steps: 2, {plain}}}"));
+    assert_eq!((whole_steps.as_i64(), accumulated_steps.as_i64()), (Some(4), Some(4)));
+    for (name, t) in &whole {
+        let diff = (t - &accumulated[name]).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "{name}: two batches of 8 accumulated differ from one of 16 by {diff}");
+    }
+
+    s.write(
+        "p.yaml",
+        &pipeline("[{type: lora, bias: all}]", FIT)
+            .replace("  fit: {use: train.fit,", "  fit: {seed: 3, use: train.fit,"),
+    );
+    let refused = s.petnas(&["validate", "p.yaml"]);
+    assert_eq!(refused.code, 2);
+    assert!(
+        refused.stderr.contains("stage `fit` cannot set a seed of its own")
+            && refused.stderr.contains("`defaults: {seed: N}`, or a `seed` axis"),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        refused.stderr.contains("unknown option `bias` for PET type `lora`\n  help: petnas trains biases with the `bitfit` PET type"),
+        "{}",
+        refused.stderr
+    );
+}

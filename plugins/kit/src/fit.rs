@@ -12,11 +12,13 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tch::Tensor;
 
+use petnas_sdk::model::Batch;
+
 use crate::data::{BatchOptions, DatasetInfo, TokenizedSplit};
 use crate::pet_model::{evaluate, PetModel};
 
 use crate::fit_checkpoint::{self as checkpoint, LoopState};
-use crate::optim::{learning_rate, AdamW, NonFinite};
+use crate::optim::{AdamW, NonFinite, Schedule};
 
 /// Limits that keep a typo from asking for unbounded work.
 const MAX_EPOCHS: f64 = 10_000.0;
@@ -50,6 +52,27 @@ pub fn options() -> OptionSchema {
         )
         .at_least(0.0)
         .below(1.0)
+        .opt(
+            "warmup_steps",
+            OptType::Int,
+            Value::Null,
+            "steps of linear warm-up, over `warmup_ratio` when set (as in transformers)",
+        )
+        .at_least(0.0)
+        .opt(
+            "lr_scheduler_type",
+            OptType::Enum(Schedule::NAMES),
+            "linear",
+            "after the warm-up: linear decay to 0, half a cosine to 0, or constant (transformers' schedulers of these names)",
+        )
+        .opt(
+            "gradient_accumulation_steps",
+            OptType::Int,
+            1,
+            "batches whose gradients one optimizer step takes (the effective batch is batch_size times this)",
+        )
+        .at_least(1.0)
+        .at_most(MAX_BATCH_SIZE)
         .opt("max_grad_norm", OptType::Float, 1.0, "gradient clipping by global norm (0: off)")
         .at_least(0.0)
         .opt(
@@ -80,7 +103,12 @@ pub fn options() -> OptionSchema {
             true,
             "draw a new order of the training split each epoch (false: the file's order, to replay another tool's run)",
         )
-        .opt("bucket_by_length", OptType::Bool, false, "batch examples of similar length together")
+        .opt(
+            "bucket_by_length",
+            OptType::Bool,
+            true,
+            "batch examples of similar length together (less padding, the same examples per epoch; false: batches drawn at random)",
+        )
         .opt(
             "reinit",
             OptType::Bool,
@@ -189,6 +217,9 @@ pub struct FitOptions {
     pub lr: f64,
     pub weight_decay: f64,
     pub warmup_ratio: f64,
+    pub warmup_steps: Option<i64>,
+    pub lr_scheduler_type: Schedule,
+    pub gradient_accumulation_steps: usize,
     pub max_grad_norm: f64,
     pub eval_every: i64,
     pub early_stopping_patience: Option<i64>,
@@ -257,12 +288,12 @@ pub fn fit(
     if train.is_empty() {
         bail!("the training split is empty");
     }
-    let steps_per_epoch = train.len().div_ceil(o.batch_size) as i64;
+    let steps_per_epoch = train.len().div_ceil(o.batch_size).div_ceil(o.gradient_accumulation_steps) as i64;
     let total = match o.max_steps {
         Some(s) => s,
         None => ((o.epochs * steps_per_epoch as f64).ceil() as i64).max(1),
     };
-    let warmup = (o.warmup_ratio * total as f64).round() as i64;
+    let warmup = o.warmup_steps.unwrap_or((o.warmup_ratio * total as f64).round() as i64);
     let ckpt_dir = ctx.checkpoint_dir()?.to_path_buf();
     // A hook may have changed the model: its checkpoint holds the model as it was then.
     if hook.is_some() {
@@ -309,7 +340,8 @@ pub fn fit(
     let batch_options = |epoch: i64| BatchOptions {
         batch_size: o.batch_size,
         shuffle_seed: o.shuffle.then(|| petnas_sdk::init::derive_seed(ctx.seed, &format!("epoch {epoch}"))),
-        bucket_by_length: o.bucket_by_length,
+        // `shuffle: false` asks for the file's order, which bucketing would change.
+        bucket_by_length: o.bucket_by_length && o.shuffle,
     };
     let eval_every = if o.eval_every > 0 { o.eval_every } else { steps_per_epoch };
     let selected_on = dev.as_ref().map(|(name, _)| name.to_string());
@@ -333,21 +365,35 @@ pub fn fit(
         if epoch_rows.as_ref().is_none_or(|(e, _)| *e != epoch) {
             epoch_rows = Some((epoch, train.batch_rows(&batch_options(epoch))));
         }
-        let rows =
-            &epoch_rows.as_ref().expect("rows of this epoch").1[(state.step % steps_per_epoch) as usize];
-        let batch = train.batch_padded(rows, info.pad_id, ctx.device, o.pad_to.unwrap_or(0));
-        // Dropout draws depend only on the seed and the step: a resumed fit repeats them
-        // (libtorch's generator is seeded too: it draws dropout on CUDA).
-        let dropout_seed = petnas_sdk::init::derive_seed(ctx.seed, &format!("step {}", state.step));
-        tch::manual_seed(dropout_seed as i64);
-        let lr = learning_rate(state.step, total, warmup, o.lr);
+        // This step's batches: `gradient_accumulation_steps` of the epoch's, fewer at its end.
+        let all_rows = &epoch_rows.as_ref().expect("rows of this epoch").1;
+        let first = (state.step % steps_per_epoch) as usize * o.gradient_accumulation_steps;
+        let rows = &all_rows[first..(first + o.gradient_accumulation_steps).min(all_rows.len())];
+        let examples: usize = rows.iter().map(Vec::len).sum();
+        // Dropout draws depend only on the seed, the step and the batch within it: a resumed
+        // fit repeats them (libtorch's generator is seeded too: it draws dropout on CUDA).
+        let batches: Vec<(Batch, u64)> = rows
+            .iter()
+            .enumerate()
+            .map(|(k, rows)| {
+                let seed = match k {
+                    0 => format!("step {}", state.step),
+                    k => format!("step {} batch {k}", state.step),
+                };
+                let batch = train.batch_padded(rows, info.pad_id, ctx.device, o.pad_to.unwrap_or(0));
+                (batch, petnas_sdk::init::derive_seed(ctx.seed, &seed))
+            })
+            .collect();
+        tch::manual_seed(batches[0].1 as i64);
+        let lr = o.lr_scheduler_type.rate(state.step, total, warmup, o.lr);
         let step_started = Instant::now();
         let epoch_now = (state.step + 1) as f64 / steps_per_epoch as f64;
-        match opt.train_step(model, &batch, lr, o.max_grad_norm, &masks, dropout_seed) {
+        let step_batches: Vec<(&Batch, u64)> = batches.iter().map(|(b, s)| (b, *s)).collect();
+        match opt.accumulated_step(model, &step_batches, lr, o.max_grad_norm, &masks) {
             Ok(report) => {
                 state.loss_sum += report.loss;
                 state.loss_count += 1;
-                let rate = rows.len() as f64 / step_started.elapsed().as_secs_f64().max(1e-9);
+                let rate = examples as f64 / step_started.elapsed().as_secs_f64().max(1e-9);
                 log_line(
                     &mut step_log,
                     &log_path,
@@ -373,7 +419,7 @@ pub fn fit(
             }
         }
         state.step += 1;
-        state.examples_seen += rows.len() as i64;
+        state.examples_seen += examples as i64;
         if let Some(hook) = hook.as_deref_mut() {
             if hook.after_step(model, &mut opt, state.step, total)? {
                 masks = model.masks().into_iter().collect();

@@ -164,11 +164,36 @@ impl AdamW {
 /// schedule of transformers' `get_linear_schedule_with_warmup`, whose first step runs at 0
 /// (it still feeds AdamW's moments), so a recipe's `warmup_ratio` means the same in both.
 pub fn learning_rate(step: i64, total: i64, warmup: i64, peak: f64) -> f64 {
-    if step < warmup {
-        return peak * step as f64 / warmup as f64;
+    Schedule::Linear.rate(step, total, warmup, peak)
+}
+
+/// The learning-rate schedules of transformers' `lr_scheduler_type`, each after a linear
+/// warm-up from 0 over `warmup` steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    /// Linear decay to 0 at the last step (`get_linear_schedule_with_warmup`).
+    Linear,
+    /// Half a cosine down to 0 (`get_cosine_schedule_with_warmup`).
+    Cosine,
+    /// The peak from the end of the warm-up on (`get_constant_schedule_with_warmup`).
+    ConstantWithWarmup,
+}
+
+impl Schedule {
+    pub const NAMES: &'static [&'static str] = &["linear", "cosine", "constant_with_warmup"];
+
+    pub fn rate(self, step: i64, total: i64, warmup: i64, peak: f64) -> f64 {
+        if step < warmup {
+            return peak * step as f64 / warmup as f64;
+        }
+        let progress = (step - warmup) as f64 / (total - warmup).max(1) as f64;
+        match self {
+            Schedule::Linear => peak * (1.0 - progress).clamp(0.0, 1.0),
+            Schedule::Cosine => peak * (0.5 * (1.0 + (std::f64::consts::PI * progress).cos())).max(0.0),
+            Schedule::ConstantWithWarmup => peak,
+        }
     }
-    let remaining = (total - step) as f64 / (total - warmup).max(1) as f64;
-    peak * remaining.clamp(0.0, 1.0)
 }
 
 /// The task loss of a batch: cross-entropy, or mean squared error for regression; with
@@ -209,20 +234,41 @@ impl AdamW {
         masks: &BTreeMap<String, Tensor>,
         dropout_seed: u64,
     ) -> Result<StepReport> {
+        self.accumulated_step(model, &[(batch, dropout_seed)], lr, max_grad_norm, masks)
+    }
+
+    /// One training step over several batches (gradient accumulation, as transformers'
+    /// `gradient_accumulation_steps`): each batch's loss, divided by their number, is
+    /// back-propagated in turn (dropout drawn from its seed), then one update; the loss
+    /// reported is their mean.
+    pub fn accumulated_step(
+        &mut self,
+        model: &PetModel,
+        batches: &[(&Batch, u64)],
+        lr: f64,
+        max_grad_norm: f64,
+        masks: &BTreeMap<String, Tensor>,
+    ) -> Result<StepReport> {
         self.zero_grad();
-        let value = crate::autocast::bf16(self.bf16, model.backbone.device(), || -> Result<f64> {
-            let loss = match self.recompute {
-                false => {
-                    let loss = task_loss(model, batch, Some(dropout_seed))?;
-                    loss.backward();
-                    loss
-                }
-                true => model.backward_recomputing(batch, dropout_seed, &|logits| {
-                    loss_of_logits(model, batch, logits)
-                })?,
-            };
-            Ok(loss.double_value(&[]))
-        })??;
+        let share = 1.0 / batches.len().max(1) as f64;
+        let mut value = 0.0;
+        for &(batch, dropout_seed) in batches {
+            value += crate::autocast::bf16(self.bf16, model.backbone.device(), || -> Result<f64> {
+                let loss = match self.recompute {
+                    false => {
+                        let loss = task_loss(model, batch, Some(dropout_seed))?;
+                        (&loss * share).backward();
+                        loss
+                    }
+                    true => {
+                        model.backward_recomputing(batch, dropout_seed, &|logits| {
+                            Ok(loss_of_logits(model, batch, logits)? * share)
+                        })? / share
+                    }
+                };
+                Ok(loss.double_value(&[]))
+            })?? * share;
+        }
         let norm = self.grad_norm();
         if !value.is_finite() || !norm.is_finite() {
             return Err(NonFinite(format!(
@@ -303,6 +349,18 @@ mod tests {
         assert_eq!(learning_rate(10, 100, 10, 1.0), 1.0);
         assert!((learning_rate(55, 100, 10, 1.0) - 0.5).abs() < 1e-12);
         assert_eq!(learning_rate(100, 100, 10, 1.0), 0.0);
+    }
+
+    /// As transformers' schedulers give them (get_cosine_schedule_with_warmup with 10 warm-up
+    /// steps of 100: 0.5 at step 55, 0.0 at 100; constant after the warm-up).
+    #[test]
+    fn cosine_and_constant_schedules_after_the_warm_up() {
+        assert_eq!(Schedule::Cosine.rate(5, 100, 10, 1.0), 0.5);
+        assert_eq!(Schedule::Cosine.rate(10, 100, 10, 1.0), 1.0);
+        assert!((Schedule::Cosine.rate(55, 100, 10, 1.0) - 0.5).abs() < 1e-12);
+        assert!(Schedule::Cosine.rate(100, 100, 10, 1.0).abs() < 1e-12);
+        assert_eq!(Schedule::ConstantWithWarmup.rate(5, 100, 10, 2.0), 1.0);
+        assert_eq!(Schedule::ConstantWithWarmup.rate(99, 100, 10, 2.0), 2.0);
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub struct LoraConfig {
     pub init: String,
     pub rank_pattern: Map<String, Value>,
     pub alpha_pattern: Map<String, Value>,
+    pub use_rslora: bool,
 }
 
 /// Ranks above this are refused before anything is allocated.
@@ -52,6 +53,16 @@ pub fn schema() -> OptionSchema {
             "per-site alphas: {name pattern: alpha}, as PEFT",
         )
         .above(0.0)
+        .opt(
+            "use_rslora",
+            OptType::Bool,
+            false,
+            "rank-stabilised scaling alpha / sqrt(r) instead of alpha / r (Kalajdzievski, 2023), as PEFT's option",
+        )
+        .foreign(
+            "bias",
+            "petnas trains biases with the `bitfit` PET type, beside LoRA: pets: [{type: lora, …}, {type: bitfit}] (PEFT's bias: all; bitfit's targets pick which, as bias: lora_only would)",
+        )
 }
 
 /// PEFT's rule: a pattern applies to a site whose name is the pattern or ends with `.pattern`.
@@ -72,6 +83,7 @@ impl LoraConfig {
     pub fn at(&self, site: &str) -> (i64, f64) {
         let rank = lookup(&self.rank_pattern, site).map(|r| r as i64).unwrap_or(self.rank);
         let alpha = lookup(&self.alpha_pattern, site).unwrap_or(self.alpha);
-        (rank, alpha / rank as f64)
+        let denominator = if self.use_rslora { (rank as f64).sqrt() } else { rank as f64 };
+        (rank, alpha / denominator)
     }
 }

@@ -213,6 +213,8 @@ pub struct OptionSchema {
     pub options: Vec<OptionSpec>,
     /// Groups of options of which at most one may be set (not null), and whether one must.
     pub exclusive: Vec<(Vec<&'static str>, bool)>,
+    /// Peer tools' options petnas has no counterpart of, with what to do instead.
+    pub foreign: Vec<(&'static str, &'static str)>,
 }
 
 impl OptionSchema {
@@ -307,8 +309,18 @@ impl OptionSchema {
         self.options.iter().find(|o| o.peer_names.contains(&name))
     }
 
+    /// What to tell a pipeline that sets `name`, an option a peer tool has and petnas does not
+    /// (LoRA's `bias`, which petnas tunes with another PET type).
+    pub fn foreign(mut self, name: &'static str, hint: &'static str) -> Self {
+        self.foreign.push((name, hint));
+        self
+    }
+
     /// What to tell a pipeline that set an unknown option `key`.
     pub fn unknown(&self, key: &str) -> String {
+        if let Some((_, hint)) = self.foreign.iter().find(|(name, _)| *name == key) {
+            return format!("unknown option `{key}`: {hint}");
+        }
         match self.by_peer_name(key) {
             Some(spec) => format!("unknown option `{key}`: petnas calls it `{}`", spec.name),
             None => {
