@@ -245,7 +245,7 @@ impl Stage for DataLoad {
     fn external_inputs(&self, options: &Value) -> Result<String> {
         let o: DataLoadOptions = serde_json::from_value(options.clone())?;
         let splits = o.splits();
-        dataset::file_stamps(splits.iter().map(|s| s.path.as_path()))
+        petnas_kit::stamps::file_stamps(splits.iter().map(|s| s.path.as_path()))
     }
     fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
         let o: DataLoadOptions = ctx.options()?;

@@ -125,7 +125,7 @@ impl Stage for Load {
     fn external_inputs(&self, options: &Value) -> Result<String> {
         let o: LoadOptions = serde_json::from_value(options.clone())?;
         let splits = chosen_splits(task(&o.task)?, &glue_dir(&o.dir)?, &o.splits)?;
-        dataset::file_stamps(splits.iter().map(|s| s.path.as_path()))
+        petnas_kit::stamps::file_stamps(splits.iter().map(|s| s.path.as_path()))
     }
     fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
         let o: LoadOptions = ctx.options()?;

@@ -13,3 +13,4 @@ pub mod metrics;
 pub mod optim;
 pub mod pet_model;
 pub mod recompute;
+pub mod stamps;
