@@ -249,3 +249,59 @@ stages:
     assert_eq!(std::fs::read(&config).unwrap(), written);
     assert!(export_line(&first.stdout).contains("done"));
 }
+
+/// `pet.load` brings work in. A LoRA adapter PEFT trained (several targets, rank_pattern,
+/// alpha_pattern, use_rslora, dropout, the head in modules_to_save) gives PEFT's logits in
+/// petnas to 1e-5. A petnas export read back — the PEFT folder onto the untouched base, the
+/// merged checkpoint's trained head onto its own encoder, the petnas model — gives the logits
+/// it was exported with: petnas → PEFT → petnas is the identity.
+#[test]
+fn work_from_peft_and_from_exports_comes_in_with_its_logits() {
+    let python = petnas_e2e::workspace().join(".venv/bin/python");
+    let s = Scratch::new();
+    let script = petnas_e2e::workspace().join("scripts/reference/peft_lora_adapter.py");
+    let trained = std::process::Command::new(&python)
+        .arg(&script)
+        .arg(tiny_model())
+        .arg(s.path().join("adapter"))
+        .output()
+        .unwrap();
+    assert!(trained.status.success(), "{}", String::from_utf8_lossy(&trained.stderr));
+    let loaded = |s: &Scratch, stages: &str| {
+        s.write(
+            "p.yaml",
+            &format!("name: brought\ndefaults: {{threads: 1}}\nstages:\n  model: {{use: plm.load, with: {{model: '{}'}}}}\n{stages}", tiny_model()),
+        );
+        let run = s.petnas(&["run", "p.yaml"]);
+        assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    };
+    let model_of = |s: &Scratch, stage: &str| {
+        PetModel::load(
+            &Artifact::read(&s.stage_dir("brought", "default", stage), Device::Cpu).unwrap(),
+            registry(),
+            Device::Cpu,
+            false,
+        )
+        .unwrap()
+    };
+    loaded(&s, "  adapter: {use: pet.load, needs: [model], with: {dir: adapter}}\n");
+    let adapter = model_of(&s, "adapter");
+    assert_eq!(adapter.modules.len(), 10, "query, value and the three dense layers of 2 layers");
+    assert_same_logits(&adapter, &s.path().join("adapter"), "PEFT's adapter in petnas");
+
+    let (exported, dir) = export("[{type: lora, targets: [query, value, output.dense], rank: 4, alpha: 8, init: balanced, rank_pattern: {output.dense: 2}}]");
+    let dir = dir.display().to_string();
+    loaded(
+        &exported,
+        &format!(
+            "  peft: {{use: pet.load, needs: [model], with: {{dir: '{dir}/peft'}}}}
+  merged_model: {{use: plm.load, with: {{model: '{dir}/merged'}}}}
+  merged: {{use: pet.load, needs: [merged_model], with: {{dir: '{dir}/merged'}}}}
+  petnas: {{use: pet.load, needs: [model], with: {{dir: '{dir}/model'}}}}
+"
+        ),
+    );
+    for stage in ["peft", "merged", "petnas"] {
+        assert_same_logits(&model_of(&exported, stage), Path::new(&dir), &format!("{stage} read back"));
+    }
+}

@@ -480,15 +480,21 @@ fn a_pet_type_from_outside_is_listed_checked_trained_and_searched() {
     let listing = s.petnas(&["plugins"]);
     assert!(listing.stdout.contains("dependent: bool (default false)"), "{}", listing.stdout);
     let pipeline = |pair: &str| {
-        one_run_pipeline("[{type: pair}]", "{budget: 1, epochs: 1}")
-            .replace("  search: ", "  unused_search: ")
-            .replace("  report: {use: nas.report, needs: [search]}\n", "")
-            .replace("unused_search: {use: nas.prune_while_training, needs: [supernet, data], with: {budget: 1, epochs: 1}}\n", &format!(
-                "fit: {{use: train.fit, needs: [supernet, data], with: {{epochs: 1, batch_size: 16}}}}
+        format!(
+            "name: search
+defaults: {{seed: 3, threads: 1}}
+stages:
+  model: {{use: plm.load, with: {{model: '{model}'}}}}
+  data: {{use: glue.load, needs: [model], with: {{task: mrpc, dir: '{glue}', max_len: 32, max_train_examples: 64}}}}
+  supernet: {{use: nas.build_supernet, needs: [model], with: {{pets: {pair}}}}}
+  fit: {{use: train.fit, needs: [supernet, data], with: {{epochs: 1, batch_size: 16}}}}
   cut: {{use: nas.prune_structured, needs: [fit, data], with: {{budget: 400, score_batches: 2}}}}
   retrain: {{use: train.fit, needs: [cut, data], with: {{epochs: 1, batch_size: 16}}}}
   evaluate: {{use: glue.evaluate, needs: [retrain, data]}}
-")).replace("[{type: pair}]", pair)
+",
+            model = tiny_model(),
+            glue = glue_fixtures()
+        )
     };
     s.write("p.yaml", &pipeline("[{type: pair, scale: 0}]"));
     let refused = s.petnas(&["validate", "p.yaml"]);

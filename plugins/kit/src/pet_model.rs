@@ -284,7 +284,7 @@ impl PetModel {
         artifact
     }
 
-    fn reindex(&mut self) {
+    pub fn reindex(&mut self) {
         self.by_site.clear();
         for (i, m) in self.modules.iter().enumerate() {
             self.by_site.entry(m.site().name.clone()).or_default().push(i);
@@ -356,6 +356,38 @@ impl PetModel {
     }
 
     /// Adds a fresh head when the model has none (or one of another shape).
+    /// The task head a Hugging Face sequence classifier trained, from its tensors under the
+    /// family's names (`classifier.weight` …; PEFT's `base_model.model.` prefix allowed): its
+    /// classes from the classifier's rows, one row being regression as transformers reads
+    /// `num_labels: 1`. False where the tensors hold no classifier.
+    pub fn load_hf_head(&mut self, tensors: &[(String, Tensor)]) -> Result<bool> {
+        let get = |name: &str| {
+            tensors
+                .iter()
+                .find(|(n, _)| n == name || n.strip_prefix("base_model.model.") == Some(name))
+                .map(|(_, t)| t.shallow_clone())
+        };
+        let classifier = format!("{}.weight", self.backbone.head().classifier);
+        let Some(weight) = get(&classifier) else { return Ok(false) };
+        let num_labels = weight.size()[0];
+        let mut head = Head::new(self.backbone.as_ref(), num_labels, num_labels == 1, 0)?;
+        let names: Vec<String> = head.hf_tensors().into_iter().map(|(n, _)| n).collect();
+        let device = self.backbone.device();
+        for ((name, value), hf) in head.params.iter_mut().zip(names) {
+            let tensor =
+                get(&hf).with_context(|| format!("the checkpoint's head has no `{hf}` (for `{name}`)"))?;
+            anyhow::ensure!(
+                tensor.size() == value.size(),
+                "the checkpoint's `{hf}` has shape {:?}, this model's head {:?}",
+                tensor.size(),
+                value.size()
+            );
+            *value = tensor.to_kind(tch::Kind::Float).to_device(device).set_requires_grad(true);
+        }
+        self.head = Some(head);
+        Ok(true)
+    }
+
     pub fn ensure_head(&mut self, num_labels: i64, regression: bool, seed: u64) -> Result<()> {
         if self.head.as_ref().is_some_and(|h| h.num_labels == num_labels && h.regression == regression) {
             return Ok(());

@@ -34,14 +34,14 @@ const TOKENIZER_FILES: &[&str] = &[
 ];
 
 /// The head's tensors under the names of the family's Hugging Face classifier.
-fn head_tensors(model: &PetModel) -> Result<Vec<(String, Tensor)>> {
+pub fn head_tensors(model: &PetModel) -> Result<Vec<(String, Tensor)>> {
     let head = model.head.as_ref().context("the model has no task head: train it first")?;
     Ok(head.hf_tensors().into_iter().map(|(n, t)| (n, t.detach().to_device(Device::Cpu))).collect())
 }
 
 /// The base model's `config.json` as a sequence classifier of the task: its class, the task's
 /// label names, the problem type, the padding token its head looks for.
-fn classifier_config(model: &PetModel, labels: &[String]) -> Result<Value> {
+pub fn classifier_config(model: &PetModel, labels: &[String]) -> Result<Value> {
     let info = model.backbone.info();
     let mut config: Value = serde_json::from_str(&std::fs::read_to_string(info.dir.join("config.json"))?)?;
     let head = model.head.as_ref().context("the model has no task head: train it first")?;
@@ -107,94 +107,6 @@ fn write_checkpoint(
     Ok(())
 }
 
-/// PEFT's adapter folder for an all-LoRA model, on the user's own base model. Under the
-/// balanced init the update is B·A − B₀·A₀ with the initial factors frozen, which is itself
-/// a LoRA: [B, −B₀]·[A; A₀], of rank r + r₀, exported at the same scaling. Several LoRA
-/// modules on one site sum to one LoRA in the same way, [s₁B₁, s₂B₂]·[A₁; A₂] at the first
-/// one's scaling s (each Bᵢ scaled by sᵢ/s).
-fn write_peft(dir: &Path, model: &PetModel, labels: &[String]) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let info = model.backbone.info();
-    let prefix = &model.backbone.hf_names().base_prefix;
-    let mut tensors = Vec::new();
-    let mut ranks: BTreeMap<String, i64> = BTreeMap::new();
-    let mut alphas: BTreeMap<String, f64> = BTreeMap::new();
-    // By site: the scaling of its first module, and the factors of all of them.
-    let mut sites: BTreeMap<String, (f64, Vec<Tensor>, Vec<Tensor>)> = BTreeMap::new();
-    for module in &model.modules {
-        let (state, saved) = module.state();
-        let get = |n: &str| saved.iter().find(|(k, _)| k == n).map(|(_, t)| t.shallow_clone());
-        let (mut a, mut b) =
-            (module.params().effective("A").detach(), module.params().effective("B").detach());
-        let scaling = state["scaling"].as_f64().context("LoRA state without scaling")?;
-        if let (Some(a0), Some(b0)) = (get("offset.A"), get("offset.B")) {
-            a = Tensor::cat(&[a, a0.to_device(module.params().get("A").device())], 0);
-            b = Tensor::cat(&[b, -b0.to_device(module.params().get("B").device())], 1);
-        }
-        let site = sites.entry(module.site().name.clone()).or_insert((scaling, Vec::new(), Vec::new()));
-        site.2.push(b * (scaling / site.0));
-        site.1.push(a);
-    }
-    for (site, (scaling, a, b)) in &sites {
-        let (a, b) = (Tensor::cat(a, 0), Tensor::cat(b, 1));
-        let rank = a.size()[0];
-        ranks.insert(site.clone(), rank);
-        alphas.insert(site.clone(), scaling * rank as f64);
-        tensors.push((
-            format!("base_model.model.{prefix}.{site}.lora_A.weight"),
-            a.to_device(Device::Cpu).contiguous(),
-        ));
-        tensors.push((
-            format!("base_model.model.{prefix}.{site}.lora_B.weight"),
-            b.to_device(Device::Cpu).contiguous(),
-        ));
-    }
-    for (name, t) in head_tensors(model)? {
-        tensors.push((format!("base_model.model.{name}"), t));
-    }
-    Tensor::write_safetensors(&tensors, dir.join("adapter_model.safetensors"))?;
-    // The folder the user gave, as an absolute path: PEFT loads it from anywhere.
-    let base_path = std::path::absolute(&info.dir).unwrap_or_else(|_| info.dir.clone());
-    // The most common rank and alpha are the defaults; the others go in the patterns.
-    let mode = |values: Vec<String>| {
-        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-        for v in values {
-            *counts.entry(v).or_default() += 1;
-        }
-        counts.into_iter().max_by_key(|(_, c)| *c).map(|(v, _)| v).unwrap_or_default()
-    };
-    let r: i64 = mode(ranks.values().map(i64::to_string).collect()).parse().unwrap_or(8);
-    let alpha: f64 = mode(alphas.values().map(|a| a.to_string()).collect()).parse().unwrap_or(8.0);
-    let rank_pattern: BTreeMap<&String, &i64> = ranks.iter().filter(|(_, v)| **v != r).collect();
-    let alpha_pattern: BTreeMap<&String, &f64> = alphas.iter().filter(|(_, v)| **v != alpha).collect();
-    let config = json!({
-        "peft_type": "LORA",
-        "task_type": "SEQ_CLS",
-        "base_model_name_or_path": base_path.display().to_string(),
-        "r": r,
-        "lora_alpha": alpha,
-        "lora_dropout": 0.0,
-        "target_modules": ranks.keys().collect::<Vec<_>>(),
-        "rank_pattern": rank_pattern,
-        "alpha_pattern": alpha_pattern,
-        "modules_to_save": model.head.as_ref().map(|h| h.modules_to_save().to_vec()).unwrap_or_default(),
-        "bias": "none",
-        "fan_in_fan_out": false,
-        "init_lora_weights": true,
-        "inference_mode": true,
-        "use_rslora": false,
-        "use_dora": false,
-    });
-    std::fs::write(dir.join("adapter_config.json"), serde_json::to_string_pretty(&config)?)?;
-    // PEFT reads only adapter_config.json; the base model's config with the task's label
-    // names is beside it for `AutoConfig.from_pretrained(peft_dir)`.
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_string_pretty(&classifier_config(model, labels)?)?,
-    )?;
-    Ok(())
-}
-
 impl Stage for Export {
     fn kind(&self) -> &'static str {
         "pet.export"
@@ -250,7 +162,7 @@ impl Stage for Export {
             tracing::info!("no merged checkpoint: a PET module does not fold into the weights");
         }
         if !model.modules.is_empty() && model.modules.iter().all(|m| m.pet_type() == "lora") {
-            write_peft(&dir.join("peft"), &model, &info.labels)?;
+            crate::peft::export(&dir.join("peft"), &model, &info.labels)?;
             written.push("peft");
         }
         // Token ids and logits of a few dev examples, to check the exports elsewhere.

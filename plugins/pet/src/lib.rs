@@ -1,5 +1,6 @@
 //! PET modules on a model: `pet.attach` puts modules of any registered PET type on the sites
-//! their targets match; `pet.export` writes a trained model for others (Hugging Face, PEFT).
+//! their targets match; `pet.export` writes a trained model for others (Hugging Face, PEFT);
+//! `pet.load` brings one in (a PEFT adapter, a fine-tuned classifier's head, a petnas export).
 use anyhow::Result;
 use petnas_kit::pet_model::PetModel;
 use petnas_sdk::artifact::kinds;
@@ -8,12 +9,15 @@ use serde::Deserialize;
 use serde_json::Value;
 
 mod export;
+mod import;
+mod peft;
 
 petnas_sdk::declare_plugin!(register);
 
 fn register(registrar: &mut Registrar) {
     registrar.stage(Attach);
     registrar.stage(export::Export);
+    registrar.stage(import::Load);
 }
 
 struct Attach;
