@@ -305,3 +305,72 @@ fn work_from_peft_and_from_exports_comes_in_with_its_logits() {
         assert_same_logits(&model_of(&exported, stage), Path::new(&dir), &format!("{stage} read back"));
     }
 }
+
+/// `peft_init: folded` exports a search's LoRA at the rank it found: the balanced init's
+/// frozen product is folded into a copy of the base (peft/base), not carried as r₀ more
+/// ranks, and base plus adapter give the model's logits. A decoder's merged export names its
+/// padding token, so that its tokenizer pads.
+#[test]
+fn a_searched_lora_exports_at_its_found_rank_and_a_decoder_tokenizer_pads() {
+    let (s, _) = export("[{type: lora, targets: [query, value], rank: 4, alpha: 8, init: balanced}]");
+    let text = std::fs::read_to_string(s.path().join("p.yaml")).unwrap();
+    s.write(
+        "p.yaml",
+        &text.replace(
+            "use: pet.export, needs: [fit, data]}",
+            "use: pet.export, needs: [fit, data], with: {dir: folded, peft_init: folded}}",
+        ),
+    );
+    let run = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let folded = s.stage_dir("export", "default", "export").join("folded");
+    let config = s.read_json(&folded.join("peft/adapter_config.json"));
+    assert_eq!(config["r"], 4, "the rank found, not 4 + 4: {config}");
+    assert!(config["base_model_name_or_path"].as_str().unwrap().ends_with("folded/peft/base"), "{config}");
+    let base = folded.join("peft/base").display().to_string();
+    s.write(
+        "q.yaml",
+        &format!(
+            "name: back\ndefaults: {{threads: 1}}\nstages:\n  model: {{use: plm.load, with: {{model: '{base}'}}}}\n  adapter: {{use: pet.load, needs: [model], with: {{dir: '{}'}}}}\n",
+            folded.join("peft").display()
+        ),
+    );
+    assert_eq!(s.petnas(&["run", "q.yaml"]).code, 0);
+    let back = PetModel::load(
+        &Artifact::read(&s.stage_dir("back", "default", "adapter"), Device::Cpu).unwrap(),
+        registry(),
+        Device::Cpu,
+        false,
+    )
+    .unwrap();
+    assert_same_logits(&back, &folded, "the folded base and the found-rank adapter");
+
+    let decoder = Scratch::new();
+    decoder.write(
+        "p.yaml",
+        &format!(
+            "name: export\ndefaults: {{seed: 2, threads: 1}}\nstages:
+  model: {{use: plm.load, with: {{model: '{}'}}}}
+  data: {{use: glue.load, needs: [model], with: {{task: rte, dir: '{}', max_len: 32, max_train_examples: 32}}}}
+  pets: {{use: pet.attach, needs: [model], with: {{pets: [{{type: lora, rank: 2}}]}}}}
+  fit: {{use: train.fit, needs: [pets, data], with: {{max_steps: 2, batch_size: 16}}}}
+  export: {{use: pet.export, needs: [fit, data]}}
+",
+            petnas_e2e::workspace().join("tests/fixtures/plm/tiny-llama").display(),
+            glue_fixtures()
+        ),
+    );
+    assert_eq!(decoder.petnas(&["run", "p.yaml"]).code, 0);
+    let merged = decoder.stage_dir("export", "default", "export").join("export/merged");
+    let pads = std::process::Command::new(petnas_e2e::workspace().join(".venv/bin/python"))
+        .args(["-c", "import sys; from transformers import AutoTokenizer; t = AutoTokenizer.from_pretrained(sys.argv[1]); print(t(['a', 'a b c d'], padding=True)['attention_mask'])"])
+        .arg(&merged)
+        .output()
+        .unwrap();
+    assert!(
+        pads.status.success(),
+        "the merged decoder's tokenizer pads: {}",
+        String::from_utf8_lossy(&pads.stderr)
+    );
+    assert!(s.read_json(&merged.join("tokenizer_config.json"))["pad_token"].is_string());
+}

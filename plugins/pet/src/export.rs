@@ -22,6 +22,7 @@ pub struct Export;
 struct ExportOptions {
     dir: String,
     check_examples: usize,
+    peft_init: crate::peft::InitProduct,
 }
 
 const TOKENIZER_FILES: &[&str] = &[
@@ -78,7 +79,40 @@ pub fn classifier_config(model: &PetModel, labels: &[String]) -> Result<Value> {
     Ok(config)
 }
 
-fn write_checkpoint(
+/// The text of token `id` in a fast tokenizer's `tokenizer.json` (its added tokens, then its
+/// vocabulary).
+fn token_text(tokenizer: &Value, id: i64) -> Option<String> {
+    let added = tokenizer["added_tokens"].as_array().into_iter().flatten();
+    if let Some(token) = added.into_iter().find(|t| t["id"].as_i64() == Some(id)) {
+        return token["content"].as_str().map(str::to_string);
+    }
+    tokenizer["model"]["vocab"]
+        .as_object()?
+        .iter()
+        .find(|(_, v)| v.as_i64() == Some(id))
+        .map(|(k, _)| k.clone())
+}
+
+/// `tokenizer_config.json` copied with the padding token petnas padded with where it names
+/// none (decoders' rarely do), so that `AutoTokenizer(...)(texts, padding=True)` works.
+fn copy_tokenizer_config(model: &PetModel, from: &Path, to: &Path) -> Result<()> {
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(from)?)
+        .with_context(|| format!("{} is not JSON", from.display()))?;
+    if config["pad_token"].is_null() {
+        let tokenizer = from.with_file_name("tokenizer.json");
+        let pad = std::fs::read_to_string(&tokenizer)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|t| token_text(&t, model.backbone.tokenizer().pad_id()));
+        if let Some(pad) = pad {
+            config["pad_token"] = json!(pad);
+        }
+    }
+    std::fs::write(to, serde_json::to_string_pretty(&config)?)?;
+    Ok(())
+}
+
+pub fn write_checkpoint(
     dir: &Path,
     model: &PetModel,
     weights: &BTreeMap<String, Tensor>,
@@ -100,8 +134,12 @@ fn write_checkpoint(
     )?;
     for file in TOKENIZER_FILES {
         let source = info.dir.join(file);
-        if source.exists() {
-            std::fs::copy(&source, dir.join(file))?;
+        match (source.exists(), *file == "tokenizer_config.json") {
+            (true, true) => copy_tokenizer_config(model, &source, &dir.join(file))?,
+            (true, false) => {
+                std::fs::copy(&source, dir.join(file))?;
+            }
+            (false, _) => {}
         }
     }
     Ok(())
@@ -125,6 +163,12 @@ impl Stage for Export {
             )
             .at_least(0.0)
             .at_most(100_000.0)
+            .opt(
+                "peft_init",
+                OptType::Enum(&["separate", "folded"]),
+                "separate",
+                "LoRA from the balanced init (the search's) holds a frozen initial product B₀A₀: `separate` carries it in the adapter as r₀ more ranks, on your untouched base; `folded` subtracts it from a copy of the base written as peft/base, and the adapter has the rank the search found",
+            )
     }
     fn input_kinds(&self) -> &'static [&'static str] {
         &[kinds::MODEL, kinds::DATASET]
@@ -162,7 +206,7 @@ impl Stage for Export {
             tracing::info!("no merged checkpoint: a PET module does not fold into the weights");
         }
         if !model.modules.is_empty() && model.modules.iter().all(|m| m.pet_type() == "lora") {
-            crate::peft::export(&dir.join("peft"), &model, &info.labels)?;
+            crate::peft::export(&dir.join("peft"), &model, &info.labels, o.peft_init)?;
             written.push("peft");
         }
         // Token ids and logits of a few dev examples, to check the exports elsewhere.

@@ -15,12 +15,21 @@ use tch::{Device, Tensor};
 pub const CONFIG: &str = "adapter_config.json";
 pub const WEIGHTS: &str = "adapter_model.safetensors";
 
-/// PEFT's adapter folder for an all-LoRA model, on the user's own base model. Under the
-/// balanced init the update is B·A − B₀·A₀ with the initial factors frozen, which is itself
-/// a LoRA: [B, −B₀]·[A; A₀], of rank r + r₀, exported at the same scaling. Several LoRA
-/// modules on one site sum to one LoRA in the same way, [s₁B₁, s₂B₂]·[A₁; A₂] at the first
-/// one's scaling s (each Bᵢ scaled by sᵢ/s).
-pub fn export(dir: &Path, model: &PetModel, labels: &[String]) -> Result<()> {
+/// Where a LoRA from the balanced init puts its frozen initial product B₀A₀ (`pet.export`'s
+/// `peft_init`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InitProduct {
+    /// In the adapter, as more ranks: the update B·A − B₀·A₀ is the LoRA [B, −B₀]·[A; A₀] of
+    /// rank r + r₀, on the user's untouched base.
+    Separate,
+    /// In a copy of the base (W − s·B₀A₀, written as `peft/base`): the adapter has rank r.
+    Folded,
+}
+
+/// PEFT's adapter folder for an all-LoRA model. Several LoRA modules on one site sum to one
+/// LoRA, [s₁B₁, s₂B₂]·[A₁; A₂] at the first one's scaling s (each Bᵢ scaled by sᵢ/s).
+pub fn export(dir: &Path, model: &PetModel, labels: &[String], init: InitProduct) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let info = model.backbone.info();
     let prefix = &model.backbone.hf_names().base_prefix;
@@ -29,15 +38,34 @@ pub fn export(dir: &Path, model: &PetModel, labels: &[String]) -> Result<()> {
     let mut alphas: BTreeMap<String, f64> = BTreeMap::new();
     // By site: the scaling of its first module, and the factors of all of them.
     let mut sites: BTreeMap<String, (f64, Vec<Tensor>, Vec<Tensor>)> = BTreeMap::new();
+    // The base's weights less the initial products folded into them (`Folded`).
+    let mut base: BTreeMap<String, Tensor> = BTreeMap::new();
     for module in &model.modules {
         let (state, saved) = module.state();
         let get = |n: &str| saved.iter().find(|(k, _)| k == n).map(|(_, t)| t.shallow_clone());
         let (mut a, mut b) =
             (module.params().effective("A").detach(), module.params().effective("B").detach());
         let scaling = state["scaling"].as_f64().context("LoRA state without scaling")?;
+        let device = module.params().get("A").device();
         if let (Some(a0), Some(b0)) = (get("offset.A"), get("offset.B")) {
-            a = Tensor::cat(&[a, a0.to_device(module.params().get("A").device())], 0);
-            b = Tensor::cat(&[b, -b0.to_device(module.params().get("B").device())], 1);
+            let (a0, b0) = (a0.to_device(device), b0.to_device(device));
+            match init {
+                InitProduct::Separate => {
+                    a = Tensor::cat(&[a, a0], 0);
+                    b = Tensor::cat(&[b, -b0], 1);
+                }
+                InitProduct::Folded => {
+                    let name = format!("{}.weight", module.site().name);
+                    if base.is_empty() {
+                        base = model.backbone.weights().into_iter().map(|(n, t)| (n, t.copy())).collect();
+                    }
+                    let w = base
+                        .get_mut(&name)
+                        .with_context(|| format!("the backbone has no weight `{name}`"))?;
+                    let folded = w.to_kind(tch::Kind::Float) - b0.matmul(&a0).to_device(w.device()) * scaling;
+                    *w = folded.to_kind(w.kind());
+                }
+            }
         }
         let site = sites.entry(module.site().name.clone()).or_insert((scaling, Vec::new(), Vec::new()));
         site.2.push(b * (scaling / site.0));
@@ -61,8 +89,16 @@ pub fn export(dir: &Path, model: &PetModel, labels: &[String]) -> Result<()> {
         tensors.push((format!("base_model.model.{name}"), t));
     }
     Tensor::write_safetensors(&tensors, dir.join(WEIGHTS))?;
-    // The folder the user gave, as an absolute path: PEFT loads it from anywhere.
-    let base_path = std::path::absolute(&info.dir).unwrap_or_else(|_| info.dir.clone());
+    // The folder the user gave, or the folded copy, as an absolute path: PEFT loads it from
+    // anywhere.
+    let base_dir = match base.is_empty() {
+        true => info.dir.clone(),
+        false => {
+            crate::export::write_checkpoint(&dir.join("base"), model, &base, labels)?;
+            dir.join("base")
+        }
+    };
+    let base_path = std::path::absolute(&base_dir).unwrap_or(base_dir);
     // The most common rank and alpha are the defaults; the others go in the patterns.
     let mode = |values: Vec<String>| {
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
