@@ -6,5 +6,14 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/scripts/setup.sh"
 cd "$root"
 ./target/release/petnas run pipelines/quickstart.yaml "$@"
-./target/release/petnas report runs/quickstart
-cat runs/quickstart/default/architecture/summary.txt
+# The report reads the run where `run` wrote it: --runs-dir DIR or --runs-dir=DIR, else runs/.
+runs=runs
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --runs-dir) runs="$2"; shift ;;
+    --runs-dir=*) runs="${1#--runs-dir=}" ;;
+  esac
+  shift
+done
+./target/release/petnas report "$runs/quickstart"
+cat "$runs/quickstart/default/architecture/summary.txt"

@@ -33,9 +33,9 @@ stages:
     // The record and the log name the export within the stage's folder, not the temporary
     // folder the stage ran in.
     let meta = s.read_json(&stage.join("outputs.json"))["meta"].clone();
-    assert_eq!(meta["dir"], "export", "{meta}");
+    assert_eq!(meta["dir"], ".", "{meta}: the exports are the stage's folder's, not export/export/");
     assert!(!run.stderr.contains(".tmp-export"), "{}", run.stderr);
-    (s, stage.join("export"))
+    (s, stage)
 }
 
 fn assert_same_logits(model: &PetModel, dir: &Path, what: &str) {
@@ -361,7 +361,7 @@ fn a_searched_lora_exports_at_its_found_rank_and_a_decoder_tokenizer_pads() {
         ),
     );
     assert_eq!(decoder.petnas(&["run", "p.yaml"]).code, 0);
-    let merged = decoder.stage_dir("export", "default", "export").join("export/merged");
+    let merged = decoder.stage_dir("export", "default", "export").join("merged");
     let pads = std::process::Command::new(petnas_e2e::workspace().join(".venv/bin/python"))
         .args(["-c", "import sys; from transformers import AutoTokenizer; t = AutoTokenizer.from_pretrained(sys.argv[1]); print(t(['a', 'a b c d'], padding=True)['attention_mask'])"])
         .arg(&merged)

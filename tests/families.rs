@@ -295,7 +295,7 @@ fn the_search_runs_on_deberta_distilbert_and_llama_and_reports_their_module_name
         let layers: Vec<i64> =
             architecture["modules"].as_array().unwrap().iter().filter_map(|m| m["layer"].as_i64()).collect();
         assert!(!layers.is_empty() && layers.iter().all(|l| (0..2).contains(l)), "{family}: {layers:?}");
-        assert_exports_match(&s.stage_dir("search", "default", "export").join("export"));
+        assert_exports_match(&s.stage_dir("search", "default", "export"));
     }
 }
 
@@ -425,8 +425,7 @@ stages:
     let script = workspace().join("scripts/reference/check_peft_export.py");
     for family in families {
         for task in ["mrpc", "stsb"] {
-            let dir =
-                s.stage_dir("exports", &format!("family={family},task={task}"), "export").join("export");
+            let dir = s.stage_dir("exports", &format!("family={family},task={task}"), "export");
             if dtype == "bf16" {
                 let config = s.read_json(&dir.join("merged/config.json"));
                 assert_eq!(config["torch_dtype"], "bfloat16", "{family}/{task}: {config}");

@@ -20,7 +20,7 @@ pub struct Export;
 
 #[derive(Deserialize)]
 struct ExportOptions {
-    dir: String,
+    dir: Option<String>,
     check_examples: usize,
     peft_init: crate::peft::InitProduct,
 }
@@ -154,7 +154,12 @@ impl Stage for Export {
     }
     fn options(&self) -> OptionSchema {
         OptionSchema::new()
-            .opt("dir", OptType::OutputPath, "export", "where the exports go")
+            .opt(
+                "dir",
+                OptType::OutputPath,
+                Value::Null,
+                "where the exports go (model/, merged/, peft/, check.json); default: the stage's own folder",
+            )
             .opt(
                 "check_examples",
                 OptType::Int,
@@ -178,7 +183,10 @@ impl Stage for Export {
     }
     fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
         let o: ExportOptions = ctx.options()?;
-        let dir = ctx.output_path(&o.dir)?;
+        let dir = match &o.dir {
+            Some(dir) => ctx.output_path(dir)?,
+            None => ctx.dir().to_path_buf(),
+        };
         let artifact = inputs.one(kinds::MODEL)?;
         let data = inputs.one(kinds::DATASET)?;
         let info = DatasetInfo::from_artifact(data)?;
@@ -233,7 +241,10 @@ impl Stage for Export {
         });
         std::fs::write(dir.join("check.json"), serde_json::to_string(&check)?)?;
         // Named within the stage's folder: `dir` is in its temporary folder until it completes.
-        let within = dir.strip_prefix(ctx.dir()).unwrap_or(&dir).to_path_buf();
+        let within = match dir.strip_prefix(ctx.dir()).unwrap_or(&dir) {
+            p if p.as_os_str().is_empty() => std::path::PathBuf::from("."),
+            p => p.to_path_buf(),
+        };
         tracing::info!(dir = %within.display(), exports = ?written, "exported into the stage's folder");
         Ok(Artifact::new(kinds::REPORT, json!({"dir": within, "exports": written})))
     }
