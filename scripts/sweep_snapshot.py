@@ -1,9 +1,9 @@
-"""Copies the finished cells of a run folder, without their tensors, into the repository, so
-that a grid that takes several sittings on several machines loses no finished cell.
+"""Copies the finished stages of a run folder, without their tensors, into the repository, so
+that a grid that takes several sittings on several machines loses no finished result.
 
     python3 scripts/sweep_snapshot.py RUNS/<pipeline> results/<name>/runs/<slice>
 
-A cell is finished when every stage the run's resolved.yaml gives it has completed. Each of its stage folders is copied with
+A stage is finished when its stage.json is there (a stage is committed whole). Each finished stage folder of the run's cells is copied with
 the files `petnas report` and `petnas compare` read (stage.json, metrics.json) and the
 architectures found (architecture.json, heatmap.svg), never outputs; with a run.json listing
 the copied stages, so that both commands read the copy like the run folder. A later sitting runs
@@ -36,12 +36,12 @@ def stages_per_cell(run_dir: Path) -> dict:
 def main() -> int:
     run_dir, dest = Path(sys.argv[1]), Path(sys.argv[2])
     cells = stages_per_cell(run_dir)
-    finished = [c for c, stages in cells.items()
-                if stages and all((run_dir / c / s / "stage.json").exists() for s in stages)]
+    finished = {c: [s for s in stages if (run_dir / c / s / "stage.json").exists()] for c, stages in cells.items()}
+    finished = {c: stages for c, stages in finished.items() if stages}
     target = dest / run_dir.name
     target.mkdir(parents=True, exist_ok=True)
-    for cell in finished:
-        for stage in cells[cell]:
+    for cell, stages in finished.items():
+        for stage in stages:
             src = run_dir / cell / stage
             out = target / cell / stage
             out.mkdir(parents=True, exist_ok=True)
@@ -49,15 +49,11 @@ def main() -> int:
                 if f.is_file() and f.name in KEEP:
                     shutil.copy2(f, out / f.name)
     record = json.loads((run_dir / "run.json").read_text())
-    record["stages"] = [s for s in record.get("stages", []) if s.get("cell") in finished]
-    if not record["stages"]:
-        # A run still in progress lists no stages yet: list those of the finished cells.
-        record["stages"] = [{"cell": c, "stage": s} for c in finished for s in cells[c]]
-        record["status"] = "partial"
+    record["stages"] = [{"cell": c, "stage": s} for c, stages in finished.items() for s in stages]
+    record["status"] = "partial" if any(len(finished.get(c, [])) < len(cells[c]) for c in cells) else record.get("status")
     (target / "run.json").write_text(json.dumps(record, indent=1))
-    print(f"{len(finished)} finished cell(s) of {len(cells)} copied to {target}")
-    for c in finished:
-        print(f"  {c}")
+    complete = [c for c in cells if len(finished.get(c, [])) == len(cells[c])]
+    print(f"{sum(map(len, finished.values()))} finished stage(s) copied to {target}; {len(complete)} of {len(cells)} cells complete")
     # resolved.yaml is the latest run's: a later `--only` selection replaces the earlier one's
     # cells, whose stage lists are then unknown here. Snapshot before starting another selection.
     unlisted = sorted(p.name for p in run_dir.iterdir() if p.is_dir() and p.name not in cells)

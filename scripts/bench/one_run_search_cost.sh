@@ -15,8 +15,8 @@ from pathlib import Path
 run = Path(sys.argv[1])
 def seconds(cell, *stages):
     return sum(json.loads((cell / s / "stage.json").read_text())["seconds"] for s in stages)
-ratios = {"s_lora_1run": [], "u_lora_1run": []}
-print("seed  lora_r8 s  s_lora_1run s (x)  u_lora_1run s (x)  dev F1: lora_r8 s_lora_1run u_lora_1run")
+ratios = {"s_lora_1run": [], "u_lora_1run": [], "s_lora_1run_early": []}
+print("seed  lora_r8 s  " + "  ".join(f"{m} s (x)" for m in ratios) + "  dev F1: lora_r8 " + " ".join(ratios))
 for cell in sorted(p for p in run.iterdir() if p.is_dir() and p.name.startswith("seed=")):
     lora = seconds(cell, "lora_r8_pets", "lora_r8_fit")
     row = [cell.name.split("=")[1], f"{lora:9.1f}"]
