@@ -7,12 +7,13 @@ use std::sync::Arc;
 use anyhow::Result;
 use petnas_kit::recompute;
 use petnas_sdk::model::{
-    Backbone, BackboneInfo, Batch, Dropout, HeadActivation, HeadDense, HeadSpec, HeadToken, HfNames, Role,
-    Site, SiteHooks, SiteKind, TextEncoder,
+    Backbone, BackboneInfo, Batch, HeadActivation, HeadDense, HeadSpec, HeadToken, HfNames, Role, Site,
+    SiteKind,
 };
 use serde::Deserialize;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
+use crate::backbone::{Held, Model, Network};
 use crate::config::Config;
 use crate::layers::{embed, merge_heads, site, split_heads, Activation, Attention, Linear, Norm, Pass};
 use crate::weights::{Vb, Weights};
@@ -392,15 +393,9 @@ impl BertEncoder {
 
 /// `BertModel` (without its pooler, which the head reads) or `RobertaModel`.
 pub struct Bert {
-    info: BackboneInfo,
-    head: HeadSpec,
-    names: HfNames,
-    device: Device,
     embeddings: BertEmbeddings,
     encoder: BertEncoder,
     hidden_dropout: f64,
-    weights: Vec<(String, Tensor)>,
-    tokenizer: Arc<dyn TextEncoder>,
 }
 
 fn load(checkpoint: &Checkpoint, w: &Weights) -> Result<Arc<dyn Backbone>> {
@@ -485,16 +480,16 @@ fn load(checkpoint: &Checkpoint, w: &Weights) -> Result<Arc<dyn Backbone>> {
         parameters: weights.iter().map(|(_, t)| t.numel() as i64).sum(),
         dtype: w.dtype(),
     };
-    Ok(Arc::new(Bert {
-        info,
-        head,
-        names,
-        device: vb.device(),
-        embeddings,
-        encoder,
-        hidden_dropout: c.hidden_dropout_prob,
-        weights,
-        tokenizer: checkpoint.tokenizer.clone(),
+    Ok(Arc::new(Model {
+        held: Held {
+            info,
+            head,
+            names,
+            device: vb.device(),
+            weights,
+            tokenizer: checkpoint.tokenizer.clone(),
+        },
+        network: Bert { embeddings, encoder, hidden_dropout: c.hidden_dropout_prob },
     }))
 }
 
@@ -508,49 +503,25 @@ impl Bert {
     }
 }
 
-// SAFETY: after loading, the model's tensors are frozen and never written in place; stages
-// running in parallel only read them (libtorch reads and reference counts are thread-safe).
-unsafe impl Sync for Bert {}
-
-impl Backbone for Bert {
-    fn info(&self) -> &BackboneInfo {
-        &self.info
-    }
-    fn device(&self) -> Device {
-        self.device
-    }
+impl Network for Bert {
     fn sites(&self) -> Vec<Site> {
         let mut sites = vec![self.embeddings.site()];
         sites.extend(self.encoder.sites());
         sites
     }
-    fn tokenizer(&self) -> &dyn TextEncoder {
-        self.tokenizer.as_ref()
+    fn forward(&self, batch: &Batch, pass: &Pass) -> Result<Tensor> {
+        self.encode(batch, pass, false)
     }
-    fn head(&self) -> &HeadSpec {
-        &self.head
-    }
-    fn hf_names(&self) -> &HfNames {
-        &self.names
-    }
-    fn forward(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Result<Tensor> {
-        Pass::run(hooks, dropout, |pass| self.encode(batch, pass, false))
-    }
-    fn forward_head_token(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Result<Tensor> {
-        Pass::run(hooks, dropout, |pass| Ok(self.encode(batch, pass, true)?.squeeze_dim(1)))
+    fn forward_head_token(&self, batch: &Batch, pass: &Pass, _token: HeadToken) -> Result<Tensor> {
+        Ok(self.encode(batch, pass, true)?.squeeze_dim(1))
     }
     fn backward_recomputing(
         &self,
         batch: &Batch,
-        hooks: &dyn SiteHooks,
-        dropout: &Dropout,
+        pass: &Pass,
+        _token: HeadToken,
         loss: &dyn Fn(&Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
-        Pass::run(hooks, dropout, |pass| {
-            self.encoder.backward_recomputing(self.embed(batch, pass)?, &batch.attention_mask, pass, loss)
-        })
-    }
-    fn weights(&self) -> Vec<(String, Tensor)> {
-        self.weights.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()
+        self.encoder.backward_recomputing(self.embed(batch, pass)?, &batch.attention_mask, pass, loss)
     }
 }

@@ -12,13 +12,14 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 use petnas_kit::recompute;
 use petnas_sdk::model::{
-    Backbone, BackboneInfo, Batch, Dropout, HeadActivation, HeadDense, HeadSpec, HeadToken, HfNames, Role,
-    Site, SiteHooks, SiteKind, TextEncoder,
+    Backbone, BackboneInfo, Batch, HeadActivation, HeadDense, HeadSpec, HeadToken, HfNames, Role, Site,
+    SiteKind,
 };
 use serde::Deserialize;
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
+use crate::backbone::{Held, Model, Network};
 use crate::config::Config;
 use crate::layers::{embed, site, Activation, Linear, Norm, Pass};
 use crate::weights::{Vb, Weights};
@@ -289,10 +290,8 @@ impl Layer {
 
 /// `DebertaV2Model`.
 pub struct DebertaV2 {
-    info: BackboneInfo,
-    head: HeadSpec,
-    names: HfNames,
-    device: Device,
+    /// Attention heads, which the passes split by.
+    heads: i64,
     word: Tensor,
     position: Option<Tensor>,
     token_type: Option<Tensor>,
@@ -305,8 +304,6 @@ pub struct DebertaV2 {
     activation: Activation,
     hidden_dropout: f64,
     attention_dropout: f64,
-    weights: Vec<(String, Tensor)>,
-    tokenizer: Arc<dyn TextEncoder>,
 }
 
 fn head_activation(name: &str, config: &Config) -> Result<HeadActivation> {
@@ -385,50 +382,55 @@ fn load(checkpoint: &Checkpoint, w: &Weights) -> Result<Arc<dyn Backbone>> {
     if !pretrained_pooler {
         save.insert(0, "pooler".into());
     }
-    Ok(Arc::new(DebertaV2 {
-        info: BackboneInfo {
-            model_type: config.model_type.clone(),
-            dir: checkpoint.dir.clone(),
-            hidden_size: h,
-            num_layers: c.num_hidden_layers,
-            num_heads: c.num_attention_heads,
-            vocab_size: c.vocab_size,
-            max_tokens: c.position_biased_input.then_some(c.max_position_embeddings),
-            parameters: weights.iter().map(|(_, t)| t.numel() as i64).sum(),
-            dtype: w.dtype(),
+    Ok(Arc::new(Model {
+        held: Held {
+            info: BackboneInfo {
+                model_type: config.model_type.clone(),
+                dir: checkpoint.dir.clone(),
+                hidden_size: h,
+                num_layers: c.num_hidden_layers,
+                num_heads: c.num_attention_heads,
+                vocab_size: c.vocab_size,
+                max_tokens: c.position_biased_input.then_some(c.max_position_embeddings),
+                parameters: weights.iter().map(|(_, t)| t.numel() as i64).sum(),
+                dtype: w.dtype(),
+            },
+            head: HeadSpec {
+                token: HeadToken::First,
+                dense: Some(HeadDense {
+                    name: "pooler.dense".into(),
+                    pretrained: pretrained_pooler,
+                    activation: head_activation(&c.pooler_hidden_act, config)?,
+                    dropout: c.pooler_dropout,
+                }),
+                classifier: "classifier".into(),
+                classifier_bias: true,
+                dropout: c.cls_dropout.unwrap_or(c.hidden_dropout_prob),
+                modules_to_save: save,
+            },
+            names: HfNames {
+                base_prefix: "deberta".into(),
+                sequence_classification: "DebertaV2ForSequenceClassification".into(),
+            },
+            device: vb.device(),
+            weights,
+            tokenizer: checkpoint.tokenizer.clone(),
         },
-        head: HeadSpec {
-            token: HeadToken::First,
-            dense: Some(HeadDense {
-                name: "pooler.dense".into(),
-                pretrained: pretrained_pooler,
-                activation: head_activation(&c.pooler_hidden_act, config)?,
-                dropout: c.pooler_dropout,
-            }),
-            classifier: "classifier".into(),
-            classifier_bias: true,
-            dropout: c.cls_dropout.unwrap_or(c.hidden_dropout_prob),
-            modules_to_save: save,
+        network: DebertaV2 {
+            heads: c.num_attention_heads,
+            word,
+            position,
+            token_type,
+            embed_proj,
+            embeddings_norm,
+            rel_embeddings,
+            rel_norm,
+            relative,
+            layers,
+            activation: Activation::parse(&c.hidden_act, &config.path)?,
+            hidden_dropout: c.hidden_dropout_prob,
+            attention_dropout: c.attention_probs_dropout_prob,
         },
-        names: HfNames {
-            base_prefix: "deberta".into(),
-            sequence_classification: "DebertaV2ForSequenceClassification".into(),
-        },
-        device: vb.device(),
-        word,
-        position,
-        token_type,
-        embed_proj,
-        embeddings_norm,
-        rel_embeddings,
-        rel_norm,
-        relative,
-        layers,
-        activation: Activation::parse(&c.hidden_act, &config.path)?,
-        hidden_dropout: c.hidden_dropout_prob,
-        attention_dropout: c.attention_probs_dropout_prob,
-        weights,
-        tokenizer: checkpoint.tokenizer.clone(),
     }))
 }
 
@@ -468,7 +470,7 @@ impl DebertaV2 {
         pass: &Pass,
     ) -> Result<Tensor> {
         let a = &layer.attention;
-        let heads = self.info.num_heads;
+        let heads = self.heads;
         let (b, len) = (hidden.size()[0], hidden.size()[1]);
         let q = for_scores(&a.query.forward(hidden, pass)?, heads);
         let k = for_scores(&a.key.forward(hidden, pass)?, heads);
@@ -571,16 +573,7 @@ impl DebertaV2 {
     }
 }
 
-// SAFETY: frozen tensors, only read by parallel stages.
-unsafe impl Sync for DebertaV2 {}
-
-impl Backbone for DebertaV2 {
-    fn info(&self) -> &BackboneInfo {
-        &self.info
-    }
-    fn device(&self) -> Device {
-        self.device
-    }
+impl Network for DebertaV2 {
     fn sites(&self) -> Vec<Site> {
         let mut sites = vec![self.embeddings_norm.site(None, "")];
         sites.extend(self.embed_proj.iter().map(|p| p.site(None, "", Role::Other)));
@@ -588,37 +581,23 @@ impl Backbone for DebertaV2 {
         sites.extend(self.layers.iter().enumerate().flat_map(|(l, layer)| layer.sites(l as i64)));
         sites
     }
-    fn tokenizer(&self) -> &dyn TextEncoder {
-        self.tokenizer.as_ref()
-    }
-    fn head(&self) -> &HeadSpec {
-        &self.head
-    }
-    fn hf_names(&self) -> &HfNames {
-        &self.names
-    }
-    fn forward(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Result<Tensor> {
-        Pass::run(hooks, dropout, |pass| self.encode(batch, pass))
+    fn forward(&self, batch: &Batch, pass: &Pass) -> Result<Tensor> {
+        self.encode(batch, pass)
     }
     fn backward_recomputing(
         &self,
         batch: &Batch,
-        hooks: &dyn SiteHooks,
-        dropout: &Dropout,
+        pass: &Pass,
+        _token: HeadToken,
         loss: &dyn Fn(&Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
-        Pass::run(hooks, dropout, |pass| {
-            let (mask, relative_pos, rel) = self.context(batch, pass)?;
-            let layer = |i: usize, hidden: &Tensor, shared: &[Tensor]| {
-                self.layer(&self.layers[i], hidden, &mask, relative_pos.as_ref(), shared.first(), pass)
-            };
-            let input = self.embed(batch, pass)?;
-            let shared = rel.into_iter().collect();
-            let layers = recompute::Layers { input, shared, count: self.layers.len(), layer: &layer };
-            recompute::backward(layers, &|hidden| loss(&hidden.select(1, 0)), dropout)
-        })
-    }
-    fn weights(&self) -> Vec<(String, Tensor)> {
-        self.weights.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()
+        let (mask, relative_pos, rel) = self.context(batch, pass)?;
+        let layer = |i: usize, hidden: &Tensor, shared: &[Tensor]| {
+            self.layer(&self.layers[i], hidden, &mask, relative_pos.as_ref(), shared.first(), pass)
+        };
+        let input = self.embed(batch, pass)?;
+        let shared = rel.into_iter().collect();
+        let layers = recompute::Layers { input, shared, count: self.layers.len(), layer: &layer };
+        recompute::backward(layers, &|hidden| loss(&hidden.select(1, 0)), pass.dropout)
     }
 }

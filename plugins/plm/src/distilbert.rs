@@ -8,12 +8,13 @@ use std::sync::Arc;
 use anyhow::Result;
 use petnas_kit::recompute;
 use petnas_sdk::model::{
-    Backbone, BackboneInfo, Batch, Dropout, HeadActivation, HeadDense, HeadSpec, HeadToken, HfNames, Role,
-    Site, SiteHooks, SiteKind, TextEncoder,
+    Backbone, BackboneInfo, Batch, HeadActivation, HeadDense, HeadSpec, HeadToken, HfNames, Role, Site,
+    SiteKind,
 };
 use serde::Deserialize;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
+use crate::backbone::{Held, Model, Network};
 use crate::layers::{embed, merge_heads, site, split_heads, Activation, Attention, Linear, Norm, Pass};
 use crate::weights::{Vb, Weights};
 use crate::{Checkpoint, Family};
@@ -154,10 +155,9 @@ impl Block {
 
 /// `DistilBertModel`.
 pub struct DistilBert {
-    info: BackboneInfo,
-    head: HeadSpec,
-    names: HfNames,
-    device: Device,
+    /// Attention heads and hidden size, which the passes split by.
+    heads: i64,
+    width: i64,
     word: Tensor,
     position: Tensor,
     norm: Norm,
@@ -165,8 +165,6 @@ pub struct DistilBert {
     activation: Activation,
     hidden_dropout: f64,
     attention_dropout: f64,
-    weights: Vec<(String, Tensor)>,
-    tokenizer: Arc<dyn TextEncoder>,
 }
 
 fn load(checkpoint: &Checkpoint, w: &Weights) -> Result<Arc<dyn Backbone>> {
@@ -200,45 +198,51 @@ fn load(checkpoint: &Checkpoint, w: &Weights) -> Result<Arc<dyn Backbone>> {
     for block in &blocks {
         block.weights(&mut weights);
     }
-    Ok(Arc::new(DistilBert {
-        info: BackboneInfo {
-            model_type: config.model_type.clone(),
-            dir: checkpoint.dir.clone(),
-            hidden_size: c.dim,
-            num_layers: c.n_layers,
-            num_heads: c.n_heads,
-            vocab_size: c.vocab_size,
-            max_tokens: Some(c.max_position_embeddings),
-            parameters: weights.iter().map(|(_, t)| t.numel() as i64).sum(),
-            dtype: w.dtype(),
+    Ok(Arc::new(Model {
+        held: Held {
+            info: BackboneInfo {
+                model_type: config.model_type.clone(),
+                dir: checkpoint.dir.clone(),
+                hidden_size: c.dim,
+                num_layers: c.n_layers,
+                num_heads: c.n_heads,
+                vocab_size: c.vocab_size,
+                max_tokens: Some(c.max_position_embeddings),
+                parameters: weights.iter().map(|(_, t)| t.numel() as i64).sum(),
+                dtype: w.dtype(),
+            },
+            head: HeadSpec {
+                token: HeadToken::First,
+                dense: Some(HeadDense {
+                    name: "pre_classifier".into(),
+                    pretrained: false,
+                    activation: HeadActivation::Relu,
+                    dropout: 0.0,
+                }),
+                classifier: "classifier".into(),
+                classifier_bias: true,
+                dropout: c.seq_classif_dropout,
+                modules_to_save: vec!["pre_classifier".into(), "classifier".into()],
+            },
+            names: HfNames {
+                base_prefix: "distilbert".into(),
+                sequence_classification: "DistilBertForSequenceClassification".into(),
+            },
+            device: vb.device(),
+            weights,
+            tokenizer: checkpoint.tokenizer.clone(),
         },
-        head: HeadSpec {
-            token: HeadToken::First,
-            dense: Some(HeadDense {
-                name: "pre_classifier".into(),
-                pretrained: false,
-                activation: HeadActivation::Relu,
-                dropout: 0.0,
-            }),
-            classifier: "classifier".into(),
-            classifier_bias: true,
-            dropout: c.seq_classif_dropout,
-            modules_to_save: vec!["pre_classifier".into(), "classifier".into()],
+        network: DistilBert {
+            heads: c.n_heads,
+            width: c.dim,
+            word,
+            position,
+            norm,
+            blocks,
+            activation,
+            hidden_dropout: c.dropout,
+            attention_dropout: c.attention_dropout,
         },
-        names: HfNames {
-            base_prefix: "distilbert".into(),
-            sequence_classification: "DistilBertForSequenceClassification".into(),
-        },
-        device: vb.device(),
-        word,
-        position,
-        norm,
-        blocks,
-        activation,
-        hidden_dropout: c.dropout,
-        attention_dropout: c.attention_dropout,
-        weights,
-        tokenizer: checkpoint.tokenizer.clone(),
     }))
 }
 
@@ -252,7 +256,7 @@ impl DistilBert {
     }
 
     fn attention(&self, batch: &Batch, pass: &Pass) -> Attention {
-        let (heads, width) = (self.info.num_heads, self.info.hidden_size);
+        let (heads, width) = (self.heads, self.width);
         Attention::new(&batch.attention_mask, heads, width / heads, pass.dropout.rate(self.attention_dropout))
     }
 
@@ -266,15 +270,7 @@ impl DistilBert {
         pass: &Pass,
     ) -> Result<Tensor> {
         let hidden_dropout = pass.dropout.rate(self.hidden_dropout);
-        self.blocks[i].forward(
-            hidden,
-            queries,
-            attention,
-            self.info.num_heads,
-            self.activation,
-            hidden_dropout,
-            pass,
-        )
+        self.blocks[i].forward(hidden, queries, attention, self.heads, self.activation, hidden_dropout, pass)
     }
 
     fn encode(&self, batch: &Batch, pass: &Pass, first_token_only: bool) -> Result<Tensor> {
@@ -293,58 +289,34 @@ impl DistilBert {
     }
 }
 
-// SAFETY: frozen tensors, only read by parallel stages.
-unsafe impl Sync for DistilBert {}
-
-impl Backbone for DistilBert {
-    fn info(&self) -> &BackboneInfo {
-        &self.info
-    }
-    fn device(&self) -> Device {
-        self.device
-    }
+impl Network for DistilBert {
     fn sites(&self) -> Vec<Site> {
         let mut sites = vec![self.norm.site(None, "")];
         sites.extend(self.blocks.iter().enumerate().flat_map(|(l, b)| b.sites(l as i64)));
         sites
     }
-    fn tokenizer(&self) -> &dyn TextEncoder {
-        self.tokenizer.as_ref()
+    fn forward(&self, batch: &Batch, pass: &Pass) -> Result<Tensor> {
+        self.encode(batch, pass, false)
     }
-    fn head(&self) -> &HeadSpec {
-        &self.head
-    }
-    fn hf_names(&self) -> &HfNames {
-        &self.names
-    }
-    fn forward(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Result<Tensor> {
-        Pass::run(hooks, dropout, |pass| self.encode(batch, pass, false))
-    }
-    fn forward_head_token(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Result<Tensor> {
-        Pass::run(hooks, dropout, |pass| Ok(self.encode(batch, pass, true)?.squeeze_dim(1)))
+    fn forward_head_token(&self, batch: &Batch, pass: &Pass, _token: HeadToken) -> Result<Tensor> {
+        Ok(self.encode(batch, pass, true)?.squeeze_dim(1))
     }
     fn backward_recomputing(
         &self,
         batch: &Batch,
-        hooks: &dyn SiteHooks,
-        dropout: &Dropout,
+        pass: &Pass,
+        _token: HeadToken,
         loss: &dyn Fn(&Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
-        Pass::run(hooks, dropout, |pass| {
-            let attention = self.attention(batch, pass);
-            // The last block for the first token only, as `encode` computes it.
-            let last = self.blocks.len().saturating_sub(1);
-            let layer = |i: usize, hidden: &Tensor, _: &[Tensor]| {
-                let queries = if i == last { hidden.narrow(1, 0, 1) } else { hidden.shallow_clone() };
-                self.block(i, hidden, &queries, &attention, pass)
-            };
-            let input = self.embed(batch, pass)?;
-            let layers =
-                recompute::Layers { input, shared: Vec::new(), count: self.blocks.len(), layer: &layer };
-            recompute::backward(layers, &|hidden| loss(&hidden.select(1, 0)), dropout)
-        })
-    }
-    fn weights(&self) -> Vec<(String, Tensor)> {
-        self.weights.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()
+        let attention = self.attention(batch, pass);
+        // The last block for the first token only, as `encode` computes it.
+        let last = self.blocks.len().saturating_sub(1);
+        let layer = |i: usize, hidden: &Tensor, _: &[Tensor]| {
+            let queries = if i == last { hidden.narrow(1, 0, 1) } else { hidden.shallow_clone() };
+            self.block(i, hidden, &queries, &attention, pass)
+        };
+        let input = self.embed(batch, pass)?;
+        let layers = recompute::Layers { input, shared: Vec::new(), count: self.blocks.len(), layer: &layer };
+        recompute::backward(layers, &|hidden| loss(&hidden.select(1, 0)), pass.dropout)
     }
 }

@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use petnas_sdk::model::{
-    Backbone, BackboneInfo, Batch, Dropout, HeadActivation, HeadDense, HeadSpec, HeadToken, HfNames, Role,
-    Site, SiteHooks, TextEncoder,
+    Backbone, BackboneInfo, Batch, HeadActivation, HeadDense, HeadSpec, HeadToken, HfNames, Role, Site,
 };
-use tch::{Device, Tensor};
+use tch::Tensor;
 
+use crate::backbone::{Held, Model, Network};
 use crate::bert::{BertConfig, BertEmbeddings, BertEncoder};
 use crate::layers::{Linear, Pass};
 use crate::weights::Weights;
@@ -20,17 +20,11 @@ pub const FAMILY: Family = Family { model_types: &["electra"], weight_prefixes: 
 
 /// `ElectraModel`.
 pub struct Electra {
-    info: BackboneInfo,
-    head: HeadSpec,
-    names: HfNames,
-    device: Device,
     embeddings: BertEmbeddings,
     /// `embeddings_project`, where `embedding_size` is not the hidden size.
     project: Option<Linear>,
     encoder: BertEncoder,
     hidden_dropout: f64,
-    weights: Vec<(String, Tensor)>,
-    tokenizer: Arc<dyn TextEncoder>,
 }
 
 fn load(checkpoint: &Checkpoint, w: &Weights) -> Result<Arc<dyn Backbone>> {
@@ -52,42 +46,41 @@ fn load(checkpoint: &Checkpoint, w: &Weights) -> Result<Arc<dyn Backbone>> {
         layer.weights(&mut weights);
     }
     let dropout = c.classifier_dropout();
-    Ok(Arc::new(Electra {
-        info: BackboneInfo {
-            model_type: config.model_type.clone(),
-            dir: checkpoint.dir.clone(),
-            hidden_size: h,
-            num_layers: c.num_hidden_layers,
-            num_heads: c.num_attention_heads,
-            vocab_size: c.vocab_size,
-            max_tokens: Some(embeddings.max_tokens()),
-            parameters: weights.iter().map(|(_, t)| t.numel() as i64).sum(),
-            dtype: w.dtype(),
-        },
-        head: HeadSpec {
-            token: HeadToken::First,
-            dense: Some(HeadDense {
-                name: "classifier.dense".into(),
-                pretrained: false,
-                activation: HeadActivation::Gelu,
+    Ok(Arc::new(Model {
+        held: Held {
+            info: BackboneInfo {
+                model_type: config.model_type.clone(),
+                dir: checkpoint.dir.clone(),
+                hidden_size: h,
+                num_layers: c.num_hidden_layers,
+                num_heads: c.num_attention_heads,
+                vocab_size: c.vocab_size,
+                max_tokens: Some(embeddings.max_tokens()),
+                parameters: weights.iter().map(|(_, t)| t.numel() as i64).sum(),
+                dtype: w.dtype(),
+            },
+            head: HeadSpec {
+                token: HeadToken::First,
+                dense: Some(HeadDense {
+                    name: "classifier.dense".into(),
+                    pretrained: false,
+                    activation: HeadActivation::Gelu,
+                    dropout,
+                }),
+                classifier: "classifier.out_proj".into(),
+                classifier_bias: true,
                 dropout,
-            }),
-            classifier: "classifier.out_proj".into(),
-            classifier_bias: true,
-            dropout,
-            modules_to_save: vec!["classifier".into()],
+                modules_to_save: vec!["classifier".into()],
+            },
+            names: HfNames {
+                base_prefix: "electra".into(),
+                sequence_classification: "ElectraForSequenceClassification".into(),
+            },
+            device: vb.device(),
+            weights,
+            tokenizer: checkpoint.tokenizer.clone(),
         },
-        names: HfNames {
-            base_prefix: "electra".into(),
-            sequence_classification: "ElectraForSequenceClassification".into(),
-        },
-        device: vb.device(),
-        embeddings,
-        project,
-        encoder,
-        hidden_dropout: c.hidden_dropout_prob,
-        weights,
-        tokenizer: checkpoint.tokenizer.clone(),
+        network: Electra { embeddings, project, encoder, hidden_dropout: c.hidden_dropout_prob },
     }))
 }
 
@@ -106,49 +99,26 @@ impl Electra {
     }
 }
 
-// SAFETY: as for BERT: frozen tensors, only read by parallel stages.
-unsafe impl Sync for Electra {}
-
-impl Backbone for Electra {
-    fn info(&self) -> &BackboneInfo {
-        &self.info
-    }
-    fn device(&self) -> Device {
-        self.device
-    }
+impl Network for Electra {
     fn sites(&self) -> Vec<Site> {
         let mut sites = vec![self.embeddings.site()];
         sites.extend(self.project.iter().map(|p| p.site(None, "", Role::Other)));
         sites.extend(self.encoder.sites());
         sites
     }
-    fn tokenizer(&self) -> &dyn TextEncoder {
-        self.tokenizer.as_ref()
+    fn forward(&self, batch: &Batch, pass: &Pass) -> Result<Tensor> {
+        self.encode(batch, pass, false)
     }
-    fn head(&self) -> &HeadSpec {
-        &self.head
-    }
-    fn hf_names(&self) -> &HfNames {
-        &self.names
-    }
-    fn forward(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Result<Tensor> {
-        Pass::run(hooks, dropout, |pass| self.encode(batch, pass, false))
-    }
-    fn forward_head_token(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Result<Tensor> {
-        Pass::run(hooks, dropout, |pass| Ok(self.encode(batch, pass, true)?.squeeze_dim(1)))
+    fn forward_head_token(&self, batch: &Batch, pass: &Pass, _token: HeadToken) -> Result<Tensor> {
+        Ok(self.encode(batch, pass, true)?.squeeze_dim(1))
     }
     fn backward_recomputing(
         &self,
         batch: &Batch,
-        hooks: &dyn SiteHooks,
-        dropout: &Dropout,
+        pass: &Pass,
+        _token: HeadToken,
         loss: &dyn Fn(&Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
-        Pass::run(hooks, dropout, |pass| {
-            self.encoder.backward_recomputing(self.embed(batch, pass)?, &batch.attention_mask, pass, loss)
-        })
-    }
-    fn weights(&self) -> Vec<(String, Tensor)> {
-        self.weights.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()
+        self.encoder.backward_recomputing(self.embed(batch, pass)?, &batch.attention_mask, pass, loss)
     }
 }

@@ -2,6 +2,7 @@
 //! lives in its own file (bert.rs, distilbert.rs, electra.rs, deberta_v2.rs, llama.rs), registered in
 //! [`FAMILIES`] by `model_type`; this file holds the `hf` backbone loader, the `plm.load`
 //! stage and the `petnas encode` command.
+mod backbone;
 mod bert;
 mod config;
 mod deberta_v2;

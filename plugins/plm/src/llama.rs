@@ -11,13 +11,13 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 use petnas_kit::recompute;
 use petnas_sdk::model::{
-    head_token, Backbone, BackboneInfo, Batch, Dropout, HeadSpec, HeadToken, HfNames, Role, Site, SiteHooks,
-    SiteKind, TextEncoder,
+    head_token, Backbone, BackboneInfo, Batch, HeadSpec, HeadToken, HfNames, Role, Site, SiteKind,
 };
 use serde::Deserialize;
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
+use crate::backbone::{Held, Model, Network};
 use crate::layers::{embed, merge_heads, site, split_heads, Activation, Attention, Linear, Norm, Pass};
 use crate::weights::{Vb, Weights};
 use crate::{Checkpoint, Family};
@@ -335,10 +335,8 @@ struct Context {
 
 /// `LlamaModel` (and `Qwen2Model`, `MistralModel`).
 pub struct Llama {
-    info: BackboneInfo,
-    head: HeadSpec,
-    names: HfNames,
-    device: Device,
+    /// Attention heads, which the passes split by.
+    heads: i64,
     embed_tokens: Tensor,
     layers: Vec<Layer>,
     norm: Norm,
@@ -347,8 +345,6 @@ pub struct Llama {
     head_dim: i64,
     activation: Activation,
     attention_dropout: f64,
-    weights: Vec<(String, Tensor)>,
-    tokenizer: Arc<dyn TextEncoder>,
 }
 
 fn load(checkpoint: &Checkpoint, w: &Weights) -> Result<Arc<dyn Backbone>> {
@@ -395,39 +391,47 @@ fn load(checkpoint: &Checkpoint, w: &Weights) -> Result<Arc<dyn Backbone>> {
         layer.weights(&mut weights);
     }
     norm.weights(&mut weights);
-    Ok(Arc::new(Llama {
-        info: BackboneInfo {
-            model_type: config.model_type.clone(),
-            dir: checkpoint.dir.clone(),
-            hidden_size: c.hidden_size,
-            num_layers: c.num_hidden_layers,
-            num_heads: heads,
-            vocab_size: c.vocab_size,
-            // Rotary positions have no table to run out of: the context length trained.
-            max_tokens: Some(c.max_position_embeddings),
-            parameters: weights.iter().map(|(_, t)| t.numel() as i64).sum(),
-            dtype: w.dtype(),
+    Ok(Arc::new(Model {
+        held: Held {
+            info: BackboneInfo {
+                model_type: config.model_type.clone(),
+                dir: checkpoint.dir.clone(),
+                hidden_size: c.hidden_size,
+                num_layers: c.num_hidden_layers,
+                num_heads: heads,
+                vocab_size: c.vocab_size,
+                // Rotary positions have no table to run out of: the context length trained.
+                max_tokens: Some(c.max_position_embeddings),
+                parameters: weights.iter().map(|(_, t)| t.numel() as i64).sum(),
+                dtype: w.dtype(),
+            },
+            head: HeadSpec {
+                token: HeadToken::LastReal,
+                dense: None,
+                classifier: "score".into(),
+                classifier_bias: false,
+                dropout: 0.0,
+                modules_to_save: vec!["score".into()],
+            },
+            names: HfNames {
+                base_prefix: "model".into(),
+                sequence_classification: variant.class_name().into(),
+            },
+            device: vb.device(),
+            weights,
+            tokenizer: checkpoint.tokenizer.clone(),
         },
-        head: HeadSpec {
-            token: HeadToken::LastReal,
-            dense: None,
-            classifier: "score".into(),
-            classifier_bias: false,
-            dropout: 0.0,
-            modules_to_save: vec!["score".into()],
+        network: Llama {
+            heads,
+            embed_tokens,
+            layers,
+            norm,
+            rotary,
+            kv_heads: kv,
+            head_dim: c.head_dim(),
+            activation,
+            attention_dropout: c.attention_dropout,
         },
-        names: HfNames { base_prefix: "model".into(), sequence_classification: variant.class_name().into() },
-        device: vb.device(),
-        embed_tokens,
-        layers,
-        norm,
-        rotary,
-        kv_heads: kv,
-        head_dim: c.head_dim(),
-        activation,
-        attention_dropout: c.attention_dropout,
-        weights,
-        tokenizer: checkpoint.tokenizer.clone(),
     }))
 }
 
@@ -443,7 +447,7 @@ impl Llama {
             allowed = allowed.logical_and(&key.gt_tensor(&(&query - window)));
         }
         let real = attention_mask.to_kind(Kind::Bool).view([b, 1, 1, len]);
-        let heads = self.info.num_heads;
+        let heads = self.heads;
         Attention::with_mask(
             real.logical_and(&allowed.view([1, 1, len, len])),
             heads,
@@ -468,7 +472,7 @@ impl Llama {
             sin,
             causal: self.attention(&batch.attention_mask, None, pass),
             windowed,
-            heads: self.info.num_heads,
+            heads: self.heads,
             kv_heads: self.kv_heads,
             activation: self.activation,
         }
@@ -484,56 +488,31 @@ impl Llama {
     }
 }
 
-// SAFETY: frozen tensors, only read by parallel stages.
-unsafe impl Sync for Llama {}
-
-impl Backbone for Llama {
-    fn info(&self) -> &BackboneInfo {
-        &self.info
-    }
-    fn device(&self) -> Device {
-        self.device
-    }
+impl Network for Llama {
     fn sites(&self) -> Vec<Site> {
         let mut sites: Vec<Site> =
             self.layers.iter().enumerate().flat_map(|(l, layer)| layer.sites(l as i64)).collect();
         sites.push(self.norm.site(None, ""));
         sites
     }
-    fn tokenizer(&self) -> &dyn TextEncoder {
-        self.tokenizer.as_ref()
-    }
-    fn head(&self) -> &HeadSpec {
-        &self.head
-    }
-    fn hf_names(&self) -> &HfNames {
-        &self.names
-    }
-    fn forward(&self, batch: &Batch, hooks: &dyn SiteHooks, dropout: &Dropout) -> Result<Tensor> {
-        Pass::run(hooks, dropout, |pass| self.decode(batch, pass))
+    fn forward(&self, batch: &Batch, pass: &Pass) -> Result<Tensor> {
+        self.decode(batch, pass)
     }
     fn backward_recomputing(
         &self,
         batch: &Batch,
-        hooks: &dyn SiteHooks,
-        dropout: &Dropout,
+        pass: &Pass,
+        token: HeadToken,
         loss: &dyn Fn(&Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
-        Pass::run(hooks, dropout, |pass| {
-            let context = self.context(batch, pass);
-            let layer =
-                |i: usize, hidden: &Tensor, _: &[Tensor]| self.layers[i].forward(hidden, &context, pass);
-            let input = embed(&self.embed_tokens, &batch.input_ids);
-            let layers =
-                recompute::Layers { input, shared: Vec::new(), count: self.layers.len(), layer: &layer };
-            let head_loss = |hidden: &Tensor| {
-                let last = self.norm.forward(hidden, pass)?;
-                loss(&head_token(&last, &batch.attention_mask, self.head.token))
-            };
-            recompute::backward(layers, &head_loss, dropout)
-        })
-    }
-    fn weights(&self) -> Vec<(String, Tensor)> {
-        self.weights.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()
+        let context = self.context(batch, pass);
+        let layer = |i: usize, hidden: &Tensor, _: &[Tensor]| self.layers[i].forward(hidden, &context, pass);
+        let input = embed(&self.embed_tokens, &batch.input_ids);
+        let layers = recompute::Layers { input, shared: Vec::new(), count: self.layers.len(), layer: &layer };
+        let head_loss = |hidden: &Tensor| {
+            let last = self.norm.forward(hidden, pass)?;
+            loss(&head_token(&last, &batch.attention_mask, token))
+        };
+        recompute::backward(layers, &head_loss, pass.dropout)
     }
 }
