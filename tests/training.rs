@@ -588,3 +588,19 @@ fn the_vocabulary_of_transformers_and_peft_trains_as_it_does_there() {
         refused.stderr
     );
 }
+
+/// A stage's content key holds the plugins its model is made of, not every plugin that
+/// serves a PET type: adding a plugin of an unrelated PET type (tests/plugins/pair) to the
+/// plugin path reuses every stage of an unchanged LoRA pipeline (it recomputed all of them).
+#[test]
+fn an_unrelated_pet_type_plugin_keeps_every_stage_computed() {
+    let s = Scratch::new();
+    s.write("p.yaml", &pipeline("[{type: lora, targets: [query, value], rank: 2}]", FIT));
+    let without = s.command(&["run", "p.yaml"]).env_remove("PETNAS_PLUGIN_PATH").output().unwrap();
+    assert_eq!(without.status.code(), Some(0), "{}", String::from_utf8_lossy(&without.stderr));
+    let with = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(with.code, 0, "{}", with.stderr);
+    assert!(with.stdout.contains("0 done, 6 reused"), "the pair plugin is on the path now: {}", with.stdout);
+    let listing = s.petnas(&["plugins"]);
+    assert!(listing.stdout.contains("pair"), "{}", listing.stdout);
+}

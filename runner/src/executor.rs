@@ -152,7 +152,6 @@ pub fn run(
             consumers[*dep] += 1;
         }
     }
-    let services_sha256 = registry.services_sha256();
     // What each stage's Slurm job asks for, and the device class in its content key: where
     // the stage runs, which for a Slurm job is the node it is given, not this one.
     let asks = |stage: usize| {
@@ -243,7 +242,7 @@ pub fn run(
                     external: &external,
                     inputs: &inputs,
                     plugin_sha256: &plugin.sha256,
-                    services_sha256: &services_sha256,
+                    services_sha256: &registry.services_sha256_of(stage.services[node.cell].as_ref()),
                     seed,
                     dtype: &format!("{:?}", placement.dtype),
                     device: key_device(node.stage),

@@ -1,7 +1,7 @@
 //! A pipeline file, checked whole before anything runs: top-level keys, defaults, matrix,
 //! stages (kinds, options against each kind's schema, `needs`, input kinds, cycles), with
 //! every error located at file:line:column.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use petgraph::algo::{tarjan_scc, toposort};
@@ -100,6 +100,10 @@ pub struct StageDecl {
     /// Per cell: the line its kind's check says about it for `petnas plan`
     /// ([`petnas_sdk::PLAN_KEY`]), where it says one.
     pub plan: Vec<Option<String>>,
+    /// Per cell: the services (PET types, backbone loaders) the stage's model holds, as
+    /// validation described its inputs and output; none where a description was missing, and
+    /// every service then counts. Their plugins enter the stage's content key.
+    pub services: Vec<Option<BTreeSet<String>>>,
 }
 
 #[derive(Debug, Clone)]
@@ -472,6 +476,7 @@ fn parse_stages(
                 needs: stage.needs.iter().map(|(n, _)| n.clone()).collect(),
                 runs_in: runs_in[i].clone(),
                 plan: vec![None; runs_in[i].len()],
+                services: vec![None; runs_in[i].len()],
                 options,
                 resources: stage.resources.clone(),
             }
@@ -500,6 +505,7 @@ fn check_files(
     let mut memo: Vec<(usize, Json, Vec<Json>, Json)> = Vec::new();
     let mut failed: Vec<usize> = Vec::new();
     let mut plans = Vec::new();
+    let mut services = Vec::new();
     for c in 0..cells.len() {
         let mut described: BTreeMap<&str, Json> = BTreeMap::new();
         for (s, stage) in stages.iter().enumerate().filter(|(_, st)| st.runs_in[c]) {
@@ -540,12 +546,40 @@ fn check_files(
             };
             let mut description = description;
             plans.push((s, c, description.as_object_mut().and_then(|d| d.remove(petnas_sdk::PLAN_KEY))));
+            let inputs: Vec<Json> = stage
+                .needs
+                .iter()
+                .map(|n| described.get(n.as_str()).cloned().unwrap_or(Json::Null))
+                .collect();
+            services.push((s, c, services_held(&inputs, &description)));
             described.insert(&stage.id, description);
         }
     }
     for (s, c, plan) in plans {
         stages[s].plan[c] = plan.and_then(|p| p.as_str().map(str::to_string));
     }
+    for (s, c, held) in services {
+        stages[s].services[c] = held;
+    }
+}
+
+/// The services a stage's models hold, from the descriptions of its inputs and of its own
+/// output: their PET types (`pet_types`) and backbone loaders. None where an input was not
+/// described: every service counts then.
+fn services_held(inputs: &[Json], output: &Json) -> Option<BTreeSet<String>> {
+    if inputs.iter().any(Json::is_null) {
+        return None;
+    }
+    let mut held = BTreeSet::new();
+    for d in inputs.iter().chain(std::iter::once(output)) {
+        if let Some(loader) = d["backbone"]["loader"].as_str() {
+            held.insert(format!("loader:{loader}"));
+        }
+        for pet_type in d["pet_types"].as_array().into_iter().flatten().filter_map(Json::as_str) {
+            held.insert(format!("pet:{pet_type}"));
+        }
+    }
+    Some(held)
 }
 
 /// Wherever a stage runs, the stages it needs run too.

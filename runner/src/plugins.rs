@@ -184,11 +184,25 @@ impl Registry {
     /// loaders): a stage runs their code through the model it is handed, so a changed PET
     /// type must change the content key of every stage, not only of its own plugin's.
     pub fn services_sha256(&self) -> String {
+        self.services_sha256_of(None)
+    }
+
+    /// The SHA-256 of the plugins serving these services (`pet:<type>`, `loader:<name>`), or
+    /// every PET type and backbone loader where they are not known: what a stage's content
+    /// key holds of the plugins its model is made of.
+    pub fn services_sha256_of(&self, services: Option<&std::collections::BTreeSet<String>>) -> String {
+        let wanted = |service: String| services.is_none_or(|s| s.contains(&service));
         let mut serving: Vec<(&str, &str)> = self
             .pet_types
-            .values()
-            .map(|(_, i)| *i)
-            .chain(self.backbone_loaders.values().map(|(_, i)| *i))
+            .iter()
+            .filter(|(name, _)| wanted(format!("pet:{name}")))
+            .map(|(_, (_, i))| *i)
+            .chain(
+                self.backbone_loaders
+                    .iter()
+                    .filter(|(name, _)| wanted(format!("loader:{name}")))
+                    .map(|(_, (_, i))| *i),
+            )
             .map(|i| (self.plugins[i].name.as_str(), self.plugins[i].sha256.as_str()))
             .collect();
         serving.sort();

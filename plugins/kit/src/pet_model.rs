@@ -545,6 +545,8 @@ pub fn pet_specs(pets: &[Value], services: &dyn Services) -> Result<Vec<PetSpec>
 /// parameters it holds, and whether a stage trained it (its task head too).
 pub const PET_PARAMETERS: &str = "pet_parameters";
 pub const FITTED: &str = "fitted";
+/// The PET types a described model's modules are of.
+pub const PET_TYPES: &str = "pet_types";
 
 /// The description of the model among a stage's inputs, if a stage could describe it.
 pub fn described_model(inputs: &[Value]) -> Option<&Value> {
@@ -598,6 +600,13 @@ pub fn check_pets(pets: &[Value], inputs: &[Value], services: &dyn Services) -> 
     let plm = model.backbone.info().parameters;
     let mut description = input.clone();
     description[PET_PARAMETERS] = json!(described_pet_parameters(input).unwrap_or(0) + total);
+    let mut types: Vec<Value> = input[PET_TYPES].as_array().cloned().unwrap_or_default();
+    for spec in &specs {
+        if !types.iter().any(|t| t == spec.type_name.as_str()) {
+            types.push(json!(spec.type_name));
+        }
+    }
+    description[PET_TYPES] = Value::Array(types);
     description[petnas_sdk::stage::PLAN_KEY] = json!(format!(
         "{total} PET parameters ({:.3}% of the model's {plm}): {}",
         100.0 * total as f64 / plm.max(1) as f64,

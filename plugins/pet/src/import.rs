@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use petnas_kit::pet_model::{described_model, PetModel, FITTED, PET_PARAMETERS};
+use petnas_kit::pet_model::{described_model, PetModel, FITTED, PET_PARAMETERS, PET_TYPES};
 use petnas_sdk::artifact::{kinds, OUTPUTS_JSON, OUTPUTS_TENSORS};
 use petnas_sdk::model::live_parameters;
 use petnas_sdk::{Artifact, Inputs, OptType, OptionSchema, Stage, StageCtx};
@@ -125,9 +125,25 @@ impl Stage for Load {
     ) -> Result<Value> {
         let o: LoadOptions = serde_json::from_value(options.clone())?;
         let dir = Path::new(&o.dir);
-        if let Source::Peft = source(dir)? {
-            peft::read_config(dir)?;
-        }
+        // The PET types it brings.
+        let brought: Vec<String> = match source(dir)? {
+            Source::Peft => {
+                peft::read_config(dir)?;
+                vec!["lora".into()]
+            }
+            Source::Classifier => Vec::new(),
+            Source::Petnas => {
+                let path = dir.join(OUTPUTS_JSON);
+                let saved: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)
+                    .with_context(|| format!("{} is not JSON", path.display()))?;
+                saved["meta"]["pets"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| p["type"].as_str().map(str::to_string))
+                    .collect()
+            }
+        };
         if let Some(missing) = files(dir)?.into_iter().find(|f| !f.is_file()) {
             bail!("{}: missing", missing.display());
         }
@@ -137,6 +153,9 @@ impl Stage for Load {
                 let mut model = model.clone();
                 model[PET_PARAMETERS] = Value::Null;
                 model[FITTED] = json!(true);
+                let mut types: Vec<Value> = model[PET_TYPES].as_array().cloned().unwrap_or_default();
+                types.extend(brought.into_iter().map(Value::String));
+                model[PET_TYPES] = Value::Array(types);
                 model
             }
             None => Value::Null,

@@ -225,6 +225,7 @@ impl Stage for Load {
         }
         // A model as loaded holds no PET modules.
         described[petnas_kit::pet_model::PET_PARAMETERS] = json!(0);
+        described[petnas_kit::pet_model::PET_TYPES] = json!([]);
         Ok(described)
     }
     fn external_inputs(&self, options: &Value) -> Result<String> {
