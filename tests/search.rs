@@ -338,6 +338,23 @@ fn pruning_a_supernet_that_was_not_trained_resumes_as_an_uninterrupted_run() {
 }
 
 fn resumed_pruning_is_uninterrupted_pruning(pipeline: &str) {
+    killed_and_resumed_is_uninterrupted(
+        pipeline,
+        ("a pruning round's checkpoint", structured_checkpoint),
+        "resuming structured pruning from a checkpoint",
+        &["structured", "unstructured"],
+    );
+}
+
+/// Kills a run of `pipeline` once `ready` sees what it waits for, runs it again, and checks
+/// that the resumed run said `resumed` and its `stages` equal an uninterrupted run's, byte
+/// for byte.
+fn killed_and_resumed_is_uninterrupted(
+    pipeline: &str,
+    (what, ready): (&str, fn(&Scratch) -> bool),
+    resumed: &str,
+    stages: &[&str],
+) {
     let s = Scratch::new();
     s.write("p.yaml", pipeline);
     let mut child = s
@@ -346,18 +363,18 @@ fn resumed_pruning_is_uninterrupted_pruning(pipeline: &str) {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    wait_for("a pruning round's checkpoint", || structured_checkpoint(&s));
+    wait_for(what, || ready(&s));
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(!s.stage_dir("search", "default", "structured").exists(), "killed in the middle of pruning");
-    let resumed = s.petnas(&["run", "p.yaml"]);
-    assert_eq!(resumed.code, 0, "{}", resumed.stderr);
-    assert!(resumed.stderr.contains("resuming structured pruning from a checkpoint"), "{}", resumed.stderr);
+    assert!(!s.stage_dir("search", "default", stages[0]).exists(), "killed in the middle of {}", stages[0]);
+    let again = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(again.stderr.contains(resumed), "{}", again.stderr);
 
     let reference = Scratch::new();
     reference.write("p.yaml", pipeline);
     assert_eq!(reference.petnas(&["run", "p.yaml"]).code, 0);
-    for stage in ["structured", "unstructured"] {
+    for stage in stages {
         let file = |s: &Scratch| {
             std::fs::read(s.stage_dir("search", "default", stage).join("outputs.safetensors")).unwrap()
         };
@@ -444,30 +461,12 @@ fn search_checkpoint_past_a_cut(s: &Scratch) -> bool {
 #[test]
 fn a_search_while_training_resumes_after_a_kill_as_an_uninterrupted_run() {
     let search = "{budget: 2000, structured_budget: 3000, epochs: 40, batch_size: 16, lr: 0.005, rounds: 6, prune_start: 0.05, prune_end: 0.5, checkpoint_every: 1}";
-    let pipeline = one_run_pipeline(MIXED, search);
-    let s = Scratch::new();
-    s.write("p.yaml", &pipeline);
-    let mut child = s
-        .command(&["run", "p.yaml"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for("a checkpoint after the first cuts", || search_checkpoint_past_a_cut(&s));
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert!(!s.stage_dir("search", "default", "search").exists(), "killed in the middle of the search");
-    let resumed = s.petnas(&["run", "p.yaml"]);
-    assert_eq!(resumed.code, 0, "{}", resumed.stderr);
-    assert!(resumed.stderr.contains("resuming from a checkpoint"), "{}", resumed.stderr);
-
-    let reference = Scratch::new();
-    reference.write("p.yaml", &pipeline);
-    assert_eq!(reference.petnas(&["run", "p.yaml"]).code, 0);
-    let file = |s: &Scratch| {
-        std::fs::read(s.stage_dir("search", "default", "search").join("outputs.safetensors")).unwrap()
-    };
-    assert!(file(&s) == file(&reference), "the resumed search differs from an uninterrupted one");
+    killed_and_resumed_is_uninterrupted(
+        &one_run_pipeline(MIXED, search),
+        ("a checkpoint after the first cuts", search_checkpoint_past_a_cut),
+        "resuming from a checkpoint",
+        &["search"],
+    );
 }
 
 /// A PET type written outside petnas (tests/plugins/pair, one crate built against the

@@ -51,10 +51,15 @@ impl Stage for PruneWhileTraining {
                 "cut prune groups down to this many parameters, then mask single entries down to `budget` (U-LoRA); unset: cut groups down to `budget` (S-LoRA)",
             )
             .at_least(0.0)
-            .opt("prune_start", OptType::Float, 0.1, "the share of the fit's steps after which the first cut comes")
+            .opt("prune_start", OptType::Float, 0.05, "the share of the fit's steps after which the first cut comes")
             .at_least(0.0)
             .below(1.0)
-            .opt("prune_end", OptType::Float, 0.4, "the share of the fit's steps by which the last cut has come")
+            .opt(
+                "prune_end",
+                OptType::Float,
+                0.25,
+                "the share of the fit's steps by which the last cut has come (the earlier, the sooner the fit runs at the cut model's cost)",
+            )
             .above(0.0)
             .at_most(1.0)
             .opt("rounds", OptType::Int, 10, "cuts, evenly spaced from `prune_start` to `prune_end`")
