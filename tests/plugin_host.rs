@@ -336,3 +336,82 @@ fn a_plugin_dir_that_does_not_exist_is_an_error() {
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(run.stderr.contains("error: --plugin-dir no-such-folder: no such folder"), "{}", run.stderr);
 }
+
+/// A plugin built against the contract and the toolkit as they are, then again after a
+/// change to each (a plugin author building against another release): a toolkit-only change
+/// leaves the fingerprint, and the plugin loads; a contract change does not, and the plugin is
+/// refused naming both fingerprints. The plugin is petnas's own train.fit, which links the
+/// toolkit, built with cargo in a copy of the workspace's sdk, kit and train crates.
+#[test]
+fn a_toolkit_change_keeps_plugins_loading_and_a_contract_change_refuses_them() {
+    let root = petnas_e2e::workspace();
+    let s = Scratch::new();
+    let work = s.path().join("author");
+    for crate_dir in ["plugins/sdk", "plugins/kit", "plugins/train"] {
+        copy_tree(&root.join(crate_dir), &work.join(crate_dir));
+    }
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let members = "members = [\"plugins/sdk\", \"plugins/kit\", \"plugins/train\"]";
+    let manifest: String = manifest
+        .lines()
+        .map(|l| if l.starts_with("members = ") { members } else { l })
+        .filter(|l| !l.starts_with("petnas = "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(work.join("Cargo.toml"), manifest).unwrap();
+    std::fs::copy(root.join("Cargo.lock"), work.join("Cargo.lock")).unwrap();
+    let build = || {
+        let out = std::process::Command::new("cargo")
+            .args(["build", "--release", "--offline", "-p", "petnas-train"])
+            .current_dir(&work)
+            .env("CARGO_TARGET_DIR", work.join("target"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let folder = s.path().join("plugins");
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::copy(work.join("target/release/libpetnas_train.so"), folder.join("libpetnas_train.so"))
+            .unwrap();
+        let out = s
+            .command(&["plugins", "--json", "--plugin-dir", "plugins"])
+            .env_remove("PETNAS_PLUGIN_PATH")
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let built = s.path().join("plugins/libpetnas_train.so");
+    let loads = |listing: &serde_json::Value| path_of(listing, "petnas-train") == built;
+    assert!(loads(&build()), "built against the contract and toolkit as they are");
+
+    let kit = work.join("plugins/kit/src/lib.rs");
+    let text = std::fs::read_to_string(&kit).unwrap();
+    std::fs::write(&kit, format!("{text}\n/// A toolkit change.\npub fn added_in_a_later_release() {{}}\n"))
+        .unwrap();
+    assert!(loads(&build()), "a toolkit-only change: the plugin still loads");
+
+    let sdk = work.join("plugins/sdk/src/lib.rs");
+    let text = std::fs::read_to_string(&sdk).unwrap();
+    std::fs::write(&sdk, format!("{text}\n/// A contract change.\npub fn added_to_the_contract() {{}}\n"))
+        .unwrap();
+    let listing = build();
+    assert!(!loads(&listing), "a contract change: refused");
+    let reason = listing["refused"][0]["reason"].as_str().unwrap().to_string();
+    let host = host_fingerprint();
+    assert!(
+        reason.contains(&format!("this petnas with `{host}`"))
+            && reason.contains("the plugin was built with `petnas-sdk"),
+        "{reason}"
+    );
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            copy_tree(&path, &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(&path, to.join(entry.file_name())).unwrap();
+        }
+    }
+}
