@@ -638,3 +638,41 @@ fn a_large_matrix_validates_fast_runs_in_bounded_memory_and_stops_on_ctrl_c() {
     };
     assert_eq!(code, Some(130));
 }
+
+/// Two variants of one pipeline in one run folder: switching back reuses the stages the
+/// first one computed (kept as versions of each stage folder), and at most
+/// `KEPT_VERSIONS` (3) versions of a stage stay, the least recently used going first.
+#[test]
+fn switching_between_variants_of_a_pipeline_reuses_what_each_computed() {
+    let s = Scratch::new();
+    let run = |steps: u64| {
+        s.write("p.yaml", &pipeline(steps));
+        let run = s.petnas(&["run", "p.yaml"]);
+        assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+        run
+    };
+    let first = run(200);
+    assert!(summary_line(&first.stdout).starts_with("6 done, 0 reused"), "{}", first.stdout);
+    let metrics =
+        |cell: &str| std::fs::read(s.stage_dir("exec", cell, "evaluate").join("metrics.json")).unwrap();
+    let first_metrics = metrics("sep=2.0");
+    let other = run(100);
+    assert!(summary_line(&other.stdout).starts_with("4 done, 2 reused"), "{}", other.stdout);
+    let back = run(200);
+    assert!(summary_line(&back.stdout).starts_with("0 done, 6 reused"), "{}", back.stdout);
+    assert!(back.stderr.contains("reused a version the stage's folder held before"), "{}", back.stderr);
+    assert_eq!(metrics("sep=2.0"), first_metrics);
+    // The variant it switched away from is kept too.
+    let again = run(100);
+    assert!(summary_line(&again.stdout).starts_with("0 done, 6 reused"), "{}", again.stdout);
+
+    for steps in [110, 120, 130] {
+        run(steps);
+    }
+    let versions = s.path().join("runs/exec/sep=2.0/.versions/fit");
+    let kept: Vec<_> = std::fs::read_dir(&versions).unwrap().flatten().collect();
+    assert_eq!(kept.len(), 3, "{}", versions.display());
+    // 200, used longest ago, is gone: it computes again.
+    let oldest = run(200);
+    assert!(summary_line(&oldest.stdout).starts_with("4 done, 2 reused"), "{}", oldest.stdout);
+}

@@ -2,7 +2,7 @@
 //! seeds that reproduce, a fit resumed after a kill, non-finite losses, GLUE predictions.
 use std::time::{Duration, Instant};
 
-use petnas_e2e::{glue_fixtures, tiny_model, Scratch};
+use petnas_e2e::{glue_fixtures, tiny_model, workspace, Scratch};
 
 fn pipeline(pets: &str, fit: &str) -> String {
     format!(
@@ -603,4 +603,57 @@ fn an_unrelated_pet_type_plugin_keeps_every_stage_computed() {
     assert!(with.stdout.contains("0 done, 6 reused"), "the pair plugin is on the path now: {}", with.stdout);
     let listing = s.petnas(&["plugins"]);
     assert!(listing.stdout.contains("pair"), "{}", listing.stdout);
+}
+
+/// Adding a test file to `data.load` retrains nothing: what trains and evaluates keys on the
+/// labelled splits only; a changed dev file still reruns them.
+#[test]
+fn a_test_file_added_to_the_data_keeps_training_and_a_changed_dev_file_does_not() {
+    let s = Scratch::new();
+    for split in ["train", "dev", "test"] {
+        s.write(
+            &format!("reviews/{split}.csv"),
+            &std::fs::read_to_string(workspace().join(format!("tests/fixtures/data/reviews/{split}.csv")))
+                .unwrap(),
+        );
+    }
+    let pipeline = |test: &str, predict: &str| {
+        format!(
+            "name: parts
+defaults: {{seed: 5, threads: 1}}
+stages:
+  model: {{use: plm.load, with: {{model: '{}'}}}}
+  data: {{use: data.load, needs: [model], with: {{train: reviews/train.csv, dev: reviews/dev.csv{test}, text: review, label: sentiment, max_len: 16}}}}
+  pets: {{use: pet.attach, needs: [model], with: {{pets: [{{type: lora, rank: 2}}]}}}}
+  fit: {{use: train.fit, needs: [pets, data], with: {{epochs: 1, batch_size: 8, lr: 0.01}}}}
+  evaluate: {{use: glue.evaluate, needs: [fit, data]}}
+{predict}",
+            tiny_model()
+        )
+    };
+    s.write("p.yaml", &pipeline("", ""));
+    let first = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert!(first.stdout.contains("5 done, 0 reused"), "{}", first.stdout);
+
+    s.write(
+        "p.yaml",
+        &pipeline(", test: reviews/test.csv", "  predict: {use: glue.predict, needs: [fit, data]}\n"),
+    );
+    let with_test = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(with_test.code, 0, "{}", with_test.stderr);
+    assert!(with_test.stdout.contains("2 done, 4 reused"), "data and predict only: {}", with_test.stdout);
+
+    let dev = s.path().join("reviews/dev.csv");
+    let mut text = std::fs::read_to_string(&dev).unwrap();
+    let last = text.trim_end().lines().last().unwrap().to_string();
+    text.push_str(&format!("{last}\n"));
+    std::fs::write(&dev, text).unwrap();
+    let changed_dev = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(changed_dev.code, 0, "{}", changed_dev.stderr);
+    assert!(
+        changed_dev.stdout.contains("4 done, 2 reused"),
+        "data, fit, evaluate, predict: {}",
+        changed_dev.stdout
+    );
 }

@@ -1,26 +1,12 @@
-//! The `petnas` runner: pipeline files, the plugin host, the executor and the run folder.
-pub mod backend;
+//! The `petnas` runner, by concept: the pipeline file and what it asks for (`pipeline`), the
+//! plugins it loads (`plugins`), running its stages and keeping what they made (`execute`),
+//! and reading results back (`results`); `cli` is one thin file per subcommand over them.
 pub mod bounded;
 pub mod cli;
-pub mod compare;
-pub mod cuda;
-pub mod curves;
-pub mod devices;
 pub mod diag;
-pub mod executor;
+pub mod execute;
 pub mod logging;
-pub mod matrix;
 pub mod pipeline;
-pub mod plan;
-pub mod plugin_list;
 pub mod plugins;
-pub mod progress;
-pub mod regress;
-pub mod report;
-pub mod resources;
 pub mod results;
-pub mod run_lock;
-pub mod run_record;
-pub mod slurm;
-pub mod store;
 pub mod yaml;

@@ -125,7 +125,7 @@ impl Write for TerminalLine {
 impl Drop for TerminalLine {
     fn drop(&mut self) {
         let bytes = std::mem::take(&mut self.0);
-        crate::progress::suspend(|| std::io::stderr().write_all(&bytes).ok());
+        crate::execute::progress::suspend(|| std::io::stderr().write_all(&bytes).ok());
     }
 }
 

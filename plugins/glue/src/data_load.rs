@@ -1,6 +1,7 @@
 //! `data.load`: a user's own labelled text (CSV, TSV or JSON Lines), read and tokenised as
 //! `glue.load` reads a GLUE task, so that training, `glue.evaluate` and `glue.predict` take
 //! it alike.
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -246,6 +247,14 @@ impl Stage for DataLoad {
         let o: DataLoadOptions = serde_json::from_value(options.clone())?;
         let splits = o.splits();
         petnas_kit::stamps::file_stamps(splits.iter().map(|s| s.path.as_path()))
+    }
+    fn output_parts(&self, options: &Value) -> Result<BTreeMap<String, String>> {
+        let o: DataLoadOptions = serde_json::from_value(options.clone())?;
+        let mut labelled = options.clone();
+        if let Some(map) = labelled.as_object_mut() {
+            map.remove("test");
+        }
+        dataset::output_parts(options, labelled, &o.splits())
     }
     fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
         let o: DataLoadOptions = ctx.options()?;

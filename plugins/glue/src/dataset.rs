@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use petnas_kit::data::{Labels, TokenizedSplit, TRAIN, VALIDATION};
 use petnas_kit::metrics::Scoring;
-use petnas_sdk::artifact::kinds;
+use petnas_sdk::artifact::{kinds, parts};
 use petnas_sdk::model::TextEncoder;
 use petnas_sdk::{Artifact, Inputs, OptType, OptionSchema, StageCtx};
 use rand::seq::index::sample;
@@ -145,6 +145,29 @@ pub struct SplitFile {
     pub name: String,
     pub path: PathBuf,
     pub labelled: bool,
+}
+
+/// A dataset stage's output parts (`Stage::output_parts`): its labelled splits, made of
+/// `labelled_options` (the options less what names unlabelled files) and those files, and its
+/// unlabelled ones, made of all the options and their files.
+pub fn output_parts(
+    options: &Value,
+    labelled_options: Value,
+    splits: &[SplitFile],
+) -> Result<std::collections::BTreeMap<String, String>> {
+    let stamps = |labelled: bool| {
+        let files = splits.iter().filter(|s| s.labelled == labelled);
+        let names: Vec<&str> = files.clone().map(|s| s.name.as_str()).collect();
+        petnas_kit::stamps::file_stamps(files.map(|s| s.path.as_path())).map(|stamps| json!([names, stamps]))
+    };
+    Ok([
+        (
+            parts::LABELLED.to_string(),
+            json!({"options": labelled_options, "files": stamps(true)?}).to_string(),
+        ),
+        (parts::UNLABELLED.to_string(), json!({"options": options, "files": stamps(false)?}).to_string()),
+    ]
+    .into())
 }
 
 struct Tokenized {

@@ -1,4 +1,5 @@
 //! `glue.load`: a GLUE task's splits, read and tokenised with the model's tokenizer.
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -126,6 +127,15 @@ impl Stage for Load {
         let o: LoadOptions = serde_json::from_value(options.clone())?;
         let splits = chosen_splits(task(&o.task)?, &glue_dir(&o.dir)?, &o.splits)?;
         petnas_kit::stamps::file_stamps(splits.iter().map(|s| s.path.as_path()))
+    }
+    fn output_parts(&self, options: &Value) -> Result<BTreeMap<String, String>> {
+        let o: LoadOptions = serde_json::from_value(options.clone())?;
+        let splits = chosen_splits(task(&o.task)?, &glue_dir(&o.dir)?, &o.splits)?;
+        let mut labelled = options.clone();
+        if let Some(asked) = labelled.get_mut("splits").and_then(Value::as_array_mut) {
+            asked.retain(|name| splits.iter().any(|s| s.labelled && Some(s.name.as_str()) == name.as_str()));
+        }
+        dataset::output_parts(options, labelled, &splits)
     }
     fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
         let o: LoadOptions = ctx.options()?;

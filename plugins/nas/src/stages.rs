@@ -136,6 +136,9 @@ impl Stage for Score {
     fn input_kinds(&self) -> &'static [&'static str] {
         &[kinds::MODEL, kinds::DATASET]
     }
+    fn parts_read(&self, _options: &Value) -> Option<&'static [&'static str]> {
+        Some(petnas_sdk::artifact::parts::LABELLED_ONLY)
+    }
     fn output_kind(&self) -> &'static str {
         kinds::SCORES
     }
@@ -236,6 +239,9 @@ impl Stage for PruneStructured {
     }
     fn input_kinds(&self) -> &'static [&'static str] {
         &[kinds::MODEL, kinds::DATASET]
+    }
+    fn parts_read(&self, _options: &Value) -> Option<&'static [&'static str]> {
+        Some(petnas_sdk::artifact::parts::LABELLED_ONLY)
     }
     fn output_kind(&self) -> &'static str {
         kinds::MODEL
@@ -342,6 +348,9 @@ impl Stage for PruneUnstructured {
     }
     fn input_kinds(&self) -> &'static [&'static str] {
         &[kinds::MODEL, kinds::DATASET]
+    }
+    fn parts_read(&self, _options: &Value) -> Option<&'static [&'static str]> {
+        Some(petnas_sdk::artifact::parts::LABELLED_ONLY)
     }
     fn output_kind(&self) -> &'static str {
         kinds::MODEL

@@ -178,6 +178,9 @@ impl Stage for Export {
     fn input_kinds(&self) -> &'static [&'static str] {
         &[kinds::MODEL, kinds::DATASET]
     }
+    fn parts_read(&self, _options: &Value) -> Option<&'static [&'static str]> {
+        Some(petnas_sdk::artifact::parts::LABELLED_ONLY)
+    }
     fn output_kind(&self) -> &'static str {
         kinds::REPORT
     }

@@ -21,6 +21,16 @@ pub mod kinds {
     pub const REPORT: &str = "report";
 }
 
+/// The parts of a dataset a stage may read alone ([`crate::Stage::output_parts`]).
+pub mod parts {
+    /// The splits with labels: train, the validation split held out of it, dev.
+    pub const LABELLED: &str = "labelled";
+    /// The splits without: test.
+    pub const UNLABELLED: &str = "unlabelled";
+    /// What a stage that trains or evaluates on a dataset reads of it.
+    pub const LABELLED_ONLY: &[&str] = &[LABELLED];
+}
+
 /// Immutable once a stage returned it: consumers get shallow clones of its tensors and must
 /// not modify them in place (train a `.copy()`), since other stages may read them at once.
 pub struct Artifact {

@@ -1,4 +1,5 @@
 //! Stage kinds: what a plugin runs for a `stages:` entry of a pipeline.
+use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +33,17 @@ pub trait Stage: Send + Sync {
     /// as a string that changes when they do; it is part of the stage's content key.
     fn external_inputs(&self, _options: &Value) -> Result<String> {
         Ok(String::new())
+    }
+    /// The parts of its output that a stage may read alone (a dataset's labelled and
+    /// unlabelled splits: [`crate::artifact::parts`]), each with what it is made of, as `external_inputs` says
+    /// it for the whole; none where the output is one whole.
+    fn output_parts(&self, _options: &Value) -> Result<BTreeMap<String, String>> {
+        Ok(BTreeMap::new())
+    }
+    /// The parts of its inputs it reads, where it reads only some (see `output_parts`): its
+    /// content key then covers only those, so that adding a test file does not retrain.
+    fn parts_read(&self, _options: &Value) -> Option<&'static [&'static str]> {
+        None
     }
     /// For `petnas validate`, before anything runs and without reading much: checks what
     /// only the files its options name, or its inputs, can tell (a model folder that would
@@ -102,6 +114,12 @@ impl<S: Stage> Stage for CatchPanics<S> {
     }
     fn external_inputs(&self, options: &Value) -> Result<String> {
         caught(&format!("stage `{}`", self.0.kind()), || self.0.external_inputs(options))
+    }
+    fn output_parts(&self, options: &Value) -> Result<BTreeMap<String, String>> {
+        caught(&format!("stage `{}`", self.0.kind()), || self.0.output_parts(options))
+    }
+    fn parts_read(&self, options: &Value) -> Option<&'static [&'static str]> {
+        self.0.parts_read(options)
     }
     fn check(&self, options: &Value, inputs: &[Value], services: &dyn Services) -> Result<Value> {
         caught(&format!("stage `{}`", self.0.kind()), || self.0.check(options, inputs, services))

@@ -26,6 +26,9 @@ impl Stage for Fit {
     fn input_kinds(&self) -> &'static [&'static str] {
         &[kinds::MODEL, kinds::DATASET]
     }
+    fn parts_read(&self, _options: &Value) -> Option<&'static [&'static str]> {
+        Some(petnas_sdk::artifact::parts::LABELLED_ONLY)
+    }
     fn output_kind(&self) -> &'static str {
         kinds::MODEL
     }

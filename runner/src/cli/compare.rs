@@ -31,7 +31,7 @@ pub(super) struct Args {
 }
 
 pub(super) fn execute(args: &Args) -> Result<i32> {
-    let rule = crate::compare::Rule {
+    let rule = crate::results::compare::Rule {
         candidates: patterns("candidates", &args.candidates)?,
         baselines: patterns("baselines", &args.baselines)?,
         confidence: args.confidence,
@@ -40,11 +40,11 @@ pub(super) fn execute(args: &Args) -> Result<i32> {
         min_seeds: args.min_seeds as usize,
     };
     let groups = crate::results::group(&crate::results::collect(&args.runs)?)?;
-    let comparisons = crate::compare::compare(&groups, &rule)?;
+    let comparisons = crate::results::compare::compare(&groups, &rule)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&comparisons)?);
     } else {
-        print!("{}", crate::compare::markdown(&comparisons, rule.confidence));
+        print!("{}", crate::results::compare::markdown(&comparisons, rule.confidence));
     }
     Ok(0)
 }

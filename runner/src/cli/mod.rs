@@ -114,7 +114,7 @@ fn help_for_plugin_commands(mut args: Vec<String>) -> Vec<String> {
 pub fn main() -> i32 {
     let cli = Cli::parse_from(help_for_plugin_commands(std::env::args().collect()));
     crate::logging::init(cli.log_json);
-    let cuda = crate::cuda::load_torch_cuda();
+    let cuda = crate::execute::cuda::load_torch_cuda();
     tracing::debug!("{cuda}");
     if let Some(missing) = cli.plugin_dirs.iter().find(|d| !d.is_dir()) {
         eprintln!("error: --plugin-dir {}: no such folder", missing.display());
@@ -136,7 +136,7 @@ pub fn main() -> i32 {
     };
     match result {
         Ok(code) => code,
-        Err(e) if crate::store::is_disk_full(&e) => {
+        Err(e) if crate::execute::store::is_disk_full(&e) => {
             eprintln!("error: {e:#}");
             EXIT_FAILED
         }

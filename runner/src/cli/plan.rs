@@ -18,6 +18,9 @@ pub(super) struct Args {
 
 pub(super) fn execute(args: &Args, registry: &Registry) -> Result<i32> {
     let pipeline = load(&args.file, &args.folders, registry)?;
-    print!("{}", if args.dot { crate::plan::dot(&pipeline) } else { crate::plan::text(&pipeline) });
+    print!(
+        "{}",
+        if args.dot { crate::pipeline::plan::dot(&pipeline) } else { crate::pipeline::plan::text(&pipeline) }
+    );
     Ok(0)
 }

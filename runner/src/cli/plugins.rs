@@ -23,11 +23,12 @@ pub(super) struct Args {
 
 pub(super) fn execute(args: &Args, registry: &Registry) -> Result<i32> {
     let format = if args.json { Format::Json } else { args.format };
-    let crate::plugin_list::Listing { stages, pet_types, commands } = crate::plugin_list::listing(registry);
+    let crate::plugins::list::Listing { stages, pet_types, commands } =
+        crate::plugins::list::listing(registry);
     let json = match format {
         Format::Json => true,
         Format::Markdown => {
-            print!("{}", crate::plugin_list::markdown(registry));
+            print!("{}", crate::plugins::list::markdown(registry));
             return Ok(0);
         }
         Format::Text => false,
@@ -77,7 +78,7 @@ pub(super) fn execute(args: &Args, registry: &Registry) -> Result<i32> {
                 } else {
                     format!("default {}", o["default"])
                 }];
-                let names = |key: &str| crate::plugin_list::quoted(&o[key]);
+                let names = |key: &str| crate::plugins::list::quoted(&o[key]);
                 if !names("excludes").is_empty() {
                     notes.push(format!("not with {}", names("excludes").join(", ")));
                 }

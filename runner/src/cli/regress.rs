@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use super::EXIT_FAILED;
-use crate::regress::Status::{Improved, Missing, Ok as Fine, Regressed, Undefined};
+use crate::results::regress::Status::{Improved, Missing, Ok as Fine, Regressed, Undefined};
 
 #[derive(clap::Args)]
 pub(super) struct Args {
@@ -21,12 +21,12 @@ pub(super) struct Args {
 
 pub(super) fn execute(args: &Args) -> Result<i32> {
     let Args { run, baseline, junit, update_baseline } = args;
-    let entries = crate::regress::read_baseline(baseline)?;
+    let entries = crate::results::regress::read_baseline(baseline)?;
     let groups = crate::results::group(&crate::results::collect(std::slice::from_ref(run))?)?;
     if *update_baseline {
-        crate::store::write_atomic(
+        crate::execute::store::write_atomic(
             baseline,
-            crate::regress::updated(
+            crate::results::regress::updated(
                 &crate::bounded::read_to_string(baseline, crate::yaml::MAX_BYTES as u64)?,
                 &entries,
                 &groups,
@@ -37,12 +37,15 @@ pub(super) fn execute(args: &Args) -> Result<i32> {
         eprintln!("rewrote {}", baseline.display());
         return Ok(0);
     }
-    let checks = crate::regress::check(&entries, &groups)?;
-    print!("{}", crate::regress::table(&checks));
+    let checks = crate::results::regress::check(&entries, &groups)?;
+    print!("{}", crate::results::regress::table(&checks));
     if let Some(path) = junit {
-        crate::store::write_atomic(path, crate::regress::junit(&checks, baseline)?.as_bytes())?;
+        crate::execute::store::write_atomic(
+            path,
+            crate::results::regress::junit(&checks, baseline)?.as_bytes(),
+        )?;
     }
-    let count = |s: crate::regress::Status| checks.iter().filter(|c| c.status == s).count();
+    let count = |s: crate::results::regress::Status| checks.iter().filter(|c| c.status == s).count();
     println!(
         "{} ok, {} improved, {} regressed, {} missing{}",
         count(Fine),

@@ -32,7 +32,7 @@ pub(super) struct Args {
 pub(super) fn execute(args: &Args) -> Result<i32> {
     let Args { runs, format, cells, plots, curves } = args;
     if let Some(dir) = curves {
-        for file in crate::curves::curve_plots(runs, dir)? {
+        for file in crate::results::curves::curve_plots(runs, dir)? {
             eprintln!("wrote {}", file.display());
         }
     }
@@ -45,8 +45,8 @@ pub(super) fn execute(args: &Args) -> Result<i32> {
     }
     let groups = crate::results::group(&results)?;
     match format {
-        Format::Markdown => print!("{}", crate::report::markdown(&groups)),
-        Format::Csv => print!("{}", crate::report::csv(&groups, *cells)?),
+        Format::Markdown => print!("{}", crate::results::report::markdown(&groups)),
+        Format::Csv => print!("{}", crate::results::report::csv(&groups, *cells)?),
         Format::Json if *cells => println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({"groups": groups, "cells": results}))?
@@ -54,7 +54,7 @@ pub(super) fn execute(args: &Args) -> Result<i32> {
         Format::Json => println!("{}", serde_json::to_string_pretty(&groups)?),
     }
     if let Some(dir) = plots {
-        for file in crate::report::pareto_plots(&groups, dir)? {
+        for file in crate::results::report::pareto_plots(&groups, dir)? {
             eprintln!("wrote {}", file.display());
         }
     }

@@ -8,10 +8,14 @@ use anyhow::{bail, Context, Result};
 
 use super::{absolute, context, load, FolderArgs, EXIT_FAILED, EXIT_INTERRUPTED};
 use crate::diag::Diagnostic;
-use crate::executor::{self, Placement, RunOptions, Status};
+use crate::execute::backend::Backend;
+use crate::execute::local::{LocalPool, Placement};
+use crate::execute::run_record::{self, RunRecord};
+use crate::execute::slurm::config::ExecutorDefaults;
+use crate::execute::slurm::{Slurm, SlurmJobs};
+use crate::execute::{self, RunOptions, Status};
 use crate::pipeline::{DeviceSpec, Pipeline};
 use crate::plugins::{self, Registry};
-use crate::run_record::{self, RunRecord};
 
 #[derive(clap::Args)]
 pub(super) struct Args {
@@ -91,31 +95,28 @@ const PROFILE_ENV: &str = "PETNAS_PROFILE";
 
 impl SlurmArgs {
     /// The executor settings of the profile, if any, over the pipeline's.
-    fn executor_defaults(
-        &self,
-        pipeline: &crate::slurm::ExecutorDefaults,
-    ) -> Result<crate::slurm::ExecutorDefaults> {
+    fn executor_defaults(&self, pipeline: &ExecutorDefaults) -> Result<ExecutorDefaults> {
         let profile = self.profile.clone().or_else(|| std::env::var_os(PROFILE_ENV).map(PathBuf::from));
         match profile {
-            Some(path) => Ok(crate::slurm::read_profile(&path)?.over(pipeline)),
+            Some(path) => Ok(crate::execute::slurm::config::read_profile(&path)?.over(pipeline)),
             None => Ok(pipeline.clone()),
         }
     }
 
     /// The Slurm executor, where the command line or the `executor:` settings (profile over
     /// pipeline) ask for it; the command line's values over theirs.
-    fn slurm(&self, pipeline: &crate::slurm::ExecutorDefaults) -> Option<crate::slurm::Slurm> {
+    fn slurm(&self, pipeline: &ExecutorDefaults) -> Option<Slurm> {
         let slurm = match self.executor {
             Some(kind) => kind == ExecutorKind::Slurm,
             None => pipeline.kind.as_deref() == Some("slurm"),
         };
         let mut sbatch_args = pipeline.sbatch_args.clone();
         sbatch_args.extend(self.sbatch_args.iter().cloned());
-        slurm.then(|| crate::slurm::Slurm {
+        slurm.then(|| Slurm {
             partition: self.slurm_partition.clone().or_else(|| pipeline.partition.clone()),
             account: self.slurm_account.clone().or_else(|| pipeline.account.clone()),
             qos: self.slurm_qos.clone().or_else(|| pipeline.qos.clone()),
-            resources: crate::resources::Resources {
+            resources: crate::pipeline::resources::Resources {
                 gpus: self.slurm_gpus,
                 cpus: self.slurm_cpus_per_task,
                 mem: self.slurm_mem.clone(),
@@ -142,7 +143,7 @@ pub(super) fn devices(pipeline: &Pipeline, listed: Option<&str>) -> Result<Vec<t
         (DeviceSpec::Cpu, Some(_)) => {
             bail!("--devices spreads stages over GPUs, but the pipeline's `device` is `cpu`; set it to `auto` or `cuda`")
         }
-        (_, Some(list)) => crate::devices::parse_list(list, cuda_count)?,
+        (_, Some(list)) => crate::execute::devices::parse_list(list, cuda_count)?,
         (DeviceSpec::Cpu, None) => vec![tch::Device::Cpu],
         (DeviceSpec::Auto, None) if cuda_count == 0 => vec![tch::Device::Cpu],
         (DeviceSpec::Auto, None) => (0..cuda_count).map(tch::Device::Cuda).collect(),
@@ -218,16 +219,16 @@ pub(super) fn execute(args: &Args, plugin_dirs: &[PathBuf], registry: &'static R
     // In Slurm jobs, at most --max-jobs in flight; each job's threads are its own.
     let jobs = if slurm.is_some() { max_jobs } else { local_jobs };
     // Checked before the run folder is touched: a wrong name must not reset a run's record.
-    executor::forced_stages(&pipeline, force)?;
+    execute::forced_stages(&pipeline, force)?;
     let dir = absolute(&folders.runs_dir).join(&pipeline.name);
     if slurm.is_some() {
-        crate::slurm::check_run_folder(&dir)?;
+        crate::execute::slurm::check_run_folder(&dir)?;
     }
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("cannot create the run folder {}", dir.display()))?;
-    let _lock = crate::run_lock::acquire(&dir)?;
-    crate::store::clean_leftovers(&dir);
-    let on_disk = |e: anyhow::Error| crate::store::name_full_disk(e, &dir);
+    let _lock = crate::execute::run_lock::acquire(&dir)?;
+    crate::execute::store::clean_leftovers(&dir, &crate::execute::slurm::owned_by_live_job);
+    let on_disk = |e: anyhow::Error| crate::execute::store::name_full_disk(e, &dir);
     run_record::write_resolved(&dir, &pipeline).map_err(on_disk)?;
     let started_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -251,17 +252,25 @@ pub(super) fn execute(args: &Args, plugin_dirs: &[PathBuf], registry: &'static R
         signal_hook::flag::register_conditional_shutdown(signal, EXIT_INTERRUPTED, cancel.clone())?;
         signal_hook::flag::register(signal, cancel.clone())?;
     }
-    tracing::info!(pipeline = %pipeline.name, cells = pipeline.cells.len(), stages = pipeline.stages.len(), devices = %crate::devices::names(&placement.devices), jobs, "run started in {}", dir.display());
+    tracing::info!(pipeline = %pipeline.name, cells = pipeline.cells.len(), stages = pipeline.stages.len(), devices = %crate::execute::devices::names(&placement.devices), jobs, "run started in {}", dir.display());
     let options = RunOptions {
         jobs,
         runs_dir: absolute(&folders.runs_dir),
         force: force.clone(),
         allowed_writes: context(folders).allowed_writes,
         live_progress: std::io::stderr().is_terminal() && std::env::var_os("CI").is_none_or(|v| v.is_empty()),
-        slurm,
-        plugin_dirs: plugins::search_path(plugin_dirs),
     };
-    let summary = executor::run(&pipeline, registry, &placement, &options, cancel)?;
+    let mut backend: Box<dyn Backend> = match slurm {
+        None => Box::new(LocalPool::new(jobs, &placement, registry)?),
+        Some(slurm) => Box::new(SlurmJobs {
+            slurm,
+            device: pipeline.defaults.device,
+            dtype: pipeline.defaults.dtype,
+            services_sha256: registry.services_sha256(),
+            plugin_dirs: plugins::search_path(plugin_dirs),
+        }),
+    };
+    let summary = execute::run(&pipeline, registry, backend.as_mut(), &options, cancel)?;
     let status = if summary.cancelled {
         "interrupted"
     } else if summary.failed() {
@@ -280,7 +289,7 @@ pub(super) fn execute(args: &Args, plugin_dirs: &[PathBuf], registry: &'static R
     })
 }
 
-fn print_summary(summary: &executor::RunSummary) {
+fn print_summary(summary: &execute::RunSummary) {
     let count = |f: fn(&Status) -> bool| summary.outcomes.iter().filter(|o| f(&o.status)).count();
     let done = count(|s| matches!(s, Status::Done));
     let reused = count(|s| matches!(s, Status::Reused));
@@ -288,7 +297,7 @@ fn print_summary(summary: &executor::RunSummary) {
     let skipped = count(|s| matches!(s, Status::Skipped(_)));
     let cancelled = count(|s| matches!(s, Status::Cancelled));
     let show_all = summary.outcomes.len() <= 40;
-    let rows: Vec<&executor::Outcome> = summary
+    let rows: Vec<&execute::Outcome> = summary
         .outcomes
         .iter()
         .filter(|o| show_all || !matches!(o.status, Status::Done | Status::Reused))

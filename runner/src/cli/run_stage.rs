@@ -16,7 +16,7 @@ pub(super) struct Args {
 pub(super) fn execute(args: &Args, registry: &'static Registry) -> i32 {
     let cancel = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, cancel.clone()).ok();
-    match crate::executor::run_spec(&args.spec, registry, cancel) {
+    match crate::execute::slurm::run_spec(&args.spec, registry, cancel) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -70,7 +70,7 @@ pub fn curve_plots(runs: &[PathBuf], dir: &Path) -> Result<Vec<PathBuf>> {
     for (cell, curves) in cells(runs)? {
         let svg = dir.join(format!("curves-{}.svg", cell.replace('/', "-")));
         draw(SVGBackend::new(&svg, (1100, 440)).into_drawing_area(), &cell, &curves)?;
-        written.push(crate::report::png_of(&svg)?);
+        written.push(crate::results::report::png_of(&svg)?);
         written.push(svg);
     }
     anyhow::ensure!(!written.is_empty(), "no train_log.jsonl in the run folders given: nothing to plot");
@@ -79,7 +79,7 @@ pub fn curve_plots(runs: &[PathBuf], dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// A point a plot can place: finite, and no further out than a score or loss can be.
 fn plotted(&(x, y): &(f64, f64)) -> bool {
-    [x, y].iter().all(|v| v.is_finite() && v.abs() <= crate::report::MAX_PLOTTED)
+    [x, y].iter().all(|v| v.is_finite() && v.abs() <= crate::results::report::MAX_PLOTTED)
 }
 
 fn range(points: impl Iterator<Item = (f64, f64)>) -> ((f64, f64), (f64, f64)) {

@@ -1,5 +1,7 @@
 //! The plugin host: finds plugin files on the search path, checks each one's contract
 //! version and build fingerprint before using it, and collects what they register.
+pub mod list;
+
 use std::collections::BTreeMap;
 use std::ffi::CStr;
 use std::path::{Path, PathBuf};

@@ -137,7 +137,7 @@ impl StageProgress {
         };
         // Progress is advisory: a failed write must not fail the stage.
         if let Ok(value) = serde_json::to_value(&snapshot) {
-            crate::store::write_json_atomic(path, &value).ok();
+            crate::execute::store::write_json_atomic(path, &value).ok();
         }
     }
 

@@ -364,7 +364,7 @@ pub fn table(checks: &[Check]) -> String {
             Tolerance::Absolute(t) => format!("±{t}"),
             Tolerance::Relative(r) => format!("±{}%", r * 100.0),
         };
-        let observed = c.observed.map_or("—".to_string(), crate::report::shown);
+        let observed = c.observed.map_or("—".to_string(), crate::results::report::shown);
         let status = match c.status {
             Status::Ok => "ok",
             Status::Regressed => "REGRESSED",

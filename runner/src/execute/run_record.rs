@@ -5,10 +5,11 @@ use std::path::Path;
 use anyhow::Result;
 use serde_json::json;
 
-use crate::executor::{Outcome, Placement};
+use crate::execute::local::Placement;
+use crate::execute::store::write_atomic_with;
+use crate::execute::Outcome;
 use crate::pipeline::Pipeline;
 use crate::plugins::Registry;
-use crate::store::write_atomic_with;
 
 /// A sequence serialised as it is iterated, never held whole.
 struct Streamed<F>(F);
@@ -102,7 +103,7 @@ impl RunRecord<'_> {
             "petnas_version": env!("CARGO_PKG_VERSION"),
             "fingerprint": petnas_sdk::FINGERPRINT,
             "plugins": self.registry.plugins,
-            "device": crate::devices::names(&self.placement.devices),
+            "device": crate::execute::devices::names(&self.placement.devices),
             "jobs_per_device": self.placement.per_device,
             "dtype": self.placement.dtype,
             "jobs": self.jobs,

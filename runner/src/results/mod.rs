@@ -1,6 +1,11 @@
 //! The results of runs, as `petnas report` and `petnas regress` read them: every stage that
 //! wrote a `metrics.json` (glue.evaluate) is one result, grouped by pipeline, task, every
 //! other matrix axis and method (the stage's id), over the seeds of the matrix.
+pub mod compare;
+pub mod curves;
+pub mod regress;
+pub mod report;
+
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -38,7 +38,7 @@ pub fn hostname() -> String {
 }
 
 fn write_owner(path: &Path, host: &str) -> Result<()> {
-    crate::store::write_json_atomic(
+    crate::execute::store::write_json_atomic(
         path,
         &json!({"host": host, "pid": std::process::id(), "heartbeat_unix": now_unix()}),
     )

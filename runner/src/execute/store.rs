@@ -36,6 +36,31 @@ impl KeyParts<'_> {
         let canonical = serde_json::to_vec(self).expect("key parts serialise");
         hex(&Sha256::digest(canonical))
     }
+
+    /// The key of each part of the stage's output (`Stage::output_parts`): this key with the
+    /// options and external inputs replaced by what the part is made of.
+    pub fn part_keys(&self, parts: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        parts
+            .iter()
+            .map(|(name, made_of)| {
+                (name.clone(), KeyParts { options: &Json::Null, external: made_of, ..*self }.key())
+            })
+            .collect()
+    }
+}
+
+/// What a stage's key takes of an input: the key of the parts it reads where it reads only
+/// some of parts the input has, else the input's whole key.
+pub fn input_key(whole: &str, parts: &BTreeMap<String, String>, read: Option<&[&str]>) -> String {
+    let read: BTreeMap<&str, &str> = read
+        .into_iter()
+        .flatten()
+        .filter_map(|name| parts.get(*name).map(|key| (*name, key.as_str())))
+        .collect();
+    match read.is_empty() {
+        true => whole.to_string(),
+        false => hex(&Sha256::digest(serde_json::to_vec(&read).expect("part keys serialise"))),
+    }
 }
 
 /// `stage.json`: written last, so its presence marks a complete stage.
@@ -175,10 +200,62 @@ pub fn temp_dir(cell_dir: &Path, stage: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Writes the artifact and the record into `temp`, then moves `temp` to `dir` atomically.
-pub fn commit(temp: &Path, dir: &Path, artifact: &Artifact, record: &StageRecord) -> Result<()> {
-    artifact.save(temp)?;
-    write_json_atomic(&temp.join(STAGE_RECORD), &serde_json::to_value(record)?)?;
+/// Complete stages a stage folder held before another version replaced it, kept per stage:
+/// `<cell>/.versions/<stage>/<content key>/`, at most this many, the least recently used
+/// going first. Switching a pipeline back to an earlier variant reuses them.
+const VERSIONS: &str = ".versions";
+pub const KEPT_VERSIONS: usize = 3;
+
+fn versions_dir(dir: &Path) -> Option<PathBuf> {
+    let stage = dir.file_name()?;
+    Some(dir.parent()?.join(VERSIONS).join(stage))
+}
+
+/// Whether `dir` is a kept version of a stage, not a stage's folder.
+pub fn is_kept_version(dir: &Path) -> bool {
+    dir.parent().and_then(Path::parent).and_then(Path::file_name).is_some_and(|name| name == VERSIONS)
+}
+
+/// The kept version of the stage folder `dir` with this content key, if it is complete.
+pub fn kept_version(dir: &Path, key: &str) -> Option<PathBuf> {
+    let version = versions_dir(dir)?.join(key);
+    completed(&version, key).map(|_| {
+        // Its use makes it the most recent.
+        fs::File::open(&version).and_then(|f| f.set_modified(std::time::SystemTime::now())).ok();
+        version
+    })
+}
+
+/// Moves a complete stage at `dir` into its stage's kept versions, before a stage with
+/// another key takes its place, and drops the least recently used beyond [`KEPT_VERSIONS`].
+fn keep_version(dir: &Path, new_key: &str) -> Result<()> {
+    let (Some(key), Some(versions)) = (recorded_key(dir), versions_dir(dir)) else { return Ok(()) };
+    if key == new_key {
+        return Ok(());
+    }
+    fs::create_dir_all(&versions).with_context(|| format!("cannot create {}", versions.display()))?;
+    let version = versions.join(&key);
+    if version.exists() {
+        fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+    } else {
+        fs::rename(dir, &version).with_context(|| format!("cannot keep {} as a version", dir.display()))?;
+        fs::File::open(&version).and_then(|f| f.set_modified(std::time::SystemTime::now())).ok();
+    }
+    let mut kept: Vec<(std::time::SystemTime, PathBuf)> = fs::read_dir(&versions)?
+        .flatten()
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    kept.sort();
+    for (_, old) in kept.iter().rev().skip(KEPT_VERSIONS) {
+        fs::remove_dir_all(old).ok();
+    }
+    Ok(())
+}
+
+/// Moves the complete folder `temp`, a stage with content key `key`, into place at `dir`,
+/// keeping what was there as a version.
+fn put_in_place(temp: &Path, dir: &Path, key: &str) -> Result<()> {
+    keep_version(dir, key)?;
     let aside =
         temp.with_file_name(format!(".old-{}", temp.file_name().and_then(|n| n.to_str()).unwrap_or("stage")));
     petnas_sdk::artifact::replace_dir(temp, dir, &aside)?;
@@ -186,20 +263,24 @@ pub fn commit(temp: &Path, dir: &Path, artifact: &Artifact, record: &StageRecord
     Ok(())
 }
 
-/// Puts a copy of the complete stage folder `from` (files hard-linked where the filesystem
-/// allows: stage outputs are never changed in place) at `dir`, atomically.
-pub fn copy_completed(from: &Path, dir: &Path, cell_dir: &Path, stage: &str) -> Result<()> {
+/// Writes the artifact and the record into `temp`, then moves `temp` to `dir` atomically.
+pub fn commit(temp: &Path, dir: &Path, artifact: &Artifact, record: &StageRecord) -> Result<()> {
+    artifact.save(temp)?;
+    write_json_atomic(&temp.join(STAGE_RECORD), &serde_json::to_value(record)?)?;
+    put_in_place(temp, dir, &record.key)
+}
+
+/// Puts a copy of the complete stage folder `from`, whose content key is `key` (files
+/// hard-linked where the filesystem allows: stage outputs are never changed in place) at
+/// `dir`, atomically.
+pub fn copy_completed(from: &Path, key: &str, dir: &Path, cell_dir: &Path, stage: &str) -> Result<()> {
     let temp = temp_dir(cell_dir, stage)?;
     let copied = link_tree(from, &temp);
     if let Err(e) = copied {
         fs::remove_dir_all(&temp).ok();
         return Err(e.context(format!("cannot copy {} to {}", from.display(), dir.display())));
     }
-    let aside =
-        temp.with_file_name(format!(".old-{}", temp.file_name().and_then(|n| n.to_str()).unwrap_or("stage")));
-    petnas_sdk::artifact::replace_dir(&temp, dir, &aside)?;
-    sync_dir(cell_dir);
-    Ok(())
+    put_in_place(&temp, dir, key)
 }
 
 fn link_tree(from: &Path, to: &Path) -> Result<()> {
@@ -302,17 +383,16 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-/// Removes temporary folders left by runs that were killed.
-pub fn clean_leftovers(pipeline_dir: &Path) {
+/// Removes temporary folders left by runs that were killed: all but those `in_use` (a
+/// stage's job still running elsewhere) names.
+pub fn clean_leftovers(pipeline_dir: &Path, in_use: &dyn Fn(&str) -> bool) {
     let Ok(cells) = fs::read_dir(pipeline_dir) else { return };
     for cell in cells.flatten().filter(|e| e.path().is_dir()) {
         let Ok(entries) = fs::read_dir(cell.path()) else { continue };
         for entry in entries.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if (name.starts_with(".tmp-") || name.starts_with(".old-"))
-                && !crate::slurm::owned_by_live_job(&name)
-            {
+            if (name.starts_with(".tmp-") || name.starts_with(".old-")) && !in_use(&name) {
                 tracing::debug!(path = %entry.path().display(), "removing leftover of an interrupted run");
                 fs::remove_dir_all(entry.path()).ok();
             }

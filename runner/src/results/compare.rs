@@ -187,9 +187,9 @@ pub fn markdown(comparisons: &[Comparison], confidence: f64) -> String {
         row.extend([
             c.metric.clone(),
             c.candidate.clone(),
-            crate::report::shown(c.candidate_median),
+            crate::results::report::shown(c.candidate_median),
             c.baseline.clone(),
-            crate::report::shown(c.baseline_median),
+            crate::results::report::shown(c.baseline_median),
             match c.undefined.as_slice() {
                 [] => c.seeds.len().to_string(),
                 seeds => format!(
