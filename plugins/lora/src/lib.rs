@@ -3,6 +3,7 @@
 //! components; keeping fewer shrinks the rank.
 mod config;
 mod layer;
+mod peft;
 
 use anyhow::{bail, Context, Result};
 use petnas_sdk::model::{PetModule, PetType, Site, SiteKind};
@@ -85,5 +86,8 @@ impl PetType for LoraType {
             balanced: state["balanced"].as_bool().unwrap_or(false),
             offset,
         }))
+    }
+    fn peft(&self) -> Option<&dyn petnas_sdk::model::PeftFormat> {
+        Some(&peft::LoraPeft)
     }
 }

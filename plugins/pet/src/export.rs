@@ -1,9 +1,8 @@
 //! `pet.export`: a trained model in the formats others read. `model/` is the petnas model
 //! artifact; `merged/` a Hugging Face sequence-classification checkpoint with every PET module
-//! folded into the weights (when all of them merge); `peft/` PEFT's LoRA adapter folder
-//! (`adapter_config.json` with `target_modules`, `rank_pattern`, `alpha_pattern`, and
-//! `adapter_model.safetensors` with PEFT's key names) on the user's own base model, when the
-//! model's modules are all LoRA.
+//! folded into the weights (when all of them merge); `peft/` PEFT's adapter folder
+//! (`adapter_config.json` and `adapter_model.safetensors` with PEFT's key names) on the user's
+//! own base model, when the model's modules are all of one PET type with a PEFT format (LoRA).
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -172,7 +171,7 @@ impl Stage for Export {
                 "peft_init",
                 OptType::Enum(&["separate", "folded"]),
                 "separate",
-                "LoRA from the balanced init (the search's) holds a frozen initial product B₀A₀: `separate` carries it in the adapter as r₀ more ranks, on your untouched base; `folded` subtracts it from a copy of the base written as peft/base, and the adapter has the rank the search found",
+                "where what a module holds frozen goes in the PEFT export — LoRA from the balanced init (the search's) holds an initial product B₀A₀: `separate` carries it in the adapter as r₀ more ranks, on your untouched base; `folded` subtracts it from a copy of the base written as peft/base, and the adapter has the rank the search found",
             )
     }
     fn input_kinds(&self) -> &'static [&'static str] {
@@ -216,9 +215,14 @@ impl Stage for Export {
         } else {
             tracing::info!("no merged checkpoint: a PET module does not fold into the weights");
         }
-        if !model.modules.is_empty() && model.modules.iter().all(|m| m.pet_type() == "lora") {
-            crate::peft::export(&dir.join("peft"), &model, &info.labels, o.peft_init)?;
-            written.push("peft");
+        match crate::peft::format_of(&model, ctx.services()) {
+            Some(format) => {
+                crate::peft::export(&dir.join("peft"), &model, format, &info.labels, o.peft_init)?;
+                written.push("peft");
+            }
+            None => {
+                tracing::info!("no PEFT adapter: the PET modules are not all of one type with a PEFT format")
+            }
         }
         // Token ids and logits of a few dev examples, to check the exports elsewhere.
         let split_name =

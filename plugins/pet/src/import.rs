@@ -1,6 +1,6 @@
-//! `pet.load`: work done elsewhere, brought onto the model a stage is handed — PEFT's LoRA
-//! adapter folder (`adapter_config.json`, `adapter_model.safetensors`, with `rank_pattern`,
-//! `alpha_pattern`, `use_rslora` and the head in `modules_to_save`), a fine-tuned Hugging Face
+//! `pet.load`: work done elsewhere, brought onto the model a stage is handed — PEFT's adapter
+//! folder (`adapter_config.json`, `adapter_model.safetensors`, read by the PET type whose PEFT
+//! format its `peft_type` is, the head from `modules_to_save`), a fine-tuned Hugging Face
 //! sequence classifier (its trained head; `plm.load` the same folder for its encoder), or
 //! petnas's own `export/model`. What it gives can be evaluated, trained on, exported again or
 //! searched from (`nas.build_supernet` adds the search space beside it).
@@ -117,20 +117,12 @@ impl Stage for Load {
     fn output_kind(&self) -> &'static str {
         kinds::MODEL
     }
-    fn check(
-        &self,
-        options: &Value,
-        inputs: &[Value],
-        _services: &dyn petnas_sdk::Services,
-    ) -> Result<Value> {
+    fn check(&self, options: &Value, inputs: &[Value], services: &dyn petnas_sdk::Services) -> Result<Value> {
         let o: LoadOptions = serde_json::from_value(options.clone())?;
         let dir = Path::new(&o.dir);
         // The PET types it brings.
         let brought: Vec<String> = match source(dir)? {
-            Source::Peft => {
-                peft::read_config(dir)?;
-                vec!["lora".into()]
-            }
+            Source::Peft => vec![peft::read_config(dir, services)?.1.name().to_string()],
             Source::Classifier => Vec::new(),
             Source::Petnas => {
                 let path = dir.join(OUTPUTS_JSON);

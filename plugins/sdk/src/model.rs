@@ -436,6 +436,47 @@ pub trait PetType: Send + Sync {
         tensors: Vec<(String, Tensor)>,
         device: tch::Device,
     ) -> Result<Box<dyn PetModule>>;
+    /// The type's counterpart in PEFT's adapter format, where PEFT has one: `pet.export`
+    /// writes a model whose modules are all of this type as a PEFT adapter through it, and
+    /// `pet.load` reads such an adapter back.
+    fn peft(&self) -> Option<&dyn PeftFormat> {
+        None
+    }
+}
+
+/// What a PET type's modules are in PEFT's adapter format (`adapter_config.json` and
+/// `adapter_model.safetensors`). The keys every adapter has (`peft_type`, `task_type`, the
+/// base model, the head in `modules_to_save`) and the tensors' prefix
+/// (`base_model.model.<base prefix>.`) are `pet`'s; the rest is the type's.
+pub trait PeftFormat: Send + Sync {
+    /// PEFT's `peft_type` (`LORA`, `IA3` …).
+    fn peft_type(&self) -> &'static str;
+    /// The adapter of `modules` (all of this type). With `base` (the backbone's weights by
+    /// name, copies to change), a module folds what it holds frozen into them instead of
+    /// carrying it in the adapter.
+    fn export(
+        &self,
+        modules: &[&dyn PetModule],
+        base: Option<&mut std::collections::BTreeMap<String, Tensor>>,
+    ) -> Result<PeftAdapter>;
+    /// The modules an adapter holds: `config` its `adapter_config.json`, `tensors` by the
+    /// site they are under, named below it as [`PeftFormat::export`] names them.
+    fn import(
+        &self,
+        config: &serde_json::Map<String, Value>,
+        tensors: std::collections::BTreeMap<String, Vec<(String, Tensor)>>,
+        sites: &[Site],
+        device: tch::Device,
+    ) -> Result<Vec<Box<dyn PetModule>>>;
+}
+
+/// A PET type's part of a PEFT adapter.
+pub struct PeftAdapter {
+    /// Its keys of `adapter_config.json` (`r`, `lora_alpha`, `target_modules` …).
+    pub config: serde_json::Map<String, Value>,
+    /// (site, name below the site, tensor), e.g. (`encoder.layer.0.attention.self.query`,
+    /// `lora_A.weight`, A).
+    pub tensors: Vec<(String, String, Tensor)>,
 }
 
 /// One PET type's parameters at one site.

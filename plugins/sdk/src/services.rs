@@ -5,4 +5,5 @@ use crate::model::{BackboneLoader, PetType};
 pub trait Services: Send + Sync {
     fn backbone_loader(&self, name: &str) -> Option<&dyn BackboneLoader>;
     fn pet_type(&self, name: &str) -> Option<&dyn PetType>;
+    fn pet_types(&self) -> Vec<&dyn PetType>;
 }

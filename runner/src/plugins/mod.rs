@@ -230,6 +230,10 @@ impl Services for Registry {
     fn pet_type(&self, name: &str) -> Option<&dyn PetType> {
         self.pet_types.get(name).map(|(p, _)| p.as_ref())
     }
+
+    fn pet_types(&self) -> Vec<&dyn PetType> {
+        self.pet_types.values().map(|(p, _)| p.as_ref()).collect()
+    }
 }
 
 /// Refuses a file whose exported stamp (the sdk's fingerprint, read from the file without
