@@ -34,19 +34,21 @@ pub struct Job {
     pub plugin_sha256: String,
 }
 
+/// What running a job takes from where it runs.
+pub struct RunWith {
+    pub dtype: DType,
+    pub progress: StageProgress,
+    pub cancel: Arc<AtomicBool>,
+    pub allowed_writes: Vec<PathBuf>,
+    pub registry: &'static Registry,
+}
+
 impl Job {
-    pub(crate) fn run(
-        &self,
-        dtype: DType,
-        progress: StageProgress,
-        cancel: Arc<AtomicBool>,
-        allowed_writes: Vec<PathBuf>,
-        registry: &'static Registry,
-    ) -> Result<(Arc<Artifact>, StageRecord)> {
+    pub(crate) fn run(&self, with: RunWith) -> Result<(Arc<Artifact>, StageRecord)> {
         let span = tracing::info_span!("stage", cell = %self.cell_name, stage = %self.stage_id);
         let _entered = span.enter();
         let temp = store::temp_dir(&self.cell_dir, &self.stage_id)?;
-        let result = self.run_in(&temp, &span, dtype, progress, cancel, allowed_writes, registry);
+        let result = self.run_in(&temp, &span, with);
         if result.is_err() {
             // What a failed stage wrote is of no use, and may be what filled the disk.
             std::fs::remove_dir_all(&temp).ok();
@@ -54,17 +56,13 @@ impl Job {
         result
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn run_in(
         &self,
         temp: &Path,
         span: &tracing::Span,
-        dtype: DType,
-        progress: StageProgress,
-        cancel: Arc<AtomicBool>,
-        allowed_writes: Vec<PathBuf>,
-        registry: &'static Registry,
+        with: RunWith,
     ) -> Result<(Arc<Artifact>, StageRecord)> {
+        let RunWith { dtype, progress, cancel, allowed_writes, registry } = with;
         let _log = crate::logging::open_stage_log(span, &temp.join(store::LOG))
             .context("cannot open the stage log")?;
         let started_unix = std::time::SystemTime::now()

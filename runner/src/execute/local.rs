@@ -4,6 +4,7 @@ use anyhow::{Context, Result};
 
 use crate::execute::backend::{Backend, Slot, Started};
 use crate::execute::devices::DeviceSlots;
+use crate::execute::job::RunWith;
 use crate::pipeline::resources::Resources;
 use crate::pipeline::DType;
 use crate::plugins::Registry;
@@ -64,7 +65,14 @@ impl Backend for LocalPool {
     fn start(&self, s: Started) {
         let (dtype, registry) = (self.dtype, self.registry);
         self.pool.spawn(move || {
-            let result = s.job.run(dtype, s.progress, s.cancel, s.allowed_writes, registry);
+            let with = RunWith {
+                dtype,
+                progress: s.progress,
+                cancel: s.cancel,
+                allowed_writes: s.allowed_writes,
+                registry,
+            };
+            let result = s.job.run(with);
             (s.finish)(result.map(|(artifact, record)| (Some(artifact), record)));
         });
     }

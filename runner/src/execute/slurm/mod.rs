@@ -17,7 +17,7 @@ pub use client::{check_run_folder, owned_by_live_job, Slurm};
 use client::{job_dir, log_tail, JobState, PROGRESS_FILE};
 
 use crate::execute::backend::{Backend, Slot, Started};
-use crate::execute::job::Job;
+use crate::execute::job::{Job, RunWith};
 use crate::execute::progress::{Display, StageProgress};
 use crate::execute::store::{self, StageRecord};
 use crate::pipeline::resources::Resources;
@@ -192,7 +192,7 @@ pub fn run_spec(spec_path: &Path, registry: &'static Registry, cancel: Arc<Atomi
     let progress = Display::new(false, 1)
         .stage(format!("{}/{}", spec.cell_name, spec.stage_id))
         .writing_to(job_dir.join(PROGRESS_FILE));
-    job.run(spec.dtype, progress, cancel, spec.allowed_writes, registry)?;
+    job.run(RunWith { dtype: spec.dtype, progress, cancel, allowed_writes: spec.allowed_writes, registry })?;
     tracing::info!("{}/{}: committed", spec.cell_name, spec.stage_id);
     Ok(())
 }
