@@ -610,6 +610,7 @@ fn an_unrelated_pet_type_plugin_keeps_every_stage_computed() {
 #[test]
 fn a_test_file_added_to_the_data_keeps_training_and_a_changed_dev_file_does_not() {
     let s = Scratch::new();
+    std::fs::create_dir_all(s.path().join("reviews")).unwrap();
     for split in ["train", "dev", "test"] {
         s.write(
             &format!("reviews/{split}.csv"),
