@@ -757,3 +757,96 @@ fn control_characters_in_names_are_printed_escaped() {
     let table = s.petnas(&["report", "runs/exp"]).stdout;
     assert_eq!(table.lines().filter(|l| l.starts_with("| evil")).count(), 1, "one row: {table}");
 }
+
+/// The figures a paper takes. Pareto: ticks at round counts, the frontier's points ringed, a
+/// method whose results every budget shares drawn once, and no legend axis another axis
+/// determines (`structured_budget` beside `budget`). Curves: the loss raw and smoothed, and a
+/// figure of each fit's mean over the seeds. Heatmaps: each site's prune groups kept of the
+/// supernet's, averaged over the seeds, with the model's name.
+#[test]
+fn figures_have_round_ticks_shared_points_once_smoothed_curves_and_means_over_seeds() {
+    let s = Scratch::new();
+    for seed in 1..=3i64 {
+        for (budget, structured, s_lora) in [("12864", "25728", 0.83), ("73728", "147456", 0.86)] {
+            let axes = [("budget", budget), ("structured_budget", structured)];
+            let shared = 0.80 + seed as f64 / 100.0;
+            evaluated_at(s.path(), &axes, "lora_r8", "mrpc", "f1", shared, 73728, seed);
+            evaluated_at(
+                s.path(),
+                &axes,
+                "s_lora",
+                "mrpc",
+                "f1",
+                s_lora + seed as f64 / 1000.0,
+                budget.parse().unwrap(),
+                seed,
+            );
+            let cell = s.path().join(format!(
+                "runs/exp/task=mrpc,budget={budget},structured_budget={structured},seed={seed}"
+            ));
+            let log: String = (0..100)
+                .map(|step| {
+                    let loss = 0.7 - step as f64 / 400.0 + if step % 2 == 0 { 0.05 } else { -0.05 };
+                    format!("{{\"step\": {step}, \"loss\": {loss}}}\n")
+                })
+                .chain([format!(
+                    "{{\"step\": 100, \"metric\": \"f1\", \"value\": {s_lora}, \"evaluated\": \"dev\"}}\n"
+                )])
+                .collect();
+            std::fs::create_dir_all(cell.join("s_lora_fit")).unwrap();
+            std::fs::write(cell.join("s_lora_fit/train_log.jsonl"), log).unwrap();
+            let kept = [2 + seed, 4 - seed];
+            let heatmap = serde_json::json!({
+                "model": "all-MiniLM-L6-v2",
+                "heatmap": {
+                    "title": "one seed", "layers": 1, "columns": ["attention.self.query", "attention.self.value"],
+                    "squares": [
+                        {"layer": 0, "column": 0, "kept": kept[0], "of": 16},
+                        {"layer": 0, "column": 1, "kept": kept[1], "of": 16},
+                    ],
+                },
+            });
+            std::fs::create_dir_all(cell.join("s_lora_architecture")).unwrap();
+            std::fs::write(cell.join("s_lora_architecture/architecture.json"), heatmap.to_string()).unwrap();
+        }
+    }
+    let plots = s.petnas(&["report", "runs/exp", "--plots", "plots", "--curves", "curves"]);
+    assert_eq!(plots.code, 0, "{}", plots.stderr);
+    assert!(!plots.stderr.contains("WARN"), "no plotting warnings: {}", plots.stderr);
+
+    let pareto = std::fs::read_to_string(s.path().join("plots/pareto-mrpc.svg")).unwrap();
+    let texts = |svg: &str| svg.split(['>', '<']).map(|t| t.trim().to_string()).collect::<Vec<_>>();
+    for tick in ["10k", "20k", "50k"] {
+        assert!(texts(&pareto).iter().any(|t| t == tick), "a round tick {tick}");
+    }
+    assert!(!pareto.contains("15.8k") && !pareto.contains("25.1k"), "no tick at an odd count");
+    assert!(pareto.contains("ringed"), "the frontier's points are marked");
+    assert_eq!(pareto.matches("lora_r8").count(), 1, "the shared method is drawn and named once");
+    assert!(pareto.contains("lora_r8 budget=12864|73728"), "named with the budgets it stands for");
+    assert!(!pareto.contains("structured_budget"), "budget determines structured_budget");
+
+    let means = std::fs::read_to_string(
+        s.path().join("curves/curves-exp-budget=12864-structured_budget=25728-task=mrpc-seeds.svg"),
+    )
+    .unwrap();
+    assert!(means.contains("s_lora_fit (mean of 3)") && means.contains("smoothed"), "the mean over seeds");
+    assert!(s
+        .path()
+        .join("curves/curves-exp-task=mrpc-budget=12864-structured_budget=25728-seed=1.png")
+        .exists());
+
+    let heatmap = s
+        .path()
+        .join("plots/heatmap-exp-budget=12864-structured_budget=25728-task=mrpc-s_lora_architecture.svg");
+    let svg = std::fs::read_to_string(&heatmap).unwrap();
+    assert!(
+        svg.contains("all-MiniLM-L6-v2") && svg.contains("mean of 3 seeds"),
+        "titled with model and seeds"
+    );
+    // Seeds keep 3, 4 and 5 of 16 ranks at the query, 3, 2 and 1 at the value.
+    assert!(
+        texts(&svg).iter().any(|t| t == "4/16") && texts(&svg).iter().any(|t| t == "2/16"),
+        "the mean ranks kept of the supernet's"
+    );
+    assert!(heatmap.with_extension("png").exists());
+}

@@ -97,6 +97,20 @@ fn budgets_are_met_and_pruned_entries_stay_zero_through_training() {
     assert!(svg.contains("<svg") && svg.contains("attention.self.query"), "heatmap");
     let architecture = s.read_json(&s.stage_dir("search", "default", "report").join("architecture.json"));
     assert_eq!(architecture["parameters"], 1234);
+    // The heatmap as a figure: PNG beside the SVG, the model's folder in its title, each
+    // site's prune groups kept of the supernet's (a LoRA's rank), as `report --plots` reads it.
+    assert!(s.stage_dir("search", "default", "report").join("heatmap.png").exists());
+    let model_folder =
+        std::path::Path::new(&petnas_e2e::tiny_model()).file_name().unwrap().to_string_lossy().to_string();
+    assert_eq!(architecture["model"], model_folder.as_str());
+    assert!(architecture["heatmap"]["title"].as_str().unwrap().starts_with(&model_folder));
+    let squares = architecture["heatmap"]["squares"].as_array().unwrap();
+    assert!(!squares.is_empty());
+    let kept: f64 = squares.iter().map(|q| q["kept"].as_f64().unwrap()).sum();
+    let of: f64 = squares.iter().map(|q| q["of"].as_f64().unwrap()).sum();
+    assert!(kept > 0.0 && kept < of, "groups kept {kept} of the supernet's {of}");
+    let first = format!("{}/{}", squares[0]["kept"].as_f64().unwrap(), squares[0]["of"].as_f64().unwrap());
+    assert!(svg.split(['>', '<']).any(|text| text.trim() == first), "a square reads kept/of: {first}");
 }
 
 /// Removes half of every module's groups from one copy (physically) and masks them in another.

@@ -1,15 +1,14 @@
 //! `nas.report`: the architecture found — per layer and site, what survived of the
-//! supernet — as JSON, an SVG heatmap (layers × sites, share of parameters kept) and a short
-//! text summary of where the budget went.
+//! supernet — as JSON, a heatmap (layers × sites, the prune groups kept of the supernet's: a
+//! LoRA's rank) as SVG and PNG, and a short text summary of where the budget went.
 use std::collections::BTreeMap;
-use std::path::Path;
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use petnas_kit::pet_model::PetModel;
+use petnas_kit::plots::{Heatmap, Square};
 use petnas_sdk::artifact::kinds;
 use petnas_sdk::model::{live_parameters, Role, Site};
 use petnas_sdk::{Artifact, Inputs, OptType, OptionSchema, Stage, StageCtx};
-use plotters::prelude::*;
 use serde_json::{json, Value};
 
 pub struct Report;
@@ -18,9 +17,12 @@ pub struct Report;
 /// `self_attn.q_proj`), in the order of their roles.
 type Column = (Role, String);
 
+#[derive(Default)]
 struct Cell {
     kept: i64,
     supernet: i64,
+    kept_groups: i64,
+    supernet_groups: i64,
 }
 
 #[derive(serde::Deserialize)]
@@ -28,25 +30,19 @@ struct ReportOptions {
     title: String,
 }
 
-/// The colour of a share kept: white (none) to blue (all).
-fn shade(share: f64) -> RGBColor {
-    let s = (255.0 * (1.0 - share.clamp(0.0, 1.0))) as u8;
-    RGBColor(s, s, 255)
-}
-
 impl Stage for Report {
     fn kind(&self) -> &'static str {
         "nas.report"
     }
     fn doc(&self) -> &'static str {
-        "the architecture found: architecture.json, heatmap.svg (layers × sites, share kept), summary.txt"
+        "the architecture found: architecture.json, heatmap.svg and .png (layers × sites, prune groups kept: LoRA ranks), summary.txt"
     }
     fn options(&self) -> OptionSchema {
         OptionSchema::new().opt(
             "title",
             OptType::Str,
             "",
-            "the heatmap's title, e.g. '${matrix.task}: S-LoRA at ${matrix.budget}' (empty: the model and the parameters kept)",
+            "the heatmap's title, e.g. '${matrix.task}: S-LoRA at ${matrix.budget}' (empty: the model's folder name and the parameters kept)",
         )
     }
     fn input_kinds(&self) -> &'static [&'static str] {
@@ -70,8 +66,9 @@ impl Stage for Report {
         let mut cells: BTreeMap<(Option<i64>, Column), Cell> = BTreeMap::new();
         for (key, size) in &sizes {
             let site = key.split_once('@').map_or(key.as_str(), |(_, s)| s);
-            let cell = cells.entry(place(site)).or_insert(Cell { kept: 0, supernet: 0 });
+            let cell = cells.entry(place(site)).or_default();
             cell.supernet += size["parameters"].as_i64().unwrap_or(0);
+            cell.supernet_groups += size["groups"].as_i64().unwrap_or(0);
         }
         let mut modules = Vec::new();
         let mut by_type: BTreeMap<String, i64> = BTreeMap::new();
@@ -87,10 +84,9 @@ impl Stage for Report {
                 "parameters": live, "supernet_parameters": origin["parameters"],
             }));
             let layer = site.layer;
-            cells
-                .entry((layer, (site.role, site.local.clone())))
-                .or_insert(Cell { kept: 0, supernet: 0 })
-                .kept += live;
+            let cell = cells.entry((layer, (site.role, site.local.clone()))).or_default();
+            cell.kept += live;
+            cell.kept_groups += module.prune_groups().len() as i64;
             *by_type.entry(module.pet_type().to_string()).or_default() += live;
             *by_block.entry(site.role.sublayer().unwrap_or("other")).or_default() += live;
             if let Some(l) = layer {
@@ -99,7 +95,20 @@ impl Stage for Report {
         }
         let total = model.pet_parameters();
         let plm = model.backbone.info().parameters;
+        let dir = &model.backbone.info().dir;
+        let model_name =
+            dir.file_name().map_or(dir.display().to_string(), |n| n.to_string_lossy().to_string());
+        let title = match ctx.options::<ReportOptions>()?.title {
+            t if !t.is_empty() => t,
+            _ => format!(
+                "{model_name}: {total} PET parameters kept ({:.3}% of the model)",
+                100.0 * total as f64 / plm as f64
+            ),
+        };
+        let heatmap = heatmap(title, &cells, model.backbone.info().num_layers);
+        heatmap.write(&ctx.dir().join("heatmap.svg"))?;
         let architecture = json!({
+            "model": model_name,
             "parameters": total,
             "supernet_parameters": supernet["parameters"],
             "percent_of_plm": 100.0 * total as f64 / plm as f64,
@@ -108,17 +117,9 @@ impl Stage for Report {
             "by_layer": by_layer,
             "modules": modules,
             "pruning": model.notes.get("pruning"),
+            "heatmap": heatmap,
         });
         std::fs::write(ctx.dir().join("architecture.json"), serde_json::to_string_pretty(&architecture)?)?;
-        let title = match ctx.options::<ReportOptions>()?.title {
-            t if !t.is_empty() => t,
-            _ => format!(
-                "{}: {total} PET parameters kept ({:.3}% of the model)",
-                model.backbone.info().model_type,
-                100.0 * total as f64 / plm as f64
-            ),
-        };
-        heatmap(&ctx.dir().join("heatmap.svg"), &title, &cells, model.backbone.info().num_layers)?;
         let summary = summary(total, supernet["parameters"].as_i64(), plm, &by_type, &by_block, &by_layer);
         std::fs::write(ctx.dir().join("summary.txt"), &summary)?;
         tracing::info!("{}", summary.lines().next().unwrap_or(""));
@@ -162,66 +163,22 @@ fn summary(
     s
 }
 
-fn heatmap(
-    path: &Path,
-    title: &str,
-    cells: &BTreeMap<(Option<i64>, Column), Cell>,
-    layers: i64,
-) -> Result<()> {
+/// The heatmap of the sites in layers: a column a role and local name, in role order.
+fn heatmap(title: String, cells: &BTreeMap<(Option<i64>, Column), Cell>, layers: i64) -> Heatmap {
     let mut columns: Vec<&Column> = cells.keys().filter(|(l, _)| l.is_some()).map(|(_, c)| c).collect();
     columns.sort();
     columns.dedup();
-    let parts: Vec<&str> = columns.iter().map(|(_, local)| local.as_str()).collect();
-    let (cell_w, cell_h, left, top) = (70i32, 28i32, 60i32, 150i32);
-    // Room on the right for the colour scale, and for the title.
-    let scale_x = left + cell_w * parts.len().max(1) as i32 + 24;
-    let width = ((scale_x + 70) as u32).max(8 * title.chars().count() as u32 + 2 * left as u32);
-    let height = (top + cell_h * layers as i32 + 40) as u32;
-    let root = SVGBackend::new(path, (width, height)).into_drawing_area();
-    let err = |e: DrawingAreaErrorKind<std::io::Error>| anyhow!("cannot draw {}: {e}", path.display());
-    root.fill(&WHITE).map_err(err)?;
-    let style = ("sans-serif", 12).into_font();
-    root.draw(&Text::new(title.to_string(), (left, 8), ("sans-serif", 15).into_font())).map_err(err)?;
-    root.draw(&Text::new("share of each site's supernet parameters kept", (left, 30), style.clone()))
-        .map_err(err)?;
-    let scale_h = (cell_h * layers as i32).max(60);
-    for i in 0..scale_h {
-        let share = 1.0 - i as f64 / (scale_h - 1).max(1) as f64;
-        root.draw(&Rectangle::new([(scale_x, top + i), (scale_x + 14, top + i + 1)], shade(share).filled()))
-            .map_err(err)?;
-    }
-    root.draw(&Rectangle::new([(scale_x, top), (scale_x + 14, top + scale_h)], BLACK.stroke_width(1)))
-        .map_err(err)?;
-    for (share, label) in [(1.0, "100%"), (0.5, "50%"), (0.0, "0%")] {
-        let y = top + ((1.0 - share) * (scale_h - 1) as f64) as i32 - 6;
-        root.draw(&Text::new(label, (scale_x + 18, y), style.clone())).map_err(err)?;
-    }
-    for (c, part) in parts.iter().enumerate() {
-        let x = left + c as i32 * cell_w + cell_w / 2;
-        let label =
-            Text::new(part.to_string(), (x, top - 8), style.clone().transform(FontTransform::Rotate270));
-        root.draw(&label).map_err(err)?;
-    }
-    for layer in 0..layers {
-        let y = top + layer as i32 * cell_h;
-        root.draw(&Text::new(format!("layer {layer}"), (4, y + cell_h / 2 - 6), style.clone()))
-            .map_err(err)?;
-        for (c, column) in columns.iter().enumerate() {
-            let x = left + c as i32 * cell_w;
-            let (fill, label) = match cells.get(&(Some(layer), (*column).clone())) {
-                Some(cell) if cell.supernet > 0 => {
-                    let share = cell.kept as f64 / cell.supernet as f64;
-                    (shade(share), format!("{:.0}%", 100.0 * share))
-                }
-                _ => (RGBColor(230, 230, 230), String::new()),
-            };
-            root.draw(&Rectangle::new([(x, y), (x + cell_w - 2, y + cell_h - 2)], fill.filled()))
-                .map_err(err)?;
-            if !label.is_empty() {
-                root.draw(&Text::new(label, (x + 20, y + cell_h / 2 - 6), style.clone())).map_err(err)?;
-            }
-        }
-    }
-    root.present().map_err(err)?;
-    Ok(())
+    let squares = cells
+        .iter()
+        .filter_map(|((layer, column), cell)| {
+            let c = columns.iter().position(|c| *c == column)?;
+            Some(Square {
+                layer: layer.as_ref().copied()?,
+                column: c,
+                kept: cell.kept_groups as f64,
+                of: cell.supernet_groups as f64,
+            })
+        })
+        .collect();
+    Heatmap { title, layers, columns: columns.iter().map(|(_, local)| local.clone()).collect(), squares }
 }

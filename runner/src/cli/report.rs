@@ -1,4 +1,5 @@
-//! `petnas report`: one table of every evaluated cell of runs, and Pareto plots per task.
+//! `petnas report`: one table of every evaluated cell of runs, Pareto plots per task and the
+//! architectures' heatmaps.
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
@@ -20,7 +21,8 @@ pub(super) struct Args {
     /// Every cell's value: a column per seed (CSV), or every cell beside the groups (JSON).
     #[arg(long)]
     cells: bool,
-    /// Write Pareto plots (SVG and PNG) into this folder.
+    /// Write Pareto plots per task and the architectures' heatmaps, averaged over seeds (SVG
+    /// and PNG), into this folder.
     #[arg(long, value_name = "DIR")]
     plots: Option<PathBuf>,
     /// Write the training loss and dev metric against the step (SVG and PNG), a figure
@@ -55,6 +57,9 @@ pub(super) fn execute(args: &Args) -> Result<i32> {
     }
     if let Some(dir) = plots {
         for file in crate::results::report::pareto_plots(&groups, dir)? {
+            eprintln!("wrote {}", file.display());
+        }
+        for file in crate::results::heatmaps::heatmap_plots(runs, dir)? {
             eprintln!("wrote {}", file.display());
         }
     }

@@ -1,5 +1,7 @@
-//! `petnas report --curves DIR`: the training loss and the dev metric against the step, from
-//! every `train_log.jsonl` the runs' fits wrote, one figure (SVG and PNG) per cell.
+//! `petnas report --curves DIR`: the training loss (raw, and smoothed) and the evaluation
+//! metric against the step, from every `train_log.jsonl` the runs' fits wrote: one figure
+//! (SVG and PNG) per cell, and one per cell less its seed with the mean over the seeds.
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
@@ -7,6 +9,7 @@ use plotters::prelude::*;
 use serde_json::Value;
 
 /// One fit's log: its stage, the loss per step, and the main dev metric per evaluation.
+#[derive(Clone)]
 struct Curve {
     stage: String,
     loss: Vec<(f64, f64)>,
@@ -17,10 +20,12 @@ struct Curve {
 }
 
 fn read_curve(stage_dir: &Path) -> Option<Curve> {
-    let text =
-        crate::bounded::read_to_string(&stage_dir.join("train_log.jsonl"), crate::bounded::STEP_LOG_BYTES)
-            .map_err(|e| tracing::warn!("{e:#}"))
-            .ok()?;
+    let log = stage_dir.join("train_log.jsonl");
+    // Most stages fit nothing: no log is no curve, and nothing to warn about.
+    std::fs::symlink_metadata(&log).ok()?;
+    let text = crate::bounded::read_to_string(&log, crate::bounded::STEP_LOG_BYTES)
+        .map_err(|e| tracing::warn!("{e:#}"))
+        .ok()?;
     let mut curve = Curve {
         stage: stage_dir.file_name()?.to_string_lossy().to_string(),
         loss: Vec::new(),
@@ -63,14 +68,73 @@ fn cells(runs: &[PathBuf]) -> Result<Vec<(String, Vec<Curve>)>> {
     Ok(out)
 }
 
-/// Writes `curves-<pipeline>-<cell>.svg` and `.png` into `dir` for every cell with a fit.
+/// The mean of curves (one fit's, seed by seed) at each step some of them have.
+fn mean(curves: &[&Curve]) -> Curve {
+    let average = |series: &dyn Fn(&Curve) -> &Vec<(f64, f64)>| {
+        let mut sums: BTreeMap<u64, (f64, f64, usize)> = BTreeMap::new();
+        for curve in curves {
+            for &(step, value) in series(curve).iter().filter(|p| plotted(p)) {
+                let sum = sums.entry(step.to_bits()).or_insert((step, 0.0, 0));
+                *sum = (step, sum.1 + value, sum.2 + 1);
+            }
+        }
+        let mut points: Vec<(f64, f64)> =
+            sums.into_values().map(|(step, sum, n)| (step, sum / n as f64)).collect();
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        points
+    };
+    Curve {
+        stage: format!("{} (mean of {})", curves[0].stage, curves.len()),
+        loss: average(&|c| &c.loss),
+        metric: curves[0].metric.clone(),
+        split: curves[0].split.clone(),
+        evaluations: average(&|c| &c.evaluations),
+    }
+}
+
+/// The cells that differ only in their seed, with the mean of each fit's curves over them.
+fn over_seeds(cells: &[(String, Vec<Curve>)]) -> Vec<(String, Vec<Curve>)> {
+    let mut groups: BTreeMap<String, Vec<&Curve>> = BTreeMap::new();
+    let mut seeds: BTreeMap<String, usize> = BTreeMap::new();
+    for (name, curves) in cells {
+        let (pipeline, cell) = name.split_once('/').unwrap_or(("", name));
+        let values = crate::results::cell_values(cell);
+        if !values.contains_key("seed") {
+            continue;
+        }
+        let others: Vec<String> =
+            values.iter().filter(|(a, _)| *a != "seed").map(|(a, v)| format!("{a}={v}")).collect();
+        let group = format!(
+            "{pipeline}/{},seeds",
+            if others.is_empty() { "default".into() } else { others.join(",") }
+        );
+        *seeds.entry(group.clone()).or_default() += 1;
+        groups.entry(group).or_default().extend(curves);
+    }
+    groups
+        .into_iter()
+        .filter(|(group, _)| seeds[group] > 1)
+        .map(|(group, curves)| {
+            let mut by_stage: BTreeMap<&str, Vec<&Curve>> = BTreeMap::new();
+            for curve in curves {
+                by_stage.entry(curve.stage.as_str()).or_default().push(curve);
+            }
+            (group, by_stage.values().map(|c| mean(c)).collect())
+        })
+        .collect()
+}
+
+/// Writes `curves-<pipeline>-<cell>.svg` and `.png` into `dir` for every cell with a fit, and
+/// `curves-<pipeline>-<cell less seed>-seeds.svg` where cells differ only in their seed.
 pub fn curve_plots(runs: &[PathBuf], dir: &Path) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut written = Vec::new();
-    for (cell, curves) in cells(runs)? {
-        let svg = dir.join(format!("curves-{}.svg", cell.replace('/', "-")));
-        draw(SVGBackend::new(&svg, (1100, 440)).into_drawing_area(), &cell, &curves)?;
-        written.push(crate::results::report::png_of(&svg)?);
+    let cells = cells(runs)?;
+    let seeds = over_seeds(&cells);
+    for (cell, curves) in cells.iter().chain(&seeds) {
+        let svg = dir.join(format!("curves-{}.svg", cell.replace(['/', ','], "-")));
+        draw(SVGBackend::new(&svg, (1100, 440)).into_drawing_area(), cell, curves)?;
+        written.push(petnas_kit::plots::png_of(&svg)?);
         written.push(svg);
     }
     anyhow::ensure!(!written.is_empty(), "no train_log.jsonl in the run folders given: nothing to plot");
@@ -80,6 +144,21 @@ pub fn curve_plots(runs: &[PathBuf], dir: &Path) -> Result<Vec<PathBuf>> {
 /// A point a plot can place: finite, and no further out than a score or loss can be.
 fn plotted(&(x, y): &(f64, f64)) -> bool {
     [x, y].iter().all(|v| v.is_finite() && v.abs() <= crate::results::report::MAX_PLOTTED)
+}
+
+/// The loss smoothed as TensorBoard smooths it: an exponential moving average, corrected
+/// for its start, weighted to span about a twentieth of the steps.
+fn smoothed(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    let weight = 1.0 - 1.0 / (points.len() as f64 / 20.0).max(1.0);
+    let (mut average, mut debias) = (0.0, 1.0);
+    points
+        .iter()
+        .map(|&(x, y)| {
+            average = weight * average + (1.0 - weight) * y;
+            debias *= weight;
+            (x, average / (1.0 - debias).max(f64::MIN_POSITIVE))
+        })
+        .collect()
 }
 
 fn range(points: impl Iterator<Item = (f64, f64)>) -> ((f64, f64), (f64, f64)) {
@@ -105,7 +184,7 @@ where
     let root = root.titled(cell, ("sans-serif", 18)).map_err(err)?;
     let (left, right) = root.split_horizontally(550);
     let panels: [(&DrawingArea<DB, plotters::coord::Shift>, &str, bool); 2] =
-        [(&left, "training loss", false), (&right, "evaluation metric", true)];
+        [(&left, "training loss (faint: raw; line: smoothed)", false), (&right, "evaluation metric", true)];
     for (area, title, dev) in panels {
         let series = |c: &Curve| {
             let points = if dev { &c.evaluations } else { &c.loss };
@@ -140,12 +219,31 @@ where
                 continue;
             }
             let color = Palette99::pick(i).to_rgba();
-            chart
-                .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))
-                .map_err(err)?
+            // The loss raw and faint, its smoothed line over it; a line needs two points.
+            let line = match dev {
+                true => points.clone(),
+                false => {
+                    if points.len() >= 2 {
+                        chart
+                            .draw_series(LineSeries::new(
+                                points.iter().copied(),
+                                color.mix(0.3).stroke_width(1),
+                            ))
+                            .map_err(err)?;
+                    }
+                    smoothed(&points)
+                }
+            };
+            let series = match line.len() >= 2 {
+                true => chart.draw_series(LineSeries::new(line, color.stroke_width(2))).map_err(err)?,
+                false => chart
+                    .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                    .map_err(err)?,
+            };
+            series
                 .label(curve.stage.clone())
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
-            if dev {
+            if dev && points.len() >= 2 {
                 chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(err)?;
             }
         }

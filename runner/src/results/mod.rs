@@ -3,6 +3,7 @@
 //! other matrix axis and method (the stage's id), over the seeds of the matrix.
 pub mod compare;
 pub mod curves;
+pub mod heatmaps;
 pub mod regress;
 pub mod report;
 
@@ -205,7 +206,7 @@ fn printable(text: &str) -> String {
 
 /// A cell's matrix values, from its folder name (`task=rte,budget=12864,seed=1`; `default`
 /// has none): matrix values hold neither `,` nor `=`.
-fn cell_values(cell: &str) -> BTreeMap<String, String> {
+pub fn cell_values(cell: &str) -> BTreeMap<String, String> {
     cell.split(',')
         .filter_map(|part| part.split_once('='))
         .map(|(axis, v)| (axis.to_string(), v.to_string()))

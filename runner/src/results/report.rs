@@ -1,6 +1,7 @@
 //! `petnas report`: one table of every evaluated cell of one or more runs, grouped by task and
 //! method with medians and spread over seeds (Markdown, CSV or JSON), and a Pareto plot per
 //! task (metric against PET parameters, log scale, one marker per method, frontier drawn).
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::Path;
 
@@ -135,15 +136,97 @@ pub fn csv(groups: &[Group], cells: bool) -> Result<String> {
     Ok(String::from_utf8(writer.into_inner().map_err(|e| anyhow!("{e}"))?)?)
 }
 
-/// A group's name in a plot's legend: its method and the axis values that set it apart.
-fn legend(g: &Group, axes: &[String]) -> String {
-    let mut name = g.method.clone();
+/// A point of a Pareto plot: one group, or several whose results are the very same (a
+/// method whose stages every budget shares), drawn once.
+struct Point<'a> {
+    group: &'a Group,
+    /// The values of each axis over the groups it stands for.
+    axes: BTreeMap<String, Vec<String>>,
+}
+
+/// Groups of one method with the same parameters and the same values by seed, as one point.
+fn drawn_once(groups: Vec<&Group>) -> Vec<Point<'_>> {
+    let mut points: Vec<Point> = Vec::new();
+    for g in groups {
+        let same = |p: &&mut Point| {
+            p.group.method == g.method
+                && p.group.pet_parameters == g.pet_parameters
+                && p.group.seed_values.len() == g.seed_values.len()
+                && p.group
+                    .seed_values
+                    .iter()
+                    .zip(&g.seed_values)
+                    .all(|(a, b)| a.0 == b.0 && a.1.to_bits() == b.1.to_bits())
+        };
+        match points.iter_mut().find(same) {
+            Some(point) => {
+                for (axis, value) in &g.axes {
+                    let values = point.axes.entry(axis.clone()).or_default();
+                    if !values.contains(value) {
+                        values.push(value.clone());
+                    }
+                }
+            }
+            None => points.push(Point {
+                group: g,
+                axes: g.axes.iter().map(|(a, v)| (a.clone(), vec![v.clone()])).collect(),
+            }),
+        }
+    }
+    points
+}
+
+/// The axes that tell the points apart: those whose values differ between them, less those
+/// another such axis determines (`structured_budget` beside the `budget` it doubles).
+fn telling_axes(points: &[Point]) -> Vec<String> {
+    let varying: Vec<String> = axes_of(points.iter().map(|p| &p.group.axes))
+        .into_iter()
+        .filter(|axis| {
+            let mut values = points.iter().map(|p| p.axes.get(axis));
+            let first = values.next().flatten();
+            values.any(|v| v != first)
+        })
+        .collect();
+    let determines = |a: &String, b: &String| {
+        let mut seen: BTreeMap<&Vec<String>, &Vec<String>> = BTreeMap::new();
+        points.iter().all(|p| match (p.axes.get(a), p.axes.get(b)) {
+            (Some(va), Some(vb)) => *seen.entry(va).or_insert(vb) == vb,
+            _ => false,
+        })
+    };
+    varying
+        .iter()
+        .enumerate()
+        .filter(|(i, b)| !varying[..*i].iter().any(|a| determines(a, b)))
+        .map(|(_, b)| b.clone())
+        .collect()
+}
+
+/// A point's name in a plot's legend: its method and the axis values that set it apart.
+fn legend(p: &Point, axes: &[String]) -> String {
+    let mut name = p.group.method.clone();
     for axis in axes {
-        if let Some(v) = g.axes.get(axis) {
-            name.push_str(&format!(" {axis}={v}"));
+        if let Some(values) = p.axes.get(axis) {
+            name.push_str(&format!(" {axis}={}", values.join("|")));
         }
     }
     name
+}
+
+/// Ticks of a log axis from 10^`lo` to 10^`hi` (as log10) at round counts: 1, 2 and 5 times
+/// a power of ten, or every whole multiple where the range holds fewer than three of those.
+fn round_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let within = |steps: &[f64]| -> Vec<f64> {
+        (lo.floor() as i32..=hi.ceil() as i32)
+            .flat_map(|k| steps.iter().map(move |m| (m * 10f64.powi(k)).log10()))
+            .filter(|t| (lo..=hi).contains(t))
+            .collect()
+    };
+    let ticks = within(&[1.0, 2.0, 5.0]);
+    match ticks.len() {
+        n if n >= 3 => ticks,
+        _ => within(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]),
+    }
 }
 
 /// Methods not beaten by another with at most as many parameters and a higher median.
@@ -166,29 +249,6 @@ pub fn frontier(groups: &[&Group]) -> Vec<usize> {
             on
         })
         .collect()
-}
-
-/// Renders an SVG file as PNG beside it (text in the system's fonts).
-pub fn png_of(svg: &Path) -> Result<std::path::PathBuf> {
-    let mut options = resvg::usvg::Options::default();
-    let fonts = options.fontdb_mut();
-    fonts.load_system_fonts();
-    // Plots ask for `sans-serif`: map it to a font this machine has.
-    if let Some(family) = ["DejaVu Sans", "Liberation Sans", "Noto Sans", "FreeSans"]
-        .into_iter()
-        .find(|f| fonts.faces().any(|face| face.families.iter().any(|(name, _)| name == f)))
-    {
-        fonts.set_sans_serif_family(family);
-    }
-    let tree = resvg::usvg::Tree::from_data(&std::fs::read(svg)?, &options)
-        .with_context(|| format!("cannot read {}", svg.display()))?;
-    let size = tree.size().to_int_size();
-    let mut pixmap = resvg::tiny_skia::Pixmap::new(size.width(), size.height()).context("empty plot")?;
-    pixmap.fill(resvg::tiny_skia::Color::WHITE);
-    resvg::render(&tree, resvg::tiny_skia::Transform::default(), &mut pixmap.as_mut());
-    let png = svg.with_extension("png");
-    pixmap.save_png(&png).with_context(|| format!("cannot write {}", png.display()))?;
-    Ok(png)
 }
 
 /// Writes `pareto-<task>.svg` and `pareto-<task>.png` into `dir`.
@@ -214,11 +274,17 @@ pub fn pareto_plots(groups: &[Group], dir: &Path) -> Result<Vec<std::path::PathB
         if members.is_empty() {
             continue;
         }
+        let members = drawn_once(members);
         let svg = dir.join(format!("pareto-{task}.svg"));
         let height = 90 + 20 * (members.len().min(MAX_LEGEND) as u32 + 1);
         let height = height.max(480);
-        draw(SVGBackend::new(&svg, (1040, height)).into_drawing_area(), task, &members)?;
-        written.push(png_of(&svg)?);
+        let axes = telling_axes(&members);
+        let longest =
+            members.iter().take(MAX_LEGEND).map(|m| legend(m, &axes).chars().count()).max().unwrap_or(0);
+        // The legend's panel as wide as its longest line (about 7 pixels a character).
+        let width = PLOT_WIDTH + (60 + 7 * longest as u32).clamp(240, 1040 - PLOT_WIDTH);
+        draw(SVGBackend::new(&svg, (width, height)).into_drawing_area(), task, &members, &axes)?;
+        written.push(petnas_kit::plots::png_of(&svg)?);
         written.push(svg);
     }
     Ok(written)
@@ -239,10 +305,35 @@ fn short_count(x: f64) -> String {
     }
 }
 
+/// A log10 axis whose ticks are the given round counts.
+struct LogTicks {
+    range: std::ops::Range<f64>,
+    ticks: Vec<f64>,
+}
+
+impl Ranged for LogTicks {
+    type FormatOption = plotters::coord::ranged1d::DefaultFormatting;
+    type ValueType = f64;
+    fn map(&self, value: &f64, limit: (i32, i32)) -> i32 {
+        let share = (value - self.range.start) / (self.range.end - self.range.start);
+        limit.0 + (share * (limit.1 - limit.0) as f64).round() as i32
+    }
+    fn key_points<Hint: plotters::coord::ranged1d::KeyPointHint>(&self, _hint: Hint) -> Vec<f64> {
+        self.ticks.clone()
+    }
+    fn range(&self) -> std::ops::Range<f64> {
+        self.range.clone()
+    }
+}
+
+/// The plot's panel, left of the legend's.
+const PLOT_WIDTH: u32 = 560;
+
 fn draw<DB: DrawingBackend>(
     root: DrawingArea<DB, plotters::coord::Shift>,
     task: &str,
-    members: &[&Group],
+    points: &[Point],
+    axes: &[String],
 ) -> Result<()>
 where
     DB::ErrorType: 'static,
@@ -251,7 +342,8 @@ where
         |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("cannot draw the Pareto plot of {task}: {e:?}");
     root.fill(&WHITE).map_err(err)?;
     // The legend has a panel of its own, so that it covers no point.
-    let (plot, legend_area) = root.split_horizontally(560);
+    let (plot, legend_area) = root.split_horizontally(PLOT_WIDTH);
+    let members: Vec<&Group> = points.iter().map(|p| p.group).collect();
     // Parameters on a log axis, drawn as log10 so that the ticks are few and readable.
     let xs: Vec<f64> = members.iter().map(|g| (g.pet_parameters as f64).log10()).collect();
     let ys: Vec<f64> = members.iter().flat_map(|g| [g.min, g.max]).collect();
@@ -270,35 +362,35 @@ where
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(x0..x1, (ylo - pad)..(yhi + pad))
+        .build_cartesian_2d(LogTicks { range: x0..x1, ticks: round_ticks(x0, x1) }, (ylo - pad)..(yhi + pad))
         .map_err(err)?;
     chart
         .configure_mesh()
         .x_desc("trainable PET parameters (log scale)")
         .y_desc(metric.as_str())
-        .x_labels(6)
         .x_label_formatter(&|v| short_count(10f64.powf(*v)))
         .draw()
         .map_err(err)?;
-    let frontier = frontier(members);
+    let frontier = frontier(&members);
     let frontier_points: Vec<(f64, f64)> =
         frontier.iter().map(|&i| ((members[i].pet_parameters as f64).log10(), members[i].median)).collect();
     if frontier_points.len() >= 2 {
         chart.draw_series(LineSeries::new(frontier_points, BLACK.stroke_width(1))).map_err(err)?;
     }
-    // Only the axes whose values differ between the methods shown tell them apart.
-    let axes: Vec<String> = axes_of(members.iter().map(|g| &g.axes))
-        .into_iter()
-        .filter(|axis| {
-            let mut values = members.iter().map(|g| g.axes.get(axis));
-            let first = values.next().flatten();
-            values.any(|v| v != first)
-        })
-        .collect();
     let style = ("sans-serif", 13).into_font();
     legend_area.draw(&PathElement::new(vec![(8, 52), (26, 52)], BLACK.stroke_width(1))).map_err(err)?;
-    legend_area.draw(&Text::new("Pareto frontier (medians)", (34, 45), style.clone())).map_err(err)?;
-    for (i, g) in members.iter().enumerate() {
+    legend_area
+        .draw(&Text::new("Pareto frontier (medians, ringed)", (34, 45), style.clone()))
+        .map_err(err)?;
+    // A light ring: the frontier's points stand out, the lines between points stay the
+    // darkest ink.
+    let ring = RGBColor(170, 170, 170).stroke_width(2);
+    for &i in &frontier {
+        let x = (members[i].pet_parameters as f64).log10();
+        chart.draw_series(std::iter::once(Circle::new((x, members[i].median), 9, ring))).map_err(err)?;
+    }
+    for (i, point) in points.iter().enumerate() {
+        let g = point.group;
         let color = Palette99::pick(i).to_rgba();
         let x = (g.pet_parameters as f64).log10();
         chart
@@ -311,7 +403,7 @@ where
         let y = 72 + 20 * i as i32;
         if i < MAX_LEGEND {
             legend_area.draw(&Circle::new((17, y + 7), 5, color.filled())).map_err(err)?;
-            let label = format!("{} ({})", legend(g, &axes), short_count(g.pet_parameters as f64));
+            let label = format!("{} ({})", legend(point, axes), short_count(g.pet_parameters as f64));
             legend_area.draw(&Text::new(label, (34, y), style.clone())).map_err(err)?;
         } else if i == MAX_LEGEND {
             let more = format!("… and {} more methods, in the report's table", members.len() - MAX_LEGEND);
