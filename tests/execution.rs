@@ -676,3 +676,34 @@ fn switching_between_variants_of_a_pipeline_reuses_what_each_computed() {
     let oldest = run(200);
     assert!(summary_line(&oldest.stdout).starts_with("4 done, 2 reused"), "{}", oldest.stdout);
 }
+
+/// On a terminal the live display shows the run, and INFO lines do not scroll over it: they
+/// stay in each stage's log.jsonl, and `RUST_LOG=info` brings them back to the terminal.
+#[test]
+fn on_a_terminal_info_lines_stay_in_the_logs_under_the_live_display() {
+    let s = Scratch::new();
+    s.write("p.yaml", &pipeline(200));
+    let on_a_terminal = |rust_log: Option<&str>| {
+        let line = format!("{} run p.yaml --force data", petnas_e2e::petnas_bin().display());
+        let mut command = std::process::Command::new("script");
+        command
+            .args(["-qefc", &line, "/dev/null"])
+            .current_dir(s.path())
+            .env_remove("CI")
+            .env_remove("RUST_LOG")
+            .env("PETNAS_PLUGIN_PATH", petnas_e2e::demo_plugin_dir());
+        if let Some(level) = rust_log {
+            command.env("RUST_LOG", level);
+        }
+        let out = command.output().expect("script (util-linux) runs petnas on a pseudo-terminal");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let shown = on_a_terminal(None);
+    assert!(shown.contains("/6 stages"), "the live display: {shown}");
+    assert!(!shown.contains("INFO"), "no INFO line under the live display: {shown}");
+    let log = std::fs::read_to_string(s.stage_dir("exec", "sep=0.5", "fit").join("log.jsonl")).unwrap();
+    assert!(log.contains("\"INFO\""), "the stage's log keeps them: {log}");
+    let asked = on_a_terminal(Some("info"));
+    assert!(asked.contains("INFO"), "RUST_LOG=info shows them: {asked}");
+}

@@ -136,9 +136,18 @@ impl<'a> MakeWriter<'a> for TerminalWriter {
     }
 }
 
-/// Installs the process-wide subscriber; `RUST_LOG` filters the terminal (default `info`).
+/// Installs the process-wide subscriber; `RUST_LOG` filters the terminal (default `info`; while
+/// the live display shows the run, `warn`: its progress lines say what INFO lines would, and
+/// each stage's `log.jsonl` keeps them).
 pub fn init(json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let asked = std::env::var_os("RUST_LOG").is_some();
+    let under_display = tracing_subscriber::filter::filter_fn(move |meta| {
+        asked
+            || !meta.is_event()
+            || *meta.level() <= tracing::Level::WARN
+            || !crate::execute::progress::live()
+    });
     let terminal = if json {
         tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).with_filter(filter).boxed()
     } else {
@@ -148,6 +157,7 @@ pub fn init(json: bool) {
             .with_ansi(ansi)
             .with_target(false)
             .with_filter(filter)
+            .with_filter(under_display)
             .boxed()
     };
     tracing_subscriber::registry().with(terminal).with(StageLogLayer.with_filter(LevelFilter::INFO)).init();

@@ -246,7 +246,7 @@ pub fn build(
     read: impl Fn(&SplitFile) -> Result<Split>,
 ) -> Result<Artifact> {
     let (tokenizer, model_dir) = tokenizer_of(ctx, inputs)?;
-    ctx.progress().set_total(splits.len() as u64);
+    ctx.progress().set_total(splits.len() as u64, "split");
     let mut artifact = Artifact::new(kinds::DATASET, Value::Null);
     let mut split_meta = serde_json::Map::new();
     for file in splits {

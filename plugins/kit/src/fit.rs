@@ -335,7 +335,7 @@ pub fn fit(
             .with_context(|| format!("cannot open {}", log_path.display()))?,
     );
 
-    ctx.progress().set_total(total as u64);
+    ctx.progress().set_total(total as u64, "step");
     ctx.progress().resume_at(state.step as u64);
     let batch_options = |epoch: i64| BatchOptions {
         batch_size: o.batch_size,

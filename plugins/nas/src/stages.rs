@@ -277,7 +277,7 @@ impl Stage for PruneStructured {
             history = saved.meta["notes"]["pruning"].as_array().cloned().unwrap_or_default();
             tracing::info!(round = first_round, "resuming structured pruning from a checkpoint");
         }
-        ctx.progress().set_total(rounds as u64);
+        ctx.progress().set_total(rounds as u64, "round");
         ctx.progress().advance(first_round as u64 - 1);
         let scoring = score_options_of(&raw)?;
         for r in first_round..=rounds {

@@ -131,7 +131,8 @@ impl<S: Stage> Stage for CatchPanics<S> {
 
 /// A stage's own progress (training steps, batches), shown live by the runner.
 pub trait Progress: Send + Sync {
-    fn set_total(&self, total: u64);
+    /// How much work the stage has, counted in `unit`s (`step`, `round` …), for the rate.
+    fn set_total(&self, total: u64, unit: &str);
     fn advance(&self, delta: u64);
     fn set_message(&self, message: &str);
     /// Work an earlier, interrupted run did (a resumed fit's steps): counted as done, not

@@ -252,13 +252,18 @@ pub(super) fn execute(args: &Args, plugin_dirs: &[PathBuf], registry: &'static R
         signal_hook::flag::register_conditional_shutdown(signal, EXIT_INTERRUPTED, cancel.clone())?;
         signal_hook::flag::register(signal, cancel.clone())?;
     }
+    let live_progress =
+        std::io::stderr().is_terminal() && std::env::var_os("CI").is_none_or(|v| v.is_empty());
+    if live_progress {
+        crate::execute::progress::go_live();
+    }
     tracing::info!(pipeline = %pipeline.name, cells = pipeline.cells.len(), stages = pipeline.stages.len(), devices = %crate::execute::devices::names(&placement.devices), jobs, "run started in {}", dir.display());
     let options = RunOptions {
         jobs,
         runs_dir: absolute(&folders.runs_dir),
         force: force.clone(),
         allowed_writes: context(folders).allowed_writes,
-        live_progress: std::io::stderr().is_terminal() && std::env::var_os("CI").is_none_or(|v| v.is_empty()),
+        live_progress,
     };
     let mut backend: Box<dyn Backend> = match slurm {
         None => Box::new(LocalPool::new(jobs, &placement, registry)?),

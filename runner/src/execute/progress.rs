@@ -2,7 +2,7 @@
 //! progress, rate and ETA), or plain log lines when stderr is not a terminal.
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -11,6 +11,16 @@ use petnas_sdk::Progress;
 fn multi() -> &'static OnceLock<MultiProgress> {
     static MULTI: OnceLock<MultiProgress> = OnceLock::new();
     &MULTI
+}
+
+/// Whether the live display is on.
+pub fn live() -> bool {
+    multi().get().is_some()
+}
+
+/// Turns the live display on, from now on: the terminal shows it rather than INFO lines.
+pub fn go_live() -> &'static MultiProgress {
+    multi().get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()))
 }
 
 /// Runs `f` with the live display hidden (a no-op without one).
@@ -29,6 +39,8 @@ const FILE_EVERY: Duration = Duration::from_secs(1);
 #[derive(Default, serde::Serialize, serde::Deserialize)]
 struct Snapshot {
     total: u64,
+    #[serde(default)]
+    unit: String,
     done: u64,
     resumed: u64,
     message: String,
@@ -44,8 +56,7 @@ impl Display {
         if !live {
             return Display { overall: None };
         }
-        let m = multi().get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
-        let bar = m.add(ProgressBar::new(total));
+        let bar = go_live().add(ProgressBar::new(total));
         bar.set_style(
             ProgressStyle::with_template(
                 "{prefix:.bold} [{bar:30}] {pos}/{len} stages {elapsed_precise} {msg}",
@@ -89,8 +100,9 @@ impl Display {
             label,
             bar,
             total: AtomicU64::new(0),
-            done: AtomicU64::new(0),
-            resumed: AtomicU64::new(0),
+            unit: Mutex::new(String::new()),
+            done: Arc::new(AtomicU64::new(0)),
+            resumed: Arc::new(AtomicU64::new(0)),
             message: Mutex::new(String::new()),
             started: Instant::now(),
             last_logged: Mutex::new((0, Instant::now())),
@@ -103,9 +115,11 @@ pub struct StageProgress {
     label: String,
     bar: Option<ProgressBar>,
     total: AtomicU64,
-    done: AtomicU64,
+    /// What the work is counted in (`step`).
+    unit: Mutex<String>,
+    done: Arc<AtomicU64>,
     /// Done before this run (a resumed stage): not part of the rate.
-    resumed: AtomicU64,
+    resumed: Arc<AtomicU64>,
     /// What the stage last said of itself (a fit: its running loss and best dev metric).
     message: Mutex<String>,
     started: Instant,
@@ -131,6 +145,7 @@ impl StageProgress {
         *last = Some(Instant::now());
         let snapshot = Snapshot {
             total: self.total.load(Ordering::Relaxed),
+            unit: self.unit.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             done: self.done.load(Ordering::Relaxed),
             resumed: self.resumed.load(Ordering::Relaxed),
             message: self.message.lock().unwrap_or_else(|e| e.into_inner()).clone(),
@@ -147,7 +162,7 @@ impl StageProgress {
         let seen: Snapshot =
             std::fs::read(file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
         if seen.total != self.total.load(Ordering::Relaxed) {
-            self.set_total(seen.total);
+            self.set_total(seen.total, &seen.unit);
         }
         let resumed = self.resumed.load(Ordering::Relaxed);
         if seen.resumed > resumed {
@@ -163,8 +178,7 @@ impl StageProgress {
 
     /// Work per second done in this run (not what a resumed stage found done).
     fn rate(&self) -> f64 {
-        let done = self.done.load(Ordering::Relaxed).saturating_sub(self.resumed.load(Ordering::Relaxed));
-        done as f64 / self.started.elapsed().as_secs_f64().max(1e-9)
+        rate(&self.done, &self.resumed, self.started)
     }
 
     /// The plain-mode log line: counts, rate, ETA and the stage's last message.
@@ -173,22 +187,68 @@ impl StageProgress {
         let eta = if rate > 0.0 { total.saturating_sub(done) as f64 / rate } else { 0.0 };
         let message = self.message.lock().unwrap_or_else(|e| e.into_inner());
         let message = if message.is_empty() { String::new() } else { format!(" {message}") };
-        format!("{}: {done}/{total} ({rate:.1}/s, eta {eta:.0}s){message}", self.label)
+        let unit = self.unit.lock().unwrap_or_else(|e| e.into_inner());
+        format!(
+            "{}: {done}/{total} {unit}s ({}, eta {}){message}",
+            self.label,
+            rate_text(rate, &unit),
+            duration_text(eta)
+        )
+    }
+}
+
+/// Work per second since `started`, less what was `resumed`.
+fn rate(done: &AtomicU64, resumed: &AtomicU64, started: Instant) -> f64 {
+    let done = done.load(Ordering::Relaxed).saturating_sub(resumed.load(Ordering::Relaxed));
+    done as f64 / started.elapsed().as_secs_f64().max(1e-9)
+}
+
+/// `12.3 steps/s`, or `2.41 s/step` when slower than one a second: three digits that matter.
+fn rate_text(per_second: f64, unit: &str) -> String {
+    let digits = |x: f64| match x {
+        x if x >= 100.0 => format!("{x:.0}"),
+        x if x >= 10.0 => format!("{x:.1}"),
+        x => format!("{x:.2}"),
+    };
+    match per_second {
+        r if r <= 0.0 || !r.is_finite() => format!("– {unit}s/s"),
+        r if r >= 1.0 => format!("{} {unit}s/s", digits(r)),
+        r => format!("{} s/{unit}", digits(1.0 / r)),
+    }
+}
+
+/// `42s`, `3m 05s`, `1h 02m`.
+fn duration_text(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    match s {
+        s if s >= 3600 => format!("{}h {:02}m", s / 3600, s % 3600 / 60),
+        s if s >= 60 => format!("{}m {:02}s", s / 60, s % 60),
+        s => format!("{s}s"),
     }
 }
 
 impl Progress for StageProgress {
-    fn set_total(&self, total: u64) {
+    fn set_total(&self, total: u64, unit: &str) {
         self.total.store(total, Ordering::Relaxed);
+        *self.unit.lock().unwrap_or_else(|e| e.into_inner()) = unit.to_string();
         self.write_file(true);
         if let Some(bar) = &self.bar {
             if total > 0 {
-                bar.set_style(
-                    ProgressStyle::with_template(
-                        "  {prefix} {spinner} {pos}/{len} {per_sec} eta {eta} {msg}",
-                    )
-                    .expect("valid template"),
+                // This run's rate, not one counting what a resumed stage found done.
+                let (done, resumed, started, unit) =
+                    (self.done.clone(), self.resumed.clone(), self.started, unit.to_string());
+                let rate_unit = unit.clone();
+                let style = ProgressStyle::with_template(&format!(
+                    "  {{prefix}} {{spinner}} {{pos}}/{{len}} {unit}s {{rate}} eta {{eta}} {{msg}}"
+                ))
+                .expect("valid template")
+                .with_key(
+                    "rate",
+                    move |_: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                        write!(w, "{}", rate_text(rate(&done, &resumed, started), &rate_unit)).ok();
+                    },
                 );
+                bar.set_style(style);
             }
             bar.set_length(total);
         }
@@ -251,7 +311,7 @@ mod tests {
     #[test]
     fn a_resumed_stage_reports_the_rate_of_this_run_only() {
         let progress = Display::new(false, 1).stage("x".into());
-        progress.set_total(1000);
+        progress.set_total(1000, "step");
         progress.resume_at(900);
         std::thread::sleep(Duration::from_millis(100));
         progress.advance(10);
@@ -267,7 +327,7 @@ mod tests {
         let shown = Display::new(false, 1).stage("cell/fit".into());
         shown.follow(&file, "PENDING");
         assert_eq!(*shown.message.lock().unwrap(), "pending", "no file yet: the job's state");
-        job.set_total(100);
+        job.set_total(100, "step");
         job.resume_at(40);
         job.set_message("loss 0.5000");
         job.advance(20);
@@ -284,9 +344,13 @@ mod tests {
     #[test]
     fn the_plain_line_carries_the_stages_last_message() {
         let progress = Display::new(false, 1).stage("cell/fit".into());
-        progress.set_total(10);
+        progress.set_total(10, "step");
         progress.advance(5);
-        assert!(progress.plain_line(5, 10).starts_with("cell/fit: 5/10 ("), "{}", progress.plain_line(5, 10));
+        assert!(
+            progress.plain_line(5, 10).starts_with("cell/fit: 5/10 steps ("),
+            "{}",
+            progress.plain_line(5, 10)
+        );
         progress.set_message("loss 0.5000 · best f1 0.8000 (step 4)");
         assert!(progress.plain_line(5, 10).ends_with("s) loss 0.5000 · best f1 0.8000 (step 4)"));
     }

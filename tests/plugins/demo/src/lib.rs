@@ -125,7 +125,7 @@ impl Stage for Fit {
         let dim = x.size()[1];
         let mut w = Tensor::zeros([dim], (Kind::Float, x.device())).set_requires_grad(true);
         let mut b = Tensor::zeros([1], (Kind::Float, x.device())).set_requires_grad(true);
-        ctx.progress().set_total(o.steps as u64);
+        ctx.progress().set_total(o.steps as u64, "step");
         let mut loss_value = f64::NAN;
         for step in 0..o.steps {
             ctx.check_cancelled()?;
