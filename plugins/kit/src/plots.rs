@@ -103,7 +103,9 @@ impl Heatmap {
     }
 
     fn draw(&self, path: &Path) -> Result<()> {
-        let (cell_w, cell_h, left, top) = (70i32, 28i32, 60i32, 150i32);
+        // The column labels stand upright above the squares, under the title and its line.
+        let longest = self.columns.iter().map(|c| c.chars().count()).max().unwrap_or(0) as i32;
+        let (cell_w, cell_h, left, top) = (70i32, 28i32, 60i32, 60 + 7 * longest);
         // Room on the right for the colour scale, and for the title.
         let scale_x = left + cell_w * self.columns.len().max(1) as i32 + 24;
         let width = ((scale_x + 70) as u32).max(8 * self.title.chars().count() as u32 + 2 * left as u32);
