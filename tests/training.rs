@@ -658,3 +658,40 @@ stages:
         changed_dev.stdout
     );
 }
+
+/// `glue.evaluate splits: [validation]` scores the split held out of train — what a recipe is
+/// chosen on, never dev; a split the dataset does not have is refused by validate.
+#[test]
+fn evaluate_scores_the_held_out_split_when_asked_and_validate_refuses_a_missing_one() {
+    let s = Scratch::new();
+    let pipeline = |splits: &str| {
+        format!(
+            "name: held
+defaults: {{seed: 5, threads: 1}}
+stages:
+  model: {{use: plm.load, with: {{model: '{model}'}}}}
+  data: {{use: glue.load, needs: [model], with: {{task: rte, dir: '{glue}', max_len: 48, validation_fraction: 0.25}}}}
+  pets: {{use: pet.attach, needs: [model], with: {{pets: [{{type: lora, rank: 2}}]}}}}
+  fit: {{use: train.fit, needs: [pets, data], with: {{epochs: 1, batch_size: 16, lr: 0.01}}}}
+  select: {{use: glue.evaluate, needs: [fit, data], with: {{splits: {splits}}}}}
+",
+            model = tiny_model(),
+            glue = glue_fixtures()
+        )
+    };
+    s.write("p.yaml", &pipeline("[validation]"));
+    let run = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let metrics = s.read_json(&s.stage_dir("held", "default", "select").join("metrics.json"));
+    let splits: Vec<&String> = metrics["splits"].as_object().unwrap().keys().collect();
+    assert_eq!(splits, ["validation"], "{metrics}");
+
+    s.write("p.yaml", &pipeline("[validaton]"));
+    let validate = s.petnas(&["validate", "p.yaml"]);
+    assert_eq!(validate.code, 2, "{}", validate.stderr);
+    assert!(
+        validate.stderr.contains("no labelled split `validaton` (labelled: train, dev, validation"),
+        "{}",
+        validate.stderr
+    );
+}

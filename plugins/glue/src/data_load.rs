@@ -241,7 +241,7 @@ impl Stage for DataLoad {
         if !o.regression {
             o.check_file_labels(scoring)?;
         }
-        o.shaping.check(inputs)
+        o.shaping.check(inputs, &o.splits())
     }
     fn external_inputs(&self, options: &Value) -> Result<String> {
         let o: DataLoadOptions = serde_json::from_value(options.clone())?;

@@ -70,14 +70,20 @@ impl Shaping {
 
     /// Validation: a longer sequence than the model's position table would index past it.
     /// Describes the dataset for the stages that need it.
-    pub fn check(&self, inputs: &[Value]) -> Result<Value> {
+    /// Checks the shaping against the model, and describes the dataset for the stages that
+    /// need it: its labelled splits (the validation split held out of train among them).
+    pub fn check(&self, inputs: &[Value], splits: &[SplitFile]) -> Result<Value> {
         let max_tokens = inputs.iter().find_map(|i| i["backbone"]["info"]["max_tokens"].as_i64());
         if let Some(max) = max_tokens {
             if self.max_len as i64 > max {
                 bail!("`max_len` {} is more than the model's {max} positions; at most {max}", self.max_len);
             }
         }
-        Ok(json!({"dataset": {"max_tokens": max_tokens}}))
+        let mut labelled: Vec<&str> = splits.iter().filter(|s| s.labelled).map(|s| s.name.as_str()).collect();
+        if self.validation_fraction.is_some() {
+            labelled.push(VALIDATION);
+        }
+        Ok(json!({"dataset": {"max_tokens": max_tokens, "labelled_splits": labelled}}))
     }
 
     /// Keeps a seeded random subset of the training examples, in file order.

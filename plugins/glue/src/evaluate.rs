@@ -16,6 +16,7 @@ pub struct Evaluate;
 #[derive(Deserialize)]
 struct EvaluateOptions {
     batch_size: usize,
+    splits: Option<Vec<String>>,
 }
 
 /// For validation: a model no stage trained has a random task head, whose predictions mean
@@ -42,6 +43,12 @@ impl Stage for Evaluate {
             .at_least(1.0)
             .at_most(65_536.0)
             .peer_name("per_device_eval_batch_size")
+            .opt(
+                "splits",
+                OptType::List(Box::new(OptType::Str)),
+                Value::Null,
+                "the labelled splits to evaluate, e.g. [validation] to choose a recipe on the split held out of train (default: every dev split)",
+            )
     }
     fn input_kinds(&self) -> &'static [&'static str] {
         &[kinds::MODEL, kinds::DATASET]
@@ -54,11 +61,19 @@ impl Stage for Evaluate {
     }
     fn check(
         &self,
-        _options: &Value,
+        options: &Value,
         inputs: &[Value],
         _services: &dyn petnas_sdk::Services,
     ) -> Result<Value> {
         check_trained(inputs)?;
+        let o: EvaluateOptions = serde_json::from_value(options.clone())?;
+        let described = inputs.iter().find_map(|i| i["dataset"]["labelled_splits"].as_array());
+        if let (Some(asked), Some(labelled)) = (&o.splits, described) {
+            if let Some(missing) = asked.iter().find(|name| !labelled.iter().any(|l| l == name.as_str())) {
+                let names: Vec<&str> = labelled.iter().filter_map(Value::as_str).collect();
+                bail!("`splits`: the dataset has no labelled split `{missing}` (labelled: {}; `validation` is the share of train that `validation_fraction` holds out)", names.join(", "));
+            }
+        }
         Ok(Value::Null)
     }
     fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
@@ -67,7 +82,22 @@ impl Stage for Evaluate {
         let info = DatasetInfo::from_artifact(data)?;
         let model_artifact = inputs.one(kinds::MODEL)?;
         let model = PetModel::load(model_artifact, ctx.services(), ctx.device, false)?;
-        let splits = info.eval_splits();
+        let splits: Vec<&str> = match &o.splits {
+            None => info.eval_splits(),
+            Some(asked) => {
+                for name in asked {
+                    if !info.splits.iter().any(|(n, labelled)| n == name && *labelled) {
+                        let labelled: Vec<&str> =
+                            info.splits.iter().filter(|(_, l)| *l).map(|(n, _)| n.as_str()).collect();
+                        bail!(
+                            "the dataset has no labelled split `{name}` (labelled: {})",
+                            labelled.join(", ")
+                        );
+                    }
+                }
+                asked.iter().map(String::as_str).collect()
+            }
+        };
         if splits.is_empty() {
             bail!("the dataset has no labelled dev split to evaluate on");
         }

@@ -121,7 +121,7 @@ impl Stage for Load {
     ) -> Result<Value> {
         self.external_inputs(options)?;
         let o: LoadOptions = serde_json::from_value(options.clone())?;
-        o.shaping.check(inputs)
+        o.shaping.check(inputs, &chosen_splits(task(&o.task)?, &glue_dir(&o.dir)?, &o.splits)?)
     }
     fn external_inputs(&self, options: &Value) -> Result<String> {
         let o: LoadOptions = serde_json::from_value(options.clone())?;
