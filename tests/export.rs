@@ -374,3 +374,45 @@ fn a_searched_lora_exports_at_its_found_rank_and_a_decoder_tokenizer_pads() {
     );
     assert!(s.read_json(&merged.join("tokenizer_config.json"))["pad_token"].is_string());
 }
+
+/// IA³ exports through its own PEFT format as PEFT's IA3 adapter (the key and value outputs'
+/// vectors, and the feed-forward activation's as the input vector of the layer that reads
+/// it, `feedforward_modules`): PEFT loads it on the untouched base with petnas's logits
+/// (scripts/reference/check_peft_export.py), and `pet.load` reads it back with them.
+#[test]
+fn ia3_exports_as_a_peft_ia3_adapter_that_peft_and_pet_load_read_with_its_logits() {
+    let (s, dir) = export("[{type: ia3}]");
+    let config = s.read_json(&dir.join("peft/adapter_config.json"));
+    assert_eq!(config["peft_type"], "IA3", "{config}");
+    let targets = config["target_modules"].as_array().unwrap();
+    let feedforward = config["feedforward_modules"].as_array().unwrap();
+    assert_eq!(targets.len(), 6, "key, value and the feed-forward output of 2 layers: {config}");
+    assert!(feedforward.len() == 2 && feedforward.iter().all(|f| targets.contains(f)), "{config}");
+
+    let python = petnas_e2e::workspace().join(".venv/bin/python");
+    let script = petnas_e2e::workspace().join("scripts/reference/check_peft_export.py");
+    let check = std::process::Command::new(&python).arg(&script).arg(&dir).output().unwrap();
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{said}{}", String::from_utf8_lossy(&check.stderr));
+    assert!(said.contains("PEFT adapter on the user's base model"), "{said}");
+
+    s.write(
+        "q.yaml",
+        &format!(
+            "name: brought\ndefaults: {{threads: 1}}\nstages:\n  model: {{use: plm.load, with: {{model: '{}'}}}}\n  ia3: {{use: pet.load, needs: [model], with: {{dir: '{}'}}}}\n",
+            tiny_model(),
+            dir.join("peft").display()
+        ),
+    );
+    let run = s.petnas(&["run", "q.yaml"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let loaded = PetModel::load(
+        &Artifact::read(&s.stage_dir("brought", "default", "ia3"), Device::Cpu).unwrap(),
+        registry(),
+        Device::Cpu,
+        false,
+    )
+    .unwrap();
+    assert_eq!(loaded.modules.len(), 6);
+    assert_same_logits(&loaded, &dir, "PEFT's IA3 adapter read back");
+}

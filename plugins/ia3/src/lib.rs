@@ -2,7 +2,10 @@
 //! value projections and of the feed-forward activations, `output ⊙ (1 + δ)` with δ trained
 //! from zero (a masked entry of δ leaves its feature unscaled). One prune group per vector.
 //!
-//! This crate is the worked example of adding a PET type: see the README.
+//! This crate is the worked example of adding a PET type: see the README. Its PEFT
+//! counterpart (`peft_type: IA3`) is `peft.rs`.
+mod peft;
+
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
@@ -68,6 +71,9 @@ impl PetType for Ia3Type {
     ) -> Result<Box<dyn PetModule>> {
         width(site)?;
         Ok(Box::new(Ia3 { site: site.clone(), params: Params::restore(&["delta"], tensors, device)? }))
+    }
+    fn peft(&self) -> Option<&dyn petnas_sdk::model::PeftFormat> {
+        Some(&peft::Ia3Peft)
     }
 }
 

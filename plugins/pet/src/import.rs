@@ -102,13 +102,13 @@ impl Stage for Load {
         "pet.load"
     }
     fn doc(&self) -> &'static str {
-        "brings in a PEFT LoRA adapter, a fine-tuned sequence classifier's head, or a petnas export/model, onto the model it is handed"
+        "brings in a PEFT adapter (LoRA, IA³), a fine-tuned sequence classifier's head, or a petnas export/model, onto the model it is handed"
     }
     fn options(&self) -> OptionSchema {
         OptionSchema::new().required(
             "dir",
             OptType::InputPath,
-            "a PEFT LoRA adapter folder (adapter_config.json), a fine-tuned sequence-classification checkpoint (its head; plm.load the same folder for its encoder), or a petnas export/model folder",
+            "a PEFT adapter folder (adapter_config.json; LoRA or IA³), a fine-tuned sequence-classification checkpoint (its head; plm.load the same folder for its encoder), or a petnas export/model folder",
         )
     }
     fn input_kinds(&self) -> &'static [&'static str] {
