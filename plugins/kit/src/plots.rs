@@ -128,7 +128,7 @@ impl Heatmap {
         }
         root.draw(&Rectangle::new([(scale_x, top), (scale_x + 14, top + scale_h)], BLACK.stroke_width(1)))
             .map_err(err)?;
-        for (share, label) in [(1.0, "all"), (0.5, "half"), (0.0, "none")] {
+        for (share, label) in [(1.0, "100%"), (0.5, "50%"), (0.0, "0%")] {
             let y = top + ((1.0 - share) * (scale_h - 1) as f64) as i32 - 6;
             root.draw(&Text::new(label, (scale_x + 18, y), style.clone())).map_err(err)?;
         }
