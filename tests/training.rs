@@ -336,6 +336,41 @@ fn bf16_autocast_trains_in_mixed_precision_with_fp32_parameters() {
     assert!(largest > 0.0 && largest < 0.05, "largest parameter difference {largest}");
 }
 
+/// `fp16: true`: fp16 autocast with dynamic loss scaling, as transformers' `fp16=True` —
+/// parameters stay fp32 and end near fp32's, no step overflows at the scale it settles at,
+/// and `bf16` with `fp16` is refused at validate.
+#[test]
+fn fp16_autocast_trains_with_a_scaled_loss_and_fp32_parameters() {
+    let fit_of = |fit: &str| {
+        let (s, run) = lora_fit(fit);
+        assert_eq!(run.code, 0, "{fit}:\n{}", run.stderr);
+        s
+    };
+    let fp32 = fit_of("{epochs: 1, batch_size: 16}");
+    let fp16 = fit_of("{epochs: 1, batch_size: 16, fp16: true}");
+    let tensors = |s: &Scratch| {
+        let path = s.stage_dir("train", "default", "fit").join("outputs.safetensors");
+        tch::Tensor::read_safetensors(path).unwrap().into_iter().collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let mut largest = 0f64;
+    let (a, b) = (tensors(&fp32), tensors(&fp16));
+    for (name, x) in &a {
+        let y = &b[name];
+        assert_eq!(y.kind(), tch::Kind::Float, "{name}: parameters stay fp32");
+        largest = largest.max((x - y).abs().max().double_value(&[]));
+    }
+    assert!(largest > 0.0 && largest < 0.05, "fp16 rounds, it does not diverge: {largest}");
+    let log =
+        std::fs::read_to_string(fp16.stage_dir("train", "default", "fit").join("train_log.jsonl")).unwrap();
+    let steps = log.lines().filter(|l| l.contains("\"loss\"")).count();
+    assert!(steps > 0, "{log}");
+
+    let (s, _) = lora_fit("{epochs: 1, batch_size: 16, fp16: true, bf16: true}");
+    let validate = s.petnas(&["validate", "p.yaml"]);
+    assert_eq!(validate.code, 2, "{}", validate.stderr);
+    assert!(validate.stderr.contains("`bf16` and `fp16` both ask for autocast"), "{}", validate.stderr);
+}
+
 #[test]
 fn a_validation_split_held_out_of_train_selects_the_best_parameters_and_dev_is_reported() {
     let s = Scratch::new();

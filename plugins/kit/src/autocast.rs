@@ -1,6 +1,7 @@
-//! bf16 autocast (mixed precision), as `torch.autocast(device_type, dtype=torch.bfloat16)`:
-//! matrix products run in bf16, precision-sensitive ops (softmax, norms, losses) in fp32, and
-//! parameters and optimizer state stay fp32.
+//! Autocast (mixed precision), as `torch.autocast(device_type, dtype=torch.bfloat16)` or
+//! `torch.float16`: matrix products run in bf16 or fp16, precision-sensitive ops (softmax,
+//! norms, losses) in fp32, and parameters and optimizer state stay fp32. (fp16's narrow range
+//! needs its loss scaled: [`crate::optim::LossScale`].)
 //!
 //! tch only switches CUDA autocast on, in libtorch's default dtype (fp16). libtorch's
 //! per-device switches, `at::autocast::set_autocast_enabled` and `set_autocast_dtype`, are
@@ -26,7 +27,24 @@ struct Switches {
 /// `c10::DeviceType` and `c10::ScalarType` values (c10/core/DeviceType.h, ScalarType.h).
 const CPU: i8 = 0;
 const CUDA: i8 = 1;
+const HALF: i8 = 5;
 const BFLOAT16: i8 = 15;
+
+/// The precision of autocast's matrix products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    Bf16,
+    Fp16,
+}
+
+impl Precision {
+    fn scalar_type(self) -> i8 {
+        match self {
+            Precision::Bf16 => BFLOAT16,
+            Precision::Fp16 => HALF,
+        }
+    }
+}
 
 fn switches() -> Result<&'static Switches> {
     static SWITCHES: OnceLock<Result<Switches, String>> = OnceLock::new();
@@ -49,7 +67,7 @@ fn switches() -> Result<&'static Switches> {
             }
         })
         .as_ref()
-        .map_err(|e| anyhow!("bf16 autocast is unavailable: {e}"))
+        .map_err(|e| anyhow!("autocast is unavailable: {e}"))
 }
 
 /// The function `name` of the process's libtorch, as a `T` (a function pointer type).
@@ -67,18 +85,16 @@ pub fn enabled(device: Device) -> bool {
     switches().is_ok_and(|s| unsafe { (s.is_enabled)(device_type) })
 }
 
-/// Runs `f` with bf16 autocast on `device`'s kind of device when `enabled`, else plainly.
-/// The previous autocast state is restored afterwards (and autocast's cast cache cleared).
-pub fn bf16<T>(enabled: bool, device: Device, f: impl FnOnce() -> T) -> Result<T> {
-    if !enabled {
-        return Ok(f());
-    }
+/// Runs `f` under autocast in `precision` on `device`'s kind of device, or plainly without
+/// one. The previous autocast state is restored afterwards (and autocast's cast cache cleared).
+pub fn under<T>(precision: Option<Precision>, device: Device, f: impl FnOnce() -> T) -> Result<T> {
+    let Some(precision) = precision else { return Ok(f()) };
     let s = switches()?;
     let device_type = if device == Device::Cpu { CPU } else { CUDA };
     // SAFETY: see `switches`; the calls only flip libtorch's thread-local autocast state.
     let (was_enabled, was_dtype) = unsafe { ((s.is_enabled)(device_type), (s.get_dtype)(device_type)) };
     unsafe {
-        (s.set_dtype)(device_type, BFLOAT16);
+        (s.set_dtype)(device_type, precision.scalar_type());
         (s.set_enabled)(device_type, true);
     }
     // SAFETY: torch-sys's C wrappers of libtorch's autocast nesting counter and cast cache.
@@ -98,17 +114,23 @@ pub fn bf16<T>(enabled: bool, device: Device, f: impl FnOnce() -> T) -> Result<T
 mod tests {
     use tch::{Device, Kind, Tensor};
 
+    use super::Precision;
+
     #[test]
-    fn products_run_in_bf16_inside_and_fp32_outside() {
+    fn products_run_in_bf16_or_fp16_inside_and_fp32_outside() {
         let x = Tensor::ones([4, 8], (Kind::Float, Device::Cpu));
         let w = Tensor::ones([3, 8], (Kind::Float, Device::Cpu));
-        let inside =
-            super::bf16(true, Device::Cpu, || (x.linear::<Tensor>(&w, None), x.softmax(-1, None))).unwrap();
-        assert_eq!(inside.0.kind(), Kind::BFloat16);
-        assert_eq!(inside.1.kind(), Kind::Float);
+        for (precision, kind) in [(Precision::Bf16, Kind::BFloat16), (Precision::Fp16, Kind::Half)] {
+            let inside = super::under(Some(precision), Device::Cpu, || {
+                (x.linear::<Tensor>(&w, None), x.softmax(-1, None))
+            })
+            .unwrap();
+            assert_eq!(inside.0.kind(), kind);
+            assert_eq!(inside.1.kind(), Kind::Float);
+        }
         assert_eq!(x.linear::<Tensor>(&w, None).kind(), Kind::Float);
         assert_eq!(
-            super::bf16(false, Device::Cpu, || x.linear::<Tensor>(&w, None)).unwrap().kind(),
+            super::under(None, Device::Cpu, || x.linear::<Tensor>(&w, None)).unwrap().kind(),
             Kind::Float
         );
     }

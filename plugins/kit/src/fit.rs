@@ -17,8 +17,9 @@ use petnas_sdk::model::Batch;
 use crate::data::{BatchOptions, DatasetInfo, TokenizedSplit};
 use crate::pet_model::{evaluate, PetModel};
 
+use crate::autocast::Precision;
 use crate::fit_checkpoint::{self as checkpoint, LoopState};
-use crate::optim::{AdamW, NonFinite, Schedule};
+use crate::optim::{AdamW, LossScale, NonFinite, Schedule};
 
 /// Limits that keep a typo from asking for unbounded work.
 const MAX_EPOCHS: f64 = 10_000.0;
@@ -152,6 +153,12 @@ pub fn options() -> OptionSchema {
             "bf16 autocast while training (mixed precision, as transformers' `bf16=True`; parameters and optimizer state stay fp32); default: the pipeline's `dtype`",
         )
         .opt(
+            "fp16",
+            OptType::Bool,
+            Value::Null,
+            "fp16 autocast while training, with dynamic loss scaling (as transformers' `fp16=True`: a step whose scaled gradients overflow is skipped and the scale halved; parameters and optimizer state stay fp32); for GPUs without bf16",
+        )
+        .opt(
             "gradient_checkpointing",
             OptType::Bool,
             false,
@@ -168,6 +175,10 @@ pub fn check(options: &Value, inputs: &[Value]) -> Result<Value> {
     let o: FitOptions = serde_json::from_value(options.clone())?;
     let held = inputs.iter().find_map(|i| i["backbone"]["info"]["dtype"].as_str());
     anyhow::ensure!(!(o.bf16 == Some(true) && held == Some("fp16")), FP16_UNDER_BF16);
+    anyhow::ensure!(
+        !(o.bf16 == Some(true) && o.fp16 == Some(true)),
+        "`bf16` and `fp16` both ask for autocast; choose one (bf16 where the GPU has it)"
+    );
     let max_tokens = inputs.iter().find_map(|i| i["dataset"]["max_tokens"].as_i64());
     if let (Some(pad_to), Some(max)) = (o.pad_to, max_tokens) {
         anyhow::ensure!(
@@ -232,6 +243,7 @@ pub struct FitOptions {
     pub pad_to: Option<usize>,
     pub dropout: Option<f64>,
     pub bf16: Option<bool>,
+    pub fp16: Option<bool>,
     pub gradient_checkpointing: bool,
 }
 
@@ -305,9 +317,16 @@ pub fn fit(
     }
     let mut masks: BTreeMap<String, Tensor> = model.masks().into_iter().collect();
     let mut opt = AdamW::new(model.trainable(), o.weight_decay);
-    opt.bf16 = o.bf16.unwrap_or(ctx.dtype == tch::Kind::BFloat16);
+    opt.autocast = match (o.fp16, o.bf16.unwrap_or(ctx.dtype == tch::Kind::BFloat16)) {
+        (Some(true), _) => Some(Precision::Fp16),
+        (_, true) => Some(Precision::Bf16),
+        _ => None,
+    };
+    opt.loss_scale = (opt.autocast == Some(Precision::Fp16)).then(LossScale::default);
     opt.recompute = o.gradient_checkpointing;
-    if opt.bf16 && model.backbone.weights().iter().any(|(_, w)| w.kind() == tch::Kind::Half) {
+    if opt.autocast == Some(Precision::Bf16)
+        && model.backbone.weights().iter().any(|(_, w)| w.kind() == tch::Kind::Half)
+    {
         bail!(FP16_UNDER_BF16);
     }
     let (mut state, mut best) = match checkpoint::load(&ckpt_dir, &mut opt)? {
@@ -315,6 +334,9 @@ pub fn fit(
             tracing::info!(step = state.step, "resuming from a checkpoint");
             if let Some(hook) = hook.as_deref_mut() {
                 hook.restore(hook_state)?;
+            }
+            if opt.loss_scale.is_some() {
+                opt.loss_scale = state.loss_scale.or(opt.loss_scale);
             }
             (state, best)
         }
@@ -390,6 +412,15 @@ pub fn fit(
         let epoch_now = (state.step + 1) as f64 / steps_per_epoch as f64;
         let step_batches: Vec<(&Batch, u64)> = batches.iter().map(|(b, s)| (b, *s)).collect();
         match opt.accumulated_step(model, &step_batches, lr, o.max_grad_norm, &masks) {
+            Ok(report) if report.overflowed => {
+                state.skipped += 1;
+                let scale = opt.loss_scale.map_or(1.0, |s| s.scale);
+                log_line(
+                    &mut step_log,
+                    &log_path,
+                    json!({"step": state.step + 1, "epoch": epoch_now, "lr": lr, "skipped": format!("fp16 overflow: the loss scale is now {scale}")}),
+                )?;
+            }
             Ok(report) => {
                 state.loss_sum += report.loss;
                 state.loss_count += 1;
@@ -473,6 +504,7 @@ pub fn fit(
         if checkpoint_now && state.step < total && !stop_early {
             step_log.flush().with_context(|| format!("cannot write {}", log_path.display()))?;
             let hooked = hook.as_deref().map(|h| (model.to_artifact(), h.state()));
+            state.loss_scale = opt.loss_scale;
             checkpoint::save(&ckpt_dir, &opt, &best, &state, &log_path, hooked.as_ref())?;
         }
         if stop_early {

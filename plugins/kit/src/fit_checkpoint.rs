@@ -34,9 +34,12 @@ pub struct LoopState {
     pub loss_sum: f64,
     #[serde(default)]
     pub loss_count: i64,
-    /// Steps skipped for a non-finite loss or gradient.
+    /// Steps skipped for a non-finite loss or gradient (or an fp16 overflow).
     #[serde(default)]
     pub skipped: i64,
+    /// fp16's loss scale, where the fit runs under fp16 autocast.
+    #[serde(default)]
+    pub loss_scale: Option<crate::optim::LossScale>,
 }
 
 /// The per-step log of the last complete checkpoint in `dir`.

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use tch::{Kind, Tensor};
 
+use crate::autocast::Precision;
 use crate::pet_model::PetModel;
 use petnas_sdk::model::Batch;
 
@@ -19,8 +20,10 @@ pub struct AdamW {
     pub m: Vec<Tensor>,
     pub v: Vec<Tensor>,
     pub steps: i64,
-    /// Forward passes under bf16 autocast (see [`crate::autocast`]).
-    pub bf16: bool,
+    /// Forward passes under autocast (see [`crate::autocast`]).
+    pub autocast: Option<Precision>,
+    /// fp16's loss scaling, where the fit runs under fp16 autocast.
+    pub loss_scale: Option<LossScale>,
     /// Backward passes that recompute each layer's activations ([`crate::recompute`]).
     pub recompute: bool,
 }
@@ -64,7 +67,8 @@ impl AdamW {
             m,
             v,
             steps: 0,
-            bf16: false,
+            autocast: None,
+            loss_scale: None,
             recompute: false,
         }
     }
@@ -218,11 +222,46 @@ pub struct StepReport {
     pub loss: f64,
     /// The gradient's norm before clipping.
     pub grad_norm: f64,
+    /// Under fp16, the step overflowed and was skipped: the loss scale was halved.
+    pub overflowed: bool,
+}
+
+/// fp16's dynamic loss scaling, as `torch.amp.GradScaler`: the loss is multiplied by `scale`
+/// before the backward pass (small gradients stay representable in fp16) and the gradients
+/// divided by it after; a step whose gradients overflow is skipped and the scale halved, and
+/// after 2,000 steps without one it doubles.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LossScale {
+    pub scale: f64,
+    /// Steps since the last overflow or growth.
+    pub good_steps: u32,
+}
+
+impl Default for LossScale {
+    fn default() -> Self {
+        LossScale { scale: 65536.0, good_steps: 0 }
+    }
+}
+
+impl LossScale {
+    const GROWTH_INTERVAL: u32 = 2000;
+
+    fn overflowed(&mut self) {
+        self.scale = (self.scale / 2.0).max(f64::MIN_POSITIVE);
+        self.good_steps = 0;
+    }
+
+    fn stepped(&mut self) {
+        self.good_steps += 1;
+        if self.good_steps == Self::GROWTH_INTERVAL {
+            self.scale *= 2.0;
+            self.good_steps = 0;
+        }
+    }
 }
 
 impl AdamW {
-    /// One training step: loss (dropout drawn from `dropout_seed`; under bf16 autocast when
-    /// `bf16`), backward (recomputing each layer's activations with `recompute`), clipping,
+    /// One training step: loss (dropout drawn from `dropout_seed`; under `autocast`), backward (recomputing each layer's activations with `recompute`), clipping,
     /// update, masks re-applied. Returns the loss and gradient norm, or an error naming the
     /// problem when the loss or gradient is not finite.
     pub fn train_step(
@@ -251,25 +290,35 @@ impl AdamW {
     ) -> Result<StepReport> {
         self.zero_grad();
         let share = 1.0 / batches.len().max(1) as f64;
+        // Each batch's share of the loss, scaled up under fp16 (undone on the gradients).
+        let scale = self.loss_scale.map_or(1.0, |s| s.scale);
         let mut value = 0.0;
         for &(batch, dropout_seed) in batches {
-            value += crate::autocast::bf16(self.bf16, model.backbone.device(), || -> Result<f64> {
+            value += crate::autocast::under(self.autocast, model.backbone.device(), || -> Result<f64> {
                 let loss = match self.recompute {
                     false => {
                         let loss = task_loss(model, batch, Some(dropout_seed))?;
-                        (&loss * share).backward();
+                        (&loss * (share * scale)).backward();
                         loss
                     }
                     true => {
                         model.backward_recomputing(batch, dropout_seed, &|logits| {
-                            Ok(loss_of_logits(model, batch, logits)? * share)
-                        })? / share
+                            Ok(loss_of_logits(model, batch, logits)? * (share * scale))
+                        })? / (share * scale)
                     }
                 };
                 Ok(loss.double_value(&[]))
             })?? * share;
         }
+        if scale != 1.0 {
+            self.scale_grads(1.0 / scale);
+        }
         let norm = self.grad_norm();
+        if let Some(loss_scale) = self.loss_scale.as_mut().filter(|_| !value.is_finite() || !norm.is_finite())
+        {
+            loss_scale.overflowed();
+            return Ok(StepReport { loss: value, grad_norm: norm, overflowed: true });
+        }
         if !value.is_finite() || !norm.is_finite() {
             return Err(NonFinite(format!(
                 "non-finite {} (loss {value}, gradient norm {norm})",
@@ -289,7 +338,10 @@ impl AdamW {
                 }
             }
         });
-        Ok(StepReport { loss: value, grad_norm: norm })
+        if let Some(loss_scale) = self.loss_scale.as_mut() {
+            loss_scale.stepped();
+        }
+        Ok(StepReport { loss: value, grad_norm: norm, overflowed: false })
     }
 }
 
@@ -297,6 +349,20 @@ impl AdamW {
 mod tests {
     use super::*;
     use tch::{Device, Kind};
+
+    #[test]
+    fn the_loss_scale_halves_on_an_overflow_and_doubles_after_2000_good_steps() {
+        let mut scale = LossScale::default();
+        scale.stepped();
+        scale.overflowed();
+        assert_eq!(scale, LossScale { scale: 32768.0, good_steps: 0 });
+        for _ in 0..1999 {
+            scale.stepped();
+        }
+        assert_eq!(scale.scale, 32768.0);
+        scale.stepped();
+        assert_eq!(scale, LossScale { scale: 65536.0, good_steps: 0 });
+    }
 
     #[test]
     fn adamw_matches_the_torch_update_rule_on_one_step() {

@@ -316,7 +316,7 @@ fn train_between_rounds(
 ) -> Result<()> {
     let masks: BTreeMap<String, tch::Tensor> = model.masks().into_iter().collect();
     let mut opt = AdamW::new(model.trainable(), 0.0);
-    opt.bf16 = ctx.dtype == tch::Kind::BFloat16;
+    opt.autocast = (ctx.dtype == tch::Kind::BFloat16).then_some(petnas_kit::autocast::Precision::Bf16);
     let options = BatchOptions {
         batch_size: o.batch_size,
         shuffle_seed: Some(derive_seed(ctx.seed, &format!("between rounds {round}"))),
