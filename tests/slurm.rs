@@ -319,7 +319,7 @@ stages:
     let line = run
         .stderr
         .lines()
-        .find(|l| l.contains("default/fit: ") && l.contains("/300000 ("))
+        .find(|l| l.contains("default/fit: ") && l.contains("/300000 steps ("))
         .unwrap_or_else(|| panic!("no progress line of the job's fit:\n{}", run.stderr));
     let done: u64 =
         line.split("default/fit: ").nth(1).and_then(|r| r.split('/').next()).unwrap().parse().unwrap();
