@@ -235,6 +235,44 @@ fn taylor_scores_agree_with_finite_differences() {
     assert_eq!(meta["groups"].as_array().unwrap().len(), 4, "one score per rank-1 component");
 }
 
+/// `score: sensitivity` is AdaLoRA's importance: over one batch, the smoothed sensitivity is
+/// (1 − β)·|θ·g| and its uncertainty (1 − β)·β·|θ·g|, so each entry scores
+/// (1 − β)²·β·(θ·g)² with β = 0.85 — against the gradient the test takes itself.
+#[test]
+fn sensitivity_scores_are_adaloras_importance() {
+    let s = Scratch::new();
+    let text = search_pipeline("[{type: lora, targets: [query, value], rank: 4, init: balanced}]", "{budget: 800}", 500).replace(
+        "  structured:",
+        "  scores: {use: nas.score, needs: [warm, data], with: {score: sensitivity, score_batches: 1, score_batch_size: 64}}\n  structured:",
+    );
+    s.write("p.yaml", &text);
+    let run = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let scores = output(&s, "scores");
+    assert_eq!(scores.meta["method"], "sensitivity");
+    let data = output(&s, "data");
+    let info = DatasetInfo::from_artifact(&data).unwrap();
+    let train = TokenizedSplit::from_artifact(&data, "train").unwrap();
+    let batch = train.batch(&(0..train.len()).collect::<Vec<_>>(), info.pad_id, Device::Cpu);
+    let mut m = model(&output(&s, "warm"));
+    m.ensure_head(info.num_labels(), info.regression, derive_seed(3, "head")).unwrap();
+    task_loss(&m, &batch, None).unwrap().backward();
+    let keys = m.module_keys();
+    let beta = 0.85f64;
+    let mut compared = 0;
+    for (module, key) in m.modules.iter().zip(&keys) {
+        for (name, p) in module.parameters() {
+            let expected = (p.detach() * p.grad()).square() * ((1.0 - beta).powi(2) * beta);
+            let got = &scores.tensors[&format!("score.{key}:{name}")];
+            let error = (got - &expected).abs().max().double_value(&[]);
+            let largest = expected.abs().max().double_value(&[]);
+            assert!(largest > 0.0 && error <= 1e-3 * largest, "{key}:{name}: error {error} of {largest}");
+            compared += 1;
+        }
+    }
+    assert!(compared >= 8, "{compared}");
+}
+
 /// Groups kept per module when the lowest-scoring groups (by squared norm, summed or
 /// averaged over the group) are removed until at most `target` parameters remain.
 fn kept_by_magnitude(m: &PetModel, target: i64, mean: bool) -> Vec<(String, usize)> {

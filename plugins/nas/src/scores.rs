@@ -4,7 +4,9 @@
 //! scores |Σ θ·∂L/∂θ| and a group |Σ over its parameters| (sums over the scoring batches,
 //! or an exponential moving average). `magnitude`: θ² (a group: its squared norm).
 //! `movement` (Sanh et al., 2020): −Σ θ·∂L/∂θ, signed — parameters moving away from zero
-//! score high.
+//! score high. `sensitivity`: AdaLoRA's importance (Zhang et al., 2023) — each entry's
+//! |θ·∂L/∂θ| smoothed over the batches (Ī), times its uncertainty, the smoothed |I − Ī|
+//! (both moving averages at β = 0.85, AdaLoRA's defaults); a group sums its entries'.
 use anyhow::{bail, Result};
 use petnas_kit::data::{BatchOptions, TokenizedSplit};
 use petnas_kit::optim::task_loss;
@@ -23,7 +25,10 @@ pub struct ScoreOptions {
     pub ema: Option<f64>,
 }
 
-pub const METHODS: &[&str] = &["taylor", "magnitude", "movement"];
+pub const METHODS: &[&str] = &["taylor", "magnitude", "movement", "sensitivity"];
+
+/// AdaLoRA's smoothing of the sensitivity and of its uncertainty (`beta1`, `beta2`).
+const SENSITIVITY_BETA: f64 = 0.85;
 
 /// Per-parameter scores of every module: `scores[module][param]`, shaped like the parameter.
 pub struct Scores {
@@ -66,39 +71,73 @@ pub fn score(
             }
         }
         "taylor" | "movement" => {
-            let options = BatchOptions {
-                batch_size: o.batch_size,
-                shuffle_seed: Some(derive_seed(ctx.seed, salt)),
-                bucket_by_length: false,
-            };
-            let rows = train.batch_rows(&options);
-            for (b, rows) in rows.iter().cycle().take(o.batches).enumerate() {
-                ctx.check_cancelled()?;
-                let batch = train.batch(rows, pad_id, ctx.device);
-                for (_, p) in model.trainable() {
-                    let mut p = p;
-                    p.zero_grad();
-                }
-                // Dropout off: scores estimate the loss of the model as it predicts.
-                task_loss(model, &batch, None)?.backward();
-                for (module, scores) in model.modules.iter().zip(per_param.iter_mut()) {
-                    for ((_, p), (_, s)) in module.parameters().into_iter().zip(scores.iter_mut()) {
-                        let g = p.grad();
-                        if g.defined() {
-                            accumulate(s, (p.detach() * g).to_kind(Kind::Float), o.ema, b == 0);
-                        }
-                    }
-                }
-            }
+            for_each_gradient(ctx, model, train, pad_id, o, salt, |b, m, i, p, g| {
+                accumulate(&mut per_param[m][i].1, (p * g).to_kind(Kind::Float), o.ema, b == 0);
+            })?;
             for scores in per_param.iter_mut() {
                 for (_, s) in scores.iter_mut() {
                     *s = if o.method == "movement" { -&*s } else { s.shallow_clone() };
                 }
             }
         }
+        "sensitivity" => {
+            let mut uncertainty: Vec<Vec<Tensor>> =
+                per_param.iter().map(|scores| scores.iter().map(|(_, s)| s.zeros_like()).collect()).collect();
+            let beta = SENSITIVITY_BETA;
+            for_each_gradient(ctx, model, train, pad_id, o, salt, |_, m, i, p, g| {
+                let now = (p * g).abs().to_kind(Kind::Float);
+                let smoothed = &mut per_param[m][i].1;
+                *smoothed = &*smoothed * beta + &now * (1.0 - beta);
+                let spread = (now - &*smoothed).abs();
+                uncertainty[m][i] = &uncertainty[m][i] * beta + spread * (1.0 - beta);
+            })?;
+            for (scores, uncertainty) in per_param.iter_mut().zip(&uncertainty) {
+                for ((_, s), u) in scores.iter_mut().zip(uncertainty) {
+                    *s = &*s * u;
+                }
+            }
+        }
         other => bail!("unknown score method `{other}` (methods: {})", METHODS.join(", ")),
     }
     Ok(Scores { method: o.method.clone(), per_param })
+}
+
+/// Calls `f(batch, module, parameter, θ, ∂L/∂θ)` for every trainable parameter of every PET
+/// module, over `o.batches` training batches (dropout off: the scores are of the model as it
+/// predicts).
+fn for_each_gradient(
+    ctx: &StageCtx,
+    model: &PetModel,
+    train: &TokenizedSplit,
+    pad_id: i64,
+    o: &ScoreOptions,
+    salt: &str,
+    mut f: impl FnMut(usize, usize, usize, &Tensor, &Tensor),
+) -> Result<()> {
+    let options = BatchOptions {
+        batch_size: o.batch_size,
+        shuffle_seed: Some(derive_seed(ctx.seed, salt)),
+        bucket_by_length: false,
+    };
+    let rows = train.batch_rows(&options);
+    for (b, rows) in rows.iter().cycle().take(o.batches).enumerate() {
+        ctx.check_cancelled()?;
+        let batch = train.batch(rows, pad_id, ctx.device);
+        for (_, p) in model.trainable() {
+            let mut p = p;
+            p.zero_grad();
+        }
+        task_loss(model, &batch, None)?.backward();
+        for (m, module) in model.modules.iter().enumerate() {
+            for (i, (_, p)) in module.parameters().into_iter().enumerate() {
+                let g = p.grad();
+                if g.defined() {
+                    f(b, m, i, &p.detach(), &g);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Scores {

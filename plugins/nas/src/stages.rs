@@ -21,7 +21,7 @@ fn score_options(schema: OptionSchema) -> OptionSchema {
             "score",
             OptType::Enum(METHODS),
             "taylor",
-            "importance: first-order Taylor |Σ θ·∂L/∂θ|, magnitude, or movement",
+            "importance: first-order Taylor |Σ θ·∂L/∂θ|, magnitude, movement, or sensitivity (AdaLoRA's: the smoothed |θ·∂L/∂θ| times its uncertainty)",
         )
         .opt("score_batches", OptType::Int, 16, "training batches the scores are accumulated over")
         .at_least(1.0)
