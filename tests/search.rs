@@ -168,23 +168,29 @@ fn a_cut_model_computes_what_the_masked_one_does() {
     );
 }
 
-#[test]
-fn taylor_scores_agree_with_finite_differences() {
+/// A LoRA supernet's `nas.score` stage scored with `with` over one batch holding every
+/// training example: the scores, the warm model with its head, and that batch.
+fn scored_over_one_batch(with: &str) -> (Artifact, PetModel, petnas_sdk::model::Batch) {
     let s = Scratch::new();
     let text = search_pipeline("[{type: lora, targets: [query, value], rank: 4, init: balanced}]", "{budget: 800}", 500).replace(
         "  structured:",
-        "  scores: {use: nas.score, needs: [warm, data], with: {score_batches: 1, score_batch_size: 64}}\n  structured:",
+        &format!("  scores: {{use: nas.score, needs: [warm, data], with: {{{with}score_batches: 1, score_batch_size: 64}}}}\n  structured:"),
     );
     s.write("p.yaml", &text);
     let run = s.petnas(&["run", "p.yaml"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let scores = output(&s, "scores");
     let data = output(&s, "data");
     let info = DatasetInfo::from_artifact(&data).unwrap();
     let train = TokenizedSplit::from_artifact(&data, "train").unwrap();
     let batch = train.batch(&(0..train.len()).collect::<Vec<_>>(), info.pad_id, Device::Cpu);
     let mut m = model(&output(&s, "warm"));
     m.ensure_head(info.num_labels(), info.regression, derive_seed(3, "head")).unwrap();
+    (output(&s, "scores"), m, batch)
+}
+
+#[test]
+fn taylor_scores_agree_with_finite_differences() {
+    let (scores, m, batch) = scored_over_one_batch("");
     let keys = m.module_keys();
     let loss = |m: &PetModel| tch::no_grad(|| task_loss(m, &batch, None).unwrap().double_value(&[]));
     let group_sum = |i: usize, group: &PruneGroup| -> f64 {
@@ -240,22 +246,8 @@ fn taylor_scores_agree_with_finite_differences() {
 /// (1 − β)²·β·(θ·g)² with β = 0.85 — against the gradient the test takes itself.
 #[test]
 fn sensitivity_scores_are_adaloras_importance() {
-    let s = Scratch::new();
-    let text = search_pipeline("[{type: lora, targets: [query, value], rank: 4, init: balanced}]", "{budget: 800}", 500).replace(
-        "  structured:",
-        "  scores: {use: nas.score, needs: [warm, data], with: {score: sensitivity, score_batches: 1, score_batch_size: 64}}\n  structured:",
-    );
-    s.write("p.yaml", &text);
-    let run = s.petnas(&["run", "p.yaml"]);
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    let scores = output(&s, "scores");
+    let (scores, m, batch) = scored_over_one_batch("score: sensitivity, ");
     assert_eq!(scores.meta["method"], "sensitivity");
-    let data = output(&s, "data");
-    let info = DatasetInfo::from_artifact(&data).unwrap();
-    let train = TokenizedSplit::from_artifact(&data, "train").unwrap();
-    let batch = train.batch(&(0..train.len()).collect::<Vec<_>>(), info.pad_id, Device::Cpu);
-    let mut m = model(&output(&s, "warm"));
-    m.ensure_head(info.num_labels(), info.regression, derive_seed(3, "head")).unwrap();
     task_loss(&m, &batch, None).unwrap().backward();
     let keys = m.module_keys();
     let beta = 0.85f64;
