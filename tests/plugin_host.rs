@@ -341,20 +341,22 @@ fn a_plugin_dir_that_does_not_exist_is_an_error() {
 /// change to each (a plugin author building against another release): a toolkit-only change
 /// leaves the fingerprint, and the plugin loads; a contract change does not, and the plugin is
 /// refused naming both fingerprints. The plugin is petnas's own train.fit, which links the
-/// toolkit, built with cargo in a copy of the workspace's sdk, kit and train crates.
+/// toolkit, built with cargo in a copy of the workspace's sdk (with the derive of its
+/// options), kit and train crates.
 #[test]
 fn a_toolkit_change_keeps_plugins_loading_and_a_contract_change_refuses_them() {
     let root = petnas_e2e::workspace();
     let s = Scratch::new();
     let work = s.path().join("author");
-    for crate_dir in ["plugins/sdk", "plugins/kit", "plugins/train"] {
+    let crates = ["plugins/sdk", "plugins/sdk-derive", "plugins/kit", "plugins/train"];
+    for crate_dir in crates {
         copy_tree(&root.join(crate_dir), &work.join(crate_dir));
     }
     let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
-    let members = "members = [\"plugins/sdk\", \"plugins/kit\", \"plugins/train\"]";
+    let members = format!("members = {crates:?}");
     let manifest: String = manifest
         .lines()
-        .map(|l| if l.starts_with("members = ") { members } else { l })
+        .map(|l| if l.starts_with("members = ") { members.as_str() } else { l })
         .filter(|l| !l.starts_with("petnas = "))
         .collect::<Vec<_>>()
         .join("\n");

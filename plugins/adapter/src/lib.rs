@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Context, Result};
 use petnas_sdk::model::{Dropout, GroupMember, PetModule, PetType, PruneGroup, Site, SiteKind};
 use petnas_sdk::params::Params;
-use petnas_sdk::{init, OptType, OptionSchema, Registrar};
+use petnas_sdk::{init, OptionSchema, Options, Registrar};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tch::{Device, Tensor};
@@ -20,11 +20,19 @@ fn register(registrar: &mut Registrar) {
 
 struct AdapterType;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Options)]
 struct AdapterConfig {
+    /// after the sub-layer's output, or beside it from its input
+    #[option(default = "sequential", choices = ["sequential", "parallel"])]
     placement: String,
+    /// bottleneck width (default: hidden / reduction_factor)
+    #[option(at_least = 1, at_most = 65_536)]
     bottleneck: Option<i64>,
+    /// hidden size / bottleneck width, when `bottleneck` is not set
+    #[option(default = 16.0, above = 0)]
     reduction_factor: f64,
+    /// factor s of the adapter's output (He et al. use 4 for parallel adapters)
+    #[option(default = 1.0)]
     scaling: f64,
 }
 
@@ -61,34 +69,7 @@ impl PetType for AdapterType {
         "bottleneck adapter on a sub-layer: sequential, or parallel and scaled"
     }
     fn options(&self) -> OptionSchema {
-        OptionSchema::new()
-            .opt(
-                "placement",
-                OptType::Enum(&["sequential", "parallel"]),
-                "sequential",
-                "after the sub-layer's output, or beside it from its input",
-            )
-            .opt(
-                "bottleneck",
-                OptType::Int,
-                Value::Null,
-                "bottleneck width (default: hidden / reduction_factor)",
-            )
-            .at_least(1.0)
-            .at_most(65_536.0)
-            .opt(
-                "reduction_factor",
-                OptType::Float,
-                16.0,
-                "hidden size / bottleneck width, when `bottleneck` is not set",
-            )
-            .above(0.0)
-            .opt(
-                "scaling",
-                OptType::Float,
-                1.0,
-                "factor s of the adapter's output (He et al. use 4 for parallel adapters)",
-            )
+        AdapterConfig::schema()
     }
     fn default_targets(&self) -> &'static [&'static str] {
         &["role:ffn_block"]
@@ -97,7 +78,7 @@ impl PetType for AdapterType {
         matches!(site.kind, SiteKind::Sublayer { .. })
     }
     fn create(&self, site: &Site, options: &Value, device: Device, seed: u64) -> Result<Box<dyn PetModule>> {
-        let config: AdapterConfig = serde_json::from_value(options.clone())?;
+        let config = AdapterConfig::from_checked(options)?;
         let h = hidden(site)?;
         // The schema checked both: `bottleneck` at least 1, `reduction_factor` positive.
         let bottleneck = match config.bottleneck {

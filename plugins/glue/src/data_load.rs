@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use petnas_kit::data::TRAIN;
 use petnas_kit::metrics::Scoring;
 use petnas_sdk::artifact::kinds;
-use petnas_sdk::{Artifact, Inputs, OptType, OptionSchema, Stage, StageCtx};
+use petnas_sdk::{Artifact, Inputs, OptType, Options, StageCtx, TypedStage};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -20,19 +20,41 @@ pub struct DataLoad;
 /// The metrics a task may be scored with, as GLUE scores its tasks.
 const METRICS: &[&str] = &["accuracy", "f1", "matthews", "pearson"];
 
-#[derive(Deserialize)]
-struct DataLoadOptions {
+/// `data.load`'s options.
+#[derive(Deserialize, Options)]
+pub struct DataLoadOptions {
+    /// the training file (.csv, .tsv, .jsonl)
+    #[option(ty = OptType::InputPath)]
     train: String,
+    /// the labelled file results are reported on
+    #[option(ty = OptType::InputPath)]
     dev: String,
+    /// a file to predict on with glue.predict (its labels, if any, are not read)
+    #[option(ty = OptType::InputPath)]
     test: Option<String>,
+    /// the files' format; default: from each file's extension (.json reads as JSON Lines)
+    #[option(choices = FORMATS)]
     format: Option<String>,
+    /// the column (JSON key) holding the text
+    #[option(peer = "sentence1_key")]
     text: String,
+    /// the column holding a pair's second text, encoded with the tokenizer's pair template
+    #[option(peer = "sentence2_key")]
     text_pair: Option<String>,
+    /// the column holding the label
+    #[option(default = "label", peer = "label_column_name")]
     label: String,
+    /// a column of whole numbers naming the rows in glue.predict's file; default: the row's position
     id: Option<String>,
+    /// class names in class-id order, as the label column writes them (quote numbers: ["0", "1"]); default: the training file's distinct labels, in numeric order when all are whole numbers, else sorted
     labels: Option<Vec<String>>,
+    /// the label is a number to predict (one output, MSE loss)
+    #[option(default = false)]
     regression: bool,
+    /// the metric results are ranked by, from GLUE's set (f1 also reports accuracy; pearson also spearman); default: accuracy, or pearson with `regression: true`
+    #[option(choices = METRICS)]
     metric: Option<String>,
+    /// the task's name in reports; default: the training file's folder
     name: Option<String>,
     #[serde(flatten)]
     shaping: Shaping,
@@ -158,61 +180,13 @@ impl DataLoadOptions {
     }
 }
 
-impl Stage for DataLoad {
+impl TypedStage for DataLoad {
+    type Options = DataLoadOptions;
     fn kind(&self) -> &'static str {
         "data.load"
     }
     fn doc(&self) -> &'static str {
         "your own labelled text from CSV, TSV or JSON Lines files, tokenised with the model's tokenizer; trains, evaluates and predicts as a GLUE task does"
-    }
-    fn options(&self) -> OptionSchema {
-        let schema = OptionSchema::new()
-            .required("train", OptType::InputPath, "the training file (.csv, .tsv, .jsonl)")
-            .required("dev", OptType::InputPath, "the labelled file results are reported on")
-            .opt(
-                "test",
-                OptType::InputPath,
-                Value::Null,
-                "a file to predict on with glue.predict (its labels, if any, are not read)",
-            )
-            .opt(
-                "format",
-                OptType::Enum(FORMATS),
-                Value::Null,
-                "the files' format; default: from each file's extension (.json reads as JSON Lines)",
-            )
-            .required("text", OptType::Str, "the column (JSON key) holding the text")
-            .peer_name("sentence1_key")
-            .opt(
-                "text_pair",
-                OptType::Str,
-                Value::Null,
-                "the column holding a pair's second text, encoded with the tokenizer's pair template",
-            )
-            .peer_name("sentence2_key")
-            .opt("label", OptType::Str, "label", "the column holding the label")
-            .peer_name("label_column_name")
-            .opt(
-                "id",
-                OptType::Str,
-                Value::Null,
-                "a column of whole numbers naming the rows in glue.predict's file; default: the row's position",
-            )
-            .opt(
-                "labels",
-                OptType::List(Box::new(OptType::Str)),
-                Value::Null,
-                "class names in class-id order, as the label column writes them (quote numbers: [\"0\", \"1\"]); default: the training file's distinct labels, in numeric order when all are whole numbers, else sorted",
-            )
-            .opt("regression", OptType::Bool, false, "the label is a number to predict (one output, MSE loss)")
-            .opt(
-                "metric",
-                OptType::Enum(METRICS),
-                Value::Null,
-                "the metric results are ranked by, from GLUE's set (f1 also reports accuracy; pearson also spearman); default: accuracy, or pearson with `regression: true`",
-            )
-            .opt("name", OptType::Str, Value::Null, "the task's name in reports; default: the training file's folder");
-        Shaping::declare(schema)
     }
     fn input_kinds(&self) -> &'static [&'static str] {
         &[kinds::MODEL]
@@ -222,11 +196,10 @@ impl Stage for DataLoad {
     }
     fn check(
         &self,
-        options: &Value,
+        o: &DataLoadOptions,
         inputs: &[Value],
         _services: &dyn petnas_sdk::Services,
     ) -> Result<Value> {
-        let o: DataLoadOptions = serde_json::from_value(options.clone())?;
         let scoring = o.scoring()?;
         let splits = o.splits();
         if let Some(missing) = splits.iter().find(|s| !s.path.is_file()) {
@@ -243,21 +216,18 @@ impl Stage for DataLoad {
         }
         o.shaping.check(inputs, &o.splits())
     }
-    fn external_inputs(&self, options: &Value) -> Result<String> {
-        let o: DataLoadOptions = serde_json::from_value(options.clone())?;
+    fn external_inputs(&self, o: &DataLoadOptions) -> Result<String> {
         let splits = o.splits();
         petnas_kit::stamps::file_stamps(splits.iter().map(|s| s.path.as_path()))
     }
-    fn output_parts(&self, options: &Value) -> Result<BTreeMap<String, String>> {
-        let o: DataLoadOptions = serde_json::from_value(options.clone())?;
+    fn output_parts(&self, o: &DataLoadOptions, options: &Value) -> Result<BTreeMap<String, String>> {
         let mut labelled = options.clone();
         if let Some(map) = labelled.as_object_mut() {
             map.remove("test");
         }
         dataset::output_parts(options, labelled, &o.splits())
     }
-    fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
-        let o: DataLoadOptions = ctx.options()?;
+    fn run(&self, o: DataLoadOptions, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
         let scoring = o.scoring()?;
         // Classes taken from the training file: its rows are read once, for them and for
         // the split.

@@ -8,7 +8,7 @@ use petnas_kit::data::{Labels, TokenizedSplit, TRAIN, VALIDATION};
 use petnas_kit::metrics::Scoring;
 use petnas_sdk::artifact::{kinds, parts};
 use petnas_sdk::model::TextEncoder;
-use petnas_sdk::{Artifact, Inputs, OptType, OptionSchema, StageCtx};
+use petnas_sdk::{Artifact, Inputs, Options, StageCtx};
 use rand::seq::index::sample;
 use rand::SeedableRng;
 use serde::Deserialize;
@@ -18,56 +18,26 @@ use tch::Tensor;
 use crate::reader::{Label, Split};
 
 /// The options every loader of labelled text takes, whatever its files.
-#[derive(Deserialize)]
+#[derive(Deserialize, Options)]
 pub struct Shaping {
+    /// tokens per example at most (pairs truncated longest-first)
+    #[option(default = 128, at_least = 4, at_most = 65_536, peer = "max_length", peer = "max_seq_length")]
     pub max_len: usize,
+    /// keep at most this many training examples (seeded)
+    #[option(at_least = 1, peer = "max_train_samples")]
     pub max_train_examples: Option<usize>,
+    /// keep this share of the training examples (seeded)
+    #[option(above = 0, at_most = 1)]
     pub train_fraction: Option<f64>,
+    /// hold this share of the training examples out as a `validation` split (seeded), which train.fit selects on instead of dev
+    #[option(above = 0, below = 1)]
     pub validation_fraction: Option<f64>,
+    /// skip malformed lines (counted in the log) instead of failing
+    #[option(default = false)]
     pub skip_bad_lines: bool,
 }
 
 impl Shaping {
-    /// Declares the options of [`Shaping`] on a loader's schema.
-    pub fn declare(schema: OptionSchema) -> OptionSchema {
-        schema
-            .opt("max_len", OptType::Int, 128, "tokens per example at most (pairs truncated longest-first)")
-            .at_least(4.0)
-            .at_most(65_536.0)
-            .peer_name("max_length")
-            .peer_name("max_seq_length")
-            .opt(
-                "max_train_examples",
-                OptType::Int,
-                Value::Null,
-                "keep at most this many training examples (seeded)",
-            )
-            .at_least(1.0)
-            .peer_name("max_train_samples")
-            .opt(
-                "train_fraction",
-                OptType::Float,
-                Value::Null,
-                "keep this share of the training examples (seeded)",
-            )
-            .above(0.0)
-            .at_most(1.0)
-            .opt(
-                "validation_fraction",
-                OptType::Float,
-                Value::Null,
-                "hold this share of the training examples out as a `validation` split (seeded), which train.fit selects on instead of dev",
-            )
-            .above(0.0)
-            .below(1.0)
-            .opt(
-                "skip_bad_lines",
-                OptType::Bool,
-                false,
-                "skip malformed lines (counted in the log) instead of failing",
-            )
-    }
-
     /// Validation: a longer sequence than the model's position table would index past it.
     /// Describes the dataset for the stages that need it.
     /// Checks the shaping against the model, and describes the dataset for the stages that

@@ -7,15 +7,19 @@ use petnas_kit::data::{DatasetInfo, TokenizedSplit};
 use petnas_kit::metrics::Values;
 use petnas_kit::pet_model::{evaluate, PetModel};
 use petnas_sdk::artifact::kinds;
-use petnas_sdk::{Artifact, Inputs, OptType, OptionSchema, Stage, StageCtx};
+use petnas_sdk::{Artifact, Inputs, OptType, Options, StageCtx, TypedStage};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 pub struct Evaluate;
 
-#[derive(Deserialize)]
-struct EvaluateOptions {
+/// `glue.evaluate`'s options.
+#[derive(Deserialize, Options)]
+pub struct EvaluateOptions {
+    /// examples per batch
+    #[option(default = 64, at_least = 1, at_most = 65_536, peer = "per_device_eval_batch_size")]
     batch_size: usize,
+    /// the labelled splits to evaluate, e.g. [validation] to choose a recipe on the split held out of train (default: every dev split)
     splits: Option<Vec<String>>,
 }
 
@@ -30,30 +34,18 @@ fn check_trained(inputs: &[Value]) -> Result<()> {
     Ok(())
 }
 
-impl Stage for Evaluate {
+impl TypedStage for Evaluate {
+    type Options = EvaluateOptions;
     fn kind(&self) -> &'static str {
         "glue.evaluate"
     }
     fn doc(&self) -> &'static str {
         "the task's official metrics on its dev split(s); writes metrics.json with parameter counts and timings"
     }
-    fn options(&self) -> OptionSchema {
-        OptionSchema::new()
-            .opt("batch_size", OptType::Int, 64, "examples per batch")
-            .at_least(1.0)
-            .at_most(65_536.0)
-            .peer_name("per_device_eval_batch_size")
-            .opt(
-                "splits",
-                OptType::List(Box::new(OptType::Str)),
-                Value::Null,
-                "the labelled splits to evaluate, e.g. [validation] to choose a recipe on the split held out of train (default: every dev split)",
-            )
-    }
     fn input_kinds(&self) -> &'static [&'static str] {
         &[kinds::MODEL, kinds::DATASET]
     }
-    fn parts_read(&self, _options: &Value) -> Option<&'static [&'static str]> {
+    fn parts_read(&self, _options: &EvaluateOptions) -> Option<&'static [&'static str]> {
         Some(petnas_sdk::artifact::parts::LABELLED_ONLY)
     }
     fn output_kind(&self) -> &'static str {
@@ -61,12 +53,11 @@ impl Stage for Evaluate {
     }
     fn check(
         &self,
-        options: &Value,
+        o: &EvaluateOptions,
         inputs: &[Value],
         _services: &dyn petnas_sdk::Services,
     ) -> Result<Value> {
         check_trained(inputs)?;
-        let o: EvaluateOptions = serde_json::from_value(options.clone())?;
         let described = inputs.iter().find_map(|i| i["dataset"]["labelled_splits"].as_array());
         if let (Some(asked), Some(labelled)) = (&o.splits, described) {
             if let Some(missing) = asked.iter().find(|name| !labelled.iter().any(|l| l == name.as_str())) {
@@ -76,8 +67,7 @@ impl Stage for Evaluate {
         }
         Ok(Value::Null)
     }
-    fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
-        let o: EvaluateOptions = ctx.options()?;
+    fn run(&self, o: EvaluateOptions, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
         let data = inputs.one(kinds::DATASET)?;
         let info = DatasetInfo::from_artifact(data)?;
         let model_artifact = inputs.one(kinds::MODEL)?;
@@ -148,10 +138,16 @@ impl Stage for Evaluate {
 
 pub struct Predict;
 
-#[derive(Deserialize)]
-struct PredictOptions {
+/// `glue.predict`'s options.
+#[derive(Deserialize, Options)]
+pub struct PredictOptions {
+    /// the split (default: the test split)
     split: Option<String>,
+    /// where to write (default: GLUE's name for the task, e.g. RTE.tsv)
+    #[option(ty = OptType::OutputPath)]
     file: Option<String>,
+    /// examples per batch
+    #[option(default = 64, at_least = 1, at_most = 65_536)]
     batch_size: usize,
 }
 
@@ -173,25 +169,13 @@ fn submission_name(task: &str, split: &str) -> String {
     format!("{base}.tsv")
 }
 
-impl Stage for Predict {
+impl TypedStage for Predict {
+    type Options = PredictOptions;
     fn kind(&self) -> &'static str {
         "glue.predict"
     }
     fn doc(&self) -> &'static str {
         "predictions for a split in GLUE's submission format (index<TAB>prediction, GLUE's label names)"
-    }
-    fn options(&self) -> OptionSchema {
-        OptionSchema::new()
-            .opt("split", OptType::Str, Value::Null, "the split (default: the test split)")
-            .opt(
-                "file",
-                OptType::OutputPath,
-                Value::Null,
-                "where to write (default: GLUE's name for the task, e.g. RTE.tsv)",
-            )
-            .opt("batch_size", OptType::Int, 64, "examples per batch")
-            .at_least(1.0)
-            .at_most(65_536.0)
     }
     fn input_kinds(&self) -> &'static [&'static str] {
         &[kinds::MODEL, kinds::DATASET]
@@ -201,15 +185,14 @@ impl Stage for Predict {
     }
     fn check(
         &self,
-        _options: &Value,
+        _options: &PredictOptions,
         inputs: &[Value],
         _services: &dyn petnas_sdk::Services,
     ) -> Result<Value> {
         check_trained(inputs)?;
         Ok(Value::Null)
     }
-    fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
-        let o: PredictOptions = ctx.options()?;
+    fn run(&self, o: PredictOptions, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
         let data = inputs.one(kinds::DATASET)?;
         let info = DatasetInfo::from_artifact(data)?;
         let split_name = match &o.split {

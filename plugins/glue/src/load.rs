@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use petnas_sdk::artifact::kinds;
-use petnas_sdk::{Artifact, Inputs, OptType, OptionSchema, Stage, StageCtx};
+use petnas_sdk::{Artifact, Inputs, OptType, Options, StageCtx, TypedStage};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -16,10 +16,16 @@ pub const GLUE_DIR_ENV: &str = "GLUE_DIR";
 
 pub struct Load;
 
-#[derive(Deserialize)]
-struct LoadOptions {
+/// `glue.load`'s options.
+#[derive(Deserialize, Options)]
+pub struct LoadOptions {
+    /// the GLUE task
+    #[option(choices = NAMES)]
     task: String,
+    /// the GLUE folder (CoLA/, SST-2/ …); default: $GLUE_DIR
+    #[option(ty = OptType::InputPath)]
     dir: Option<String>,
+    /// splits to load; default: train, dev and test when present
     splits: Option<Vec<String>>,
     #[serde(flatten)]
     shaping: Shaping,
@@ -83,29 +89,13 @@ fn task(name: &str) -> Result<&'static Task> {
     Task::get(name).with_context(|| format!("unknown GLUE task `{name}` (tasks: {})", NAMES.join(", ")))
 }
 
-impl Stage for Load {
+impl TypedStage for Load {
+    type Options = LoadOptions;
     fn kind(&self) -> &'static str {
         "glue.load"
     }
     fn doc(&self) -> &'static str {
         "a GLUE task from the benchmark's TSV files, tokenised with the model's tokenizer"
-    }
-    fn options(&self) -> OptionSchema {
-        let schema = OptionSchema::new()
-            .required("task", OptType::Enum(NAMES), "the GLUE task")
-            .opt(
-                "dir",
-                OptType::InputPath,
-                Value::Null,
-                "the GLUE folder (CoLA/, SST-2/ …); default: $GLUE_DIR",
-            )
-            .opt(
-                "splits",
-                OptType::List(Box::new(OptType::Str)),
-                Value::Null,
-                "splits to load; default: train, dev and test when present",
-            );
-        Shaping::declare(schema)
     }
     fn input_kinds(&self) -> &'static [&'static str] {
         &[kinds::MODEL]
@@ -115,21 +105,18 @@ impl Stage for Load {
     }
     fn check(
         &self,
-        options: &Value,
+        o: &LoadOptions,
         inputs: &[Value],
         _services: &dyn petnas_sdk::Services,
     ) -> Result<Value> {
-        self.external_inputs(options)?;
-        let o: LoadOptions = serde_json::from_value(options.clone())?;
+        TypedStage::external_inputs(self, o)?;
         o.shaping.check(inputs, &chosen_splits(task(&o.task)?, &glue_dir(&o.dir)?, &o.splits)?)
     }
-    fn external_inputs(&self, options: &Value) -> Result<String> {
-        let o: LoadOptions = serde_json::from_value(options.clone())?;
+    fn external_inputs(&self, o: &LoadOptions) -> Result<String> {
         let splits = chosen_splits(task(&o.task)?, &glue_dir(&o.dir)?, &o.splits)?;
         petnas_kit::stamps::file_stamps(splits.iter().map(|s| s.path.as_path()))
     }
-    fn output_parts(&self, options: &Value) -> Result<BTreeMap<String, String>> {
-        let o: LoadOptions = serde_json::from_value(options.clone())?;
+    fn output_parts(&self, o: &LoadOptions, options: &Value) -> Result<BTreeMap<String, String>> {
         let splits = chosen_splits(task(&o.task)?, &glue_dir(&o.dir)?, &o.splits)?;
         let mut labelled = options.clone();
         if let Some(asked) = labelled.get_mut("splits").and_then(Value::as_array_mut) {
@@ -137,8 +124,7 @@ impl Stage for Load {
         }
         dataset::output_parts(options, labelled, &splits)
     }
-    fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
-        let o: LoadOptions = ctx.options()?;
+    fn run(&self, o: LoadOptions, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
         let task = task(&o.task)?;
         let splits = chosen_splits(task, &glue_dir(&o.dir)?, &o.splits)?;
         let info = TaskInfo {

@@ -7,7 +7,7 @@ use std::io::Write;
 use anyhow::{bail, Context, Result};
 use petnas_sdk::artifact::kinds;
 use petnas_sdk::init::derive_seed;
-use petnas_sdk::{Inputs, OptType, OptionSchema, StageCtx};
+use petnas_sdk::{Inputs, Options, StageCtx};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tch::Tensor;
@@ -26,153 +26,12 @@ const MAX_EPOCHS: f64 = 10_000.0;
 const MAX_BATCH_SIZE: f64 = 65_536.0;
 const MAX_TOKENS: f64 = 65_536.0;
 
-/// The options of a fit, declared once for every stage that trains (train.fit, the search's
-/// nas.prune_while_training); [`FitOptions`] is what they read.
-pub fn options() -> OptionSchema {
-    OptionSchema::new()
-        .opt("epochs", OptType::Float, 3.0, "passes over the training split")
-        .above(0.0)
-        .at_most(MAX_EPOCHS)
-        .peer_name("num_train_epochs")
-        .opt("max_steps", OptType::Int, Value::Null, "optimizer steps instead of epochs")
-        .at_least(1.0)
-        .opt("batch_size", OptType::Int, 32, "examples per step")
-        .at_least(1.0)
-        .at_most(MAX_BATCH_SIZE)
-        .peer_name("per_device_train_batch_size")
-        .opt("lr", OptType::Float, 1e-3, "peak learning rate (0 trains nothing, to check a regression test)")
-        .at_least(0.0)
-        .peer_name("learning_rate")
-        .opt("weight_decay", OptType::Float, 0.0, "AdamW weight decay (not on biases, LayerNorm, deltas)")
-        .at_least(0.0)
-        .opt(
-            "warmup_ratio",
-            OptType::Float,
-            0.06,
-            "share of the steps with linear warm-up; then linear decay to 0",
-        )
-        .at_least(0.0)
-        .below(1.0)
-        .opt(
-            "warmup_steps",
-            OptType::Int,
-            Value::Null,
-            "steps of linear warm-up, over `warmup_ratio` when set (as in transformers)",
-        )
-        .at_least(0.0)
-        .opt(
-            "lr_scheduler_type",
-            OptType::Enum(Schedule::NAMES),
-            "linear",
-            "after the warm-up: linear decay to 0, half a cosine to 0, or constant (transformers' schedulers of these names)",
-        )
-        .opt(
-            "gradient_accumulation_steps",
-            OptType::Int,
-            1,
-            "batches whose gradients one optimizer step takes (the effective batch is batch_size times this)",
-        )
-        .at_least(1.0)
-        .at_most(MAX_BATCH_SIZE)
-        .opt("max_grad_norm", OptType::Float, 1.0, "gradient clipping by global norm (0: off)")
-        .at_least(0.0)
-        .opt(
-            "eval_every",
-            OptType::Int,
-            0,
-            "evaluate every N steps (0: each epoch), on the validation split held out of train when the dataset has one, else on dev",
-        )
-        .at_least(0.0)
-        .peer_name("eval_steps")
-        .opt(
-            "early_stopping_patience",
-            OptType::Int,
-            Value::Null,
-            "stop after N evaluations without improvement",
-        )
-        .at_least(0.0)
-        .opt(
-            "keep_best",
-            OptType::Bool,
-            Value::Null,
-            "keep the parameters of the best evaluation, not the last; unset: the best on the validation split held out of train when the dataset has one (glue.load's `validation_fraction`), else the last, so that the split results are reported on is never the one they were selected on; `true` selects on dev where there is nothing else, and says so",
-        )
-        .peer_name("load_best_model_at_end")
-        .opt(
-            "shuffle",
-            OptType::Bool,
-            true,
-            "draw a new order of the training split each epoch (false: the file's order, to replay another tool's run)",
-        )
-        .opt(
-            "bucket_by_length",
-            OptType::Bool,
-            true,
-            "batch examples of similar length together (less padding, the same examples per epoch; false: batches drawn at random)",
-        )
-        .opt(
-            "reinit",
-            OptType::Bool,
-            false,
-            "re-initialise the PET parameters first (architecture and masks kept)",
-        )
-        .opt(
-            "skip_nonfinite",
-            OptType::Bool,
-            false,
-            "skip steps with a non-finite loss or gradient instead of failing",
-        )
-        .opt(
-            "checkpoint_every",
-            OptType::Int,
-            200,
-            "steps between checkpoints for resuming (0: at evaluations only)",
-        )
-        .at_least(0.0)
-        .peer_name("save_steps")
-        .opt(
-            "pad_to",
-            OptType::Int,
-            Value::Null,
-            "pad every training batch to this many tokens (default: its longest)",
-        )
-        .at_least(1.0)
-        .at_most(MAX_TOKENS)
-        .opt(
-            "dropout",
-            OptType::Float,
-            Value::Null,
-            "hidden, attention and classifier dropout while training (default: the checkpoint's)",
-        )
-        .at_least(0.0)
-        .below(1.0)
-        .opt(
-            "bf16",
-            OptType::Bool,
-            Value::Null,
-            "bf16 autocast while training (mixed precision, as transformers' `bf16=True`; parameters and optimizer state stay fp32); default: the pipeline's `dtype`",
-        )
-        .opt(
-            "fp16",
-            OptType::Bool,
-            Value::Null,
-            "fp16 autocast while training, with dynamic loss scaling (as transformers' `fp16=True`: a step whose scaled gradients overflow is skipped and the scale halved; parameters and optimizer state stay fp32); for GPUs without bf16",
-        )
-        .opt(
-            "gradient_checkpointing",
-            OptType::Bool,
-            false,
-            "activation checkpointing: keep one hidden state per layer and recompute each layer's activations in the backward pass (the same gradients for less memory, at the cost of a second forward pass through the layers)",
-        )
-}
-
 /// Why a fit under bf16 autocast cannot train a model whose frozen weights are held in fp16.
 const FP16_UNDER_BF16: &str = "the model's frozen weights are held in fp16, which bf16 autocast cannot mix with; load it with `dtype: bf16` or `fp32` (plm.load), or train without `bf16`";
 
 /// The checks of a fit's options that need its inputs: `pad_to` within the model's
 /// positions, no bf16 autocast over weights held in fp16.
-pub fn check(options: &Value, inputs: &[Value]) -> Result<Value> {
-    let o: FitOptions = serde_json::from_value(options.clone())?;
+pub fn check(o: &FitOptions, inputs: &[Value]) -> Result<Value> {
     let held = inputs.iter().find_map(|i| i["backbone"]["info"]["dtype"].as_str());
     anyhow::ensure!(!(o.bf16 == Some(true) && held == Some("fp16")), FP16_UNDER_BF16);
     anyhow::ensure!(
@@ -220,30 +79,76 @@ pub fn prepare(ctx: &StageCtx, inputs: &Inputs, o: &FitOptions) -> Result<Prepar
     Ok(Prepared { model, info, train, selection })
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// The options of a fit, declared once for every stage that trains (train.fit, and the
+/// search's nas.prune_while_training, which flattens them into its own).
+#[derive(Debug, Clone, Deserialize, Options)]
 pub struct FitOptions {
+    /// passes over the training split
+    #[option(default = 3.0, above = 0, at_most = MAX_EPOCHS, peer = "num_train_epochs")]
     pub epochs: f64,
+    /// optimizer steps instead of epochs
+    #[option(at_least = 1)]
     pub max_steps: Option<i64>,
+    /// examples per step
+    #[option(default = 32, at_least = 1, at_most = MAX_BATCH_SIZE, peer = "per_device_train_batch_size")]
     pub batch_size: usize,
+    /// peak learning rate (0 trains nothing, to check a regression test)
+    #[option(default = 1e-3, at_least = 0, peer = "learning_rate")]
     pub lr: f64,
+    /// AdamW weight decay (not on biases, LayerNorm, deltas)
+    #[option(default = 0.0, at_least = 0)]
     pub weight_decay: f64,
+    /// share of the steps with linear warm-up; then linear decay to 0
+    #[option(default = 0.06, at_least = 0, below = 1)]
     pub warmup_ratio: f64,
+    /// steps of linear warm-up, over `warmup_ratio` when set (as in transformers)
+    #[option(at_least = 0)]
     pub warmup_steps: Option<i64>,
+    /// after the warm-up: linear decay to 0, half a cosine to 0, or constant (transformers' schedulers of these names)
+    #[option(default = "linear")]
     pub lr_scheduler_type: Schedule,
+    /// batches whose gradients one optimizer step takes (the effective batch is batch_size times this)
+    #[option(default = 1, at_least = 1, at_most = MAX_BATCH_SIZE)]
     pub gradient_accumulation_steps: usize,
+    /// gradient clipping by global norm (0: off)
+    #[option(default = 1.0, at_least = 0)]
     pub max_grad_norm: f64,
+    /// evaluate every N steps (0: each epoch), on the validation split held out of train when the dataset has one, else on dev
+    #[option(default = 0, at_least = 0, peer = "eval_steps")]
     pub eval_every: i64,
+    /// stop after N evaluations without improvement
+    #[option(at_least = 0)]
     pub early_stopping_patience: Option<i64>,
+    /// keep the parameters of the best evaluation, not the last; unset: the best on the validation split held out of train when the dataset has one (glue.load's `validation_fraction`), else the last, so that the split results are reported on is never the one they were selected on; `true` selects on dev where there is nothing else, and says so
+    #[option(peer = "load_best_model_at_end")]
     pub keep_best: Option<bool>,
+    /// draw a new order of the training split each epoch (false: the file's order, to replay another tool's run)
+    #[option(default = true)]
     pub shuffle: bool,
+    /// batch examples of similar length together (less padding, the same examples per epoch; false: batches drawn at random)
+    #[option(default = true)]
     pub bucket_by_length: bool,
+    /// re-initialise the PET parameters first (architecture and masks kept)
+    #[option(default = false)]
     pub reinit: bool,
+    /// skip steps with a non-finite loss or gradient instead of failing
+    #[option(default = false)]
     pub skip_nonfinite: bool,
+    /// steps between checkpoints for resuming (0: at evaluations only)
+    #[option(default = 200, at_least = 0, peer = "save_steps")]
     pub checkpoint_every: i64,
+    /// pad every training batch to this many tokens (default: its longest)
+    #[option(at_least = 1, at_most = MAX_TOKENS)]
     pub pad_to: Option<usize>,
+    /// hidden, attention and classifier dropout while training (default: the checkpoint's)
+    #[option(at_least = 0, below = 1)]
     pub dropout: Option<f64>,
+    /// bf16 autocast while training (mixed precision, as transformers' `bf16=True`; parameters and optimizer state stay fp32); default: the pipeline's `dtype`
     pub bf16: Option<bool>,
+    /// fp16 autocast while training, with dynamic loss scaling (as transformers' `fp16=True`: a step whose scaled gradients overflow is skipped and the scale halved; parameters and optimizer state stay fp32); for GPUs without bf16
     pub fp16: Option<bool>,
+    /// activation checkpointing: keep one hidden state per layer and recompute each layer's activations in the backward pass (the same gradients for less memory, at the cost of a second forward pass through the layers)
+    #[option(default = false)]
     pub gradient_checkpointing: bool,
 }
 

@@ -184,6 +184,12 @@ pub enum Schedule {
     ConstantWithWarmup,
 }
 
+impl petnas_sdk::options::OptionValue for Schedule {
+    fn opt_type() -> petnas_sdk::OptType {
+        petnas_sdk::OptType::Enum(Schedule::NAMES)
+    }
+}
+
 impl Schedule {
     pub const NAMES: &'static [&'static str] = &["linear", "cosine", "constant_with_warmup"];
 

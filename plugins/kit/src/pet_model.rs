@@ -17,6 +17,7 @@ use petnas_sdk::model::{
     live_parameters, site_matches, Backbone, Batch, Dropout, HeadActivation, HeadSpec, PetModule, PetType,
     Rates, Site, SiteHooks, WeightsDtype,
 };
+use petnas_sdk::pets::{read_pets, PetSpec};
 use petnas_sdk::services::Services;
 
 /// A sequence-classification (or regression) head as the backbone's family builds it
@@ -510,35 +511,13 @@ impl SiteHooks for PetModel {
     }
 }
 
-/// One entry of a `pets:` option: a PET type, its targets, its options (defaults filled).
-pub struct PetSpec {
-    pub type_name: String,
-    pub targets: Vec<String>,
-    pub options: Value,
-}
-
-/// Reads `pets:` entries, checking each against its PET type's schema.
+/// Reads `pets:` entries with the contract's reader (the one validation uses), each against
+/// its PET type's declaration; an error names every problem.
 pub fn pet_specs(pets: &[Value], services: &dyn Services) -> Result<Vec<PetSpec>> {
-    pets.iter()
-        .map(|entry| {
-            let mut map = entry.as_object().context("a PET module is a mapping with `type`")?.clone();
-            let type_name = map
-                .remove("type")
-                .and_then(|t| t.as_str().map(str::to_string))
-                .context("a PET module needs a `type`")?;
-            let pet_type =
-                services.pet_type(&type_name).with_context(|| format!("unknown PET type `{type_name}`"))?;
-            let targets = match map.remove("targets") {
-                None => pet_type.default_targets().iter().map(|t| t.to_string()).collect(),
-                Some(Value::String(t)) => vec![t],
-                Some(Value::Array(ts)) => ts.iter().filter_map(|t| t.as_str().map(str::to_string)).collect(),
-                Some(_) => bail!("`targets` of `{type_name}` must be a pattern or a list of patterns"),
-            };
-            let options =
-                pet_type.options().resolve(&map).map_err(|e| anyhow!("PET type `{type_name}`: {e}"))?;
-            Ok(PetSpec { type_name, targets, options })
-        })
-        .collect()
+    read_pets(&Value::Array(pets.to_vec()), &services.pet_types()).map_err(|problems| {
+        let lines: Vec<String> = problems.iter().map(|p| format!("pets[{}]: {p}", p.entry)).collect();
+        anyhow!("{}", lines.join("; "))
+    })
 }
 
 /// What validation knows of a model artifact, beside its backbone (`backbone`): the PET

@@ -8,7 +8,7 @@ mod peft;
 use anyhow::{bail, Context, Result};
 use petnas_sdk::model::{PetModule, PetType, Site, SiteKind};
 use petnas_sdk::params::Params;
-use petnas_sdk::{OptionSchema, Registrar};
+use petnas_sdk::{OptionSchema, Options, Registrar};
 use serde_json::Value;
 use tch::{Device, Tensor};
 
@@ -38,7 +38,7 @@ impl PetType for LoraType {
         "low-rank update B·A of a linear layer, scaled by alpha/r"
     }
     fn options(&self) -> OptionSchema {
-        config::schema()
+        LoraConfig::schema()
     }
     fn default_targets(&self) -> &'static [&'static str] {
         // PEFT's defaults for LoRA on every family it maps: the query and value projections.

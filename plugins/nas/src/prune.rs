@@ -4,6 +4,8 @@ use anyhow::{bail, Result};
 use petnas_kit::optim::Cuts;
 use petnas_kit::pet_model::PetModel;
 use petnas_sdk::model::{PetModule, PruneGroup};
+use petnas_sdk::options::OptionValue;
+use petnas_sdk::OptType;
 use serde::Deserialize;
 use tch::{Kind, Tensor};
 
@@ -31,6 +33,12 @@ pub enum GroupScore {
     Sum,
     /// The total over the group's live parameters: importance per parameter kept.
     Mean,
+}
+
+impl OptionValue for GroupScore {
+    fn opt_type() -> OptType {
+        OptType::Enum(&["sum", "mean"])
+    }
 }
 
 /// What a structured cut did: how many groups it removed, and how it shrank each trainable

@@ -8,7 +8,7 @@ use petnas_kit::pet_model::PetModel;
 use petnas_kit::plots::{Heatmap, Square};
 use petnas_sdk::artifact::kinds;
 use petnas_sdk::model::{live_parameters, Role, Site};
-use petnas_sdk::{Artifact, Inputs, OptType, OptionSchema, Stage, StageCtx};
+use petnas_sdk::{Artifact, Inputs, Options, StageCtx, TypedStage};
 use serde_json::{json, Value};
 
 pub struct Report;
@@ -25,25 +25,21 @@ struct Cell {
     supernet_groups: i64,
 }
 
-#[derive(serde::Deserialize)]
-struct ReportOptions {
+/// `nas.report`'s options.
+#[derive(serde::Deserialize, Options)]
+pub struct ReportOptions {
+    /// the heatmap's title, e.g. '${matrix.task}: S-LoRA at ${matrix.budget}' (empty: the model's folder name and the parameters kept)
+    #[option(default = "")]
     title: String,
 }
 
-impl Stage for Report {
+impl TypedStage for Report {
+    type Options = ReportOptions;
     fn kind(&self) -> &'static str {
         "nas.report"
     }
     fn doc(&self) -> &'static str {
         "the architecture found: architecture.json, heatmap.svg and .png (layers × sites, prune groups kept: LoRA ranks), summary.txt"
-    }
-    fn options(&self) -> OptionSchema {
-        OptionSchema::new().opt(
-            "title",
-            OptType::Str,
-            "",
-            "the heatmap's title, e.g. '${matrix.task}: S-LoRA at ${matrix.budget}' (empty: the model's folder name and the parameters kept)",
-        )
     }
     fn input_kinds(&self) -> &'static [&'static str] {
         &[kinds::MODEL]
@@ -51,7 +47,7 @@ impl Stage for Report {
     fn output_kind(&self) -> &'static str {
         kinds::REPORT
     }
-    fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
+    fn run(&self, o: ReportOptions, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
         let model = PetModel::load(inputs.one(kinds::MODEL)?, ctx.services(), ctx.device, false)?;
         let supernet = model.notes.get("supernet").cloned().unwrap_or(Value::Null);
         let sizes = supernet["modules"].as_object().cloned().unwrap_or_default();
@@ -98,7 +94,7 @@ impl Stage for Report {
         let dir = &model.backbone.info().dir;
         let model_name =
             dir.file_name().map_or(dir.display().to_string(), |n| n.to_string_lossy().to_string());
-        let title = match ctx.options::<ReportOptions>()?.title {
+        let title = match o.title {
             t if !t.is_empty() => t,
             _ => format!(
                 "{model_name}: {total} PET parameters kept ({:.3}% of the model)",

@@ -12,16 +12,24 @@ use petnas_kit::data::{BatchOptions, TokenizedSplit};
 use petnas_kit::optim::task_loss;
 use petnas_kit::pet_model::PetModel;
 use petnas_sdk::init::derive_seed;
-use petnas_sdk::StageCtx;
+use petnas_sdk::{Options, StageCtx};
 use serde::Deserialize;
 use tch::{Kind, Tensor};
 
-#[derive(Debug, Clone, Deserialize)]
+/// The options of every stage that scores on batches of its own.
+#[derive(Debug, Clone, Deserialize, Options)]
 pub struct ScoreOptions {
-    pub method: String,
-    pub batches: usize,
-    pub batch_size: usize,
-    /// Exponential moving average of per-batch scores instead of their sum.
+    /// importance: first-order Taylor |Σ θ·∂L/∂θ|, magnitude, movement, or sensitivity (AdaLoRA's: the smoothed |θ·∂L/∂θ| times its uncertainty)
+    #[option(default = "taylor", choices = METHODS)]
+    pub score: String,
+    /// training batches the scores are accumulated over
+    #[option(default = 16, at_least = 1, at_most = 1_000_000)]
+    pub score_batches: usize,
+    /// examples per scoring batch
+    #[option(default = 32, at_least = 1, at_most = 65_536)]
+    pub score_batch_size: usize,
+    /// accumulate an exponential moving average (this decay) instead of a sum
+    #[option(above = 0, below = 1)]
     pub ema: Option<f64>,
 }
 
@@ -57,7 +65,7 @@ pub fn score(
         .iter()
         .map(|m| m.parameters().into_iter().map(|(n, p)| (n, p.zeros_like().detach())).collect())
         .collect();
-    match o.method.as_str() {
+    match o.score.as_str() {
         "magnitude" => {
             for (module, scores) in model.modules.iter().zip(per_param.iter_mut()) {
                 let masks = module.masks();
@@ -76,7 +84,7 @@ pub fn score(
             })?;
             for scores in per_param.iter_mut() {
                 for (_, s) in scores.iter_mut() {
-                    *s = if o.method == "movement" { -&*s } else { s.shallow_clone() };
+                    *s = if o.score == "movement" { -&*s } else { s.shallow_clone() };
                 }
             }
         }
@@ -99,11 +107,11 @@ pub fn score(
         }
         other => bail!("unknown score method `{other}` (methods: {})", METHODS.join(", ")),
     }
-    Ok(Scores { method: o.method.clone(), per_param })
+    Ok(Scores { method: o.score.clone(), per_param })
 }
 
 /// Calls `f(batch, module, parameter, θ, ∂L/∂θ)` for every trainable parameter of every PET
-/// module, over `o.batches` training batches (dropout off: the scores are of the model as it
+/// module, over `o.score_batches` training batches (dropout off: the scores are of the model as it
 /// predicts).
 fn for_each_gradient(
     ctx: &StageCtx,
@@ -115,12 +123,12 @@ fn for_each_gradient(
     mut f: impl FnMut(usize, usize, usize, &Tensor, &Tensor),
 ) -> Result<()> {
     let options = BatchOptions {
-        batch_size: o.batch_size,
+        batch_size: o.score_batch_size,
         shuffle_seed: Some(derive_seed(ctx.seed, salt)),
         bucket_by_length: false,
     };
     let rows = train.batch_rows(&options);
-    for (b, rows) in rows.iter().cycle().take(o.batches).enumerate() {
+    for (b, rows) in rows.iter().cycle().take(o.score_batches).enumerate() {
         ctx.check_cancelled()?;
         let batch = train.batch(rows, pad_id, ctx.device);
         for (_, p) in model.trainable() {

@@ -7,76 +7,38 @@ use petnas_kit::optim::AdamW;
 use petnas_kit::pet_model::{described_model, described_pet_parameters, PetModel, FITTED, PET_PARAMETERS};
 use petnas_sdk::artifact::kinds;
 use petnas_sdk::init::derive_seed;
-use petnas_sdk::{Artifact, Inputs, OptType, OptionSchema, Stage, StageCtx};
+use petnas_sdk::{Artifact, Inputs, Options, StageCtx, TypedStage};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::prune;
-use crate::scores::{score, ScoreOptions, METHODS};
+use crate::scores::{score, ScoreOptions};
 
-/// Options every stage that scores shares.
-fn score_options(schema: OptionSchema) -> OptionSchema {
-    schema
-        .opt(
-            "score",
-            OptType::Enum(METHODS),
-            "taylor",
-            "importance: first-order Taylor |Σ θ·∂L/∂θ|, magnitude, movement, or sensitivity (AdaLoRA's: the smoothed |θ·∂L/∂θ| times its uncertainty)",
-        )
-        .opt("score_batches", OptType::Int, 16, "training batches the scores are accumulated over")
-        .at_least(1.0)
-        .at_most(1_000_000.0)
-        .opt("score_batch_size", OptType::Int, 32, "examples per scoring batch")
-        .at_least(1.0)
-        .at_most(65_536.0)
-        .opt(
-            "ema",
-            OptType::Float,
-            Value::Null,
-            "accumulate an exponential moving average (this decay) instead of a sum",
-        )
-        .above(0.0)
-        .below(1.0)
-}
-
-pub fn budget_options(schema: OptionSchema) -> OptionSchema {
-    schema
-        .opt("budget", OptType::Int, Value::Null, "PET parameters to keep (the task head is not counted)")
-        .at_least(0.0)
-        .opt(
-            "budget_percent",
-            OptType::Float,
-            Value::Null,
-            "PET parameters to keep, as % of the PLM's parameters",
-        )
-        .at_least(0.0)
-        .at_most(100.0)
-        .one_of(&["budget", "budget_percent"])
-}
-
-#[derive(Deserialize)]
+/// The budget of a stage that cuts: exactly one of the two.
+#[derive(Deserialize, Options)]
+#[options(one_of(budget, budget_percent))]
 pub struct Budget {
+    /// PET parameters to keep (the task head is not counted)
+    #[option(at_least = 0)]
     budget: Option<i64>,
+    /// PET parameters to keep, as % of the PLM's parameters
+    #[option(at_least = 0, at_most = 100)]
     budget_percent: Option<f64>,
 }
 
 impl Budget {
-    /// Parameters to keep; the schema saw to it that exactly one of the two is set.
+    /// Parameters to keep; the declaration saw to it that exactly one of the two is set.
     pub fn resolve(&self, plm: i64) -> i64 {
         match (self.budget, self.budget_percent) {
             (Some(b), _) => b,
             (None, p) => (plm as f64 * p.unwrap_or(0.0) / 100.0).round() as i64,
         }
     }
-}
 
-fn score_options_of(options: &Value) -> Result<ScoreOptions> {
-    Ok(serde_json::from_value(serde_json::json!({
-        "method": options["score"],
-        "batches": options["score_batches"],
-        "batch_size": options["score_batch_size"],
-        "ema": options["ema"],
-    }))?)
+    /// The budget in parameters, where it is given in parameters.
+    pub fn parameters(&self) -> Option<i64> {
+        self.budget
+    }
 }
 
 /// What a described model holds at most after a cut to a budget.
@@ -86,16 +48,15 @@ const PET_PARAMETERS_AT_MOST: &str = "pet_parameters_at_most";
 /// and more PET parameters than the budget where that is known (else nothing would be
 /// pruned). Returns the model's description as the stage passes it on, holding at most the
 /// budget; `Null` where the model was not described.
-pub fn check_budget(options: &Value, inputs: &[Value]) -> Result<Value> {
+pub fn check_budget(budget: Option<&Budget>, inputs: &[Value]) -> Result<Value> {
     let Some(model) = described_model(inputs) else { return Ok(Value::Null) };
     let held = described_pet_parameters(model);
     if held == Some(0) {
         bail!("the model it is handed holds no PET modules to score or prune: build a supernet first (nas.build_supernet)");
     }
     let mut passed = model.clone();
-    if options.get("budget").is_some() || options.get("budget_percent").is_some() {
+    if let Some(budget) = budget {
         let plm = model["backbone"]["info"]["parameters"].as_i64().unwrap_or(0);
-        let budget: Budget = serde_json::from_value(options.clone())?;
         let budget = budget.resolve(plm);
         if let Some(held) = held.filter(|&held| budget >= held) {
             bail!(
@@ -123,20 +84,25 @@ fn model_and_data(ctx: &StageCtx, inputs: &Inputs) -> Result<(PetModel, DatasetI
 
 pub struct Score;
 
-impl Stage for Score {
+/// `nas.score`'s options.
+#[derive(Deserialize, Options)]
+pub struct ScoreStageOptions {
+    #[serde(flatten)]
+    scoring: ScoreOptions,
+}
+
+impl TypedStage for Score {
+    type Options = ScoreStageOptions;
     fn kind(&self) -> &'static str {
         "nas.score"
     }
     fn doc(&self) -> &'static str {
         "importance of every PET parameter and prune group, with a per-site summary"
     }
-    fn options(&self) -> OptionSchema {
-        score_options(OptionSchema::new())
-    }
     fn input_kinds(&self) -> &'static [&'static str] {
         &[kinds::MODEL, kinds::DATASET]
     }
-    fn parts_read(&self, _options: &Value) -> Option<&'static [&'static str]> {
+    fn parts_read(&self, _options: &ScoreStageOptions) -> Option<&'static [&'static str]> {
         Some(petnas_sdk::artifact::parts::LABELLED_ONLY)
     }
     fn output_kind(&self) -> &'static str {
@@ -144,16 +110,15 @@ impl Stage for Score {
     }
     fn check(
         &self,
-        options: &Value,
+        _options: &ScoreStageOptions,
         inputs: &[Value],
         _services: &dyn petnas_sdk::Services,
     ) -> Result<Value> {
-        check_budget(options, inputs).map(|_| Value::Null)
+        check_budget(None, inputs).map(|_| Value::Null)
     }
-    fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
+    fn run(&self, o: ScoreStageOptions, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
         let (model, info, train) = model_and_data(ctx, inputs)?;
-        let scores =
-            score(ctx, &model, &train, info.pad_id, &score_options_of(&ctx.options::<Value>()?)?, "score")?;
+        let scores = score(ctx, &model, &train, info.pad_id, &o.scoring, "score")?;
         let groups = scores.group_scores(&model);
         let mut artifact = Artifact::new(kinds::SCORES, Value::Null);
         let mut sites = Vec::new();
@@ -175,15 +140,35 @@ impl Stage for Score {
 
 pub struct PruneStructured;
 
-#[derive(Deserialize)]
-struct StructuredOptions {
+/// `nas.prune_structured`'s options.
+#[derive(Deserialize, Options)]
+pub struct StructuredOptions {
+    /// how the target falls from round to round
+    #[option(default = "cubic", choices = SCHEDULES)]
     schedule: String,
+    /// a group's score: the sum over its parameters, or their mean (the sum over the group's size), which does not favour large groups (a feed-forward LoRA component holds 2.5× an attention one)
+    #[option(default = "sum")]
     group_score: prune::GroupScore,
+    /// pruning rounds (1: one-shot)
+    #[option(default = 1, at_least = 1, at_most = 1000)]
     rounds: usize,
+    /// training steps between rounds
+    #[option(default = 0, at_least = 0, at_most = 10_000_000)]
     train_steps: usize,
+    /// learning rate of the training between rounds
+    #[option(default = 1e-3, at_least = 0)]
     lr: f64,
+    /// examples per training step between rounds
+    #[option(default = 32, at_least = 1, at_most = 65_536)]
     batch_size: usize,
+    #[serde(flatten)]
+    budget: Budget,
+    #[serde(flatten)]
+    scoring: ScoreOptions,
 }
+
+/// How a cut's target falls from round to round.
+pub const SCHEDULES: &[&str] = &["cubic", "geometric"];
 
 /// The parameter target after round `r` of `rounds`, from `start` down to `budget`.
 pub fn schedule_target(schedule: &str, start: i64, budget: i64, r: usize, rounds: usize) -> i64 {
@@ -202,45 +187,18 @@ pub fn schedule_target(schedule: &str, start: i64, budget: i64, r: usize, rounds
     }
 }
 
-impl Stage for PruneStructured {
+impl TypedStage for PruneStructured {
+    type Options = StructuredOptions;
     fn kind(&self) -> &'static str {
         "nas.prune_structured"
     }
     fn doc(&self) -> &'static str {
         "removes the lowest-scoring prune groups down to a budget (physically cut), one-shot or over rounds"
     }
-    fn options(&self) -> OptionSchema {
-        let schema = OptionSchema::new()
-            .opt(
-                "schedule",
-                OptType::Enum(&["cubic", "geometric"]),
-                "cubic",
-                "how the target falls from round to round",
-            )
-            .opt(
-                "group_score",
-                OptType::Enum(&["sum", "mean"]),
-                "sum",
-                "a group's score: the sum over its parameters, or their mean (the sum over the group's size), \
-                 which does not favour large groups (a feed-forward LoRA component holds 2.5× an attention one)",
-            )
-            .opt("rounds", OptType::Int, 1, "pruning rounds (1: one-shot)")
-            .at_least(1.0)
-            .at_most(1000.0)
-            .opt("train_steps", OptType::Int, 0, "training steps between rounds")
-            .at_least(0.0)
-            .at_most(10_000_000.0)
-            .opt("lr", OptType::Float, 1e-3, "learning rate of the training between rounds")
-            .at_least(0.0)
-            .opt("batch_size", OptType::Int, 32, "examples per training step between rounds")
-            .at_least(1.0)
-            .at_most(65_536.0);
-        score_options(budget_options(schema))
-    }
     fn input_kinds(&self) -> &'static [&'static str] {
         &[kinds::MODEL, kinds::DATASET]
     }
-    fn parts_read(&self, _options: &Value) -> Option<&'static [&'static str]> {
+    fn parts_read(&self, _options: &StructuredOptions) -> Option<&'static [&'static str]> {
         Some(petnas_sdk::artifact::parts::LABELLED_ONLY)
     }
     fn output_kind(&self) -> &'static str {
@@ -248,22 +206,20 @@ impl Stage for PruneStructured {
     }
     fn check(
         &self,
-        options: &Value,
+        o: &StructuredOptions,
         inputs: &[Value],
         _services: &dyn petnas_sdk::Services,
     ) -> Result<Value> {
-        let mut passed = check_budget(options, inputs)?;
+        let mut passed = check_budget(Some(&o.budget), inputs)?;
         // Training between rounds trains the task head too.
-        if options["train_steps"].as_i64().unwrap_or(0) > 0 && passed.is_object() {
+        if o.train_steps > 0 && passed.is_object() {
             passed[FITTED] = json!(true);
         }
         Ok(passed)
     }
-    fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
-        let raw: Value = ctx.options()?;
-        let o: StructuredOptions = ctx.options()?;
+    fn run(&self, o: StructuredOptions, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
         let (mut model, info, train) = model_and_data(ctx, inputs)?;
-        let budget = ctx.options::<Budget>()?.resolve(model.backbone.info().parameters);
+        let budget = o.budget.resolve(model.backbone.info().parameters);
         let rounds = o.rounds;
         let start = model.pet_parameters();
         let checkpoints = ctx.checkpoint_dir()?.to_path_buf();
@@ -279,11 +235,10 @@ impl Stage for PruneStructured {
         }
         ctx.progress().set_total(rounds as u64, "round");
         ctx.progress().advance(first_round as u64 - 1);
-        let scoring = score_options_of(&raw)?;
         for r in first_round..=rounds {
             ctx.check_cancelled()?;
             let target = schedule_target(&o.schedule, start, budget, r, rounds);
-            let scores = score(ctx, &model, &train, info.pad_id, &scoring, &format!("round {r}"))?;
+            let scores = score(ctx, &model, &train, info.pad_id, &o.scoring, &format!("round {r}"))?;
             let removed = prune::structured(&mut model, &scores, target, o.group_score)?.removed;
             let count = model.pet_parameters();
             tracing::info!(round = r, target, parameters = count, removed_groups = removed, "pruned");
@@ -336,20 +291,27 @@ fn train_between_rounds(
 
 pub struct PruneUnstructured;
 
-impl Stage for PruneUnstructured {
+/// `nas.prune_unstructured`'s options.
+#[derive(Deserialize, Options)]
+pub struct UnstructuredOptions {
+    #[serde(flatten)]
+    budget: Budget,
+    #[serde(flatten)]
+    scoring: ScoreOptions,
+}
+
+impl TypedStage for PruneUnstructured {
+    type Options = UnstructuredOptions;
     fn kind(&self) -> &'static str {
         "nas.prune_unstructured"
     }
     fn doc(&self) -> &'static str {
         "masks all but the highest-scoring PET parameters, to the budget exactly"
     }
-    fn options(&self) -> OptionSchema {
-        score_options(budget_options(OptionSchema::new()))
-    }
     fn input_kinds(&self) -> &'static [&'static str] {
         &[kinds::MODEL, kinds::DATASET]
     }
-    fn parts_read(&self, _options: &Value) -> Option<&'static [&'static str]> {
+    fn parts_read(&self, _options: &UnstructuredOptions) -> Option<&'static [&'static str]> {
         Some(petnas_sdk::artifact::parts::LABELLED_ONLY)
     }
     fn output_kind(&self) -> &'static str {
@@ -357,18 +319,17 @@ impl Stage for PruneUnstructured {
     }
     fn check(
         &self,
-        options: &Value,
+        o: &UnstructuredOptions,
         inputs: &[Value],
         _services: &dyn petnas_sdk::Services,
     ) -> Result<Value> {
-        check_budget(options, inputs)
+        check_budget(Some(&o.budget), inputs)
     }
-    fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
-        let raw: Value = ctx.options()?;
+    fn run(&self, o: UnstructuredOptions, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
         let (mut model, info, train) = model_and_data(ctx, inputs)?;
-        let budget = ctx.options::<Budget>()?.resolve(model.backbone.info().parameters);
+        let budget = o.budget.resolve(model.backbone.info().parameters);
         let before = model.pet_parameters();
-        let scores = score(ctx, &model, &train, info.pad_id, &score_options_of(&raw)?, "unstructured")?;
+        let scores = score(ctx, &model, &train, info.pad_id, &o.scoring, "unstructured")?;
         let after = prune::unstructured(&mut model, &scores, budget)?;
         tracing::info!(before, after, budget, "masked");
         model.notes.insert("unstructured_budget".into(), json!(budget));

@@ -3,14 +3,17 @@ use anyhow::Result;
 use petnas_kit::pet_model::PetModel;
 use petnas_sdk::artifact::kinds;
 use petnas_sdk::model::live_parameters;
-use petnas_sdk::{Artifact, Inputs, OptType, OptionSchema, Stage, StageCtx};
+use petnas_sdk::{Artifact, Inputs, OptType, Options, StageCtx, TypedStage};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 pub struct BuildSupernet;
 
-#[derive(Deserialize)]
-struct SupernetOptions {
+/// `nas.build_supernet`'s options.
+#[derive(Deserialize, Options)]
+pub struct SupernetOptions {
+    /// the search space: PET types at their largest, e.g. [{type: lora, targets: all-linear, rank: 16, init: balanced}]
+    #[option(ty = OptType::Pets)]
     pets: Vec<Value>,
 }
 
@@ -27,19 +30,13 @@ pub fn record_supernet(model: &mut PetModel) {
     model.notes.insert("supernet".into(), json!({"modules": sizes, "parameters": model.pet_parameters()}));
 }
 
-impl Stage for BuildSupernet {
+impl TypedStage for BuildSupernet {
+    type Options = SupernetOptions;
     fn kind(&self) -> &'static str {
         "nas.build_supernet"
     }
     fn doc(&self) -> &'static str {
         "the search space: the listed PET types at their largest on every site they match"
-    }
-    fn options(&self) -> OptionSchema {
-        OptionSchema::new().required(
-            "pets",
-            OptType::Pets,
-            "the search space: PET types at their largest, e.g. [{type: lora, targets: all-linear, rank: 16, init: balanced}]",
-        )
     }
     fn input_kinds(&self) -> &'static [&'static str] {
         &[kinds::MODEL]
@@ -47,12 +44,15 @@ impl Stage for BuildSupernet {
     fn output_kind(&self) -> &'static str {
         kinds::MODEL
     }
-    fn check(&self, options: &Value, inputs: &[Value], services: &dyn petnas_sdk::Services) -> Result<Value> {
-        let o: SupernetOptions = serde_json::from_value(options.clone())?;
+    fn check(
+        &self,
+        o: &SupernetOptions,
+        inputs: &[Value],
+        services: &dyn petnas_sdk::Services,
+    ) -> Result<Value> {
         petnas_kit::pet_model::check_pets(&o.pets, inputs, services)
     }
-    fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
-        let o: SupernetOptions = ctx.options()?;
+    fn run(&self, o: SupernetOptions, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
         let mut model = PetModel::load(inputs.one(kinds::MODEL)?, ctx.services(), ctx.device, true)?;
         model.attach_all(&o.pets, ctx.services(), ctx.seed)?;
         record_supernet(&mut model);

@@ -12,86 +12,62 @@ use petnas_kit::fit::{self, FitHook, FitOptions};
 use petnas_kit::optim::{AdamW, Cuts};
 use petnas_kit::pet_model::PetModel;
 use petnas_sdk::artifact::kinds;
-use petnas_sdk::{Artifact, Inputs, OptType, OptionSchema, Stage, StageCtx};
+use petnas_sdk::{Artifact, Inputs, Options, StageCtx, TypedStage};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tch::{Kind, Tensor};
 
 use crate::prune::{self, GroupScore};
 use crate::scores::{Scores, METHODS};
-use crate::stages::{budget_options, schedule_target, Budget};
+use crate::stages::{schedule_target, Budget, SCHEDULES};
 
 pub struct PruneWhileTraining;
 
-#[derive(Deserialize)]
-struct PruneOptions {
+/// `nas.prune_while_training`'s options: a fit's, the cuts' and the budget.
+#[derive(Deserialize, Options)]
+pub struct PruneOptions {
+    #[serde(flatten)]
+    fit: FitOptions,
+    /// cut prune groups down to this many parameters, then mask single entries down to `budget` (U-LoRA); unset: cut groups down to `budget` (S-LoRA)
+    #[option(at_least = 0)]
     structured_budget: Option<i64>,
+    /// the share of the fit's steps after which the first cut comes
+    #[option(default = 0.05, at_least = 0, below = 1)]
     prune_start: f64,
+    /// the share of the fit's steps by which the last cut has come (the earlier, the sooner the fit runs at the cut model's cost)
+    #[option(default = 0.25, above = 0, at_most = 1)]
     prune_end: f64,
+    /// cuts, evenly spaced from `prune_start` to `prune_end`
+    #[option(default = 10, at_least = 1, at_most = 1000)]
     rounds: usize,
+    /// how the target falls from cut to cut
+    #[option(default = "cubic", choices = SCHEDULES)]
     schedule: String,
+    /// a group's score: the sum over its parameters, or their mean
+    #[option(default = "sum")]
     group_score: GroupScore,
+    /// importance: first-order Taylor |Σ θ·∂L/∂θ| over the training steps since the last cut, movement, or magnitude
+    #[option(default = "taylor", choices = METHODS)]
     score: String,
+    /// smooth the scores with an exponential moving average of this decay, carried across cuts, instead of summing them from one cut to the next
+    #[option(above = 0, below = 1)]
     ema: Option<f64>,
+    #[serde(flatten)]
+    budget: Budget,
 }
 
-impl Stage for PruneWhileTraining {
+impl TypedStage for PruneWhileTraining {
+    type Options = PruneOptions;
     fn kind(&self) -> &'static str {
         "nas.prune_while_training"
     }
     fn doc(&self) -> &'static str {
         "trains a supernet and cuts it to a budget while it trains, from the training steps' own scores: the search in one fit"
     }
-    fn options(&self) -> OptionSchema {
-        let schema = fit::options()
-            .opt(
-                "structured_budget",
-                OptType::Int,
-                Value::Null,
-                "cut prune groups down to this many parameters, then mask single entries down to `budget` (U-LoRA); unset: cut groups down to `budget` (S-LoRA)",
-            )
-            .at_least(0.0)
-            .opt("prune_start", OptType::Float, 0.05, "the share of the fit's steps after which the first cut comes")
-            .at_least(0.0)
-            .below(1.0)
-            .opt(
-                "prune_end",
-                OptType::Float,
-                0.25,
-                "the share of the fit's steps by which the last cut has come (the earlier, the sooner the fit runs at the cut model's cost)",
-            )
-            .above(0.0)
-            .at_most(1.0)
-            .opt("rounds", OptType::Int, 10, "cuts, evenly spaced from `prune_start` to `prune_end`")
-            .at_least(1.0)
-            .at_most(1000.0)
-            .opt("schedule", OptType::Enum(&["cubic", "geometric"]), "cubic", "how the target falls from cut to cut")
-            .opt(
-                "group_score",
-                OptType::Enum(&["sum", "mean"]),
-                "sum",
-                "a group's score: the sum over its parameters, or their mean",
-            )
-            .opt(
-                "score",
-                OptType::Enum(METHODS),
-                "taylor",
-                "importance: first-order Taylor |Σ θ·∂L/∂θ| over the training steps since the last cut, movement, or magnitude",
-            )
-            .opt(
-                "ema",
-                OptType::Float,
-                Value::Null,
-                "smooth the scores with an exponential moving average of this decay, carried across cuts, instead of summing them from one cut to the next",
-            )
-            .above(0.0)
-            .below(1.0);
-        budget_options(schema)
-    }
     fn input_kinds(&self) -> &'static [&'static str] {
         &[kinds::MODEL, kinds::DATASET]
     }
-    fn parts_read(&self, _options: &Value) -> Option<&'static [&'static str]> {
+    fn parts_read(&self, _options: &PruneOptions) -> Option<&'static [&'static str]> {
         Some(petnas_sdk::artifact::parts::LABELLED_ONLY)
     }
     fn output_kind(&self) -> &'static str {
@@ -99,35 +75,33 @@ impl Stage for PruneWhileTraining {
     }
     fn check(
         &self,
-        options: &Value,
+        p: &PruneOptions,
         inputs: &[Value],
         _services: &dyn petnas_sdk::Services,
     ) -> Result<Value> {
-        let fitted = fit::check(options, inputs)?;
-        let mut passed = crate::stages::check_budget(options, inputs)?;
+        let fitted = fit::check(&p.fit, inputs)?;
+        let mut passed = crate::stages::check_budget(Some(&p.budget), inputs)?;
         if passed.is_object() && fitted.get(petnas_kit::pet_model::FITTED).is_some() {
             passed[petnas_kit::pet_model::FITTED] = json!(true);
         }
-        let p: PruneOptions = serde_json::from_value(options.clone())?;
         if p.prune_start >= p.prune_end {
             bail!("`prune_start` {} must come before `prune_end` {}", p.prune_start, p.prune_end);
         }
-        if let (Some(structured), Some(budget)) = (p.structured_budget, options["budget"].as_i64()) {
+        if let (Some(structured), Some(budget)) = (p.structured_budget, p.budget.parameters()) {
             if structured < budget {
                 bail!("`structured_budget` {structured} is under `budget` {budget}: the cut must keep what the mask chooses from");
             }
         }
         Ok(passed)
     }
-    fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
-        let o: FitOptions = ctx.options()?;
-        let p: PruneOptions = ctx.options()?;
-        let fit::Prepared { mut model, info, train, selection } = fit::prepare(ctx, inputs, &o)?;
+    fn run(&self, p: PruneOptions, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
+        let fit::Prepared { mut model, info, train, selection } = fit::prepare(ctx, inputs, &p.fit)?;
         if model.modules.is_empty() {
             bail!("the model has no PET modules to prune: build a supernet first");
         }
-        let budget = ctx.options::<Budget>()?.resolve(model.backbone.info().parameters);
+        let budget = p.budget.resolve(model.backbone.info().parameters);
         let start = model.pet_parameters();
+        let fit_options = p.fit.clone();
         let mut pruner = Pruner {
             structured: p.structured_budget.unwrap_or(budget).max(budget),
             budget,
@@ -137,7 +111,7 @@ impl Stage for PruneWhileTraining {
         };
         tracing::info!(train = train.len(), pet = start, budget, "training while pruning");
         let selection = selection.as_ref().map(|(n, s)| (n.as_str(), s.clone()));
-        let report = fit::fit(ctx, &o, &mut model, &info, &train, selection, Some(&mut pruner))?;
+        let report = fit::fit(ctx, &fit_options, &mut model, &info, &train, selection, Some(&mut pruner))?;
         if model.pet_parameters() > budget {
             bail!(
                 "the fit ended before its last cut ({} PET parameters left of a budget of {budget}): `prune_end` must fall within the fit",

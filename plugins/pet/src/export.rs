@@ -10,17 +10,24 @@ use anyhow::{Context, Result};
 use petnas_kit::data::{DatasetInfo, TokenizedSplit};
 use petnas_kit::pet_model::PetModel;
 use petnas_sdk::artifact::kinds;
-use petnas_sdk::{Artifact, Inputs, OptType, OptionSchema, Stage, StageCtx};
+use petnas_sdk::{Artifact, Inputs, OptType, Options, StageCtx, TypedStage};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tch::{Device, Tensor};
 
 pub struct Export;
 
-#[derive(Deserialize)]
-struct ExportOptions {
+/// `pet.export`'s options.
+#[derive(Deserialize, Options)]
+pub struct ExportOptions {
+    /// where the exports go (model/, merged/, peft/, check.json); default: the stage's own folder
+    #[option(ty = OptType::OutputPath)]
     dir: Option<String>,
+    /// dev examples whose logits are saved to check the exports against
+    #[option(default = 8, at_least = 0, at_most = 100_000)]
     check_examples: usize,
+    /// where what a module holds frozen goes in the PEFT export — LoRA from the balanced init (the search's) holds an initial product B₀A₀: `separate` carries it in the adapter as r₀ more ranks, on your untouched base; `folded` subtracts it from a copy of the base written as peft/base, and the adapter has the rank the search found
+    #[option(default = "separate")]
     peft_init: crate::peft::InitProduct,
 }
 
@@ -144,47 +151,24 @@ pub fn write_checkpoint(
     Ok(())
 }
 
-impl Stage for Export {
+impl TypedStage for Export {
+    type Options = ExportOptions;
     fn kind(&self) -> &'static str {
         "pet.export"
     }
     fn doc(&self) -> &'static str {
         "a trained model as a petnas artifact, a merged Hugging Face checkpoint, and PEFT's LoRA adapter folder"
     }
-    fn options(&self) -> OptionSchema {
-        OptionSchema::new()
-            .opt(
-                "dir",
-                OptType::OutputPath,
-                Value::Null,
-                "where the exports go (model/, merged/, peft/, check.json); default: the stage's own folder",
-            )
-            .opt(
-                "check_examples",
-                OptType::Int,
-                8,
-                "dev examples whose logits are saved to check the exports against",
-            )
-            .at_least(0.0)
-            .at_most(100_000.0)
-            .opt(
-                "peft_init",
-                OptType::Enum(&["separate", "folded"]),
-                "separate",
-                "where what a module holds frozen goes in the PEFT export — LoRA from the balanced init (the search's) holds an initial product B₀A₀: `separate` carries it in the adapter as r₀ more ranks, on your untouched base; `folded` subtracts it from a copy of the base written as peft/base, and the adapter has the rank the search found",
-            )
-    }
     fn input_kinds(&self) -> &'static [&'static str] {
         &[kinds::MODEL, kinds::DATASET]
     }
-    fn parts_read(&self, _options: &Value) -> Option<&'static [&'static str]> {
+    fn parts_read(&self, _options: &ExportOptions) -> Option<&'static [&'static str]> {
         Some(petnas_sdk::artifact::parts::LABELLED_ONLY)
     }
     fn output_kind(&self) -> &'static str {
         kinds::REPORT
     }
-    fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
-        let o: ExportOptions = ctx.options()?;
+    fn run(&self, o: ExportOptions, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
         let dir = match &o.dir {
             Some(dir) => ctx.output_path(dir)?,
             None => ctx.dir().to_path_buf(),

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use petnas_kit::pet_model::{described_model, PetModel, FITTED, PET_PARAMETERS, PET_TYPES};
 use petnas_sdk::artifact::{kinds, OUTPUTS_JSON, OUTPUTS_TENSORS};
 use petnas_sdk::model::live_parameters;
-use petnas_sdk::{Artifact, Inputs, OptType, OptionSchema, Stage, StageCtx};
+use petnas_sdk::{Artifact, Inputs, OptType, Options, StageCtx, TypedStage};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tch::Tensor;
@@ -19,8 +19,11 @@ use crate::peft;
 
 pub struct Load;
 
-#[derive(Deserialize)]
-struct LoadOptions {
+/// `pet.load`'s options.
+#[derive(Deserialize, Options)]
+pub struct LoadOptions {
+    /// a PEFT adapter folder (adapter_config.json; LoRA or IA³), a fine-tuned sequence-classification checkpoint (its head; plm.load the same folder for its encoder), or a petnas export/model folder
+    #[option(ty = OptType::InputPath)]
     dir: String,
 }
 
@@ -97,19 +100,13 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(shards.into_iter().map(|f| dir.join(f)).collect())
 }
 
-impl Stage for Load {
+impl TypedStage for Load {
+    type Options = LoadOptions;
     fn kind(&self) -> &'static str {
         "pet.load"
     }
     fn doc(&self) -> &'static str {
         "brings in a PEFT adapter (LoRA, IA³), a fine-tuned sequence classifier's head, or a petnas export/model, onto the model it is handed"
-    }
-    fn options(&self) -> OptionSchema {
-        OptionSchema::new().required(
-            "dir",
-            OptType::InputPath,
-            "a PEFT adapter folder (adapter_config.json; LoRA or IA³), a fine-tuned sequence-classification checkpoint (its head; plm.load the same folder for its encoder), or a petnas export/model folder",
-        )
     }
     fn input_kinds(&self) -> &'static [&'static str] {
         &[kinds::MODEL]
@@ -117,8 +114,7 @@ impl Stage for Load {
     fn output_kind(&self) -> &'static str {
         kinds::MODEL
     }
-    fn check(&self, options: &Value, inputs: &[Value], services: &dyn petnas_sdk::Services) -> Result<Value> {
-        let o: LoadOptions = serde_json::from_value(options.clone())?;
+    fn check(&self, o: &LoadOptions, inputs: &[Value], services: &dyn petnas_sdk::Services) -> Result<Value> {
         let dir = Path::new(&o.dir);
         // The PET types it brings.
         let brought: Vec<String> = match source(dir)? {
@@ -153,13 +149,11 @@ impl Stage for Load {
             None => Value::Null,
         })
     }
-    fn external_inputs(&self, options: &Value) -> Result<String> {
-        let o: LoadOptions = serde_json::from_value(options.clone())?;
+    fn external_inputs(&self, o: &LoadOptions) -> Result<String> {
         let files = files(Path::new(&o.dir))?;
         petnas_kit::stamps::file_stamps(files.iter().map(PathBuf::as_path))
     }
-    fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
-        let o: LoadOptions = ctx.options()?;
+    fn run(&self, o: LoadOptions, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
         let dir = Path::new(&o.dir);
         let mut model = PetModel::load(inputs.one(kinds::MODEL)?, ctx.services(), ctx.device, true)?;
         match source(dir)? {

@@ -4,7 +4,7 @@
 use anyhow::Result;
 use petnas_kit::pet_model::PetModel;
 use petnas_sdk::artifact::kinds;
-use petnas_sdk::{Artifact, Inputs, OptType, OptionSchema, Registrar, Stage, StageCtx};
+use petnas_sdk::{Artifact, Inputs, OptType, Options, Registrar, StageCtx, TypedStage};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -22,24 +22,21 @@ fn register(registrar: &mut Registrar) {
 
 struct Attach;
 
-#[derive(Deserialize)]
-struct AttachOptions {
+/// `pet.attach`'s options.
+#[derive(Deserialize, Options)]
+pub struct AttachOptions {
+    /// modules to attach: [{type: lora, targets: [query, value], rank: 8}, …]
+    #[option(ty = OptType::Pets)]
     pets: Vec<Value>,
 }
 
-impl Stage for Attach {
+impl TypedStage for Attach {
+    type Options = AttachOptions;
     fn kind(&self) -> &'static str {
         "pet.attach"
     }
     fn doc(&self) -> &'static str {
         "attaches PET modules (any registered type) to the sites their targets match"
-    }
-    fn options(&self) -> OptionSchema {
-        OptionSchema::new().required(
-            "pets",
-            OptType::Pets,
-            "modules to attach: [{type: lora, targets: [query, value], rank: 8}, …]",
-        )
     }
     fn input_kinds(&self) -> &'static [&'static str] {
         &[kinds::MODEL]
@@ -47,12 +44,15 @@ impl Stage for Attach {
     fn output_kind(&self) -> &'static str {
         kinds::MODEL
     }
-    fn check(&self, options: &Value, inputs: &[Value], services: &dyn petnas_sdk::Services) -> Result<Value> {
-        let o: AttachOptions = serde_json::from_value(options.clone())?;
+    fn check(
+        &self,
+        o: &AttachOptions,
+        inputs: &[Value],
+        services: &dyn petnas_sdk::Services,
+    ) -> Result<Value> {
         petnas_kit::pet_model::check_pets(&o.pets, inputs, services)
     }
-    fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
-        let o: AttachOptions = ctx.options()?;
+    fn run(&self, o: AttachOptions, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
         let mut model = PetModel::load(inputs.one(kinds::MODEL)?, ctx.services(), ctx.device, true)?;
         model.attach_all(&o.pets, ctx.services(), ctx.seed)?;
         tracing::info!(

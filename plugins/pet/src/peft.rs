@@ -28,6 +28,12 @@ pub enum InitProduct {
     Folded,
 }
 
+impl petnas_sdk::options::OptionValue for InitProduct {
+    fn opt_type() -> petnas_sdk::OptType {
+        petnas_sdk::OptType::Enum(&["separate", "folded"])
+    }
+}
+
 /// The PEFT format of the model's modules: all of one PET type, which has one.
 pub fn format_of<'s>(model: &PetModel, services: &'s dyn Services) -> Option<&'s dyn PeftFormat> {
     let first = model.modules.first()?.pet_type();

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, Weak};
 use anyhow::{bail, Context, Result};
 use petnas_sdk::artifact::kinds;
 use petnas_sdk::model::{Backbone, BackboneLoader, TextEncoder, WeightsDtype};
-use petnas_sdk::{Artifact, Inputs, OptType, OptionSchema, Registrar, Stage, StageCtx};
+use petnas_sdk::{Artifact, Inputs, OptType, Options, Registrar, StageCtx, TypedStage};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -166,9 +166,14 @@ impl BackboneLoader for HfLoader {
 
 struct Load;
 
-#[derive(Deserialize)]
-struct LoadOptions {
+/// `plm.load`'s options.
+#[derive(Deserialize, Options)]
+pub struct LoadOptions {
+    /// checkpoint folder: config.json, model.safetensors (or sharded), tokenizer.json or the family's vocabulary files
+    #[option(default = DEFAULT_MODEL, ty = OptType::InputPath)]
     model: String,
+    /// what the frozen weights are held in: `auto` as the checkpoint stores them (a bf16 checkpoint stays bf16, as transformers' `dtype="auto"`), or converted to fp32, bf16 or fp16; PET modules and the head are fp32 either way
+    #[option(default = "auto", choices = WeightsDtype::NAMES)]
     dtype: String,
 }
 
@@ -184,27 +189,13 @@ fn description(backbone: &dyn Backbone) -> Value {
     json!({"backbone": {"loader": LOADER, "info": backbone.info()}})
 }
 
-impl Stage for Load {
+impl TypedStage for Load {
+    type Options = LoadOptions;
     fn kind(&self) -> &'static str {
         "plm.load"
     }
     fn doc(&self) -> &'static str {
         "a pre-trained model from a Hugging Face checkpoint folder (bert, roberta, xlm-roberta, camembert, distilbert, electra, deberta-v2, llama, qwen2, mistral), frozen"
-    }
-    fn options(&self) -> OptionSchema {
-        OptionSchema::new()
-            .opt(
-                "model",
-                OptType::InputPath,
-                DEFAULT_MODEL,
-                "checkpoint folder: config.json, model.safetensors (or sharded), tokenizer.json or the family's vocabulary files",
-            )
-            .opt(
-                "dtype",
-                OptType::Enum(WeightsDtype::NAMES),
-                "auto",
-                "what the frozen weights are held in: `auto` as the checkpoint stores them (a bf16 checkpoint stays bf16, as transformers' `dtype=\"auto\"`), or converted to fp32, bf16 or fp16; PET modules and the head are fp32 either way",
-            )
     }
     fn input_kinds(&self) -> &'static [&'static str] {
         &[]
@@ -214,11 +205,10 @@ impl Stage for Load {
     }
     fn check(
         &self,
-        options: &Value,
+        o: &LoadOptions,
         _inputs: &[Value],
         _services: &dyn petnas_sdk::Services,
     ) -> Result<Value> {
-        let o: LoadOptions = serde_json::from_value(options.clone())?;
         let mut described = description(HfLoader.describe(Path::new(&o.model))?.as_ref());
         if let Some(kind) = o.dtype()?.kind() {
             described["backbone"]["info"]["dtype"] = json!(WeightsDtype::name_of(kind));
@@ -228,8 +218,7 @@ impl Stage for Load {
         described[petnas_kit::pet_model::PET_TYPES] = json!([]);
         Ok(described)
     }
-    fn external_inputs(&self, options: &Value) -> Result<String> {
-        let o: LoadOptions = serde_json::from_value(options.clone())?;
+    fn external_inputs(&self, o: &LoadOptions) -> Result<String> {
         let dir = model_dir(Path::new(&o.model))?;
         let mut files = weights::weight_files(&dir)?;
         files.extend(tokenizer::FILES.iter().chain(["config.json"].iter()).map(|f| dir.join(f)));
@@ -243,8 +232,7 @@ impl Stage for Load {
             .collect();
         Ok(stamps.join(";"))
     }
-    fn run(&self, ctx: &StageCtx, _inputs: &Inputs) -> Result<Artifact> {
-        let o: LoadOptions = ctx.options()?;
+    fn run(&self, o: LoadOptions, ctx: &StageCtx, _inputs: &Inputs) -> Result<Artifact> {
         let dtype = o.dtype()?;
         let backbone = HfLoader.load(Path::new(&o.model), ctx.device, dtype)?;
         Ok(Artifact::new(kinds::MODEL, description(backbone.as_ref())))

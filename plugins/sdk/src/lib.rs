@@ -7,22 +7,27 @@
 //! sound only when both were built by the same compiler against the same sdk and libtorch:
 //! that is what the fingerprint pins.
 
+// The derive of `Options` names `::petnas_sdk`, here too.
+extern crate self as petnas_sdk;
+
 pub mod artifact;
 pub mod dropout;
 pub mod init;
 pub mod model;
 pub mod options;
 pub mod params;
+pub mod pets;
 pub mod plugin;
 pub mod services;
 pub mod stage;
 pub mod tool;
 
 pub use artifact::{Artifact, Inputs};
-pub use options::{OptType, OptionSchema, OptionSpec};
+pub use options::{OptType, OptionSchema, OptionSpec, Options};
 pub use plugin::{PluginDeclaration, Registrar};
+pub use serde_json;
 pub use services::Services;
-pub use stage::{caught, Progress, Stage, StageCtx, PLAN_KEY};
+pub use stage::{caught, Progress, Stage, StageCtx, TypedStage, PLAN_KEY};
 pub use tool::{Tool, ToolOutput};
 
 /// Bumped whenever [`PluginDeclaration`] or any type crossing the plugin boundary changes.

@@ -9,7 +9,70 @@
 //! time (a PET module's) with the same [`OptionSchema::resolve`]. The stage then
 //! deserialises the checked JSON into its own options struct with
 //! [`crate::StageCtx::options`] and need not check it again.
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
 use serde_json::Value;
+
+pub use options_derive::Options;
+
+/// A struct of options, declared once: `#[derive(Deserialize, Options)]` gives the schema
+/// that validation checks pipelines against, `petnas plugins` lists and `docs/options.md`
+/// shows, and the struct is the typed value the stage reads.
+pub trait Options: DeserializeOwned {
+    fn schema() -> OptionSchema;
+
+    /// Options the runner checked against [`Options::schema`] (defaults filled in).
+    fn from_checked(value: &Value) -> anyhow::Result<Self> {
+        serde_json::from_value(value.clone())
+            .map_err(|e| anyhow::anyhow!("options do not fit their declaration: {e}"))
+    }
+}
+
+/// The option type a Rust type stands for, for the derive of [`Options`].
+pub trait OptionValue {
+    fn opt_type() -> OptType;
+}
+
+macro_rules! option_values {
+    ($($rust:ty => $opt:expr),* $(,)?) => {
+        $(impl OptionValue for $rust {
+            fn opt_type() -> OptType {
+                $opt
+            }
+        })*
+    };
+}
+
+option_values!(
+    bool => OptType::Bool,
+    i32 => OptType::Int,
+    i64 => OptType::Int,
+    u32 => OptType::Int,
+    u64 => OptType::Int,
+    usize => OptType::Int,
+    f32 => OptType::Float,
+    f64 => OptType::Float,
+    String => OptType::Str,
+);
+
+impl<T: OptionValue> OptionValue for Option<T> {
+    fn opt_type() -> OptType {
+        T::opt_type()
+    }
+}
+
+impl<T: OptionValue> OptionValue for Vec<T> {
+    fn opt_type() -> OptType {
+        OptType::List(Box::new(T::opt_type()))
+    }
+}
+
+impl<T: OptionValue> OptionValue for BTreeMap<String, T> {
+    fn opt_type() -> OptType {
+        OptType::MapOf(Box::new(T::opt_type()))
+    }
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum OptType {
@@ -33,6 +96,16 @@ pub enum OptType {
 }
 
 impl OptType {
+    /// The type with its strings (a list's or a mapping's items') limited to `choices`.
+    pub fn with_choices(self, choices: &'static [&'static str]) -> OptType {
+        match self {
+            OptType::Str => OptType::Enum(choices),
+            OptType::List(item) => OptType::List(Box::new(item.with_choices(choices))),
+            OptType::MapOf(item) => OptType::MapOf(Box::new(item.with_choices(choices))),
+            other => other,
+        }
+    }
+
     /// How the type reads in errors and in `petnas plugins`.
     pub fn describe(&self) -> String {
         match self {
@@ -89,6 +162,16 @@ impl OptType {
             Err(format!("expected {}, found {}", self.describe(), describe_value(value)))
         }
     }
+}
+
+/// The candidate nearest to a misspelt `word`, if one is near enough to be what was meant.
+pub fn nearest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (strsim::damerau_levenshtein(word, c), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
 }
 
 /// A short description of a JSON value for error messages: its type and, if short, itself.
@@ -222,18 +305,20 @@ impl OptionSchema {
         Self::default()
     }
 
-    /// An option with a default value.
-    pub fn opt(
+    /// An option: its name, type, default (`None`: the pipeline must set it) and help.
+    /// [`Options`]'s derive calls this once per field; the bounds and peer names that
+    /// follow apply to it.
+    pub fn declare(
         mut self,
         name: &'static str,
         ty: OptType,
-        default: impl Into<Value>,
+        default: Option<Value>,
         doc: &'static str,
     ) -> Self {
         self.options.push(OptionSpec {
             name,
             ty,
-            default: Some(default.into()),
+            default,
             doc,
             range: Range::default(),
             peer_names: Vec::new(),
@@ -241,16 +326,12 @@ impl OptionSchema {
         self
     }
 
-    /// An option the pipeline must set.
-    pub fn required(mut self, name: &'static str, ty: OptType, doc: &'static str) -> Self {
-        self.options.push(OptionSpec {
-            name,
-            ty,
-            default: None,
-            doc,
-            range: Range::default(),
-            peer_names: Vec::new(),
-        });
+    /// These options and `other`'s, with its checks that span options (a struct of options
+    /// that flattens another).
+    pub fn extend(mut self, other: OptionSchema) -> Self {
+        self.options.extend(other.options);
+        self.exclusive.extend(other.exclusive);
+        self.foreign.extend(other.foreign);
         self
     }
 
@@ -316,17 +397,21 @@ impl OptionSchema {
         self
     }
 
-    /// What to tell a pipeline that set an unknown option `key`.
-    pub fn unknown(&self, key: &str) -> String {
+    /// What to tell a pipeline that set an unknown option `key`: the option a peer tool's
+    /// name stands for, what to do instead of a peer's option petnas lacks, the nearest name,
+    /// or the names there are. `of` names whose options these are (`PET type \`lora\``).
+    pub fn unknown_help(&self, key: &str, of: &str) -> String {
         if let Some((_, hint)) = self.foreign.iter().find(|(name, _)| *name == key) {
-            return format!("unknown option `{key}`: {hint}");
+            return hint.to_string();
         }
-        match self.by_peer_name(key) {
-            Some(spec) => format!("unknown option `{key}`: petnas calls it `{}`", spec.name),
-            None => {
-                let names: Vec<&str> = self.options.iter().map(|o| o.name).collect();
-                format!("unknown option `{key}` (options: {})", names.join(", "))
-            }
+        if let Some(spec) = self.by_peer_name(key) {
+            return format!("`{key}` is what PEFT or transformers call it; petnas calls it `{}`", spec.name);
+        }
+        let names: Vec<&str> = self.options.iter().map(|o| o.name).collect();
+        match nearest(key, names.iter().copied()) {
+            Some(n) => format!("did you mean `{n}`?"),
+            None if names.is_empty() => format!("{of} takes no options"),
+            None => format!("it takes: {}", names.join(", ")),
         }
     }
 
@@ -347,33 +432,89 @@ impl OptionSchema {
         errors
     }
 
-    /// Checks options given as a mapping and fills in defaults (for options a plugin reads
-    /// at run time, like a PET module's).
-    pub fn resolve(&self, given: &serde_json::Map<String, Value>) -> Result<Value, String> {
-        if let Some(key) = given.keys().find(|k| self.get(k).is_none()) {
-            return Err(self.unknown(key));
-        }
+    /// Checks options given as a mapping (a PET module's, which plugins read at run time and
+    /// validation checks): the options with defaults filled in, or every problem, each
+    /// saying what it is about. `of` names whose options these are (`PET type \`lora\``).
+    pub fn check_given(
+        &self,
+        given: &serde_json::Map<String, Value>,
+        of: &str,
+    ) -> Result<Value, Vec<OptionProblem>> {
+        let mut problems = Vec::new();
         let mut out = serde_json::Map::new();
-        for spec in &self.options {
-            let value = match (given.get(spec.name), &spec.default) {
-                (Some(v), _) => {
-                    let v = spec.canonical(v.clone());
-                    spec.check(&v).map_err(|e| format!("option `{}`: {e}", spec.name))?;
-                    v
+        for (key, value) in given {
+            match self.get(key) {
+                None => problems.push(OptionProblem {
+                    place: OptionPlace::Key(key.clone()),
+                    message: format!("unknown option `{key}` for {of}"),
+                    help: Some(self.unknown_help(key, of)),
+                }),
+                Some(spec) => {
+                    let value = spec.canonical(value.clone());
+                    match spec.check(&value) {
+                        Ok(()) => {
+                            out.insert(key.clone(), value);
+                        }
+                        Err(e) => problems.push(OptionProblem {
+                            place: OptionPlace::Value(key.clone()),
+                            message: format!("option `{key}` of {of}: {e}"),
+                            help: None,
+                        }),
+                    }
                 }
-                (None, Some(d)) => d.clone(),
-                (None, None) => {
-                    return Err(format!("missing required option `{}` ({})", spec.name, spec.describe()))
+            }
+        }
+        for spec in self.options.iter().filter(|spec| !given.contains_key(spec.name)) {
+            match &spec.default {
+                Some(default) => {
+                    out.insert(spec.name.to_string(), default.clone());
                 }
-            };
-            out.insert(spec.name.to_string(), value);
+                None => problems.push(OptionProblem {
+                    place: OptionPlace::Whole,
+                    message: format!("{of}: missing required option `{}` ({})", spec.name, spec.describe()),
+                    help: Some(spec.doc.to_string()),
+                }),
+            }
         }
-        if let Some(e) =
-            self.exclusion_errors(|n| out.get(n).is_some_and(|v| !v.is_null())).into_iter().next()
-        {
-            return Err(e);
+        let set = |name: &str| given.get(name).is_some_and(|v| !v.is_null());
+        problems.extend(self.exclusion_errors(set).into_iter().map(|e| OptionProblem {
+            place: OptionPlace::Whole,
+            message: format!("{of}: {e}"),
+            help: None,
+        }));
+        if problems.is_empty() {
+            Ok(Value::Object(out))
+        } else {
+            Err(problems)
         }
-        Ok(Value::Object(out))
+    }
+}
+
+/// What a problem with given options is about, for validation to point at.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OptionPlace {
+    /// The options as a whole (one missing, two that exclude each other).
+    Whole,
+    /// A key's name (an unknown option).
+    Key(String),
+    /// A key's value.
+    Value(String),
+}
+
+/// One problem with given options: what it is about, what is wrong, and what to do.
+#[derive(Debug, Clone)]
+pub struct OptionProblem {
+    pub place: OptionPlace,
+    pub message: String,
+    pub help: Option<String>,
+}
+
+impl std::fmt::Display for OptionProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.help {
+            Some(help) => write!(f, "{} ({help})", self.message),
+            None => write!(f, "{}", self.message),
+        }
     }
 }
 
@@ -382,50 +523,65 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    #[derive(serde::Deserialize, Options)]
+    #[options(one_of(budget, budget_percent))]
+    #[allow(dead_code)]
+    struct Declared {
+        /// rank
+        #[option(default = 8, at_least = 1, at_most = 4096, peer = "r")]
+        rank: i64,
+        /// dropout
+        #[option(default = 0.0, at_least = 0, below = 1)]
+        dropout: f64,
+        /// ranks
+        #[option(default = {}, at_least = 1)]
+        rank_pattern: BTreeMap<String, i64>,
+        /// parameters
+        #[option(at_least = 0)]
+        budget: Option<i64>,
+        /// percent
+        #[option(above = 0)]
+        budget_percent: Option<f64>,
+        /// how
+        #[option(default = "taylor", choices = ["taylor", "magnitude"])]
+        score: String,
+        /// which
+        #[option(default = ["train"], choices = ["train", "dev"])]
+        splits: Vec<String>,
+    }
+
     fn schema() -> OptionSchema {
-        OptionSchema::new()
-            .opt("rank", OptType::Int, 8, "rank")
-            .at_least(1.0)
-            .at_most(4096.0)
-            .peer_name("r")
-            .opt("dropout", OptType::Float, 0.0, "dropout")
-            .at_least(0.0)
-            .below(1.0)
-            .opt("rank_pattern", OptType::MapOf(Box::new(OptType::Int)), json!({}), "ranks")
-            .at_least(1.0)
-            .opt("budget", OptType::Int, Value::Null, "parameters")
-            .at_least(0.0)
-            .opt("budget_percent", OptType::Float, Value::Null, "percent")
-            .above(0.0)
-            .one_of(&["budget", "budget_percent"])
+        Declared::schema()
     }
 
     fn resolve(given: Value) -> Result<Value, String> {
-        schema().resolve(given.as_object().unwrap())
+        schema()
+            .check_given(given.as_object().unwrap(), "the stage")
+            .map_err(|problems| problems[0].to_string())
     }
 
     #[test]
     fn ranges_peer_names_and_exclusive_options_are_checked_from_the_declaration() {
         assert!(resolve(json!({"budget": 10})).is_ok());
         let cases = [
-            (json!({"budget": 10, "rank": 0}), "option `rank`: must be in [1, 4096], got 0"),
-            (json!({"budget": 10, "rank": 2.9}), "option `rank`: expected integer, found number `2.9`"),
-            (json!({"budget": 10, "dropout": 1.5}), "option `dropout`: must be in [0, 1), got 1.5"),
+            (json!({"budget": 10, "rank": 0}), "option `rank` of the stage: must be in [1, 4096], got 0"),
+            (json!({"budget": 10, "rank": 2.9}), "option `rank` of the stage: expected integer, found number `2.9`"),
+            (json!({"budget": 10, "dropout": 1.5}), "option `dropout` of the stage: must be in [0, 1), got 1.5"),
             (
                 json!({"budget": 10, "rank_pattern": {"proj": -3}}),
-                "option `rank_pattern`: `proj`: must be at least 1, got -3",
+                "option `rank_pattern` of the stage: `proj`: must be at least 1, got -3",
             ),
             (
                 json!({"budget": 10, "rank_pattern": {"proj": "sixteen"}}),
-                "option `rank_pattern`: `proj`: expected integer, found string `sixteen`",
+                "option `rank_pattern` of the stage: `proj`: expected integer, found string `sixteen`",
             ),
-            (json!({"budget": 10, "r": 4}), "unknown option `r`: petnas calls it `rank`"),
+            (json!({"budget": 10, "r": 4}), "unknown option `r` for the stage (`r` is what PEFT or transformers call it; petnas calls it `rank`)"),
             (
                 json!({"budget": 10, "budget_percent": 1.0}),
-                "set one of `budget`, `budget_percent`, not `budget`, `budget_percent`",
+                "the stage: set one of `budget`, `budget_percent`, not `budget`, `budget_percent`",
             ),
-            (json!({}), "set one of `budget`, `budget_percent`"),
-            (json!({"budget": -1}), "option `budget`: must be at least 0, got -1"),
+            (json!({}), "the stage: set one of `budget`, `budget_percent`"),
+            (json!({"budget": -1}), "option `budget` of the stage: must be at least 0, got -1"),
         ];
         for (given, want) in cases {
             let got = resolve(given.clone());
@@ -435,5 +591,11 @@ mod tests {
             }
         }
         assert_eq!(schema().get("rank").unwrap().describe(), "integer, in [1, 4096]");
+        assert_eq!(schema().get("budget").unwrap().default, Some(Value::Null));
+        assert_eq!(schema().get("splits").unwrap().describe(), "list of one of train|dev");
+        let resolved = resolve(json!({"budget": 10, "score": "Magnitude"})).unwrap();
+        let typed = Declared::from_checked(&resolved).unwrap();
+        assert_eq!((typed.rank, typed.budget, typed.score.as_str()), (8, Some(10), "magnitude"));
+        assert_eq!(typed.splits, ["train"]);
     }
 }

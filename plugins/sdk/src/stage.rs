@@ -6,11 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::artifact::{Artifact, Inputs};
-use crate::options::OptionSchema;
+use crate::options::{OptionSchema, Options};
 use crate::services::Services;
 use crate::tool::{Tool, ToolOutput};
 
@@ -55,6 +54,72 @@ pub trait Stage: Send + Sync {
         Ok(Value::Null)
     }
     fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact>;
+}
+
+/// A stage kind as its author writes it: its options are one struct, declared once
+/// ([`Options`]), and each call gets them typed, read once from what the runner checked.
+/// Every `TypedStage` is a [`Stage`], the form the runner calls across the boundary.
+pub trait TypedStage: Send + Sync {
+    type Options: Options;
+    /// `plugin.kind`, as pipelines name it in `use:`.
+    fn kind(&self) -> &'static str;
+    /// One line for `petnas plugins`.
+    fn doc(&self) -> &'static str;
+    /// Artifact kinds the stage needs among its inputs (checked before the run).
+    fn input_kinds(&self) -> &'static [&'static str];
+    /// The artifact kind the stage returns.
+    fn output_kind(&self) -> &'static str;
+    /// See [`Stage::external_inputs`].
+    fn external_inputs(&self, _options: &Self::Options) -> Result<String> {
+        Ok(String::new())
+    }
+    /// See [`Stage::output_parts`]; `written` is the options as the pipeline resolved them,
+    /// which what a part is made of may name.
+    fn output_parts(&self, _options: &Self::Options, _written: &Value) -> Result<BTreeMap<String, String>> {
+        Ok(BTreeMap::new())
+    }
+    /// See [`Stage::parts_read`].
+    fn parts_read(&self, _options: &Self::Options) -> Option<&'static [&'static str]> {
+        None
+    }
+    /// See [`Stage::check`].
+    fn check(&self, _options: &Self::Options, _inputs: &[Value], _services: &dyn Services) -> Result<Value> {
+        Ok(Value::Null)
+    }
+    fn run(&self, options: Self::Options, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact>;
+}
+
+impl<T: TypedStage> Stage for T {
+    fn kind(&self) -> &'static str {
+        TypedStage::kind(self)
+    }
+    fn doc(&self) -> &'static str {
+        TypedStage::doc(self)
+    }
+    fn options(&self) -> OptionSchema {
+        T::Options::schema()
+    }
+    fn input_kinds(&self) -> &'static [&'static str] {
+        TypedStage::input_kinds(self)
+    }
+    fn output_kind(&self) -> &'static str {
+        TypedStage::output_kind(self)
+    }
+    fn external_inputs(&self, options: &Value) -> Result<String> {
+        TypedStage::external_inputs(self, &T::Options::from_checked(options)?)
+    }
+    fn output_parts(&self, options: &Value) -> Result<BTreeMap<String, String>> {
+        TypedStage::output_parts(self, &T::Options::from_checked(options)?, options)
+    }
+    fn parts_read(&self, options: &Value) -> Option<&'static [&'static str]> {
+        TypedStage::parts_read(self, &T::Options::from_checked(options).ok()?)
+    }
+    fn check(&self, options: &Value, inputs: &[Value], services: &dyn Services) -> Result<Value> {
+        TypedStage::check(self, &T::Options::from_checked(options)?, inputs, services)
+    }
+    fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
+        TypedStage::run(self, T::Options::from_checked(&ctx.options)?, ctx, inputs)
+    }
 }
 
 /// Turns a panic inside a plugin's stage or tool into an error before it reaches the boundary.
@@ -195,11 +260,6 @@ impl StageCtx {
     /// Backbone loaders and PET types of every loaded plugin.
     pub fn services(&self) -> &'static dyn Services {
         self.services
-    }
-
-    /// The stage's options (checked against its schema, defaults filled in).
-    pub fn options<T: DeserializeOwned>(&self) -> Result<T> {
-        serde_json::from_value(self.options.clone()).context("stage options do not fit the stage")
     }
 
     /// The folder this stage writes its files into; it becomes the stage's run folder

@@ -2,7 +2,7 @@
 use anyhow::Result;
 use petnas_kit::fit;
 use petnas_sdk::artifact::kinds;
-use petnas_sdk::{Artifact, Inputs, OptionSchema, Registrar, Stage, StageCtx};
+use petnas_sdk::{Artifact, Inputs, Registrar, StageCtx, TypedStage};
 use serde_json::Value;
 
 petnas_sdk::declare_plugin!(register);
@@ -13,20 +13,18 @@ fn register(registrar: &mut Registrar) {
 
 struct Fit;
 
-impl Stage for Fit {
+impl TypedStage for Fit {
+    type Options = fit::FitOptions;
     fn kind(&self) -> &'static str {
         "train.fit"
     }
     fn doc(&self) -> &'static str {
         "trains the PET modules and a task head (AdamW, warm-up and decay, clipping, best checkpoint)"
     }
-    fn options(&self) -> OptionSchema {
-        fit::options()
-    }
     fn input_kinds(&self) -> &'static [&'static str] {
         &[kinds::MODEL, kinds::DATASET]
     }
-    fn parts_read(&self, _options: &Value) -> Option<&'static [&'static str]> {
+    fn parts_read(&self, _options: &fit::FitOptions) -> Option<&'static [&'static str]> {
         Some(petnas_sdk::artifact::parts::LABELLED_ONLY)
     }
     fn output_kind(&self) -> &'static str {
@@ -34,14 +32,13 @@ impl Stage for Fit {
     }
     fn check(
         &self,
-        options: &Value,
+        options: &fit::FitOptions,
         inputs: &[Value],
         _services: &dyn petnas_sdk::Services,
     ) -> Result<Value> {
         fit::check(options, inputs)
     }
-    fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
-        let o: fit::FitOptions = ctx.options()?;
+    fn run(&self, o: fit::FitOptions, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
         let fit::Prepared { mut model, info, train, selection } = fit::prepare(ctx, inputs, &o)?;
         tracing::info!(
             train = train.len(),

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use anyhow::{Context, Result};
 use petnas_sdk::artifact::kinds;
-use petnas_sdk::{Artifact, Inputs, OptType, OptionSchema, Registrar, Stage, StageCtx};
+use petnas_sdk::{Artifact, Inputs, OptType, Options, Registrar, StageCtx, TypedStage};
 use serde::Deserialize;
 use tch::Kind;
 
@@ -16,25 +16,20 @@ fn register(registrar: &mut Registrar) {
 
 struct Evaluate;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Options)]
 struct EvaluateOptions {
+    /// where the predictions go
+    #[option(default = "predictions.tsv", ty = OptType::OutputPath)]
     predictions: String,
 }
 
-impl Stage for Evaluate {
+impl TypedStage for Evaluate {
+    type Options = EvaluateOptions;
     fn kind(&self) -> &'static str {
         "demo.evaluate"
     }
     fn doc(&self) -> &'static str {
         "accuracy of a demo model on the test split; writes index<TAB>prediction lines"
-    }
-    fn options(&self) -> OptionSchema {
-        OptionSchema::new().opt(
-            "predictions",
-            OptType::OutputPath,
-            "predictions.tsv",
-            "where the predictions go",
-        )
     }
     fn input_kinds(&self) -> &'static [&'static str] {
         &[kinds::DATASET, kinds::MODEL]
@@ -42,8 +37,7 @@ impl Stage for Evaluate {
     fn output_kind(&self) -> &'static str {
         kinds::METRICS
     }
-    fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
-        let o: EvaluateOptions = ctx.options()?;
+    fn run(&self, o: EvaluateOptions, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
         let data = inputs.one(kinds::DATASET)?;
         let model = inputs.one(kinds::MODEL)?;
         let x = data.tensor("x_test")?;

@@ -3,7 +3,7 @@
 //! between plugins, progress, cancellation, caching) until the model and GLUE plugins exist.
 use anyhow::{ensure, Result};
 use petnas_sdk::artifact::kinds;
-use petnas_sdk::{Artifact, Inputs, OptType, OptionSchema, Registrar, Stage, StageCtx};
+use petnas_sdk::{Artifact, Inputs, Options, Registrar, StageCtx, TypedStage};
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 use tch::{Kind, Tensor};
@@ -17,27 +17,29 @@ fn register(registrar: &mut Registrar) {
 
 struct Data;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Options)]
 struct DataOptions {
+    /// examples in all
+    #[option(default = 512)]
     n: i64,
+    /// features per example
+    #[option(default = 8)]
     dim: i64,
+    /// distance between the class means
+    #[option(default = 1.0)]
     separation: f64,
+    /// share of examples held out for testing
+    #[option(default = 0.25)]
     test_fraction: f64,
 }
 
-impl Stage for Data {
+impl TypedStage for Data {
+    type Options = DataOptions;
     fn kind(&self) -> &'static str {
         "demo.data"
     }
     fn doc(&self) -> &'static str {
         "two Gaussian classes in `dim` dimensions, split into train and test (seeded)"
-    }
-    fn options(&self) -> OptionSchema {
-        OptionSchema::new()
-            .opt("n", OptType::Int, 512, "examples in all")
-            .opt("dim", OptType::Int, 8, "features per example")
-            .opt("separation", OptType::Float, 1.0, "distance between the class means")
-            .opt("test_fraction", OptType::Float, 0.25, "share of examples held out for testing")
     }
     fn input_kinds(&self) -> &'static [&'static str] {
         &[]
@@ -45,8 +47,7 @@ impl Stage for Data {
     fn output_kind(&self) -> &'static str {
         kinds::DATASET
     }
-    fn run(&self, ctx: &StageCtx, _inputs: &Inputs) -> Result<Artifact> {
-        let o: DataOptions = ctx.options()?;
+    fn run(&self, o: DataOptions, ctx: &StageCtx, _inputs: &Inputs) -> Result<Artifact> {
         ensure!(o.n >= 4, "`n` must be at least 4, got {}", o.n);
         ensure!(o.dim >= 1, "`dim` must be at least 1, got {}", o.dim);
         ensure!(
@@ -89,26 +90,23 @@ fn gaussian(rng: &mut impl Rng) -> f64 {
 
 struct Fit;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Options)]
 struct FitOptions {
+    /// gradient steps
+    #[option(default = 200)]
     steps: i64,
+    /// learning rate
+    #[option(default = 0.5)]
     lr: f64,
 }
 
-impl Stage for Fit {
+impl TypedStage for Fit {
+    type Options = FitOptions;
     fn kind(&self) -> &'static str {
         "demo.fit"
     }
     fn doc(&self) -> &'static str {
         "logistic regression on the training split by full-batch gradient descent"
-    }
-    fn options(&self) -> OptionSchema {
-        OptionSchema::new().opt("steps", OptType::Int, 200, "gradient steps").opt(
-            "lr",
-            OptType::Float,
-            0.5,
-            "learning rate",
-        )
     }
     fn input_kinds(&self) -> &'static [&'static str] {
         &[kinds::DATASET]
@@ -116,8 +114,7 @@ impl Stage for Fit {
     fn output_kind(&self) -> &'static str {
         kinds::MODEL
     }
-    fn run(&self, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
-        let o: FitOptions = ctx.options()?;
+    fn run(&self, o: FitOptions, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
         ensure!(o.steps >= 1, "`steps` must be at least 1, got {}", o.steps);
         let data = inputs.one(kinds::DATASET)?;
         let x = data.tensor("x_train")?;

@@ -5,7 +5,8 @@
 use anyhow::{bail, Result};
 use petnas_sdk::model::{Dropout, GroupMember, PetModule, PetType, PruneGroup, Site, SiteKind};
 use petnas_sdk::params::Params;
-use petnas_sdk::{init, OptType, OptionSchema, Registrar};
+use petnas_sdk::{init, OptionSchema, Options, Registrar};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tch::{Device, Tensor};
 
@@ -16,6 +17,17 @@ fn register(registrar: &mut Registrar) {
 }
 
 struct PairType;
+
+/// Its options, kept in each module's state.
+#[derive(Deserialize, Serialize, Options)]
+struct PairOptions {
+    /// what the deltas are multiplied by
+    #[option(default = 1.0, above = 0, at_most = 100)]
+    scale: f64,
+    /// cutting either half's group cuts both
+    #[option(default = false)]
+    dependent: bool,
+}
 
 fn halves(site: &Site) -> Result<(i64, i64)> {
     match site.kind {
@@ -32,11 +44,7 @@ impl PetType for PairType {
         "two output deltas of a linear layer, one per half of its channels (a test PET type)"
     }
     fn options(&self) -> OptionSchema {
-        OptionSchema::new()
-            .opt("scale", OptType::Float, 1.0, "what the deltas are multiplied by")
-            .above(0.0)
-            .at_most(100.0)
-            .opt("dependent", OptType::Bool, false, "cutting either half's group cuts both")
+        PairOptions::schema()
     }
     fn default_targets(&self) -> &'static [&'static str] {
         &["all-linear"]
@@ -50,7 +58,7 @@ impl PetType for PairType {
             ("first", init::zeros(&[first], device)),
             ("second", init::zeros(&[second], device)),
         ]);
-        Ok(Box::new(Pair { site: site.clone(), params, state: options.clone() }))
+        Ok(Box::new(Pair { site: site.clone(), params, options: PairOptions::from_checked(options)? }))
     }
     fn restore(
         &self,
@@ -64,7 +72,7 @@ impl PetType for PairType {
         Ok(Box::new(Pair {
             site: site.clone(),
             params: Params::restore(&names, tensors, device)?,
-            state: state.clone(),
+            options: PairOptions::from_checked(state)?,
         }))
     }
 }
@@ -72,8 +80,7 @@ impl PetType for PairType {
 struct Pair {
     site: Site,
     params: Params,
-    /// Its options: `scale`, `dependent`.
-    state: Value,
+    options: PairOptions,
 }
 
 impl Pair {
@@ -98,7 +105,7 @@ impl PetModule for Pair {
             false => Tensor::zeros([len], (output.kind(), output.device())),
         };
         let delta = Tensor::cat(&[part("first", first), part("second", second)], 0);
-        Ok(output + delta * self.state["scale"].as_f64().unwrap_or(1.0))
+        Ok(output + delta * self.options.scale)
     }
     fn params(&self) -> &Params {
         &self.params
@@ -115,7 +122,7 @@ impl PetModule for Pair {
     fn keep_groups(&mut self, keep: &[usize]) -> Result<bool> {
         let names = self.names();
         let mut kept: Vec<&String> = keep.iter().filter_map(|&k| names.get(k)).collect();
-        if self.state["dependent"].as_bool() == Some(true) && kept.len() < names.len() {
+        if self.options.dependent && kept.len() < names.len() {
             kept.clear();
         }
         self.params =
@@ -133,6 +140,6 @@ impl PetModule for Pair {
         Ok(false)
     }
     fn state(&self) -> (Value, Vec<(String, Tensor)>) {
-        (json!(self.state), self.params.state())
+        (json!(self.options), self.params.state())
     }
 }
