@@ -82,21 +82,66 @@ impl From<Diagnostic> for Diagnostics {
     }
 }
 
-/// The closest of `candidates` to `word`, when it is close enough to be a likely typo.
-pub fn nearest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    candidates
-        .into_iter()
-        .map(|c| (strsim::damerau_levenshtein(word, c), c))
-        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
+pub use petnas_sdk::options::nearest;
+
+/// What the checks of one file find: each function that checks a part of a pipeline (or a
+/// baseline) reports into it, and the caller gets every problem at once, in file order.
+#[derive(Debug)]
+pub struct Findings {
+    file: String,
+    found: Vec<Diagnostic>,
 }
 
-/// "unknown KEY" with the nearest known key as help, or the list of known keys.
-pub fn unknown_key(file: &str, pos: Pos, key: &str, what: &str, known: &[&str]) -> Diagnostic {
-    let d = Diagnostic::at(file, pos, format!("unknown {what} `{key}`"));
-    match nearest(key, known.iter().copied()) {
-        Some(n) => d.help(format!("did you mean `{n}`?")),
-        None => d.help(format!("expected one of: {}", known.join(", "))),
+impl Findings {
+    pub fn new(file: &str) -> Self {
+        Findings { file: file.to_string(), found: Vec::new() }
+    }
+
+    /// The file the findings are about.
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+
+    /// A problem at `pos`.
+    pub fn error(&mut self, pos: Pos, message: impl Into<String>) {
+        self.found.push(Diagnostic::at(&self.file, pos, message));
+    }
+
+    /// A problem at `pos`, with what to do about it.
+    pub fn error_with_help(&mut self, pos: Pos, message: impl Into<String>, help: impl Into<String>) {
+        self.found.push(Diagnostic::at(&self.file, pos, message).help(help));
+    }
+
+    /// A problem made elsewhere (by a shared check that builds its own).
+    pub fn push(&mut self, diagnostic: Diagnostic) {
+        self.found.push(diagnostic);
+    }
+
+    /// "unknown KEY" at `pos`, with the nearest known key as help, or the list of known keys.
+    pub fn unknown_key(&mut self, pos: Pos, key: &str, what: &str, known: &[&str]) {
+        let help = match nearest(key, known.iter().copied()) {
+            Some(n) => format!("did you mean `{n}`?"),
+            None => format!("expected one of: {}", known.join(", ")),
+        };
+        self.error_with_help(pos, format!("unknown {what} `{key}`"), help);
+    }
+
+    /// How many problems are in so far (a check that found none since can go on).
+    pub fn count(&self) -> usize {
+        self.found.len()
+    }
+
+    /// Every problem found, in file order.
+    pub fn into_diagnostics(self) -> Diagnostics {
+        Diagnostics::sorted(self.found)
+    }
+
+    /// `ok`, or every problem found, in file order.
+    pub fn into_result<T>(self, ok: T) -> Result<T, Diagnostics> {
+        if self.found.is_empty() {
+            Ok(ok)
+        } else {
+            Err(self.into_diagnostics())
+        }
     }
 }

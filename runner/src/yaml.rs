@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use yaml_rust2::parser::{Event, Parser, Tag};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
-use crate::diag::{Diagnostic, Pos};
+use crate::diag::{Diagnostic, Findings, Pos};
 
 pub const MAX_BYTES: usize = 1 << 20;
 pub const MAX_NODES: usize = 100_000;
@@ -43,16 +43,12 @@ impl Node {
         }
     }
 
-    /// The node's text, or an error saying it must be a string (pushed onto `errors`).
-    pub fn expect_str(&self, what: &str, file: &str, errors: &mut Vec<Diagnostic>) -> Option<&str> {
+    /// The node's text, or an error saying it must be a string (reported to `found`).
+    pub fn expect_str(&self, what: &str, found: &mut Findings) -> Option<&str> {
         match &self.value {
             Value::Str(s) => Some(s),
             _ => {
-                errors.push(Diagnostic::at(
-                    file,
-                    self.pos,
-                    format!("`{what}` must be a string, found {}", self.type_name()),
-                ));
+                found.error(self.pos, format!("`{what}` must be a string, found {}", self.type_name()));
                 None
             }
         }

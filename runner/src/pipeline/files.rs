@@ -6,7 +6,7 @@ use serde_json::Value as Json;
 
 use super::stages::{services_held, RawStage};
 use super::StageDecl;
-use crate::diag::Diagnostic;
+use crate::diag::Findings;
 use crate::pipeline::matrix::Cell;
 use crate::plugins::Registry;
 
@@ -21,8 +21,7 @@ pub(super) fn check_files(
     registry: &Registry,
     cells: &[Cell],
     unchecked: &[String],
-    file: &str,
-    errors: &mut Vec<Diagnostic>,
+    found: &mut Findings,
 ) {
     let mut memo: Vec<(usize, Json, Vec<Json>, Json)> = Vec::new();
     let mut failed: Vec<usize> = Vec::new();
@@ -56,11 +55,7 @@ pub(super) fn check_files(
                         } else {
                             String::new()
                         };
-                        errors.push(Diagnostic::at(
-                            file,
-                            pos,
-                            format!("stage `{}` ({}){at}: {e:#}", stage.id, stage.kind),
-                        ));
+                        found.error(pos, format!("stage `{}` ({}){at}: {e:#}", stage.id, stage.kind));
                         failed.push(s);
                         continue;
                     }

@@ -6,14 +6,10 @@ use petgraph::algo::{tarjan_scc, toposort};
 use petgraph::graph::{DiGraph, NodeIndex};
 
 use super::stages::RawStage;
-use crate::diag::Diagnostic;
+use crate::diag::{Diagnostic, Findings};
 use crate::plugins::Registry;
 
-pub(super) fn topological_order(
-    raw: &[RawStage],
-    file: &str,
-    errors: &mut Vec<Diagnostic>,
-) -> Option<Vec<usize>> {
+pub(super) fn topological_order(raw: &[RawStage], found: &mut Findings) -> Option<Vec<usize>> {
     let mut graph: DiGraph<usize, ()> = DiGraph::new();
     let nodes: Vec<NodeIndex> = (0..raw.len()).map(|i| graph.add_node(i)).collect();
     for (i, stage) in raw.iter().enumerate() {
@@ -33,11 +29,10 @@ pub(super) fn topological_order(
                 members.sort();
                 let cycle = walk_cycle(&graph, &nodes, members[0], &members);
                 let names: Vec<&str> = cycle.iter().map(|i| raw[*i].id.as_str()).collect();
-                errors.push(Diagnostic::at(
-                    file,
+                found.error(
                     raw[members[0]].pos,
                     format!("cycle in `needs`: {} → {}", names.join(" → "), names[0]),
-                ));
+                );
             }
             None
         }
@@ -98,12 +93,7 @@ pub(super) fn walk_cycle(
     vec![start]
 }
 
-pub(super) fn check_input_kinds(
-    raw: &[RawStage],
-    registry: &Registry,
-    file: &str,
-    errors: &mut Vec<Diagnostic>,
-) {
+pub(super) fn check_input_kinds(raw: &[RawStage], registry: &Registry, found: &mut Findings) {
     let output_kind = |id: &str| {
         let stage = raw.iter().find(|s| s.id == id)?;
         registry.stage(stage.kind.as_deref()?).map(|(k, _)| k.output_kind())
@@ -126,9 +116,9 @@ pub(super) fn check_input_kinds(
                             .join(", ")
                     )
                 };
-                errors.push(
+                found.push(
                     Diagnostic::at(
-                        file,
+                        found.file(),
                         stage.use_pos,
                         format!(
                             "stage `{}` ({}) needs an input of kind `{wanted}`; {have}",

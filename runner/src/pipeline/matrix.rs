@@ -4,7 +4,7 @@ use serde_json::Value as Json;
 
 use petnas_sdk::options::describe_value;
 
-use crate::diag::{nearest, Diagnostic, Pos};
+use crate::diag::{nearest, Diagnostic, Findings, Pos};
 use crate::yaml::{Node, Value};
 
 /// Cells a matrix may have (before `exclude`): expanding more is refused, not attempted.
@@ -59,14 +59,13 @@ fn valid_value_text(text: &str) -> bool {
 }
 
 impl Matrix {
-    pub fn parse(node: &Node, file: &str, errors: &mut Vec<Diagnostic>) -> Matrix {
+    pub fn parse(node: &Node, found: &mut Findings) -> Matrix {
         let mut matrix = Matrix::default();
         let Value::Map(entries) = &node.value else {
-            errors.push(Diagnostic::at(
-                file,
+            found.error(
                 node.pos,
                 format!("`matrix` must be a mapping of axis → list of values, found {}", node.type_name()),
-            ));
+            );
             return matrix;
         };
         let mut exclude_node = None;
@@ -76,53 +75,47 @@ impl Matrix {
                 continue;
             }
             if !valid_axis_name(key) {
-                errors.push(Diagnostic::at(
-                    file,
+                found.error(
                     *key_pos,
                     format!("matrix axis `{key}` must be a name of letters, digits and `_`"),
-                ));
+                );
                 continue;
             }
             let Value::Seq(items) = &value.value else {
-                errors.push(Diagnostic::at(
-                    file,
+                found.error(
                     value.pos,
                     format!("matrix axis `{key}` must be a list of values, found {}", value.type_name()),
-                ));
+                );
                 continue;
             };
             if items.is_empty() {
-                errors.push(Diagnostic::at(file, value.pos, format!("matrix axis `{key}` has no values")));
+                found.error(value.pos, format!("matrix axis `{key}` has no values"));
                 continue;
             }
             let mut values = Vec::new();
             for item in items {
                 match scalar_json(item) {
-                    Some(v) if key == "seed" && !v.is_u64() => errors.push(Diagnostic::at(
-                        file,
-                        item.pos,
-                        format!("a seed is a non-negative integer, found {}", describe_value(&v)),
-                    )),
+                    Some(v) if key == "seed" && !v.is_u64() => found.error(item.pos, format!("a seed is a non-negative integer, found {}", describe_value(&v))),
                     Some(v) if valid_value_text(&display(&v)) => {
                         if values.contains(&v) {
-                            errors.push(Diagnostic::at(file, item.pos, format!("matrix axis `{key}` lists `{}` twice", display(&v))));
+                            found.error(item.pos, format!("matrix axis `{key}` lists `{}` twice", display(&v)));
                         }
                         values.push(v);
                     }
-                    Some(v) => errors.push(Diagnostic::at(file, item.pos, format!("matrix value `{}` of axis `{key}` may hold only letters, digits and . _ - + (it names folders)", display(&v)))),
-                    None => errors.push(Diagnostic::at(file, item.pos, format!("matrix values must be strings or numbers, found {}", item.type_name()))),
+                    Some(v) => found.error(item.pos, format!("matrix value `{}` of axis `{key}` may hold only letters, digits and . _ - + (it names folders)", display(&v))),
+                    None => found.error(item.pos, format!("matrix values must be strings or numbers, found {}", item.type_name())),
                 }
             }
             matrix.axes.push((key.clone(), values));
         }
         if let Some(node) = exclude_node {
-            matrix.parse_exclude(node, file, errors);
+            matrix.parse_exclude(node, found);
         }
         let cells = matrix.axes.iter().fold(1usize, |n, (_, values)| n.saturating_mul(values.len()));
         if cells > MAX_CELLS {
-            errors.push(
+            found.push(
                 Diagnostic::at(
-                    file,
+                    found.file(),
                     node.pos,
                     format!("the matrix has {cells} cells before `exclude`; at most {MAX_CELLS} are run"),
                 )
@@ -136,44 +129,38 @@ impl Matrix {
             .map(|(axis, values)| axis.len() + 2 + values.iter().map(|v| display(v).len()).max().unwrap_or(0))
             .sum();
         if name_len > MAX_CELL_NAME {
-            errors.push(Diagnostic::at(
-                file,
-                node.pos,
-                format!("cell folder names would be up to {name_len} characters long; at most {MAX_CELL_NAME} are allowed"),
-            ).help("shorten the axis names or values"));
+            found.error_with_help(node.pos, format!("cell folder names would be up to {name_len} characters long; at most {MAX_CELL_NAME} are allowed"), "shorten the axis names or values");
         }
         matrix
     }
 
-    fn parse_exclude(&mut self, node: &Node, file: &str, errors: &mut Vec<Diagnostic>) {
+    fn parse_exclude(&mut self, node: &Node, found: &mut Findings) {
         let Value::Seq(items) = &node.value else {
-            errors.push(Diagnostic::at(
-                file,
+            found.error(
                 node.pos,
                 format!("`exclude` must be a list of mappings axis → value, found {}", node.type_name()),
-            ));
+            );
             return;
         };
         for item in items {
             let Value::Map(entries) = &item.value else {
-                errors.push(Diagnostic::at(
-                    file,
+                found.error(
                     item.pos,
                     format!("an `exclude` entry must be a mapping axis → value, found {}", item.type_name()),
-                ));
+                );
                 continue;
             };
-            let errors_before = errors.len();
+            let errors_before = found.count();
             let rule: Vec<(String, Json)> = entries
                 .iter()
                 .filter_map(|(axis, axis_pos, value)| {
-                    let v = self.axis_value(axis, *axis_pos, value, "`exclude`", file, errors)?;
+                    let v = self.axis_value(axis, *axis_pos, value, "`exclude`", found)?;
                     Some((axis.clone(), v))
                 })
                 .collect();
             // A rule with a wrong entry is not kept in part: what is left of it would exclude
             // more than was written (and report "no cell left" on top of the real error).
-            if errors.len() == errors_before {
+            if found.count() == errors_before {
                 self.exclude.push(rule);
             }
         }
@@ -187,20 +174,19 @@ impl Matrix {
         axis_pos: Pos,
         value: &Node,
         what: &str,
-        file: &str,
-        errors: &mut Vec<Diagnostic>,
+        found: &mut Findings,
     ) -> Option<Json> {
         let Some((_, values)) = self.axes.iter().find(|(a, _)| a == axis) else {
-            errors.push(self.unknown_axis(axis, file, axis_pos));
+            found.push(self.unknown_axis(axis, found.file(), axis_pos));
             return None;
         };
         match scalar_json(value) {
             Some(v) if values.iter().any(|x| display(x) == display(&v)) => Some(v),
             Some(v) => {
                 let listed: Vec<String> = values.iter().map(display).collect();
-                errors.push(
+                found.push(
                     Diagnostic::at(
-                        file,
+                        found.file(),
                         value.pos,
                         format!("{what} names `{}`, which is not a value of axis `{axis}`", display(&v)),
                     )
@@ -209,11 +195,10 @@ impl Matrix {
                 None
             }
             None => {
-                errors.push(Diagnostic::at(
-                    file,
+                found.error(
                     value.pos,
                     format!("{what} values must be strings or numbers, found {}", value.type_name()),
-                ));
+                );
                 None
             }
         }
@@ -221,23 +206,12 @@ impl Matrix {
 
     /// A stage's `when:` — axis → a value or a list of values: the cells where the stage runs
     /// (one flag per cell of `cells`). None when it has errors.
-    pub fn when(
-        &self,
-        node: &Node,
-        stage: &str,
-        cells: &[Cell],
-        file: &str,
-        errors: &mut Vec<Diagnostic>,
-    ) -> Option<Vec<bool>> {
+    pub fn when(&self, node: &Node, stage: &str, cells: &[Cell], found: &mut Findings) -> Option<Vec<bool>> {
         let Value::Map(entries) = &node.value else {
-            errors.push(Diagnostic::at(
-                file,
-                node.pos,
-                format!("`when` of stage `{stage}` must be a mapping of matrix axis → value or list of values, found {}", node.type_name()),
-            ));
+            found.error(node.pos, format!("`when` of stage `{stage}` must be a mapping of matrix axis → value or list of values, found {}", node.type_name()));
             return None;
         };
-        let errors_before = errors.len();
+        let errors_before = found.count();
         let mut rule: Vec<(String, Vec<Json>)> = Vec::new();
         for (axis, axis_pos, value) in entries {
             let items: Vec<&Node> = match &value.value {
@@ -246,11 +220,11 @@ impl Matrix {
             };
             let values = items
                 .into_iter()
-                .filter_map(|item| self.axis_value(axis, *axis_pos, item, "`when`", file, errors))
+                .filter_map(|item| self.axis_value(axis, *axis_pos, item, "`when`", found))
                 .collect();
             rule.push((axis.clone(), values));
         }
-        if errors.len() != errors_before {
+        if found.count() != errors_before {
             return None;
         }
         let runs: Vec<bool> = cells
@@ -262,11 +236,7 @@ impl Matrix {
             })
             .collect();
         if !runs.contains(&true) {
-            errors.push(Diagnostic::at(
-                file,
-                node.pos,
-                format!("`when` of stage `{stage}` matches no cell of the matrix"),
-            ));
+            found.error(node.pos, format!("`when` of stage `{stage}` matches no cell of the matrix"));
             return None;
         }
         Some(runs)
@@ -346,28 +316,28 @@ fn scalar_json(node: &Node) -> Option<Json> {
 }
 
 /// Checks every `${...}` in the node against the matrix axes; false when one is wrong.
-pub fn check_references(node: &Node, matrix: &Matrix, file: &str, errors: &mut Vec<Diagnostic>) -> bool {
-    let before = errors.len();
-    push_reference_errors(node, matrix, file, errors);
-    errors.len() == before
+pub fn check_references(node: &Node, matrix: &Matrix, found: &mut Findings) -> bool {
+    let before = found.count();
+    push_reference_errors(node, matrix, found);
+    found.count() == before
 }
 
-fn push_reference_errors(node: &Node, matrix: &Matrix, file: &str, errors: &mut Vec<Diagnostic>) {
+fn push_reference_errors(node: &Node, matrix: &Matrix, found: &mut Findings) {
     match &node.value {
         Value::Str(s) => {
             if let Err(e) =
                 interpolate_str(s, &|axis| matrix.axes.iter().any(|(a, _)| a == axis).then_some(Json::Null))
             {
-                errors.push(match e {
-                    InterpolationError::UnknownAxis(axis) => matrix.unknown_axis(&axis, file, node.pos),
-                    InterpolationError::Syntax(msg) => Diagnostic::at(file, node.pos, msg),
+                found.push(match e {
+                    InterpolationError::UnknownAxis(axis) => {
+                        matrix.unknown_axis(&axis, found.file(), node.pos)
+                    }
+                    InterpolationError::Syntax(msg) => Diagnostic::at(found.file(), node.pos, msg),
                 });
             }
         }
-        Value::Seq(items) => items.iter().for_each(|n| push_reference_errors(n, matrix, file, errors)),
-        Value::Map(entries) => {
-            entries.iter().for_each(|(_, _, n)| push_reference_errors(n, matrix, file, errors))
-        }
+        Value::Seq(items) => items.iter().for_each(|n| push_reference_errors(n, matrix, found)),
+        Value::Map(entries) => entries.iter().for_each(|(_, _, n)| push_reference_errors(n, matrix, found)),
         _ => {}
     }
 }
@@ -452,9 +422,9 @@ mod tests {
     use crate::yaml::parse;
 
     fn matrix(text: &str) -> (Matrix, Vec<Diagnostic>) {
-        let mut errors = Vec::new();
-        let m = Matrix::parse(&parse(text, "m.yaml").unwrap(), "m.yaml", &mut errors);
-        (m, errors)
+        let mut found = Findings::new("m.yaml");
+        let m = Matrix::parse(&parse(text, "m.yaml").unwrap(), &mut found);
+        (m, found.into_diagnostics().0)
     }
 
     #[test]
@@ -521,9 +491,10 @@ mod tests {
     fn unknown_references_are_errors() {
         let (m, _) = matrix("task: [rte]\n");
         let node = parse("a: ${matrix.tsk}\nb: ${env.HOME}\nc: ${matrix.task\n", "o.yaml").unwrap();
-        let mut errors = Vec::new();
-        check_references(&node, &m, "o.yaml", &mut errors);
-        let got: Vec<(usize, String)> = errors.iter().map(|e| (e.pos.unwrap().line, e.to_string())).collect();
+        let mut found = Findings::new("o.yaml");
+        check_references(&node, &m, &mut found);
+        let got: Vec<(usize, String)> =
+            found.into_diagnostics().0.iter().map(|e| (e.pos.unwrap().line, e.to_string())).collect();
         assert_eq!(
             got[0],
             (1, "o.yaml:1:4: error: unknown matrix axis `tsk`\n  help: did you mean `task`?".to_string())

@@ -18,7 +18,7 @@ use serde_json::Value as Json;
 
 use stages::parse_stages;
 
-use crate::diag::{unknown_key, Diagnostic, Diagnostics, Pos};
+use crate::diag::{Diagnostic, Diagnostics, Findings, Pos};
 use crate::pipeline::matrix::{Cell, Matrix};
 use crate::plugins::Registry;
 use crate::yaml::{self, Node, Value};
@@ -236,7 +236,7 @@ pub fn load(path: &Path, registry: &Registry, ctx: &Context) -> Result<Pipeline,
 /// Parses and checks a pipeline document; `file` is the name errors carry.
 pub fn parse(text: &str, file: &str, registry: &Registry, ctx: &Context) -> Result<Pipeline, Diagnostics> {
     let root = yaml::parse(text, file)?;
-    let mut errors = Vec::new();
+    let mut found = Findings::new(file);
     let Value::Map(entries) = &root.value else {
         return Err(Diagnostic::at(
             file,
@@ -251,40 +251,44 @@ pub fn parse(text: &str, file: &str, registry: &Registry, ctx: &Context) -> Resu
     let mut stages_node = None;
     for (key, key_pos, value) in entries {
         match key.as_str() {
-            "name" => name = parse_name(value, file, &mut errors),
+            "name" => name = parse_name(value, &mut found),
             "description" => {
-                value.expect_str("description", file, &mut errors);
+                value.expect_str("description", &mut found);
             }
-            "defaults" => defaults = parse_defaults(value, file, &mut errors),
-            "matrix" => matrix = Matrix::parse(value, file, &mut errors),
+            "defaults" => defaults = parse_defaults(value, &mut found),
+            "matrix" => matrix = Matrix::parse(value, &mut found),
             "stages" => stages_node = Some(value),
-            _ => errors.push(unknown_key(file, *key_pos, key, "top-level key", TOP_LEVEL_KEYS)),
+            _ => found.unknown_key(*key_pos, key, "top-level key", TOP_LEVEL_KEYS),
         }
     }
     if name.is_none() && !entries.iter().any(|(k, _, _)| k == "name") {
-        errors.push(
-            Diagnostic::at(file, root.pos, "the pipeline has no `name`")
-                .help("add `name: my-experiment` (it names the run folder)"),
+        found.error_with_help(
+            root.pos,
+            "the pipeline has no `name`",
+            "add `name: my-experiment` (it names the run folder)",
         );
     }
     if matrix.too_large {
-        return Err(Diagnostics::sorted(errors));
+        return Err(found.into_diagnostics());
     }
     let cells = matrix.cells();
     if cells.is_empty() {
-        errors.push(Diagnostic::at(file, root.pos, "`exclude` leaves no matrix cell to run"));
+        found.error(root.pos, "`exclude` leaves no matrix cell to run");
     }
     let stages = match stages_node {
-        Some(node) => parse_stages(node, file, registry, &matrix, &cells, ctx, &mut errors),
+        Some(node) => parse_stages(node, registry, &matrix, &cells, ctx, &mut found),
         None => {
-            errors.push(Diagnostic::at(file, root.pos, "the pipeline has no `stages`"));
+            found.error(root.pos, "the pipeline has no `stages`");
             Vec::new()
         }
     };
-    if !errors.is_empty() {
-        return Err(Diagnostics::sorted(errors));
-    }
-    Ok(Pipeline { name: name.unwrap_or_default(), file: PathBuf::from(file), defaults, cells, stages })
+    found.into_result(Pipeline {
+        name: name.unwrap_or_default(),
+        file: PathBuf::from(file),
+        defaults,
+        cells,
+        stages,
+    })
 }
 
 /// Characters of a pipeline name or stage id.
@@ -299,24 +303,20 @@ fn valid_folder_name(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
-fn parse_name(node: &Node, file: &str, errors: &mut Vec<Diagnostic>) -> Option<String> {
-    let name = node.expect_str("name", file, errors)?;
+fn parse_name(node: &Node, found: &mut Findings) -> Option<String> {
+    let name = node.expect_str("name", found)?;
     if valid_folder_name(name) {
         Some(name.to_string())
     } else {
-        errors.push(Diagnostic::at(file, node.pos, format!("pipeline name `{name}` may hold only letters, digits, `.`, `_` and `-`, at most {MAX_NAME} of them (it names the run folder)")));
+        found.error(node.pos, format!("pipeline name `{name}` may hold only letters, digits, `.`, `_` and `-`, at most {MAX_NAME} of them (it names the run folder)"));
         None
     }
 }
 
-fn parse_defaults(node: &Node, file: &str, errors: &mut Vec<Diagnostic>) -> Defaults {
+fn parse_defaults(node: &Node, found: &mut Findings) -> Defaults {
     let mut defaults = Defaults::default();
     let Value::Map(entries) = &node.value else {
-        errors.push(Diagnostic::at(
-            file,
-            node.pos,
-            format!("`defaults` must be a mapping, found {}", node.type_name()),
-        ));
+        found.error(node.pos, format!("`defaults` must be a mapping, found {}", node.type_name()));
         return defaults;
     };
     for (key, key_pos, value) in entries {
@@ -325,52 +325,47 @@ fn parse_defaults(node: &Node, file: &str, errors: &mut Vec<Diagnostic>) -> Defa
                 defaults.device = DeviceSpec::parse(s).unwrap_or(DeviceSpec::Auto);
                 defaults.device_pos = Some(value.pos);
             }
-            ("device", _) => errors.push(Diagnostic::at(
-                file,
+            ("device", _) => found.error(
                 value.pos,
                 format!(
                     "`device` must be auto, cpu, cuda or cuda:N, found {}",
                     describe_value(&value.to_json())
                 ),
-            )),
+            ),
             ("seed", Value::Int(i)) if *i >= 0 => defaults.seed = *i as u64,
-            ("seed", _) => errors.push(Diagnostic::at(
-                file,
+            ("seed", _) => found.error(
                 value.pos,
                 format!("`seed` must be a non-negative integer, found {}", describe_value(&value.to_json())),
-            )),
+            ),
             ("dtype", Value::Str(s)) if matches!(s.as_str(), "fp32" | "bf16") => {
                 defaults.dtype = if s == "bf16" { DType::Bf16 } else { DType::Fp32 }
             }
-            ("dtype", _) => errors.push(Diagnostic::at(
-                file,
+            ("dtype", _) => found.error(
                 value.pos,
                 format!(
                     "`dtype` must be fp32 or bf16 (bf16 autocast), found {}",
                     describe_value(&value.to_json())
                 ),
-            )),
+            ),
             ("threads", Value::Int(i)) if (0..=MAX_THREADS as i64).contains(i) => {
                 defaults.threads = *i as usize
             }
-            ("threads", _) => errors.push(Diagnostic::at(
-                file,
+            ("threads", _) => found.error(
                 value.pos,
                 format!(
                     "`threads` must be an integer from 0 (one per core) to {MAX_THREADS}, found {}",
                     describe_value(&value.to_json())
                 ),
-            )),
-            ("resources", _) => defaults.resources = crate::pipeline::resources::parse(value, file, errors),
+            ),
+            ("resources", _) => defaults.resources = crate::pipeline::resources::parse(value, found),
             ("executor", _) => {
                 defaults.executor = crate::execute::slurm::config::parse_executor(
                     value,
-                    file,
                     crate::execute::slurm::config::Source::Pipeline,
-                    errors,
+                    found,
                 )
             }
-            _ => errors.push(unknown_key(file, *key_pos, key, "key in `defaults`", DEFAULTS_KEYS)),
+            _ => found.unknown_key(*key_pos, key, "key in `defaults`", DEFAULTS_KEYS),
         }
     }
     defaults

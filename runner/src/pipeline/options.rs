@@ -3,11 +3,12 @@
 use std::path::Path;
 
 use petnas_sdk::options::{OptType, OptionSchema};
+use petnas_sdk::pets::{read_pets, PetPlace};
 use serde_json::Value as Json;
 
 use super::stages::RawStage;
 use super::{matrix, Context};
-use crate::diag::{nearest, Diagnostic, Pos};
+use crate::diag::{Diagnostic, Findings, Pos};
 use crate::pipeline::matrix::{Cell, Matrix};
 use crate::plugins::Registry;
 use crate::yaml::{Node, Value};
@@ -16,13 +17,12 @@ use crate::yaml::{Node, Value};
 pub(super) fn check_options(
     stage: &RawStage,
     schema: petnas_sdk::OptionSchema,
-    file: &str,
     matrix: &Matrix,
     cells: &[Cell],
     runs_in: &[bool],
     ctx: &Context,
     registry: &Registry,
-    errors: &mut Vec<Diagnostic>,
+    found: &mut Findings,
 ) -> Vec<Json> {
     let given: &[(String, Pos, Node)] = match stage.with.map(|w| &w.value) {
         Some(Value::Map(entries)) => entries,
@@ -34,30 +34,30 @@ pub(super) fn check_options(
     let mut unresolved = Vec::new();
     for (key, key_pos, value) in given {
         match schema.get(key) {
-            None => errors.push(unknown_option(
+            None => found.push(unknown_option(
                 &schema,
                 key,
                 *key_pos,
                 &format!("stage `{}` ({kind})", stage.id),
-                file,
+                found.file(),
             )),
             Some(spec) => {
-                if !matrix::check_references(value, matrix, file, errors) {
+                if !matrix::check_references(value, matrix, found) {
                     unresolved.push(key.as_str());
-                } else if let Some(e) = non_finite(value, file) {
-                    errors.push(e.with_message(|m| format!("option `{key}` of stage `{}`: {m}", stage.id)));
+                } else if let Some(e) = non_finite(value, found.file()) {
+                    found.push(e.with_message(|m| format!("option `{key}` of stage `{}`: {m}", stage.id)));
                     unresolved.push(key.as_str());
                 } else if spec.ty == OptType::Pets && node_has_reference(value) {
                     // Checked in every cell, with its values put in (`type: '${matrix.pet}'`).
-                    let before = errors.len();
+                    let before = found.count();
                     for cell in cells.iter().zip(runs_in).filter(|(_, runs)| **runs).map(|(c, _)| c) {
-                        check_pets(&matrix::resolve_node(value, cell), registry, file, errors);
-                        if errors.len() > before {
+                        check_pets(&matrix::resolve_node(value, cell), registry, found);
+                        if found.count() > before {
                             break;
                         }
                     }
                 } else if spec.ty == OptType::Pets {
-                    check_pets(value, registry, file, errors);
+                    check_pets(value, registry, found);
                 }
             }
         }
@@ -65,9 +65,9 @@ pub(super) fn check_options(
     for spec in &schema.options {
         if spec.default.is_none() && !given.iter().any(|(k, _, _)| k == spec.name) {
             let pos = stage.with.map(|w| w.pos).unwrap_or(stage.pos);
-            errors.push(
+            found.push(
                 Diagnostic::at(
-                    file,
+                    found.file(),
                     pos,
                     format!(
                         "stage `{}` ({kind}) is missing the required option `{}` ({})",
@@ -107,14 +107,13 @@ pub(super) fn check_options(
                                 } else {
                                     String::new()
                                 };
-                                errors.push(Diagnostic::at(
-                                    file,
+                                found.error(
                                     node.pos,
                                     format!("option `{}` of stage `{}`: {e}{at}", spec.name, stage.id),
-                                ));
+                                );
                             }
                             Ok(()) if spec.ty == OptType::OutputPath && !value.is_null() => {
-                                check_output_path(&value, node.pos, &stage.id, &cell.name, file, ctx, errors)
+                                check_output_path(&value, node.pos, &stage.id, &cell.name, ctx, found)
                             }
                             Ok(()) => {}
                         }
@@ -127,11 +126,7 @@ pub(super) fn check_options(
             if !exclusion_reported {
                 for e in schema.exclusion_errors(|n| options.get(n).is_some_and(|v| !v.is_null())) {
                     exclusion_reported = true;
-                    errors.push(Diagnostic::at(
-                        file,
-                        with_pos,
-                        format!("stage `{}` ({kind}): {e}", stage.id),
-                    ));
+                    found.error(with_pos, format!("stage `{}` ({kind}): {e}", stage.id));
                 }
             }
             Json::Object(options)
@@ -158,20 +153,7 @@ pub(super) fn beside(pipeline_dir: &Path, ty: &OptType, value: Json) -> Json {
 
 /// An unknown option: petnas's name where the user wrote a peer tool's, else the nearest.
 pub(super) fn unknown_option(schema: &OptionSchema, key: &str, pos: Pos, of: &str, file: &str) -> Diagnostic {
-    if let Some((_, hint)) = schema.foreign.iter().find(|(name, _)| *name == key) {
-        return Diagnostic::at(file, pos, format!("unknown option `{key}` for {of}")).help(*hint);
-    }
-    if let Some(spec) = schema.by_peer_name(key) {
-        return Diagnostic::at(file, pos, format!("unknown option `{key}` for {of}"))
-            .help(format!("`{key}` is what PEFT or transformers call it; petnas calls it `{}`", spec.name));
-    }
-    let names: Vec<&str> = schema.options.iter().map(|o| o.name).collect();
-    let d = Diagnostic::at(file, pos, format!("unknown option `{key}` for {of}"));
-    match nearest(key, names.iter().copied()) {
-        Some(n) => d.help(format!("did you mean `{n}`?")),
-        None if names.is_empty() => d.help(format!("{of} takes no options")),
-        None => d.help(format!("it takes: {}", names.join(", "))),
-    }
+    Diagnostic::at(file, pos, format!("unknown option `{key}` for {of}")).help(schema.unknown_help(key, of))
 }
 
 /// `.nan` or `.inf` anywhere in an option's value (JSON, which stages read, has neither).
@@ -200,108 +182,58 @@ pub(super) fn check_output_path(
     pos: Pos,
     stage: &str,
     cell: &str,
-    file: &str,
     ctx: &Context,
-    errors: &mut Vec<Diagnostic>,
+    found: &mut Findings,
 ) {
     let Some(path) = value.as_str() else { return };
     let stage_dir = ctx.runs_dir.join("pipeline").join(cell).join(stage);
     if let Err(e) = petnas_sdk::stage::resolve_output_path(&stage_dir, path, &ctx.allowed_writes) {
-        errors.push(Diagnostic::at(file, pos, e));
+        found.error(pos, e);
     }
 }
 
-/// Checks a list of PET modules against the PET types' own option schemas.
-pub(super) fn check_pets(node: &Node, registry: &Registry, file: &str, errors: &mut Vec<Diagnostic>) {
-    let Value::Seq(items) = &node.value else {
-        errors.push(Diagnostic::at(
-            file,
-            node.pos,
-            format!(
-                "expected a list of PET modules ({{type, targets, options…}}), found {}",
-                node.type_name()
-            ),
-        ));
-        return;
+/// Checks a list of PET modules with the contract's reader of `pets:` (the one the stages
+/// use), putting each problem at the line and column of what it is about.
+pub(super) fn check_pets(node: &Node, registry: &Registry, found: &mut Findings) {
+    let items: &[Node] = match &node.value {
+        Value::Seq(items) => items,
+        _ => &[],
     };
-    let known: Vec<&str> = registry.pet_types().map(|(t, _)| t.name()).collect();
-    for item in items {
-        let Value::Map(entries) = &item.value else {
-            errors.push(Diagnostic::at(
-                file,
-                item.pos,
-                format!("a PET module is a mapping with `type`, found {}", item.type_name()),
-            ));
-            continue;
+    // `.nan` and `.inf` have no JSON form: said here, and not again as a wrong type.
+    let mut non_finite_keys: Vec<(usize, &str)> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let Value::Map(entries) = &item.value else { continue };
+        let type_name = match entries.iter().find(|(k, _, _)| k == "type").map(|(_, _, t)| &t.value) {
+            Some(Value::Str(name)) => name.as_str(),
+            _ => "",
         };
-        let Some((_, _, type_node)) = entries.iter().find(|(k, _, _)| k == "type") else {
-            errors.push(
-                Diagnostic::at(file, item.pos, "a PET module needs a `type`")
-                    .help(format!("PET types: {}", known.join(", "))),
-            );
-            continue;
-        };
-        let Some(type_name) = type_node.expect_str("type", file, errors) else { continue };
-        let Some((pet_type, _)) = registry.pet_types().find(|(t, _)| t.name() == type_name) else {
-            let d = Diagnostic::at(file, type_node.pos, format!("unknown PET type `{type_name}`"));
-            let hint = match nearest(type_name, known.iter().copied()) {
-                Some(n) => format!("did you mean `{n}`? PET types: {}", known.join(", ")),
-                None => format!("PET types: {}", known.join(", ")),
-            };
-            errors.push(d.help(hint));
-            continue;
-        };
-        let schema = pet_type.options();
-        for (key, key_pos, value) in entries {
-            match key.as_str() {
-                "type" => {}
-                "targets" => match &value.value {
-                    Value::Str(_) => {}
-                    Value::Seq(targets) if targets.iter().all(|t| matches!(t.value, Value::Str(_))) => {}
-                    _ => errors.push(Diagnostic::at(
-                        file,
-                        value.pos,
-                        "`targets` must be a pattern or a list of patterns (names, `re:…`, `all-linear`)",
-                    )),
-                },
-                _ => match schema.get(key) {
-                    None if key == "target_modules" => errors.push(
-                        Diagnostic::at(
-                            file,
-                            *key_pos,
-                            format!("unknown option `{key}` for PET type `{type_name}`"),
-                        )
-                        .help("`target_modules` is what PEFT calls it; petnas calls it `targets`"),
-                    ),
-                    None => errors.push(unknown_option(
-                        &schema,
-                        key,
-                        *key_pos,
-                        &format!("PET type `{type_name}`"),
-                        file,
-                    )),
-                    Some(_) if non_finite(value, file).is_some() => {
-                        let e = non_finite(value, file).expect("just found");
-                        errors.push(
-                            e.with_message(|m| format!("option `{key}` of PET type `{type_name}`: {m}")),
-                        );
-                    }
-                    Some(spec) if !node_has_reference(value) => {
-                        if let Err(e) = spec.check(&value.to_json()) {
-                            errors.push(Diagnostic::at(
-                                file,
-                                value.pos,
-                                format!("option `{key}` of PET type `{type_name}`: {e}"),
-                            ));
-                        }
-                    }
-                    Some(_) => {}
-                },
+        for (key, _, value) in entries {
+            if let Some(e) = non_finite(value, found.file()) {
+                found.push(e.with_message(|m| format!("option `{key}` of PET type `{type_name}`: {m}")));
+                non_finite_keys.push((i, key));
             }
         }
-        let set = |name: &str| entries.iter().any(|(k, _, v)| k == name && !matches!(v.value, Value::Null));
-        for e in schema.exclusion_errors(set) {
-            errors.push(Diagnostic::at(file, item.pos, format!("PET type `{type_name}`: {e}")));
-        }
+    }
+    let pet_types: Vec<&dyn petnas_sdk::model::PetType> = registry.pet_types().map(|(t, _)| t).collect();
+    let Err(problems) = read_pets(&node.to_json(), &pet_types) else { return };
+    for problem in problems {
+        let item = items.get(problem.entry);
+        let entry = |key: &str| match item.map(|i| &i.value) {
+            Some(Value::Map(entries)) => entries.iter().find(|(k, _, _)| k == key),
+            _ => None,
+        };
+        let pos = match &problem.place {
+            PetPlace::List => node.pos,
+            PetPlace::Entry => item.map_or(node.pos, |i| i.pos),
+            PetPlace::Type => entry("type").map_or(node.pos, |(_, _, v)| v.pos),
+            PetPlace::Key(key) => entry(key).map_or(node.pos, |(_, p, _)| *p),
+            PetPlace::Value(key) if non_finite_keys.contains(&(problem.entry, key.as_str())) => continue,
+            PetPlace::Value(key) => entry(key).map_or(node.pos, |(_, _, v)| v.pos),
+        };
+        let d = Diagnostic::at(found.file(), pos, problem.message);
+        found.push(match problem.help {
+            Some(help) => d.help(help),
+            None => d,
+        });
     }
 }

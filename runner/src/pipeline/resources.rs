@@ -1,7 +1,7 @@
 //! `resources:` of a stage or of `defaults` — what one stage's Slurm job asks for:
 //! `{gpus: 1, cpus: 4, mem: 16G, time: 2h}`. A stage's own values win over `defaults`', which
 //! win over the `--slurm-*` flags; the local executor ignores them.
-use crate::diag::Diagnostic;
+use crate::diag::{Diagnostic, Findings};
 use crate::yaml::{Node, Value};
 use petnas_sdk::options::describe_value;
 
@@ -59,36 +59,35 @@ fn sbatch_time(text: &str) -> Option<String> {
     ok.then(|| text.to_string())
 }
 
-pub fn parse(node: &Node, file: &str, errors: &mut Vec<Diagnostic>) -> Resources {
+pub fn parse(node: &Node, found: &mut Findings) -> Resources {
     let mut resources = Resources::default();
     let Value::Map(entries) = &node.value else {
-        errors.push(Diagnostic::at(
-            file,
+        found.error(
             node.pos,
             format!("`resources` must be a mapping of {}, found {}", KEYS.join(", "), node.type_name()),
-        ));
+        );
         return resources;
     };
     for (key, key_pos, value) in entries {
         let bad = |what: &str| {
             Diagnostic::at(
-                file,
+                found.file(),
                 value.pos,
                 format!("`{key}` must be {what}, found {}", describe_value(&value.to_json())),
             )
         };
         match (key.as_str(), &value.value) {
             ("gpus", Value::Int(n)) if (0..=64).contains(n) => resources.gpus = Some(*n as usize),
-            ("gpus", _) => errors.push(bad("an integer from 0 to 64")),
+            ("gpus", _) => found.push(bad("an integer from 0 to 64")),
             ("cpus", Value::Int(n)) if (1..=1024).contains(n) => resources.cpus = Some(*n as usize),
-            ("cpus", _) => errors.push(bad("an integer from 1 to 1024")),
+            ("cpus", _) => found.push(bad("an integer from 1 to 1024")),
             ("mem", Value::Str(s)) if valid_mem(s) => resources.mem = Some(s.clone()),
             ("mem", Value::Int(n)) if *n > 0 => resources.mem = Some(format!("{n}M")),
-            ("mem", _) => errors.push(bad("a size as sbatch takes it (`16G`, `512M`)")),
+            ("mem", _) => found.push(bad("a size as sbatch takes it (`16G`, `512M`)")),
             ("time", Value::Str(s)) if sbatch_time(s).is_some() => resources.time = sbatch_time(s),
             ("time", Value::Int(n)) if *n > 0 => resources.time = Some(n.to_string()),
-            ("time", _) => errors.push(bad("a time limit (`2h`, `90m`, `1-12:00:00`)")),
-            _ => errors.push(crate::diag::unknown_key(file, *key_pos, key, "key in `resources`", KEYS)),
+            ("time", _) => found.push(bad("a time limit (`2h`, `90m`, `1-12:00:00`)")),
+            _ => found.unknown_key(*key_pos, key, "key in `resources`", KEYS),
         }
     }
     resources

@@ -8,7 +8,7 @@ use super::files::check_files;
 use super::graph::{check_input_kinds, topological_order};
 use super::options::check_options;
 use super::{valid_folder_name, Context, StageDecl, MAX_NAME};
-use crate::diag::{nearest, unknown_key, Diagnostic, Pos};
+use crate::diag::{nearest, Diagnostic, Findings, Pos};
 use crate::pipeline::matrix::{Cell, Matrix};
 use crate::plugins::Registry;
 use crate::yaml::{Node, Value};
@@ -29,72 +29,66 @@ pub(super) struct RawStage<'a> {
 #[allow(clippy::too_many_arguments)]
 pub(super) fn parse_stages(
     node: &Node,
-    file: &str,
     registry: &Registry,
     matrix: &Matrix,
     cells: &[Cell],
     ctx: &Context,
-    errors: &mut Vec<Diagnostic>,
+    found: &mut Findings,
 ) -> Vec<StageDecl> {
     let Value::Map(entries) = &node.value else {
-        errors.push(Diagnostic::at(
-            file,
+        found.error(
             node.pos,
             format!(
                 "`stages` must be a mapping of stage id → {{use, needs, with}}, found {}",
                 node.type_name()
             ),
-        ));
+        );
         return Vec::new();
     };
     if entries.is_empty() {
-        errors.push(Diagnostic::at(file, node.pos, "`stages` is empty"));
+        found.error(node.pos, "`stages` is empty");
     }
     let mut raw = Vec::new();
     for (id, id_pos, body) in entries {
         if !valid_folder_name(id) {
-            errors.push(Diagnostic::at(
-                file,
-                *id_pos,
-                format!(
+            found.error(*id_pos, format!(
                     "stage id `{id}` may hold only letters, digits, `.`, `_` and `-`, at most {MAX_NAME} of them (it names a folder)"
-                ),
-            ));
+                ));
         }
-        raw.push(parse_stage(id, *id_pos, body, file, registry, errors));
+        raw.push(parse_stage(id, *id_pos, body, registry, found));
     }
     let ids: Vec<&str> = raw.iter().map(|s| s.id.as_str()).collect();
     for stage in &raw {
         for (need, pos) in &stage.needs {
             if !ids.contains(&need.as_str()) {
                 let d = Diagnostic::at(
-                    file,
+                    found.file(),
                     *pos,
                     format!("stage `{}` needs `{need}`, which is not a stage of this pipeline", stage.id),
                 );
-                errors.push(match nearest(need, ids.iter().copied()) {
+                found.push(match nearest(need, ids.iter().copied()) {
                     Some(n) => d.help(format!("did you mean `{n}`?")),
                     None => d.help(format!("the stages are: {}", ids.join(", "))),
                 });
             } else if need == &stage.id {
-                errors.push(Diagnostic::at(file, *pos, format!("cycle in `needs`: {0} → {0}", stage.id)));
+                found.error(*pos, format!("cycle in `needs`: {0} → {0}", stage.id));
             }
         }
     }
-    let Some(order) = topological_order(&raw, file, errors) else {
+    let Some(order) = topological_order(&raw, found) else {
         return Vec::new();
     };
-    check_input_kinds(&raw, registry, file, errors);
+    check_input_kinds(&raw, registry, found);
     let runs_in: Vec<Vec<bool>> = raw
         .iter()
         .map(|stage| match stage.when {
             Some(node) => {
-                matrix.when(node, &stage.id, cells, file, errors).unwrap_or_else(|| vec![false; cells.len()])
+                matrix.when(node, &stage.id, cells, found).unwrap_or_else(|| vec![false; cells.len()])
             }
             None => vec![true; cells.len()],
         })
         .collect();
-    check_needs_run(&raw, &runs_in, cells, file, errors);
+    check_needs_run(&raw, &runs_in, cells, found);
     // Stages whose options are wrong are not checked against their files: that error says
     // enough.
     let mut unchecked: Vec<String> = Vec::new();
@@ -102,22 +96,14 @@ pub(super) fn parse_stages(
         .into_iter()
         .map(|i| {
             let stage = &raw[i];
-            let before = errors.len();
+            let before = found.count();
             let options = match (&stage.kind, registry.stage(stage.kind.as_deref().unwrap_or(""))) {
-                (Some(_), Some((kind, _))) => check_options(
-                    stage,
-                    kind.options(),
-                    file,
-                    matrix,
-                    cells,
-                    &runs_in[i],
-                    ctx,
-                    registry,
-                    errors,
-                ),
+                (Some(_), Some((kind, _))) => {
+                    check_options(stage, kind.options(), matrix, cells, &runs_in[i], ctx, registry, found)
+                }
                 _ => Vec::new(),
             };
-            if errors.len() != before {
+            if found.count() != before {
                 unchecked.push(stage.id.clone());
             }
             StageDecl {
@@ -133,8 +119,8 @@ pub(super) fn parse_stages(
             }
         })
         .collect();
-    if errors.is_empty() {
-        check_files(&mut stages, &raw, registry, cells, &unchecked, file, errors);
+    if found.count() == 0 {
+        check_files(&mut stages, &raw, registry, cells, &unchecked, found);
     }
     stages
 }
@@ -159,28 +145,20 @@ pub(super) fn services_held(inputs: &[Json], output: &Json) -> Option<BTreeSet<S
 }
 
 /// Wherever a stage runs, the stages it needs run too.
-pub(super) fn check_needs_run(
-    raw: &[RawStage],
-    runs_in: &[Vec<bool>],
-    cells: &[Cell],
-    file: &str,
-    errors: &mut Vec<Diagnostic>,
-) {
+pub(super) fn check_needs_run(raw: &[RawStage], runs_in: &[Vec<bool>], cells: &[Cell], found: &mut Findings) {
     for (i, stage) in raw.iter().enumerate() {
         for (need, pos) in &stage.needs {
             let Some(j) = raw.iter().position(|s| &s.id == need) else { continue };
             if let Some(c) = (0..cells.len()).find(|&c| runs_in[i][c] && !runs_in[j][c]) {
-                errors.push(
-                    Diagnostic::at(
-                        file,
+                found.push(Diagnostic::at(
+                        found.file(),
                         *pos,
                         format!(
                             "stage `{}` runs in cell {}, where `{need}`, which it needs, does not (its `when`)",
                             stage.id, cells[c].name
                         ),
                     )
-                    .help(format!("give `{}` a `when` inside `{need}`'s", stage.id)),
-                );
+                    .help(format!("give `{}` a `when` inside `{need}`'s", stage.id)),);
             }
         }
     }
@@ -190,9 +168,8 @@ pub(super) fn parse_stage<'a>(
     id: &str,
     pos: Pos,
     body: &'a Node,
-    file: &str,
     registry: &Registry,
-    errors: &mut Vec<Diagnostic>,
+    found: &mut Findings,
 ) -> RawStage<'a> {
     let mut stage = RawStage {
         id: id.to_string(),
@@ -205,25 +182,24 @@ pub(super) fn parse_stage<'a>(
         resources: Default::default(),
     };
     let Value::Map(entries) = &body.value else {
-        errors.push(Diagnostic::at(
-            file,
+        found.error(
             body.pos,
             format!(
                 "stage `{id}` must be a mapping with `use` (and `needs`, `with`), found {}",
                 body.type_name()
             ),
-        ));
+        );
         return stage;
     };
     for (key, key_pos, value) in entries {
         match key.as_str() {
             "use" => {
                 stage.use_pos = value.pos;
-                if let Some(kind) = value.expect_str("use", file, errors) {
+                if let Some(kind) = value.expect_str("use", found) {
                     if registry.stage(kind).is_some() {
                         stage.kind = Some(kind.to_string());
                     } else {
-                        errors.push(unknown_kind(kind, value.pos, file, registry));
+                        found.push(unknown_kind(kind, value.pos, found.file(), registry));
                     }
                 }
             }
@@ -233,41 +209,27 @@ pub(super) fn parse_stage<'a>(
                     for item in items {
                         match &item.value {
                             Value::Str(s) => stage.needs.push((s.clone(), item.pos)),
-                            _ => errors.push(Diagnostic::at(
-                                file,
-                                item.pos,
-                                format!("`needs` lists stage ids, found {}", item.type_name()),
-                            )),
+                            _ => found.error(item.pos, format!("`needs` lists stage ids, found {}", item.type_name())),
                         }
                     }
                 }
-                _ => errors.push(Diagnostic::at(
-                    file,
-                    value.pos,
-                    format!("`needs` must be a stage id or a list of them, found {}", value.type_name()),
-                )),
+                _ => found.error(value.pos, format!("`needs` must be a stage id or a list of them, found {}", value.type_name())),
             },
             "when" => stage.when = Some(value),
-            "resources" => stage.resources = crate::pipeline::resources::parse(value, file, errors),
+            "resources" => stage.resources = crate::pipeline::resources::parse(value, found),
             "with" => match &value.value {
                 Value::Map(_) => stage.with = Some(value),
                 Value::Null => {}
-                _ => errors.push(Diagnostic::at(
-                    file,
-                    value.pos,
-                    format!("`with` must be a mapping of options, found {}", value.type_name()),
-                )),
+                _ => found.error(value.pos, format!("`with` must be a mapping of options, found {}", value.type_name())),
             },
-            "seed" => errors.push(
-                Diagnostic::at(file, *key_pos, format!("stage `{id}` cannot set a seed of its own"))
-                    .help("seeds belong to cells: `defaults: {seed: N}`, or a `seed` axis of the matrix, which every stage of a cell runs with"),
-            ),
-            _ => errors.push(unknown_key(file, *key_pos, key, &format!("key in stage `{id}`"), STAGE_KEYS)),
+            "seed" => found.push(Diagnostic::at(found.file(), *key_pos, format!("stage `{id}` cannot set a seed of its own"))
+                    .help("seeds belong to cells: `defaults: {seed: N}`, or a `seed` axis of the matrix, which every stage of a cell runs with"),),
+            _ => found.unknown_key(*key_pos, key, &format!("key in stage `{id}`"), STAGE_KEYS),
         }
     }
     if !entries.iter().any(|(k, _, _)| k == "use") {
-        errors.push(
-            Diagnostic::at(file, pos, format!("stage `{id}` has no `use`"))
+        found.push(
+            Diagnostic::at(found.file(), pos, format!("stage `{id}` has no `use`"))
                 .help("name its kind, e.g. `use: plm.load` (see `petnas plugins`)"),
         );
     }

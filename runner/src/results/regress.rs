@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::diag::{unknown_key, Diagnostic, Diagnostics};
+use crate::diag::{Diagnostics, Findings};
 use crate::results::Group;
 use crate::yaml::{self, Node, Value};
 
@@ -60,23 +60,18 @@ const ENTRY_KEYS: &[&str] =
     &["task", "method", "axes", "metric", "expected", "tolerance", "tolerance_relative", "direction"];
 
 /// `axes: {budget: 12864}`: matrix values as the cell's folder name writes them.
-fn axes(node: &Node, file: &str, errors: &mut Vec<Diagnostic>) -> Option<BTreeMap<String, String>> {
+fn axes(node: &Node, found: &mut Findings) -> Option<BTreeMap<String, String>> {
     let Value::Map(fields) = &node.value else {
-        errors.push(Diagnostic::at(
-            file,
+        found.error(
             node.pos,
             format!("`axes` must be a mapping of matrix axis → value, found {}", node.type_name()),
-        ));
+        );
         return None;
     };
     let mut out = BTreeMap::new();
     for (axis, pos, value) in fields {
         if axis == "task" || axis == "seed" {
-            errors.push(Diagnostic::at(
-                file,
-                *pos,
-                format!("`{axis}` is not an axis to pick a result by: the entry's `task` names the task, and results are medians over seeds"),
-            ));
+            found.error(*pos, format!("`{axis}` is not an axis to pick a result by: the entry's `task` names the task, and results are medians over seeds"));
             continue;
         }
         match &value.value {
@@ -85,11 +80,10 @@ fn axes(node: &Node, file: &str, errors: &mut Vec<Diagnostic>) -> Option<BTreeMa
             Value::Float(v) => out.insert(axis.clone(), v.to_string()),
             Value::Bool(v) => out.insert(axis.clone(), v.to_string()),
             _ => {
-                errors.push(Diagnostic::at(
-                    file,
+                found.error(
                     value.pos,
                     format!("the value of axis `{axis}` must be a scalar, found {}", value.type_name()),
-                ));
+                );
                 None
             }
         };
@@ -97,16 +91,12 @@ fn axes(node: &Node, file: &str, errors: &mut Vec<Diagnostic>) -> Option<BTreeMa
     Some(out)
 }
 
-fn number(node: &Node, what: &str, file: &str, errors: &mut Vec<Diagnostic>) -> Option<f64> {
+fn number(node: &Node, what: &str, found: &mut Findings) -> Option<f64> {
     match node.value {
         Value::Int(i) => Some(i as f64),
         Value::Float(f) if f.is_finite() => Some(f),
         _ => {
-            errors.push(Diagnostic::at(
-                file,
-                node.pos,
-                format!("`{what}` must be a number, found {}", node.type_name()),
-            ));
+            found.error(node.pos, format!("`{what}` must be a number, found {}", node.type_name()));
             None
         }
     }
@@ -118,13 +108,14 @@ pub fn read_baseline(path: &Path) -> Result<Vec<Entry>> {
     let source = crate::bounded::read_to_string(path, crate::yaml::MAX_BYTES as u64)
         .with_context(|| format!("cannot read the baseline {file}"))?;
     let root = yaml::parse(&source, &file).map_err(Diagnostics::from)?;
-    let mut errors = Vec::new();
+    let mut found = Findings::new(&file);
     let entries_node = match &root.value {
         Value::Map(top) => {
             for (key, pos, _) in top.iter().filter(|(k, _, _)| k != "entries") {
-                errors.push(
-                    Diagnostic::at(&file, *pos, format!("unknown key `{key}` in the baseline"))
-                        .help("a baseline has one key, `entries`"),
+                found.error_with_help(
+                    *pos,
+                    format!("unknown key `{key}` in the baseline"),
+                    "a baseline has one key, `entries`",
                 );
             }
             top.iter().find(|(k, _, _)| k == "entries").map(|(_, _, n)| n)
@@ -132,78 +123,61 @@ pub fn read_baseline(path: &Path) -> Result<Vec<Entry>> {
         _ => None,
     };
     let Some(Node { value: Value::Seq(items), .. }) = entries_node else {
-        errors.push(Diagnostic::at(
-            &file,
+        found.error(
             root.pos,
             "a baseline is a mapping with `entries:`, a list of {task, method, metric, expected, tolerance}",
-        ));
-        return Err(Diagnostics::sorted(errors).into());
+        );
+        return Err(found.into_diagnostics().into());
     };
     let mut entries = Vec::new();
     for item in items {
         let Value::Map(fields) = &item.value else {
-            errors.push(Diagnostic::at(
-                &file,
-                item.pos,
-                format!("an entry is a mapping, found {}", item.type_name()),
-            ));
+            found.error(item.pos, format!("an entry is a mapping, found {}", item.type_name()));
             continue;
         };
         let get = |key: &str| fields.iter().find(|(k, _, _)| k == key).map(|(_, _, n)| n);
         for (key, pos, _) in fields {
             if !ENTRY_KEYS.contains(&key.as_str()) {
-                errors.push(unknown_key(&file, *pos, key, "key in a baseline entry", ENTRY_KEYS));
+                found.unknown_key(*pos, key, "key in a baseline entry", ENTRY_KEYS);
             }
         }
-        let required = |key: &str, errors: &mut Vec<Diagnostic>| {
-            let found = get(key);
-            if found.is_none() {
-                errors.push(Diagnostic::at(&file, item.pos, format!("the entry has no `{key}`")));
+        let required = |key: &str, found: &mut Findings| {
+            let node = get(key);
+            if node.is_none() {
+                found.error(item.pos, format!("the entry has no `{key}`"));
             }
-            found
+            node
         };
-        let task = required("task", &mut errors)
-            .and_then(|n| n.expect_str("task", &file, &mut errors).map(str::to_string));
-        let method = required("method", &mut errors)
-            .and_then(|n| n.expect_str("method", &file, &mut errors).map(str::to_string));
-        let metric = required("metric", &mut errors)
-            .and_then(|n| n.expect_str("metric", &file, &mut errors).map(str::to_string));
+        let task =
+            required("task", &mut found).and_then(|n| n.expect_str("task", &mut found).map(str::to_string));
+        let method = required("method", &mut found)
+            .and_then(|n| n.expect_str("method", &mut found).map(str::to_string));
+        let metric = required("metric", &mut found)
+            .and_then(|n| n.expect_str("metric", &mut found).map(str::to_string));
         let entry_axes = match get("axes") {
-            Some(n) => axes(n, &file, &mut errors),
+            Some(n) => axes(n, &mut found),
             None => Some(BTreeMap::new()),
         };
-        let expected_node = required("expected", &mut errors);
+        let expected_node = required("expected", &mut found);
         let expected_at = expected_node.map(|n| (n.pos.line, n.pos.col));
-        let expected = expected_node.and_then(|n| number(n, "expected", &file, &mut errors));
-        let non_negative = |n: &Node, what: &str, errors: &mut Vec<Diagnostic>| {
-            let value = number(n, what, &file, errors)?;
+        let expected = expected_node.and_then(|n| number(n, "expected", &mut found));
+        let non_negative = |n: &Node, what: &str, found: &mut Findings| {
+            let value = number(n, what, found)?;
             if value < 0.0 {
-                errors.push(Diagnostic::at(
-                    &file,
-                    n.pos,
-                    format!("`{what}` must not be negative, got {value}"),
-                ));
+                found.error(n.pos, format!("`{what}` must not be negative, got {value}"));
                 return None;
             }
             Some(value)
         };
         let tolerance = match (get("tolerance"), get("tolerance_relative")) {
-            (Some(n), None) => non_negative(n, "tolerance", &mut errors).map(Tolerance::Absolute),
-            (None, Some(n)) => non_negative(n, "tolerance_relative", &mut errors).map(Tolerance::Relative),
+            (Some(n), None) => non_negative(n, "tolerance", &mut found).map(Tolerance::Absolute),
+            (None, Some(n)) => non_negative(n, "tolerance_relative", &mut found).map(Tolerance::Relative),
             (Some(_), Some(_)) => {
-                errors.push(Diagnostic::at(
-                    &file,
-                    item.pos,
-                    "the entry sets both `tolerance` and `tolerance_relative`",
-                ));
+                found.error(item.pos, "the entry sets both `tolerance` and `tolerance_relative`");
                 None
             }
             (None, None) => {
-                errors.push(Diagnostic::at(
-                    &file,
-                    item.pos,
-                    "the entry has no `tolerance` (absolute) or `tolerance_relative`",
-                ));
+                found.error(item.pos, "the entry has no `tolerance` (absolute) or `tolerance_relative`");
                 None
             }
         };
@@ -212,11 +186,7 @@ pub fn read_baseline(path: &Path) -> Result<Vec<Entry>> {
             Some((_, Value::Str(s))) if s == "higher" => Some(true),
             Some((_, Value::Str(s))) if s == "lower" => Some(false),
             Some((n, _)) => {
-                errors.push(Diagnostic::at(
-                    &file,
-                    n.pos,
-                    "`direction` must be `higher` (higher is better) or `lower`",
-                ));
+                found.error(n.pos, "`direction` must be `higher` (higher is better) or `lower`");
                 None
             }
         };
@@ -233,11 +203,7 @@ pub fn read_baseline(path: &Path) -> Result<Vec<Entry>> {
             if let Some(first) = entries.iter().find(|e: &&Entry| {
                 e.task == task && e.method == method && e.axes == axes && e.metric == metric
             }) {
-                errors.push(Diagnostic::at(
-                    &file,
-                    item.pos,
-                    format!("{} is already listed on line {}", first.name(), first.line),
-                ));
+                found.error(item.pos, format!("{} is already listed on line {}", first.name(), first.line));
                 continue;
             }
             entries.push(Entry {
@@ -253,10 +219,7 @@ pub fn read_baseline(path: &Path) -> Result<Vec<Entry>> {
             });
         }
     }
-    if !errors.is_empty() {
-        return Err(Diagnostics::sorted(errors).into());
-    }
-    Ok(entries)
+    Ok(found.into_result(entries)?)
 }
 
 impl Entry {

@@ -1,6 +1,7 @@
 //! Where stages run, as a pipeline's `defaults: {executor: …}` or a cluster's profile file
 //! says: the executor's kind, Slurm's partition, account and qos, and the sbatch flags a
 //! pipeline file may pass (a vetted list: a pipeline may come from someone else).
+use crate::diag::Findings;
 use serde::Serialize;
 
 /// A pipeline's `defaults: {executor: {...}}`, or a profile's `executor:`: where stages run
@@ -50,33 +51,23 @@ pub fn read_profile(path: &std::path::Path) -> Result<ExecutorDefaults, crate::d
         .and_then(|b| String::from_utf8(b).map_err(|_| "not UTF-8 text".to_string()))
         .map_err(|e| Diagnostic::file(&file, format!("cannot read the profile file: {e}")))?;
     let root = crate::yaml::parse(&text, &file)?;
-    let mut errors = Vec::new();
+    let mut found = Findings::new(&file);
     let mut executor = ExecutorDefaults::default();
     match &root.value {
         Value::Map(entries) => {
             for (key, key_pos, value) in entries {
                 match key.as_str() {
-                    "executor" => executor = parse_executor(value, &file, Source::Profile, &mut errors),
-                    _ => errors.push(crate::diag::unknown_key(
-                        &file,
-                        *key_pos,
-                        key,
-                        "key in a profile",
-                        PROFILE_KEYS,
-                    )),
+                    "executor" => executor = parse_executor(value, Source::Profile, &mut found),
+                    _ => found.unknown_key(*key_pos, key, "key in a profile", PROFILE_KEYS),
                 }
             }
         }
-        _ => errors.push(Diagnostic::at(
-            &file,
+        _ => found.error(
             root.pos,
             format!("a profile is a mapping with {}, found {}", PROFILE_KEYS.join(", "), root.type_name()),
-        )),
+        ),
     }
-    match errors.is_empty() {
-        true => Ok(executor),
-        false => Err(crate::diag::Diagnostics(errors)),
-    }
+    found.into_result(executor)
 }
 
 /// Who wrote an `executor:` mapping: a pipeline file, which may come from someone else, or the
@@ -157,52 +148,46 @@ fn refused_in_pipeline(flag: &str) -> Option<String> {
     Some(format!("a pipeline file may not pass sbatch `{name}`: {why}"))
 }
 
-pub fn parse_executor(
-    node: &crate::yaml::Node,
-    file: &str,
-    source: Source,
-    errors: &mut Vec<crate::diag::Diagnostic>,
-) -> ExecutorDefaults {
-    use crate::diag::Diagnostic;
+pub fn parse_executor(node: &crate::yaml::Node, source: Source, found: &mut Findings) -> ExecutorDefaults {
     use crate::yaml::Value;
     let mut out = ExecutorDefaults::default();
     let Value::Map(entries) = &node.value else {
-        errors.push(Diagnostic::at(
-            file,
-            node.pos,
-            format!("`executor` must be a mapping of {}", EXECUTOR_KEYS.join(", ")),
-        ));
+        found.error(node.pos, format!("`executor` must be a mapping of {}", EXECUTOR_KEYS.join(", ")));
         return out;
     };
     for (key, key_pos, value) in entries {
         let bad = |what: &str| {
-            let found = petnas_sdk::options::describe_value(&value.to_json());
-            Diagnostic::at(file, value.pos, format!("`{key}` must be {what}, found {found}"))
+            let given = petnas_sdk::options::describe_value(&value.to_json());
+            (value.pos, format!("`{key}` must be {what}, found {given}"))
         };
         match (key.as_str(), &value.value) {
             ("type", Value::Str(s)) if s == "local" || s == "slurm" => out.kind = Some(s.clone()),
-            ("type", _) => errors.push(bad("local or slurm")),
             ("partition", Value::Str(s)) => out.partition = Some(s.clone()),
             ("account", Value::Str(s)) => out.account = Some(s.clone()),
             ("qos", Value::Str(s)) => out.qos = Some(s.clone()),
-            ("partition" | "account" | "qos", _) => errors.push(bad("a name")),
             ("max_jobs", Value::Int(n)) if (1..=100_000).contains(n) => out.max_jobs = Some(*n as usize),
-            ("max_jobs", _) => errors.push(bad("an integer from 1 to 100000")),
             ("sbatch_args", Value::Seq(items)) if items.iter().all(|i| matches!(i.value, Value::Str(_))) => {
                 for item in items {
                     let Value::Str(flag) = &item.value else { continue };
                     match refused_in_pipeline(flag).filter(|_| source == Source::Pipeline) {
-                        Some(why) => errors.push(Diagnostic::at(file, item.pos, why).help(
+                        Some(why) => found.error_with_help(item.pos, why,
                             "a pipeline may set only the flags that ask for resources or placement (--constraint, --gres, --mem, --time … as the README's \"On a Slurm cluster\" lists); pass any other flag with `petnas run --sbatch-arg=…` or in a `--profile` file",
-                        )),
+                        ),
                         None => out.sbatch_args.push(flag.clone()),
                     }
                 }
             }
-            ("sbatch_args", _) => errors.push(bad("a list of sbatch flags")),
-            _ => {
-                errors.push(crate::diag::unknown_key(file, *key_pos, key, "key in `executor`", EXECUTOR_KEYS))
+            (field @ ("type" | "partition" | "account" | "qos" | "max_jobs" | "sbatch_args"), _) => {
+                let what = match field {
+                    "type" => "local or slurm",
+                    "max_jobs" => "an integer from 1 to 100000",
+                    "sbatch_args" => "a list of sbatch flags",
+                    _ => "a name",
+                };
+                let (pos, message) = bad(what);
+                found.error(pos, message)
             }
+            _ => found.unknown_key(*key_pos, key, "key in `executor`", EXECUTOR_KEYS),
         }
     }
     out
