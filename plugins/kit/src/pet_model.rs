@@ -515,7 +515,7 @@ impl SiteHooks for PetModel {
 /// its PET type's declaration; an error names every problem.
 pub fn pet_specs(pets: &[Value], services: &dyn Services) -> Result<Vec<PetSpec>> {
     read_pets(&Value::Array(pets.to_vec()), &services.pet_types()).map_err(|problems| {
-        let lines: Vec<String> = problems.iter().map(|p| format!("pets[{}]: {p}", p.entry)).collect();
+        let lines: Vec<String> = problems.iter().map(|p| format!("pets[{}]: {p}", p.place.entry)).collect();
         anyhow!("{}", lines.join("; "))
     })
 }

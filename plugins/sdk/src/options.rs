@@ -501,15 +501,16 @@ pub enum OptionPlace {
     Value(String),
 }
 
-/// One problem with given options: what it is about, what is wrong, and what to do.
+/// One problem with what a pipeline gave: what it is about (`place`), what is wrong, and
+/// what to do.
 #[derive(Debug, Clone)]
-pub struct OptionProblem {
-    pub place: OptionPlace,
+pub struct Problem<Place> {
+    pub place: Place,
     pub message: String,
     pub help: Option<String>,
 }
 
-impl std::fmt::Display for OptionProblem {
+impl<Place> std::fmt::Display for Problem<Place> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.help {
             Some(help) => write!(f, "{} ({help})", self.message),
@@ -517,6 +518,9 @@ impl std::fmt::Display for OptionProblem {
         }
     }
 }
+
+/// A problem with options given as a mapping.
+pub type OptionProblem = Problem<OptionPlace>;
 
 #[cfg(test)]
 mod tests {

@@ -4,7 +4,7 @@
 use serde_json::{Map, Value};
 
 use crate::model::PetType;
-use crate::options::{nearest, OptionPlace};
+use crate::options::{nearest, OptionPlace, Problem};
 
 /// One entry of `pets:`: a PET type, the targets it attaches to (its default targets when
 /// the entry names none), and its options, checked against the type's declaration and with
@@ -16,10 +16,18 @@ pub struct PetSpec {
     pub options: Value,
 }
 
-/// What a problem of an entry is about, for validation to point at.
+/// What a problem with `pets:` is about, for validation to point at: an entry (its index)
+/// and the part of it.
 #[derive(Debug, Clone, PartialEq)]
-pub enum PetPlace {
-    /// The list itself.
+pub struct PetPlace {
+    pub entry: usize,
+    pub part: EntryPart,
+}
+
+/// The part of a `pets:` entry a problem is about.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EntryPart {
+    /// The list itself (entry 0).
     List,
     /// The entry as a whole.
     Entry,
@@ -31,23 +39,8 @@ pub enum PetPlace {
     Value(String),
 }
 
-/// A problem with one entry of `pets:` (`entry` is its index; 0 for the list itself).
-#[derive(Debug, Clone)]
-pub struct PetProblem {
-    pub entry: usize,
-    pub place: PetPlace,
-    pub message: String,
-    pub help: Option<String>,
-}
-
-impl std::fmt::Display for PetProblem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.help {
-            Some(help) => write!(f, "{} ({help})", self.message),
-            None => write!(f, "{}", self.message),
-        }
-    }
-}
+/// A problem with one entry of `pets:`.
+pub type PetProblem = Problem<PetPlace>;
 
 /// `a list`, `an integer`: what a value is, in the words of validation's messages.
 pub fn kind_of(value: &Value) -> &'static str {
@@ -67,8 +60,7 @@ pub fn kind_of(value: &Value) -> &'static str {
 pub fn read_pets(pets: &Value, pet_types: &[&dyn PetType]) -> Result<Vec<PetSpec>, Vec<PetProblem>> {
     let Value::Array(entries) = pets else {
         return Err(vec![PetProblem {
-            entry: 0,
-            place: PetPlace::List,
+            place: PetPlace { entry: 0, part: EntryPart::List },
             message: format!(
                 "expected a list of PET modules ({{type, targets, options…}}), found {}",
                 kind_of(pets)
@@ -81,9 +73,8 @@ pub fn read_pets(pets: &Value, pet_types: &[&dyn PetType]) -> Result<Vec<PetSpec
     for (i, entry) in entries.iter().enumerate() {
         match read_entry(entry, pet_types) {
             Ok(spec) => specs.push(spec),
-            Err(found) => problems.extend(found.into_iter().map(|(place, message, help)| PetProblem {
-                entry: i,
-                place,
+            Err(found) => problems.extend(found.into_iter().map(|(part, message, help)| PetProblem {
+                place: PetPlace { entry: i, part },
                 message,
                 help,
             })),
@@ -96,13 +87,13 @@ pub fn read_pets(pets: &Value, pet_types: &[&dyn PetType]) -> Result<Vec<PetSpec
     }
 }
 
-type Found = (PetPlace, String, Option<String>);
+type Found = (EntryPart, String, Option<String>);
 
 fn read_entry(entry: &Value, pet_types: &[&dyn PetType]) -> Result<PetSpec, Vec<Found>> {
     let names: Vec<&str> = pet_types.iter().map(|t| t.name()).collect();
     let Value::Object(map) = entry else {
         return Err(vec![(
-            PetPlace::Entry,
+            EntryPart::Entry,
             format!("a PET module is a mapping with `type`, found {}", kind_of(entry)),
             None,
         )]);
@@ -110,12 +101,12 @@ fn read_entry(entry: &Value, pet_types: &[&dyn PetType]) -> Result<PetSpec, Vec<
     let type_name = match map.get("type") {
         None => {
             let help = format!("PET types: {}", names.join(", "));
-            return Err(vec![(PetPlace::Entry, "a PET module needs a `type`".into(), Some(help))]);
+            return Err(vec![(EntryPart::Entry, "a PET module needs a `type`".into(), Some(help))]);
         }
         Some(Value::String(name)) => name,
         Some(other) => {
             return Err(vec![(
-                PetPlace::Type,
+                EntryPart::Type,
                 format!("`type` must be a string, found {}", kind_of(other)),
                 None,
             )])
@@ -126,7 +117,7 @@ fn read_entry(entry: &Value, pet_types: &[&dyn PetType]) -> Result<PetSpec, Vec<
             Some(n) => format!("did you mean `{n}`? PET types: {}", names.join(", ")),
             None => format!("PET types: {}", names.join(", ")),
         };
-        return Err(vec![(PetPlace::Type, format!("unknown PET type `{type_name}`"), Some(help))]);
+        return Err(vec![(EntryPart::Type, format!("unknown PET type `{type_name}`"), Some(help))]);
     };
     let of = format!("PET type `{type_name}`");
     let mut found = Vec::new();
@@ -141,13 +132,13 @@ fn read_entry(entry: &Value, pet_types: &[&dyn PetType]) -> Result<PetSpec, Vec<
                     targets = ts.iter().filter_map(|t| t.as_str().map(str::to_string)).collect()
                 }
                 _ => found.push((
-                    PetPlace::Value(key.clone()),
+                    EntryPart::Value(key.clone()),
                     "`targets` must be a pattern or a list of patterns (names, `re:…`, `all-linear`)".into(),
                     None,
                 )),
             },
             "target_modules" => found.push((
-                PetPlace::Key(key.clone()),
+                EntryPart::Key(key.clone()),
                 format!("unknown option `{key}` for {of}"),
                 Some("`target_modules` is what PEFT calls it; petnas calls it `targets`".into()),
             )),
@@ -159,9 +150,9 @@ fn read_entry(entry: &Value, pet_types: &[&dyn PetType]) -> Result<PetSpec, Vec<
     let options = pet_type.options().check_given(&given, &of).unwrap_or_else(|problems| {
         found.extend(problems.into_iter().map(|p| {
             let place = match p.place {
-                OptionPlace::Whole => PetPlace::Entry,
-                OptionPlace::Key(k) => PetPlace::Key(k),
-                OptionPlace::Value(k) => PetPlace::Value(k),
+                OptionPlace::Whole => EntryPart::Entry,
+                OptionPlace::Key(k) => EntryPart::Key(k),
+                OptionPlace::Value(k) => EntryPart::Value(k),
             };
             (place, p.message, p.help)
         }));

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use petnas_sdk::options::{OptType, OptionSchema};
-use petnas_sdk::pets::{read_pets, PetPlace};
+use petnas_sdk::pets::{read_pets, EntryPart};
 use serde_json::Value as Json;
 
 use super::stages::RawStage;
@@ -217,18 +217,20 @@ pub(super) fn check_pets(node: &Node, registry: &Registry, found: &mut Findings)
     let pet_types: Vec<&dyn petnas_sdk::model::PetType> = registry.pet_types().map(|(t, _)| t).collect();
     let Err(problems) = read_pets(&node.to_json(), &pet_types) else { return };
     for problem in problems {
-        let item = items.get(problem.entry);
+        let item = items.get(problem.place.entry);
         let entry = |key: &str| match item.map(|i| &i.value) {
             Some(Value::Map(entries)) => entries.iter().find(|(k, _, _)| k == key),
             _ => None,
         };
-        let pos = match &problem.place {
-            PetPlace::List => node.pos,
-            PetPlace::Entry => item.map_or(node.pos, |i| i.pos),
-            PetPlace::Type => entry("type").map_or(node.pos, |(_, _, v)| v.pos),
-            PetPlace::Key(key) => entry(key).map_or(node.pos, |(_, p, _)| *p),
-            PetPlace::Value(key) if non_finite_keys.contains(&(problem.entry, key.as_str())) => continue,
-            PetPlace::Value(key) => entry(key).map_or(node.pos, |(_, _, v)| v.pos),
+        let pos = match &problem.place.part {
+            EntryPart::List => node.pos,
+            EntryPart::Entry => item.map_or(node.pos, |i| i.pos),
+            EntryPart::Type => entry("type").map_or(node.pos, |(_, _, v)| v.pos),
+            EntryPart::Key(key) => entry(key).map_or(node.pos, |(_, p, _)| *p),
+            EntryPart::Value(key) if non_finite_keys.contains(&(problem.place.entry, key.as_str())) => {
+                continue
+            }
+            EntryPart::Value(key) => entry(key).map_or(node.pos, |(_, _, v)| v.pos),
         };
         let d = Diagnostic::at(found.file(), pos, problem.message);
         found.push(match problem.help {
