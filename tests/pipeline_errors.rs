@@ -371,6 +371,10 @@ fn what_a_pipeline_can_get_wrong_is_caught_by_validate() {
     for ((data, pets, fit), expected) in cases {
         assert_has(&rejected(&model_pipeline(data, pets, fit)), expected);
     }
+    // A PET module's non-finite number is said once, not again as a wrong type.
+    let nan = rejected(&model_pipeline("max_len: 32", "{type: lora, alpha: .nan}", ok.2));
+    assert_has(&nan, "option `pets` of stage `pets`: `NaN` is not a finite number");
+    assert!(!nan.contains("found null"), "{nan}");
     let (data, pets, fit) = ok;
     let valid = model_pipeline(data, pets, fit);
     for (change, expected) in [

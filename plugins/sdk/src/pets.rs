@@ -43,7 +43,7 @@ pub enum EntryPart {
 pub type PetProblem = Problem<PetPlace>;
 
 /// `a list`, `an integer`: what a value is, in the words of validation's messages.
-pub fn kind_of(value: &Value) -> &'static str {
+fn kind_of(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a bool",

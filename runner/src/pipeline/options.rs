@@ -2,7 +2,7 @@
 //! ranges, matrix references, paths read and written, and the PET modules of `pets:`.
 use std::path::Path;
 
-use petnas_sdk::options::{OptType, OptionSchema};
+use petnas_sdk::options::OptType;
 use petnas_sdk::pets::{read_pets, EntryPart};
 use serde_json::Value as Json;
 
@@ -34,13 +34,14 @@ pub(super) fn check_options(
     let mut unresolved = Vec::new();
     for (key, key_pos, value) in given {
         match schema.get(key) {
-            None => found.push(unknown_option(
-                &schema,
-                key,
-                *key_pos,
-                &format!("stage `{}` ({kind})", stage.id),
-                found.file(),
-            )),
+            None => {
+                let of = format!("stage `{}` ({kind})", stage.id);
+                found.error_with_help(
+                    *key_pos,
+                    format!("unknown option `{key}` for {of}"),
+                    schema.unknown_help(key, &of),
+                )
+            }
             Some(spec) => {
                 if !matrix::check_references(value, matrix, found) {
                     unresolved.push(key.as_str());
@@ -151,11 +152,6 @@ pub(super) fn beside(pipeline_dir: &Path, ty: &OptType, value: Json) -> Json {
     }
 }
 
-/// An unknown option: petnas's name where the user wrote a peer tool's, else the nearest.
-pub(super) fn unknown_option(schema: &OptionSchema, key: &str, pos: Pos, of: &str, file: &str) -> Diagnostic {
-    Diagnostic::at(file, pos, format!("unknown option `{key}` for {of}")).help(schema.unknown_help(key, of))
-}
-
 /// `.nan` or `.inf` anywhere in an option's value (JSON, which stages read, has neither).
 pub(super) fn non_finite(node: &Node, file: &str) -> Option<Diagnostic> {
     match &node.value {
@@ -193,27 +189,13 @@ pub(super) fn check_output_path(
 }
 
 /// Checks a list of PET modules with the contract's reader of `pets:` (the one the stages
-/// use), putting each problem at the line and column of what it is about.
+/// use), putting each problem at the line and column of what it is about. (A non-finite
+/// number in it was reported before, by `check_options`, and the list not read.)
 pub(super) fn check_pets(node: &Node, registry: &Registry, found: &mut Findings) {
     let items: &[Node] = match &node.value {
         Value::Seq(items) => items,
         _ => &[],
     };
-    // `.nan` and `.inf` have no JSON form: said here, and not again as a wrong type.
-    let mut non_finite_keys: Vec<(usize, &str)> = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        let Value::Map(entries) = &item.value else { continue };
-        let type_name = match entries.iter().find(|(k, _, _)| k == "type").map(|(_, _, t)| &t.value) {
-            Some(Value::Str(name)) => name.as_str(),
-            _ => "",
-        };
-        for (key, _, value) in entries {
-            if let Some(e) = non_finite(value, found.file()) {
-                found.push(e.with_message(|m| format!("option `{key}` of PET type `{type_name}`: {m}")));
-                non_finite_keys.push((i, key));
-            }
-        }
-    }
     let pet_types: Vec<&dyn petnas_sdk::model::PetType> = registry.pet_types().map(|(t, _)| t).collect();
     let Err(problems) = read_pets(&node.to_json(), &pet_types) else { return };
     for problem in problems {
@@ -227,15 +209,11 @@ pub(super) fn check_pets(node: &Node, registry: &Registry, found: &mut Findings)
             EntryPart::Entry => item.map_or(node.pos, |i| i.pos),
             EntryPart::Type => entry("type").map_or(node.pos, |(_, _, v)| v.pos),
             EntryPart::Key(key) => entry(key).map_or(node.pos, |(_, p, _)| *p),
-            EntryPart::Value(key) if non_finite_keys.contains(&(problem.place.entry, key.as_str())) => {
-                continue
-            }
             EntryPart::Value(key) => entry(key).map_or(node.pos, |(_, _, v)| v.pos),
         };
-        let d = Diagnostic::at(found.file(), pos, problem.message);
-        found.push(match problem.help {
-            Some(help) => d.help(help),
-            None => d,
-        });
+        match problem.help {
+            Some(help) => found.error_with_help(pos, problem.message, help),
+            None => found.error(pos, problem.message),
+        }
     }
 }
