@@ -150,6 +150,8 @@ pub struct FitOptions {
     /// activation checkpointing: keep one hidden state per layer and recompute each layer's activations in the backward pass (the same gradients for less memory, at the cost of a second forward pass through the layers)
     #[option(default = false)]
     pub gradient_checkpointing: bool,
+    #[serde(flatten)]
+    pub orthogonality: crate::orthogonality::OrthogonalityOptions,
 }
 
 /// What a stage does between the steps of a fit: the search prunes the model while it
@@ -229,6 +231,7 @@ pub fn fit(
     };
     opt.loss_scale = (opt.autocast == Some(Precision::Fp16)).then(LossScale::default);
     opt.recompute = o.gradient_checkpointing;
+    opt.orth_reg_weight = o.orthogonality.orth_reg_weight;
     if opt.autocast == Some(Precision::Bf16)
         && model.backbone.weights().iter().any(|(_, w)| w.kind() == tch::Kind::Half)
     {

@@ -11,6 +11,7 @@ pub mod fit;
 pub mod fit_checkpoint;
 pub mod metrics;
 pub mod optim;
+pub mod orthogonality;
 pub mod pet_model;
 pub mod plots;
 pub mod recompute;

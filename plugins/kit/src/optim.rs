@@ -26,6 +26,8 @@ pub struct AdamW {
     pub loss_scale: Option<LossScale>,
     /// Backward passes that recompute each layer's activations ([`crate::recompute`]).
     pub recompute: bool,
+    /// Weight of the orthogonality regulariser ([`crate::orthogonality`]; 0: off).
+    pub orth_reg_weight: f64,
 }
 
 /// How a cut shrank trainable tensors: by name, the dimension cut and the indices kept.
@@ -70,6 +72,7 @@ impl AdamW {
             autocast: None,
             loss_scale: None,
             recompute: false,
+            orth_reg_weight: 0.0,
         }
     }
 
@@ -315,6 +318,11 @@ impl AdamW {
                 };
                 Ok(loss.double_value(&[]))
             })?? * share;
+        }
+        if self.orth_reg_weight > 0.0 {
+            if let Some(penalty) = crate::orthogonality::penalty(model) {
+                (penalty * (self.orth_reg_weight * scale)).backward();
+            }
         }
         if scale != 1.0 {
             self.scale_grads(1.0 / scale);

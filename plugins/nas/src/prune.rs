@@ -1,5 +1,7 @@
 //! Pruning through the model contract: whole prune groups (structured, physically cut) and
 //! single entries (unstructured, masks), lowest scores first.
+use std::collections::BTreeMap;
+
 use anyhow::{bail, Result};
 use petnas_kit::optim::Cuts;
 use petnas_kit::pet_model::PetModel;
@@ -48,11 +50,16 @@ pub struct Cut {
     pub cuts: Cuts,
 }
 
-/// Removes the lowest-scoring groups until at most `target` PET parameters remain (so the
-/// target is met to within one group); modules left empty are detached.
-pub fn structured(model: &mut PetModel, scores: &Scores, target: i64, by: GroupScore) -> Result<Cut> {
+/// The lowest-scoring groups whose removal leaves at most `target` PET parameters: per
+/// module, the groups chosen; and the parameters left.
+struct Lowest {
+    groups: Vec<Vec<usize>>,
+    left: i64,
+    count: usize,
+}
+
+fn lowest_groups(model: &PetModel, scores: &Scores, target: i64, by: GroupScore) -> Lowest {
     let group_scores = scores.group_scores(model);
-    let model_keys = model.module_keys();
     let mut candidates: Vec<(f64, usize, usize, i64)> = Vec::new();
     for (i, module) in model.modules.iter().enumerate() {
         for (j, group) in module.prune_groups().iter().enumerate() {
@@ -68,17 +75,24 @@ pub fn structured(model: &mut PetModel, scores: &Scores, target: i64, by: GroupS
     }
     // Lowest score first; ties in model order, so that pruning is deterministic.
     candidates.sort_by(|a, b| a.0.total_cmp(&b.0).then((a.1, a.2).cmp(&(b.1, b.2))));
-    let mut count = model.pet_parameters();
-    let mut removed: Vec<Vec<usize>> = vec![Vec::new(); model.modules.len()];
-    let mut n = 0;
+    let mut lowest =
+        Lowest { groups: vec![Vec::new(); model.modules.len()], left: model.pet_parameters(), count: 0 };
     for (_, i, j, size) in candidates {
-        if count <= target {
+        if lowest.left <= target {
             break;
         }
-        removed[i].push(j);
-        count -= size;
-        n += 1;
+        lowest.groups[i].push(j);
+        lowest.left -= size;
+        lowest.count += 1;
     }
+    lowest
+}
+
+/// Removes the lowest-scoring groups until at most `target` PET parameters remain (so the
+/// target is met to within one group); modules left empty are detached.
+pub fn structured(model: &mut PetModel, scores: &Scores, target: i64, by: GroupScore) -> Result<Cut> {
+    let Lowest { groups: removed, left: count, count: n } = lowest_groups(model, scores, target, by);
+    let model_keys = model.module_keys();
     let mut emptied = Vec::new();
     let mut cuts = Cuts::new();
     let mut cut_types: Vec<String> = Vec::new();
@@ -151,4 +165,73 @@ pub fn unstructured(model: &mut PetModel, scores: &Scores, budget: i64) -> Resul
         }
     }
     Ok(model.pet_parameters())
+}
+
+/// Groups masked for a while, their values kept: AdaLoRA's soft masking, for any PET type's
+/// prune groups. The masked entries are zeroed and stay zero while the model trains (the
+/// optimizer is handed [`SoftMask::masks`]); [`SoftMask::restore`] puts their values back,
+/// so that the next round scores every group again and a masked one can come back.
+pub struct SoftMask {
+    /// (module, parameter, trainable name, mask, the parameter's values before masking)
+    entries: Vec<(usize, String, String, Tensor, Tensor)>,
+    pub masked_groups: usize,
+    /// PET parameters left unmasked.
+    pub left: i64,
+}
+
+/// Masks the lowest-scoring groups until at most `target` PET parameters are left unmasked.
+pub fn soft_mask(model: &mut PetModel, scores: &Scores, target: i64, by: GroupScore) -> SoftMask {
+    let lowest = lowest_groups(model, scores, target, by);
+    let mut entries = Vec::new();
+    for ((i, module), key) in model.modules.iter().enumerate().zip(model.module_keys()) {
+        if lowest.groups[i].is_empty() {
+            continue;
+        }
+        let groups = module.prune_groups();
+        for (name, param) in module.parameters() {
+            let mask = param.ones_like().detach();
+            let mut masked = false;
+            for member in
+                lowest.groups[i].iter().flat_map(|&j| &groups[j].members).filter(|m| m.param == name)
+            {
+                let _ = member.part(&mask).fill_(0.0);
+                masked = true;
+            }
+            if masked {
+                let before = param.detach().copy();
+                tch::no_grad(|| {
+                    let _ = param.shallow_clone().f_mul_(&mask);
+                });
+                entries.push((i, name.clone(), format!("pet.{key}:{name}"), mask, before));
+            }
+        }
+    }
+    SoftMask { entries, masked_groups: lowest.count, left: lowest.left }
+}
+
+impl SoftMask {
+    /// The model's own masks with this one's laid over them, by trainable name.
+    pub fn masks(&self, model: &PetModel) -> BTreeMap<String, Tensor> {
+        let mut masks: BTreeMap<String, Tensor> = model.masks().into_iter().collect();
+        for (_, _, trainable, mask, _) in &self.entries {
+            let combined = match masks.get(trainable) {
+                Some(own) => own * mask,
+                None => mask.shallow_clone(),
+            };
+            masks.insert(trainable.clone(), combined);
+        }
+        masks
+    }
+
+    /// Puts the masked entries' values back; the others keep what training made of them.
+    pub fn restore(self, model: &PetModel) {
+        for (i, name, _, mask, before) in self.entries {
+            if let Some((_, param)) = model.modules[i].parameters().into_iter().find(|(n, _)| *n == name) {
+                tch::no_grad(|| {
+                    let restored = param.detach().where_self(&mask.gt(0.5), &before);
+                    let _ = param.shallow_clone().f_copy_(&restored);
+                });
+            }
+        }
+    }
 }

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Context, Result};
 use petnas_kit::data::{BatchOptions, DatasetInfo, TokenizedSplit};
 use petnas_kit::optim::AdamW;
+use petnas_kit::orthogonality::OrthogonalityOptions;
 use petnas_kit::pet_model::{described_model, described_pet_parameters, PetModel, FITTED, PET_PARAMETERS};
 use petnas_sdk::artifact::kinds;
 use petnas_sdk::init::derive_seed;
@@ -152,6 +153,9 @@ pub struct StructuredOptions {
     /// pruning rounds (1: one-shot)
     #[option(default = 1, at_least = 1, at_most = 1000)]
     rounds: usize,
+    /// hard: each round removes the lowest-scoring groups for good; soft: the rounds before the last mask them instead (zeroed while the model trains between rounds, their values kept) and each round scores every group again, so that a masked group can come back, as AdaLoRA's masked singular values can; the last round removes
+    #[option(default = "hard", choices = ["hard", "soft"])]
+    masking: String,
     /// training steps between rounds
     #[option(default = 0, at_least = 0, at_most = 10_000_000)]
     train_steps: usize,
@@ -161,6 +165,8 @@ pub struct StructuredOptions {
     /// examples per training step between rounds
     #[option(default = 32, at_least = 1, at_most = 65_536)]
     batch_size: usize,
+    #[serde(flatten)]
+    orthogonality: OrthogonalityOptions,
     #[serde(flatten)]
     budget: Budget,
     #[serde(flatten)]
@@ -239,13 +245,35 @@ impl TypedStage for PruneStructured {
             ctx.check_cancelled()?;
             let target = schedule_target(&o.schedule, start, budget, r, rounds);
             let scores = score(ctx, &model, &train, info.pad_id, &o.scoring, &format!("round {r}"))?;
-            let removed = prune::structured(&mut model, &scores, target, o.group_score)?.removed;
-            let count = model.pet_parameters();
-            tracing::info!(round = r, target, parameters = count, removed_groups = removed, "pruned");
-            history
-                .push(json!({"round": r, "target": target, "parameters": count, "removed_groups": removed}));
+            let soft = o.masking == "soft" && r < rounds;
+            let (count, removed, soft_mask) = if soft {
+                let mask = prune::soft_mask(&mut model, &scores, target, o.group_score);
+                (mask.left, mask.masked_groups, Some(mask))
+            } else {
+                let removed = prune::structured(&mut model, &scores, target, o.group_score)?.removed;
+                (model.pet_parameters(), removed, None)
+            };
+            let groups = if soft { "masked_groups" } else { "removed_groups" };
+            tracing::info!(
+                round = r,
+                target,
+                parameters = count,
+                groups = removed,
+                "{}",
+                if soft { "masked" } else { "pruned" }
+            );
+            let mut round = json!({"round": r, "target": target, "parameters": count});
+            round[groups] = json!(removed);
+            history.push(round);
             if r < rounds && o.train_steps > 0 {
-                train_between_rounds(ctx, &model, &info, &train, &o, r)?;
+                let masks = match &soft_mask {
+                    Some(mask) => mask.masks(&model),
+                    None => model.masks().into_iter().collect(),
+                };
+                train_between_rounds(ctx, &model, &info, &train, &o, r, &masks)?;
+            }
+            if let Some(mask) = soft_mask {
+                mask.restore(&model);
             }
             model.notes.insert("pruning".into(), Value::Array(history.clone()));
             model.notes.insert("pruning_round".into(), json!(r));
@@ -268,9 +296,10 @@ fn train_between_rounds(
     train: &TokenizedSplit,
     o: &StructuredOptions,
     round: usize,
+    masks: &BTreeMap<String, tch::Tensor>,
 ) -> Result<()> {
-    let masks: BTreeMap<String, tch::Tensor> = model.masks().into_iter().collect();
     let mut opt = AdamW::new(model.trainable(), 0.0);
+    opt.orth_reg_weight = o.orthogonality.orth_reg_weight;
     opt.autocast = (ctx.dtype == tch::Kind::BFloat16).then_some(petnas_kit::autocast::Precision::Bf16);
     let options = BatchOptions {
         batch_size: o.batch_size,
@@ -284,7 +313,7 @@ fn train_between_rounds(
         // (libtorch's generator is seeded too: it draws dropout on CUDA).
         let dropout_seed = derive_seed(ctx.seed, &format!("round {round} step {step}"));
         tch::manual_seed(dropout_seed as i64);
-        opt.train_step(model, &train.batch(rows, info.pad_id, ctx.device), o.lr, 1.0, &masks, dropout_seed)?;
+        opt.train_step(model, &train.batch(rows, info.pad_id, ctx.device), o.lr, 1.0, masks, dropout_seed)?;
     }
     Ok(())
 }
