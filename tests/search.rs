@@ -1,7 +1,7 @@
 //! The search through the binary and the real plugins, on a tiny RoBERTa: budgets, masks
 //! through training, cut versus masked models, Taylor scores against finite differences,
 //! groups ranked per parameter, a PET type the search does not know, and resuming iterative
-//! pruning after a kill.
+//! pruning after a kill, soft masking and the orthogonality regulariser.
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -591,4 +591,106 @@ fn a_search_that_would_go_wrong_is_refused_by_validate() {
     s.write("p.yaml", &base);
     let fine = s.petnas(&["validate", "p.yaml"]);
     assert_eq!(fine.code, 0, "{}", fine.stderr);
+}
+
+/// The kept slices of `cut`'s parameters are slices of `whole`'s, value for value: the same
+/// tensor where nothing was cut, else each slice along the dimension that shrank.
+fn every_kept_slice_is_the_uncut_models(cut: &PetModel, whole: &PetModel) {
+    let whole_modules: Vec<_> = whole.module_keys().into_iter().zip(&whole.modules).collect();
+    for (key, module) in cut.module_keys().into_iter().zip(&cut.modules) {
+        let (_, original) = whole_modules.iter().find(|(k, _)| *k == key).expect("module of the uncut model");
+        let original_params = original.parameters();
+        for (name, p) in module.parameters() {
+            let w = &original_params.iter().find(|(n, _)| *n == name).unwrap().1;
+            if p.size() == w.size() {
+                assert!(p.equal(w), "{key}:{name} changed");
+                continue;
+            }
+            let dim = (0..p.dim()).find(|&d| p.size()[d] != w.size()[d]).unwrap() as i64;
+            for k in 0..p.size()[dim as usize] {
+                let slice = p.select(dim, k);
+                assert!(
+                    (0..w.size()[dim as usize]).any(|j| slice.equal(&w.select(dim, j))),
+                    "{key}:{name} slice {k} is not the uncut model's"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn soft_masking_gives_masked_groups_back_with_their_values_and_removes_only_at_the_last_round() {
+    let s = Scratch::new();
+    // Nothing trains between rounds, so a group that comes back must come back as it was.
+    s.write(
+        "p.yaml",
+        &search_pipeline(
+            MIXED,
+            "{budget: 2000, rounds: 3, masking: soft, score_batches: 1, score_batch_size: 4}",
+            1234,
+        ),
+    );
+    let run = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let warm = model(&output(&s, "warm"));
+    let structured = model(&output(&s, "structured"));
+
+    let history = structured.notes["pruning"].as_array().unwrap().clone();
+    assert_eq!(history.len(), 3, "{history:?}");
+    for (i, round) in history.iter().enumerate() {
+        let acted = if i < 2 { "masked_groups" } else { "removed_groups" };
+        assert!(round[acted].as_u64().unwrap() > 0, "round {}: {round}", i + 1);
+        assert!(round["parameters"].as_i64() <= round["target"].as_i64(), "round {}: {round}", i + 1);
+    }
+    let returned: u64 = history[1..].iter().map(|r| r["returned_groups"].as_u64().unwrap()).sum();
+    assert!(returned > 0, "no masked group came back: {history:?}");
+    assert!(
+        !structured.notes.contains_key("soft_masked"),
+        "the rounds' bookkeeping is not left in the model"
+    );
+    let count = structured.pet_parameters();
+    assert!(count <= 2000 && count > 2000 - largest_group(&warm), "structured: {count} for a budget of 2000");
+    every_kept_slice_is_the_uncut_models(&structured, &warm);
+}
+
+#[test]
+fn soft_masked_pruning_resumes_after_a_kill_and_ends_as_an_uninterrupted_run() {
+    let structured = "{budget: 2000, rounds: 5, masking: soft, train_steps: 12, score_batches: 2}";
+    resumed_pruning_is_uninterrupted_pruning(&search_pipeline(MIXED, structured, 1000));
+}
+
+#[test]
+fn the_orthogonality_regulariser_makes_rank_components_orthogonal() {
+    let s = Scratch::new();
+    let fit = |weight: f64| {
+        format!("{{use: train.fit, needs: [supernet, data], with: {{epochs: 2, batch_size: 16, lr: 0.005, orth_reg_weight: {weight}}}}}")
+    };
+    s.write(
+        "p.yaml",
+        &format!(
+            "name: search
+defaults: {{seed: 3, threads: 1}}
+stages:
+  model: {{use: plm.load, with: {{model: '{model}'}}}}
+  data: {{use: glue.load, needs: [model], with: {{task: mrpc, dir: '{glue}', max_len: 32, max_train_examples: 64}}}}
+  supernet: {{use: nas.build_supernet, needs: [model], with: {{pets: {MIXED}}}}}
+  plain: {plain}
+  orthogonal: {orthogonal}
+",
+            model = tiny_model(),
+            glue = glue_fixtures(),
+            plain = fit(0.0),
+            orthogonal = fit(1.0),
+        ),
+    );
+    let run = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let penalty = |stage: &str| {
+        petnas_kit::orthogonality::penalty(&model(&output(&s, stage))).unwrap().double_value(&[])
+    };
+    let (before, plain, orthogonal) = (penalty("supernet"), penalty("plain"), penalty("orthogonal"));
+    assert!(
+        orthogonal < 0.5 * plain,
+        "off-diagonal Gram norm: supernet {before}, plain {plain}, regularised {orthogonal}"
+    );
 }

@@ -47,6 +47,8 @@ impl OptionValue for GroupScore {
 /// tensor it cut along a dimension (the indices kept), for the optimizer to follow.
 pub struct Cut {
     pub removed: usize,
+    /// Per module (as before the cut), the groups removed.
+    pub groups: Vec<Vec<usize>>,
     pub cuts: Cuts,
 }
 
@@ -91,7 +93,8 @@ fn lowest_groups(model: &PetModel, scores: &Scores, target: i64, by: GroupScore)
 /// Removes the lowest-scoring groups until at most `target` PET parameters remain (so the
 /// target is met to within one group); modules left empty are detached.
 pub fn structured(model: &mut PetModel, scores: &Scores, target: i64, by: GroupScore) -> Result<Cut> {
-    let Lowest { groups: removed, left: count, count: n } = lowest_groups(model, scores, target, by);
+    let Lowest { groups, left: count, count: n } = lowest_groups(model, scores, target, by);
+    let removed = &groups;
     let model_keys = model.module_keys();
     let mut emptied = Vec::new();
     let mut cuts = Cuts::new();
@@ -126,7 +129,7 @@ pub fn structured(model: &mut PetModel, scores: &Scores, target: i64, by: GroupS
     if left == 0 {
         bail!("pruning to {target} PET parameters left none: every prune group holds more than the budget allows");
     }
-    Ok(Cut { removed: n, cuts })
+    Ok(Cut { removed: n, groups, cuts })
 }
 
 /// Masks all but the `budget` highest-scoring live entries, exactly.
@@ -174,6 +177,8 @@ pub fn unstructured(model: &mut PetModel, scores: &Scores, budget: i64) -> Resul
 pub struct SoftMask {
     /// (module, parameter, trainable name, mask, the parameter's values before masking)
     entries: Vec<(usize, String, String, Tensor, Tensor)>,
+    /// Per module, the groups masked.
+    pub groups: Vec<Vec<usize>>,
     pub masked_groups: usize,
     /// PET parameters left unmasked.
     pub left: i64,
@@ -206,7 +211,7 @@ pub fn soft_mask(model: &mut PetModel, scores: &Scores, target: i64, by: GroupSc
             }
         }
     }
-    SoftMask { entries, masked_groups: lowest.count, left: lowest.left }
+    SoftMask { entries, masked_groups: lowest.count, left: lowest.left, groups: lowest.groups }
 }
 
 impl SoftMask {

@@ -173,6 +173,9 @@ pub struct StructuredOptions {
     scoring: ScoreOptions,
 }
 
+/// Where a checkpoint between soft-masking rounds keeps the groups its round masked.
+const SOFT_MASKED: &str = "soft_masked";
+
 /// How a cut's target falls from round to round.
 pub const SCHEDULES: &[&str] = &["cubic", "geometric"];
 
@@ -246,14 +249,28 @@ impl TypedStage for PruneStructured {
             let target = schedule_target(&o.schedule, start, budget, r, rounds);
             let scores = score(ctx, &model, &train, info.pad_id, &o.scoring, &format!("round {r}"))?;
             let soft = o.masking == "soft" && r < rounds;
-            let (count, removed, soft_mask) = if soft {
+            let (count, removed, groups, soft_mask) = if soft {
                 let mask = prune::soft_mask(&mut model, &scores, target, o.group_score);
-                (mask.left, mask.masked_groups, Some(mask))
+                (mask.left, mask.masked_groups, mask.groups.clone(), Some(mask))
             } else {
-                let removed = prune::structured(&mut model, &scores, target, o.group_score)?.removed;
-                (model.pet_parameters(), removed, None)
+                let cut = prune::structured(&mut model, &scores, target, o.group_score)?;
+                (model.pet_parameters(), cut.removed, cut.groups, None)
             };
-            let groups = if soft { "masked_groups" } else { "removed_groups" };
+            let mut round = json!({"round": r, "target": target, "parameters": count});
+            round[if soft { "masked_groups" } else { "removed_groups" }] = json!(removed);
+            // Groups the previous round masked that this one keeps: what soft masking gives back.
+            if let Some(previous) = model.notes.remove(SOFT_MASKED) {
+                let previous: Vec<Vec<usize>> = serde_json::from_value(previous)?;
+                let returned: usize = previous
+                    .iter()
+                    .zip(&groups)
+                    .map(|(was, now)| was.iter().filter(|j| !now.contains(j)).count())
+                    .sum();
+                round["returned_groups"] = json!(returned);
+            }
+            if soft {
+                model.notes.insert(SOFT_MASKED.into(), json!(groups));
+            }
             tracing::info!(
                 round = r,
                 target,
@@ -262,8 +279,6 @@ impl TypedStage for PruneStructured {
                 "{}",
                 if soft { "masked" } else { "pruned" }
             );
-            let mut round = json!({"round": r, "target": target, "parameters": count});
-            round[groups] = json!(removed);
             history.push(round);
             if r < rounds && o.train_steps > 0 {
                 let masks = match &soft_mask {
