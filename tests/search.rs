@@ -694,3 +694,60 @@ stages:
         "off-diagonal Gram norm: supernet {before}, plain {plain}, regularised {orthogonal}"
     );
 }
+
+/// AdaLoRA's parametrisation as a PET type: PEFT's initialisation (E zero, P and Q at 0.02),
+/// triplets searched like any prune group, and PEFT's AdaLoRA layer holding petnas's
+/// triplets computes what petnas does (`scripts/reference/adalora_parity.py`).
+#[test]
+fn adalora_triplets_start_from_zero_singular_values_are_searched_and_compute_what_peft_does() {
+    let s = Scratch::new();
+    // A large alpha, so that the triplets move the tiny model's logits and the check has
+    // something to compare.
+    s.write(
+        "p.yaml",
+        &format!(
+            "name: search
+defaults: {{seed: 3, threads: 1}}
+stages:
+  model: {{use: plm.load, with: {{model: '{model}'}}}}
+  data: {{use: glue.load, needs: [model], with: {{task: mrpc, dir: '{glue}', max_len: 32, max_train_examples: 64}}}}
+  supernet: {{use: nas.build_supernet, needs: [model], with: {{pets: [{{type: adalora, targets: all-linear, rank: 4, alpha: 400}}]}}}}
+  warm: {{use: train.fit, needs: [supernet, data], with: {{epochs: 10, batch_size: 16, lr: 0.05, orth_reg_weight: 0.1}}}}
+  structured: {{use: nas.prune_structured, needs: [warm, data], with: {{budget: 2000, score_batches: 2}}}}
+  unstructured: {{use: nas.prune_unstructured, needs: [structured, data], with: {{budget: 1500, score_batches: 2}}}}
+  export: {{use: pet.export, needs: [unstructured, data]}}
+",
+            model = tiny_model(),
+            glue = glue_fixtures()
+        ),
+    );
+    let run = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let supernet = model(&output(&s, "supernet"));
+    for module in &supernet.modules {
+        let p = module.params();
+        assert_eq!(p.get("E").abs().sum(Kind::Double).double_value(&[]), 0.0, "E starts at zero");
+        let spread = p.get("P").std(true).double_value(&[]);
+        assert!((spread - 0.02).abs() < 0.005, "P drawn at PEFT's 0.02: {spread}");
+    }
+    let structured = model(&output(&s, "structured"));
+    let count = structured.pet_parameters();
+    assert!(count <= 2000 && count > 2000 - largest_group(&supernet), "{count} for a budget of 2000");
+    for module in &structured.modules {
+        let ranks: Vec<i64> = ["P", "E", "Q"]
+            .iter()
+            .zip([1, 0, 0])
+            .map(|(n, dim)| module.params().get(n).size()[dim])
+            .collect();
+        assert!(ranks.iter().all(|&r| r == ranks[0] && r <= 4), "a triplet is cut whole: {ranks:?}");
+    }
+    assert_eq!(model(&output(&s, "unstructured")).pet_parameters(), 1500);
+
+    let python = petnas_e2e::workspace().join(".venv/bin/python");
+    let script = petnas_e2e::workspace().join("scripts/reference/adalora_parity.py");
+    let dir = s.stage_dir("search", "default", "export");
+    let check = std::process::Command::new(&python).arg(&script).arg(&dir).output().unwrap();
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{said}{}", String::from_utf8_lossy(&check.stderr));
+    assert!(said.contains("PEFT's AdaLoRA with petnas's triplets"), "{said}");
+}

@@ -23,8 +23,9 @@ pub struct OrthogonalityOptions {
 }
 
 /// The mean over the PET modules' factors of ‖off-diagonal of the components' Gram matrix‖_F,
-/// where a factor is a tensor that two or more prune groups slice along one dimension; `None`
-/// where no module has such a factor.
+/// where a factor is a tensor that two or more prune groups slice along one dimension into
+/// vectors (not into single entries, as AdaLoRA's singular values or a bias); `None` where no
+/// module has such a factor.
 pub fn penalty(model: &PetModel) -> Option<Tensor> {
     let mut terms = Vec::new();
     for module in &model.modules {
@@ -36,6 +37,9 @@ pub fn penalty(model: &PetModel) -> Option<Tensor> {
         }
         for (name, (dim, indices)) in slices.into_iter().filter(|(_, (_, i))| i.len() > 1) {
             let factor = module.params().effective(&name);
+            if factor.numel() as i64 <= factor.size()[dim as usize] {
+                continue;
+            }
             let index = Tensor::from_slice(&indices).to_device(factor.device());
             let components = factor.index_select(dim, &index).movedim([dim], [0]).flatten(1, -1);
             let gram = components.matmul(&components.tr());
