@@ -751,3 +751,106 @@ stages:
     assert!(check.status.success(), "{said}{}", String::from_utf8_lossy(&check.stderr));
     assert!(said.contains("PEFT's AdaLoRA with petnas's triplets"), "{said}");
 }
+
+fn allocating_pipeline(allocation: &str, fit: &str) -> String {
+    format!(
+        "name: search
+defaults: {{seed: 3, threads: 1}}
+stages:
+  model: {{use: plm.load, with: {{model: '{model}'}}}}
+  data: {{use: glue.load, needs: [model], with: {{task: mrpc, dir: '{glue}', max_len: 32, max_train_examples: 64}}}}
+  adalora: {{use: pet.attach, needs: [model], with: {{pets: [{{type: adalora, targets: all-linear, rank: 4, alpha: 8, {allocation}}}]}}}}
+  fit: {{use: train.fit, needs: [adalora, data], with: {fit}}}
+",
+        model = tiny_model(),
+        glue = glue_fixtures()
+    )
+}
+
+/// AdaLoRA's rank allocator runs inside train.fit: the fit ends with the triplets that fit
+/// the budget, ranks differing from site to site, the ones left out zero (P, E and Q), and
+/// the fit's record says what it kept.
+#[test]
+fn adaloras_rank_allocator_runs_inside_train_fit_and_meets_its_budget() {
+    let s = Scratch::new();
+    s.write(
+        "p.yaml",
+        &allocating_pipeline(
+            "budget: 1500, tinit: 4, tfinal: 4, delta_t: 2",
+            "{epochs: 5, batch_size: 16, lr: 0.01, orth_reg_weight: 0.1}",
+        ),
+    );
+    let run = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let attached = model(&output(&s, "adalora"));
+    let fitted = output(&s, "fit");
+    let schedule = &fitted.meta["training"]["schedules"]["adalora"];
+    let kept = schedule["parameters"].as_i64().unwrap();
+    assert!(kept <= 1500 && kept > 1500 - largest_group(&attached), "{schedule}");
+    assert_eq!(schedule["fixed"], true, "{schedule}");
+    let fitted_model = model(&fitted);
+    assert_eq!(fitted_model.pet_parameters(), kept, "what the record says is what the model holds");
+    let ranks: Vec<u64> =
+        schedule["ranks"].as_object().unwrap().values().map(|r| r.as_u64().unwrap()).collect();
+    assert_eq!(ranks.len(), fitted_model.modules.len());
+    assert!(ranks.iter().min() < ranks.iter().max(), "the budget moved between sites: {ranks:?}");
+    for module in &fitted_model.modules {
+        let params = module.params();
+        let e = params.effective("E").flatten(0, -1);
+        let rank = schedule["ranks"][&module.site().name].as_i64().unwrap();
+        assert_eq!(
+            e.ne(0.0).sum(Kind::Int64).int64_value(&[]),
+            rank,
+            "{}: singular values kept",
+            module.site().name
+        );
+        for (name, dim) in [("P", 1), ("Q", 0)] {
+            let zero = params.effective(name).abs().sum_dim_intlist(1 - dim, false, Kind::Double).eq(0.0);
+            assert_eq!(
+                zero.sum(Kind::Int64).int64_value(&[]),
+                4 - rank,
+                "{}: {name} of the triplets left out",
+                module.site().name
+            );
+        }
+    }
+
+    let short = Scratch::new();
+    short.write(
+        "p.yaml",
+        &allocating_pipeline("budget: 1500, tinit: 10, tfinal: 10", "{epochs: 5, batch_size: 16}"),
+    );
+    let run = short.petnas(&["run", "p.yaml"]);
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("leave none of the fit's 20 steps for the rank allocator"), "{}", run.stderr);
+}
+
+fn allocator_checkpoint_in_its_window(s: &Scratch) -> bool {
+    let dir = s.path().join("runs/search/default/.checkpoints");
+    std::fs::read_dir(&dir).is_ok_and(|d| {
+        d.flatten().any(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("fit-")
+                && !name.ends_with(".tmp")
+                && std::fs::read(e.path().join("checkpoint.json"))
+                    .ok()
+                    .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
+                    .is_some_and(|v| v["step"].as_i64().is_some_and(|step| (20..60).contains(&step)))
+        })
+    })
+}
+
+/// Killed while the allocator cuts, the fit resumes (its smoothed scores and the triplets
+/// it kept from the checkpoint) and ends as an uninterrupted one, byte for byte.
+#[test]
+fn adaloras_rank_allocator_resumes_after_a_kill_as_an_uninterrupted_fit() {
+    killed_and_resumed_is_uninterrupted(
+        &allocating_pipeline(
+            "budget: 1500, tinit: 10, tfinal: 40, delta_t: 3",
+            "{epochs: 40, batch_size: 16, lr: 0.01, checkpoint_every: 1}",
+        ),
+        ("a checkpoint while the allocator cuts", allocator_checkpoint_in_its_window),
+        "resuming from a checkpoint",
+        &["fit"],
+    );
+}

@@ -10,6 +10,11 @@ use petnas_sdk::params::Params;
 use serde_json::{json, Value};
 use tch::{Device, Tensor};
 
+use crate::config::Allocation;
+
+/// Where a module's state keeps the allocator's options.
+pub const ALLOCATION: &str = "allocation";
+
 /// PEFT's initial spread of P and Q.
 const FACTOR_STD: f64 = 0.02;
 
@@ -18,6 +23,8 @@ pub struct AdaLora {
     pub params: Params,
     pub scaling: f64,
     pub dropout: f64,
+    /// The rank allocator's options, where it allocates while the module trains.
+    pub allocation: Option<Allocation>,
 }
 
 impl AdaLora {
@@ -105,7 +112,22 @@ impl PetModule for AdaLora {
         weights.insert(name, merged.detach());
         Ok(true)
     }
+    fn orthogonality(&self) -> Option<Vec<Tensor>> {
+        // PEFT's ‖PᵀP − I‖_F and ‖QQᵀ − I‖_F, the identity over the live triplets only: a
+        // triplet masked for good is no parameter, and zero.
+        let term = |gram: Tensor| {
+            let live = gram.diagonal(0, 0, 1).gt(0.0).to_kind(gram.kind()).diag_embed(0, 0, 1);
+            let d = gram - live;
+            (d.square().sum(tch::Kind::Float) + 1e-24).sqrt()
+        };
+        let (p, q) = (self.params.effective("P"), self.params.effective("Q"));
+        Some(vec![term(p.tr().matmul(&p)), term(q.matmul(&q.tr()))])
+    }
     fn state(&self) -> (Value, Vec<(String, Tensor)>) {
-        (json!({"rank": self.rank(), "scaling": self.scaling, "dropout": self.dropout}), self.params.state())
+        let mut state = json!({"rank": self.rank(), "scaling": self.scaling, "dropout": self.dropout});
+        if let Some(allocation) = &self.allocation {
+            state[ALLOCATION] = json!(allocation);
+        }
+        (state, self.params.state())
     }
 }

@@ -1,19 +1,22 @@
-//! AdaLoRA's parametrisation as a PET type (Zhang et al., 2023): an SVD-form update
-//! P·diag(E)·Q of a linear layer, as PEFT's `SVDLinear`. Prune groups are triplets
-//! (Pᵢ, Eᵢ, Qᵢ), so the search allocates its rank; the orthogonality regulariser of the
-//! stages that train (`orth_reg_weight`) keeps P's columns and Q's rows orthogonal.
+//! AdaLoRA as a PET type (Zhang et al., 2023): an SVD-form update P·diag(E)·Q of a linear
+//! layer, as PEFT's `SVDLinear`, and its rank allocator, which `train.fit` runs after every
+//! step where the options give it a budget. Prune groups are triplets (Pᵢ, Eᵢ, Qᵢ), so the
+//! search can allocate the rank instead; the orthogonality regulariser of the stages that
+//! train (`orth_reg_weight`) keeps P's columns and Q's rows orthogonal.
+mod allocator;
 mod config;
 mod layer;
 
 use anyhow::{bail, Context, Result};
-use petnas_sdk::model::{PetModule, PetType, Site, SiteKind};
+use petnas_sdk::model::{PetModule, PetType, Site, SiteKind, TrainingSchedule};
 use petnas_sdk::params::Params;
 use petnas_sdk::{OptionSchema, Options, Registrar};
 use serde_json::Value;
 use tch::{Device, Tensor};
 
-use config::AdaLoraConfig;
-use layer::AdaLora;
+use allocator::RankAllocator;
+use config::{AdaLoraConfig, Allocation};
+use layer::{AdaLora, ALLOCATION};
 
 petnas_sdk::declare_plugin!(register);
 
@@ -55,6 +58,7 @@ impl PetType for AdaLoraType {
             params: Params::new(AdaLora::init(inputs, outputs, config.rank, seed, device)),
             scaling: config.scaling(),
             dropout: config.dropout,
+            allocation: config.allocation.active().then(|| config.allocation.clone()),
         }))
     }
     fn restore(
@@ -70,6 +74,32 @@ impl PetType for AdaLoraType {
             params: Params::restore(&["P", "E", "Q"], tensors, device)?,
             scaling: state["scaling"].as_f64().context("saved AdaLoRA state without scaling")?,
             dropout: state["dropout"].as_f64().unwrap_or(0.0),
+            allocation: allocation_of(state)?,
         }))
+    }
+    fn training_schedule(&self, modules: &[&dyn PetModule]) -> Result<Option<Box<dyn TrainingSchedule>>> {
+        let mut allocations = Vec::new();
+        for module in modules {
+            allocations.push(allocation_of(&module.state().0)?);
+        }
+        match allocations.first() {
+            Some(Some(first)) if allocations.iter().all(|a| a.as_ref() == Some(first)) => {
+                Ok(Some(Box::new(RankAllocator::new(first.clone(), modules)?)))
+            }
+            Some(_) if allocations.iter().any(Option::is_some) => bail!(
+                "the model's AdaLoRA modules have different rank allocators; one allocator shares one budget among all of them: give one AdaLoRA entry its budget"
+            ),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// The allocator's options a module's state keeps, where it has them.
+fn allocation_of(state: &Value) -> Result<Option<Allocation>> {
+    match state.get(ALLOCATION) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => {
+            Ok(Some(serde_json::from_value(value.clone()).context("saved AdaLoRA allocator options")?))
+        }
     }
 }

@@ -15,4 +15,5 @@ pub mod orthogonality;
 pub mod pet_model;
 pub mod plots;
 pub mod recompute;
+pub mod schedules;
 pub mod stamps;

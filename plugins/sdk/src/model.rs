@@ -442,6 +442,26 @@ pub trait PetType: Send + Sync {
     fn peft(&self) -> Option<&dyn PeftFormat> {
         None
     }
+    /// What the type does to its modules while they train, where it does something (AdaLoRA
+    /// moves rank between them): `train.fit` asks each PET type of its model for a schedule
+    /// over the model's modules of that type, and runs it after every optimizer step.
+    fn training_schedule(&self, _modules: &[&dyn PetModule]) -> Result<Option<Box<dyn TrainingSchedule>>> {
+        Ok(None)
+    }
+}
+
+/// A PET type's schedule during training ([`PetType::training_schedule`]).
+pub trait TrainingSchedule: Send {
+    /// After optimizer step `step` (from 1) of `total`, the step's gradients still in place,
+    /// over the model's modules of this type. Returns whether it changed their masks (the
+    /// optimizer then holds the new ones); values it changes in place need no word.
+    fn after_step(&mut self, modules: &mut [&mut dyn PetModule], step: i64, total: i64) -> Result<bool>;
+    /// What the schedule carries from step to step, kept in the fit's checkpoints.
+    fn state(&self) -> Vec<(String, Tensor)>;
+    /// Takes back what [`TrainingSchedule::state`] gave, on resume.
+    fn restore(&mut self, tensors: Vec<(String, Tensor)>) -> Result<()>;
+    /// What it did, for the fit's record.
+    fn summary(&self) -> Value;
 }
 
 /// What a PET type's modules are in PEFT's adapter format (`adapter_config.json` and
@@ -512,6 +532,13 @@ pub trait PetModule: Send {
     fn merge_into(&self, weights: &mut std::collections::BTreeMap<String, Tensor>) -> Result<bool>;
     /// What [`PetType::restore`] rebuilds the module from: JSON and tensors (masks included).
     fn state(&self) -> (Value, Vec<(String, Tensor)>);
+    /// The module's terms of the orthogonality regulariser (a stage's `orth_reg_weight`), one
+    /// per factor matrix, where its parametrisation says what orthogonal means (AdaLoRA's
+    /// singular vectors: ‖PᵀP − I‖ and ‖QQᵀ − I‖); `None`: the toolkit's default, the
+    /// off-diagonal of the Gram matrix of each tensor its prune groups slice.
+    fn orthogonality(&self) -> Option<Vec<Tensor>> {
+        None
+    }
 }
 
 /// Parameters of a module that can be non-zero: unmasked entries of its parameters.

@@ -1,6 +1,7 @@
 //! Training of PET modules and the task head: `train.fit`, over the toolkit's training loop.
 use anyhow::Result;
 use petnas_kit::fit;
+use petnas_kit::schedules::PetSchedules;
 use petnas_sdk::artifact::kinds;
 use petnas_sdk::{Artifact, Inputs, Registrar, StageCtx, TypedStage};
 use serde_json::Value;
@@ -47,9 +48,15 @@ impl TypedStage for Fit {
             "training"
         );
         let selection = selection.as_ref().map(|(n, s)| (n.as_str(), s.clone()));
-        let report = fit::fit(ctx, &o, &mut model, &info, &train, selection, None)?;
+        // A PET type that changes its modules while they train (AdaLoRA) does so after each step.
+        let mut schedules = PetSchedules::for_model(&model, ctx.services())?;
+        let hook = schedules.as_mut().map(|s| s as &mut dyn fit::FitHook);
+        let report = fit::fit(ctx, &o, &mut model, &info, &train, selection, hook)?;
         let mut artifact = model.to_artifact();
         artifact.meta["training"] = report.summary;
+        if let Some(schedules) = &schedules {
+            artifact.meta["training"]["schedules"] = schedules.summary();
+        }
         artifact.meta["task"] = Value::String(info.task.clone());
         Ok(artifact)
     }
