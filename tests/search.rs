@@ -483,20 +483,25 @@ fn a_search_while_training_meets_its_budget_for_any_pet_type() {
     assert!(masked > 0);
 }
 
-fn search_checkpoint_past_a_cut(s: &Scratch) -> bool {
+/// Whether a fit's checkpoint of `stage` stands at a step in `steps` (not the copy being
+/// written, which is no checkpoint yet).
+fn fit_checkpoint_within(s: &Scratch, stage: &str, steps: std::ops::Range<i64>) -> bool {
     let dir = s.path().join("runs/search/default/.checkpoints");
     std::fs::read_dir(&dir).is_ok_and(|d| {
         d.flatten().any(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            let state = e.path().join("checkpoint.json");
-            name.starts_with("search-")
+            name.starts_with(&format!("{stage}-"))
                 && !name.ends_with(".tmp")
-                && std::fs::read(&state)
+                && std::fs::read(e.path().join("checkpoint.json"))
                     .ok()
                     .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
-                    .is_some_and(|v| v["step"].as_i64().is_some_and(|step| (20..60).contains(&step)))
+                    .is_some_and(|v| v["step"].as_i64().is_some_and(|step| steps.contains(&step)))
         })
     })
+}
+
+fn search_checkpoint_past_a_cut(s: &Scratch) -> bool {
+    fit_checkpoint_within(s, "search", 20..60)
 }
 
 /// Killed after its first cuts, the search resumes from its checkpoint (the cut model, the
@@ -826,18 +831,7 @@ fn adaloras_rank_allocator_runs_inside_train_fit_and_meets_its_budget() {
 }
 
 fn allocator_checkpoint_in_its_window(s: &Scratch) -> bool {
-    let dir = s.path().join("runs/search/default/.checkpoints");
-    std::fs::read_dir(&dir).is_ok_and(|d| {
-        d.flatten().any(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.starts_with("fit-")
-                && !name.ends_with(".tmp")
-                && std::fs::read(e.path().join("checkpoint.json"))
-                    .ok()
-                    .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
-                    .is_some_and(|v| v["step"].as_i64().is_some_and(|step| (20..60).contains(&step)))
-        })
-    })
+    fit_checkpoint_within(s, "fit", 20..60)
 }
 
 /// Killed while the allocator cuts, the fit resumes (its smoothed scores and the triplets

@@ -26,13 +26,6 @@ fn register(registrar: &mut Registrar) {
 
 struct AdaLoraType;
 
-fn linear_shape(site: &Site) -> Result<(i64, i64)> {
-    match site.kind {
-        SiteKind::Linear { in_features, out_features, .. } => Ok((in_features, out_features)),
-        _ => bail!("AdaLoRA attaches to linear layers; `{}` is not one", site.name),
-    }
-}
-
 impl PetType for AdaLoraType {
     fn name(&self) -> &'static str {
         "adalora"
@@ -52,7 +45,7 @@ impl PetType for AdaLoraType {
     }
     fn create(&self, site: &Site, options: &Value, device: Device, seed: u64) -> Result<Box<dyn PetModule>> {
         let config = AdaLoraConfig::parse(options)?;
-        let (inputs, outputs) = linear_shape(site)?;
+        let (inputs, outputs) = site.linear_features("AdaLoRA")?;
         Ok(Box::new(AdaLora {
             site: site.clone(),
             params: Params::new(AdaLora::init(inputs, outputs, config.rank, seed, device)),
@@ -68,7 +61,7 @@ impl PetType for AdaLoraType {
         tensors: Vec<(String, Tensor)>,
         device: Device,
     ) -> Result<Box<dyn PetModule>> {
-        linear_shape(site)?;
+        site.linear_features("AdaLoRA")?;
         Ok(Box::new(AdaLora {
             site: site.clone(),
             params: Params::restore(&["P", "E", "Q"], tensors, device)?,

@@ -5,7 +5,7 @@ mod config;
 mod layer;
 mod peft;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use petnas_sdk::model::{PetModule, PetType, Site, SiteKind};
 use petnas_sdk::params::Params;
 use petnas_sdk::{OptionSchema, Options, Registrar};
@@ -22,13 +22,6 @@ fn register(registrar: &mut Registrar) {
 }
 
 struct LoraType;
-
-fn linear_shape(site: &Site) -> Result<(i64, i64)> {
-    match site.kind {
-        SiteKind::Linear { in_features, out_features, .. } => Ok((in_features, out_features)),
-        _ => bail!("LoRA attaches to linear layers; `{}` is not one", site.name),
-    }
-}
 
 impl PetType for LoraType {
     fn name(&self) -> &'static str {
@@ -49,7 +42,7 @@ impl PetType for LoraType {
     }
     fn create(&self, site: &Site, options: &Value, device: Device, seed: u64) -> Result<Box<dyn PetModule>> {
         let config = LoraConfig::parse(options)?;
-        let (inputs, outputs) = linear_shape(site)?;
+        let (inputs, outputs) = site.linear_features("LoRA")?;
         let (rank, scaling) = config.at(&site.name);
         let balanced = config.init == "balanced";
         let (a, b) = Lora::init(inputs, outputs, rank, balanced, seed, device);
@@ -70,7 +63,7 @@ impl PetType for LoraType {
         tensors: Vec<(String, Tensor)>,
         device: Device,
     ) -> Result<Box<dyn PetModule>> {
-        linear_shape(site)?;
+        site.linear_features("LoRA")?;
         let take = |name: &str| tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t.to_device(device));
         let offset = match (take("offset.A"), take("offset.B")) {
             (Some(a), Some(b)) => Some((a, b)),

@@ -144,7 +144,7 @@ impl PeftFormat for LoraPeft {
             let rank = a.size()[0];
             let alpha = pattern(&config, "alpha_pattern", &site_name).unwrap_or(alpha);
             let scaling = if rslora { alpha / (rank as f64).sqrt() } else { alpha / rank as f64 };
-            crate::linear_shape(site)?;
+            site.linear_features("LoRA")?;
             modules.push(Box::new(Lora {
                 site: site.clone(),
                 params: Params::new(vec![("A", a), ("B", b)]),

@@ -122,6 +122,14 @@ impl Site {
         let name = if prefix.is_empty() { local.to_string() } else { format!("{prefix}.{local}") };
         Site { name, kind, layer, role, local: local.to_string() }
     }
+
+    /// A linear layer's (in, out) features, for a PET type that attaches only to those.
+    pub fn linear_features(&self, pet_type: &str) -> Result<(i64, i64)> {
+        match self.kind {
+            SiteKind::Linear { in_features, out_features, .. } => Ok((in_features, out_features)),
+            _ => anyhow::bail!("{pet_type} attaches to linear layers; `{}` is not one", self.name),
+        }
+    }
 }
 
 /// What a backbone calls at every site during its forward pass.
