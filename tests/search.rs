@@ -820,6 +820,18 @@ fn adaloras_rank_allocator_runs_inside_train_fit_and_meets_its_budget() {
         }
     }
 
+    // A budget the modules cannot exceed is refused before anything runs.
+    let over = Scratch::new();
+    over.write("p.yaml", &allocating_pipeline("budget: 100000", "{epochs: 5, batch_size: 16}"));
+    let check = over.petnas(&["validate", "p.yaml"]);
+    assert_ne!(check.code, 0);
+    assert!(
+        check.stderr.contains("p.yaml:6:")
+            && check.stderr.contains("the allocator's budget of 100000 parameters is at or above the"),
+        "{}",
+        check.stderr
+    );
+
     let short = Scratch::new();
     short.write(
         "p.yaml",

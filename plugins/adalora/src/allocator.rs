@@ -16,6 +16,20 @@ use crate::config::Allocation;
 /// its triplets.
 const FACTORS: [(&str, i64); 3] = [("P", 1), ("E", 0), ("Q", 0)];
 
+/// Refuses a budget that would keep every triplet of `modules` modules holding `triplets`
+/// triplets and `parameters` parameters: there would be nothing to allocate.
+pub fn check_budget(config: &Allocation, modules: i64, triplets: i64, parameters: i64) -> Result<()> {
+    match (config.budget, config.target_r) {
+        (Some(budget), _) if budget >= parameters => {
+            bail!("the allocator's budget of {budget} parameters is at or above the {parameters} the AdaLoRA modules hold: give a budget under {parameters}")
+        }
+        (_, Some(r)) if r * modules >= triplets => {
+            bail!("target_r {r} keeps every one of the {triplets} triplets the AdaLoRA modules hold: give a target_r under their rank")
+        }
+        _ => Ok(()),
+    }
+}
+
 pub struct RankAllocator {
     config: Allocation,
     /// Per module: its site.
@@ -50,15 +64,8 @@ impl RankAllocator {
         }
         let allocator = RankAllocator { config, sites, smoothed, triplet_size, kept, fixed: false };
         let (triplets, parameters) = allocator.initial();
-        match (allocator.config.budget, allocator.config.target_r) {
-            (Some(budget), _) if budget >= parameters => {
-                bail!("the allocator's budget of {budget} parameters is at or above the {parameters} the AdaLoRA modules hold")
-            }
-            (_, Some(r)) if r * modules.len() as i64 >= triplets => {
-                bail!("target_r {r} keeps every one of the {triplets} triplets the AdaLoRA modules hold: give a target_r under their rank")
-            }
-            _ => Ok(allocator),
-        }
+        check_budget(&allocator.config, modules.len() as i64, triplets, parameters)?;
+        Ok(allocator)
     }
 
     /// Triplets and parameters before any cut.

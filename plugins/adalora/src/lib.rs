@@ -54,6 +54,16 @@ impl PetType for AdaLoraType {
             allocation: config.allocation.active().then(|| config.allocation.clone()),
         }))
     }
+    fn check_sites(&self, options: &Value, sites: &[Site]) -> Result<()> {
+        let config = AdaLoraConfig::parse(options)?;
+        let mut parameters = 0;
+        for site in sites {
+            let (inputs, outputs) = site.linear_features("AdaLoRA")?;
+            parameters += config.rank * (inputs + outputs + 1);
+        }
+        let triplets = config.rank * sites.len() as i64;
+        allocator::check_budget(&config.allocation, sites.len() as i64, triplets, parameters)
+    }
     fn restore(
         &self,
         site: &Site,

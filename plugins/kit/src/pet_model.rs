@@ -569,6 +569,7 @@ pub fn check_pets(pets: &[Value], inputs: &[Value], services: &dyn Services) -> 
     for spec in &specs {
         let pet_type = services.pet_type(&spec.type_name).context("PET type vanished")?;
         let sites = model.sites_for(pet_type, &spec.targets)?;
+        pet_type.check_sites(&spec.options, &sites)?;
         let mut parameters = 0;
         for site in &sites {
             parameters += pet_type.parameters(site, &spec.options)?;

@@ -436,6 +436,12 @@ pub trait PetType: Send + Sync {
     fn parameters(&self, site: &Site, options: &Value) -> Result<i64> {
         Ok(live_parameters(self.create(site, options, tch::Device::Cpu, 0)?.as_ref()))
     }
+    /// For validation: what an entry's options ask of all the sites they put the type on
+    /// together (an allocator's budget under what the modules hold), beyond each option's
+    /// own bounds, which the declaration checks.
+    fn check_sites(&self, _options: &Value, _sites: &[Site]) -> Result<()> {
+        Ok(())
+    }
     /// A module rebuilt from what [`PetModule::state`] returned.
     fn restore(
         &self,
