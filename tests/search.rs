@@ -667,8 +667,8 @@ fn soft_masked_pruning_resumes_after_a_kill_and_ends_as_an_uninterrupted_run() {
 #[test]
 fn the_orthogonality_regulariser_makes_rank_components_orthogonal() {
     let s = Scratch::new();
-    let fit = |weight: f64| {
-        format!("{{use: train.fit, needs: [supernet, data], with: {{epochs: 2, batch_size: 16, lr: 0.005, orth_reg_weight: {weight}}}}}")
+    let fit = |needs: &str, lr: f64, weight: f64| {
+        format!("{{use: train.fit, needs: [{needs}, data], with: {{epochs: 2, batch_size: 16, lr: {lr}, orth_reg_weight: {weight}}}}}")
     };
     s.write(
         "p.yaml",
@@ -681,11 +681,14 @@ stages:
   supernet: {{use: nas.build_supernet, needs: [model], with: {{pets: {MIXED}}}}}
   plain: {plain}
   orthogonal: {orthogonal}
+  triplets: {{use: pet.attach, needs: [model], with: {{pets: [{{type: adalora, targets: all-linear, rank: 4}}]}}}}
+  orthonormal: {orthonormal}
 ",
             model = tiny_model(),
             glue = glue_fixtures(),
-            plain = fit(0.0),
-            orthogonal = fit(1.0),
+            plain = fit("supernet", 0.005, 0.0),
+            orthogonal = fit("supernet", 0.005, 1.0),
+            orthonormal = fit("triplets", 0.05, 1.0),
         ),
     );
     let run = s.petnas(&["run", "p.yaml"]);
@@ -698,6 +701,24 @@ stages:
         orthogonal < 0.5 * plain,
         "off-diagonal Gram norm: supernet {before}, plain {plain}, regularised {orthogonal}"
     );
+
+    // AdaLoRA's own terms, with the identity: its singular vectors move to unit norm (from
+    // PEFT's 0.02 draw, whose squared column norms are about 0.01 here), which the default
+    // off-diagonal penalty would leave alone.
+    let norms = |stage: &str| {
+        let m = model(&output(&s, stage));
+        let squared: Vec<f64> = m
+            .modules
+            .iter()
+            .flat_map(|module| {
+                let p = module.params().get("P").shallow_clone();
+                Vec::<f64>::try_from(p.square().sum_dim_intlist(0, false, Kind::Double)).unwrap()
+            })
+            .collect();
+        squared.iter().sum::<f64>() / squared.len() as f64
+    };
+    let (drawn, fitted) = (norms("triplets"), norms("orthonormal"));
+    assert!(drawn < 0.05 && fitted > 0.5, "mean squared norm of P's columns: drawn {drawn}, fitted {fitted}");
 }
 
 /// AdaLoRA's parametrisation as a PET type: PEFT's initialisation (E zero, P and Q at 0.02),

@@ -54,12 +54,16 @@ impl PetType for AdaLoraType {
             allocation: config.allocation.active().then(|| config.allocation.clone()),
         }))
     }
+    fn parameters(&self, site: &Site, options: &Value) -> Result<i64> {
+        // A triplet holds a column of P, an entry of E and a row of Q.
+        let (inputs, outputs) = site.linear_features("AdaLoRA")?;
+        Ok(AdaLoraConfig::parse(options)?.rank * (inputs + outputs + 1))
+    }
     fn check_sites(&self, options: &Value, sites: &[Site]) -> Result<()> {
         let config = AdaLoraConfig::parse(options)?;
         let mut parameters = 0;
         for site in sites {
-            let (inputs, outputs) = site.linear_features("AdaLoRA")?;
-            parameters += config.rank * (inputs + outputs + 1);
+            parameters += self.parameters(site, options)?;
         }
         let triplets = config.rank * sites.len() as i64;
         allocator::check_budget(&config.allocation, sites.len() as i64, triplets, parameters)

@@ -93,8 +93,7 @@ fn lowest_groups(model: &PetModel, scores: &Scores, target: i64, by: GroupScore)
 /// Removes the lowest-scoring groups until at most `target` PET parameters remain (so the
 /// target is met to within one group); modules left empty are detached.
 pub fn structured(model: &mut PetModel, scores: &Scores, target: i64, by: GroupScore) -> Result<Cut> {
-    let Lowest { groups, left: count, count: n } = lowest_groups(model, scores, target, by);
-    let removed = &groups;
+    let Lowest { groups: removed, left: count, count: n } = lowest_groups(model, scores, target, by);
     let model_keys = model.module_keys();
     let mut emptied = Vec::new();
     let mut cuts = Cuts::new();
@@ -129,7 +128,7 @@ pub fn structured(model: &mut PetModel, scores: &Scores, target: i64, by: GroupS
     if left == 0 {
         bail!("pruning to {target} PET parameters left none: every prune group holds more than the budget allows");
     }
-    Ok(Cut { removed: n, groups, cuts })
+    Ok(Cut { removed: n, groups: removed, cuts })
 }
 
 /// Masks all but the `budget` highest-scoring live entries, exactly.
