@@ -1,20 +1,6 @@
 //! The model and GLUE plugins through the binary: `plm.load` and `glue.load` in a pipeline,
 //! `petnas encode`, `petnas score`.
-use std::path::PathBuf;
-
-use petnas_e2e::Scratch;
-
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
-}
-
-fn default_model() -> String {
-    workspace().join("models/all-MiniLM-L6-v2").display().to_string()
-}
-
-fn glue_fixtures() -> String {
-    workspace().join("tests/fixtures/glue").display().to_string()
-}
+use petnas_e2e::{default_model, glue_fixtures, workspace, Scratch};
 
 #[test]
 fn encode_prints_ids_and_vectors() {
@@ -91,7 +77,7 @@ stages:
 }
 
 #[test]
-fn a_malformed_glue_line_fails_the_stage_naming_file_and_line() {
+fn a_malformed_glue_line_is_refused_by_validation_naming_file_and_line() {
     let s = Scratch::new();
     let glue = s.path().join("glue/RTE");
     std::fs::create_dir_all(&glue).unwrap();
@@ -111,13 +97,16 @@ stages:
         default_model()
     );
     s.write("p.yaml", &pipeline);
+    // Validation reads the training file (to count the examples a fit will have).
     let run = s.petnas(&["run", "p.yaml"]);
-    assert_eq!(run.code, 1);
+    assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(
-        run.stdout.contains("glue/RTE/train.tsv:3: expected 4 tab-separated columns, found 2"),
+        run.stderr.contains("p.yaml:4:")
+            && run.stderr.contains("glue/RTE/train.tsv:3: expected 4 tab-separated columns, found 2"),
         "{}",
-        run.stdout
+        run.stderr
     );
+    assert!(!s.path().join("runs").exists(), "nothing ran");
     s.write("p.yaml", &pipeline.replace("dir: glue}", "dir: glue, skip_bad_lines: true}"));
     let run = s.petnas(&["run", "p.yaml"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -500,12 +489,12 @@ fn equal_numbers_are_one_class_and_mixed_label_types_are_refused() {
     assert_eq!(meta["labels"], serde_json::json!(["0", "1"]), "{meta}");
 
     s.write("train.jsonl", &train.replacen("\"label\": 0.0", "\"label\": \"0\"", 1));
-    let run = s.petnas(&["run", "p.yaml"]);
-    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    let run = s.petnas(&["validate", "p.yaml"]);
+    assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
     assert!(
-        run.stdout.contains("train.jsonl:4: the `label` column holds numbers (line 1 on) and strings (here)"),
+        run.stderr.contains("train.jsonl:4: the `label` column holds numbers (line 1 on) and strings (here)"),
         "{}",
-        run.stdout
+        run.stderr
     );
 
     s.write("train.csv", "text,label\na, 1\nb,1\nc,0\nd,0\n");
@@ -522,8 +511,8 @@ fn equal_numbers_are_one_class_and_mixed_label_types_are_refused() {
 }
 
 /// `labels:` are checked against the labelled files at validate (the run failed, and
-/// skip_bad_lines skipped every row into "no example read"); a split whose rows were all
-/// skipped says why.
+/// skip_bad_lines skipped every row into "no example read"); a training split whose rows
+/// were all skipped says why, at validate too.
 #[test]
 fn labels_are_checked_against_the_files_by_validate_and_all_rows_skipped_says_why() {
     let s = Scratch::new();
@@ -542,7 +531,7 @@ fn labels_are_checked_against_the_files_by_validate_and_all_rows_skipped_says_wh
     );
     s.write("p.yaml", &own_data(&s, "train: 'DIR/train.csv', dev: 'DIR/dev.csv', text: text, labels: [pos, neg], skip_bad_lines: true"));
     s.write("train.csv", "text,label\na\nb\n");
-    let run = s.petnas(&["run", "p.yaml"]);
-    assert_eq!(run.code, 1, "{}", run.stdout);
-    assert!(run.stdout.contains("no example read: all 2 rows were skipped as bad (the first, line 2: expected 2 columns, found 1)"), "{}", run.stdout);
+    let run = s.petnas(&["validate", "p.yaml"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("no example read: all 2 rows were skipped as bad (the first, line 2: expected 2 columns, found 1)"), "{}", run.stderr);
 }

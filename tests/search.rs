@@ -852,15 +852,61 @@ fn adaloras_rank_allocator_runs_inside_train_fit_and_meets_its_budget() {
         "{}",
         check.stderr
     );
+}
 
-    let short = Scratch::new();
-    short.write(
-        "p.yaml",
-        &allocating_pipeline("budget: 1500, tinit: 10, tfinal: 10", "{epochs: 5, batch_size: 16}"),
+/// A fit too short for the allocator's window is refused by validation, which counts the
+/// fit's steps from the training examples the loader will keep (64 of MRPC's here, 16 of
+/// them held out for validation in the second case).
+#[test]
+fn a_fit_too_short_for_adaloras_allocator_is_refused_before_anything_runs() {
+    for (shaping, steps) in [("", 20), (", validation_fraction: 0.25", 15)] {
+        let short = Scratch::new();
+        let pipeline =
+            allocating_pipeline("budget: 1500, tinit: 8, tfinal: 12", "{epochs: 5, batch_size: 16}")
+                .replace("max_train_examples: 64", &format!("max_train_examples: 64{shaping}"));
+        short.write("p.yaml", &pipeline);
+        let check = short.petnas(&["validate", "p.yaml"]);
+        assert_ne!(check.code, 0, "{steps} steps");
+        assert!(
+            check.stderr.contains("p.yaml:7:")
+                && check
+                    .stderr
+                    .contains(&format!("leave none of the fit's {steps} steps for the rank allocator")),
+            "{}",
+            check.stderr
+        );
+        assert!(!short.path().join("runs").exists(), "nothing ran");
+        // One step more than the window, and it passes.
+        let longer =
+            pipeline.replace("epochs: 5, batch_size: 16", &format!("max_steps: {}, batch_size: 16", 21));
+        short.write("p.yaml", &longer);
+        let check = short.petnas(&["validate", "p.yaml"]);
+        assert_eq!(check.code, 0, "{}", check.stderr);
+    }
+}
+
+/// A supernet whose AdaLoRA modules have a rank allocator is not pruned while it trains (the
+/// allocator would cut it too): validation says so, where the stage is.
+#[test]
+fn pruning_while_training_refuses_a_supernet_with_its_own_rank_allocator() {
+    let s = Scratch::new();
+    let pipeline =
+        allocating_pipeline("budget: 1500, tinit: 4, tfinal: 4", "{epochs: 5, batch_size: 16, budget: 1000}")
+            .replace("use: train.fit", "use: nas.prune_while_training");
+    s.write("p.yaml", &pipeline);
+    let check = s.petnas(&["validate", "p.yaml"]);
+    assert_ne!(check.code, 0);
+    assert!(
+        check.stderr.contains("p.yaml:7:")
+            && check.stderr.contains("`adalora` modules have a schedule during training"),
+        "{}",
+        check.stderr
     );
-    let run = short.petnas(&["run", "p.yaml"]);
-    assert_ne!(run.code, 0);
-    assert!(run.stderr.contains("leave none of the fit's 20 steps for the rank allocator"), "{}", run.stderr);
+    // Without the allocator, its triplets are prune groups like any other.
+    s.write("p.yaml", &pipeline.replace("budget: 1500, tinit: 4, tfinal: 4", "dropout: 0.0"));
+    let run = s.petnas(&["run", "p.yaml"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(model(&output(&s, "fit")).pet_parameters() <= 1000);
 }
 
 fn allocator_checkpoint_in_its_window(s: &Scratch) -> bool {

@@ -152,6 +152,11 @@ pub fn workspace() -> PathBuf {
 }
 
 /// A small random RoBERTa checkpoint saved by transformers (fast to train on).
+/// The default PLM, all-MiniLM-L6-v2, where scripts/setup.sh put it.
+pub fn default_model() -> String {
+    workspace().join("models/all-MiniLM-L6-v2").display().to_string()
+}
+
 pub fn tiny_model() -> String {
     workspace().join("tests/fixtures/plm/tiny-roberta").display().to_string()
 }

@@ -30,6 +30,18 @@ pub fn check_budget(config: &Allocation, modules: i64, triplets: i64, parameters
     }
 }
 
+/// Refuses a fit of `total` steps that the window (`tinit`, `tfinal`) leaves no step of.
+pub fn check_steps(config: &Allocation, total: i64) -> Result<()> {
+    if config.tinit + config.tfinal >= total {
+        bail!(
+            "AdaLoRA's tinit ({}) and tfinal ({}) leave none of the fit's {total} steps for the rank allocator: give them fewer steps, or the fit more",
+            config.tinit,
+            config.tfinal
+        );
+    }
+    Ok(())
+}
+
 pub struct RankAllocator {
     config: Allocation,
     /// Per module: its site.
@@ -186,13 +198,7 @@ impl TrainingSchedule for RankAllocator {
         if self.fixed {
             return Ok(false);
         }
-        if self.config.tinit + self.config.tfinal >= total {
-            bail!(
-                "AdaLoRA's tinit ({}) and tfinal ({}) leave none of the fit's {total} steps for the rank allocator: give them fewer steps, or the fit more",
-                self.config.tinit,
-                self.config.tfinal
-            );
-        }
+        check_steps(&self.config, total)?;
         let fixed = step >= total - self.config.tfinal;
         if !fixed {
             self.update_scores(modules);

@@ -68,6 +68,13 @@ impl PetType for AdaLoraType {
         let triplets = config.rank * sites.len() as i64;
         allocator::check_budget(&config.allocation, sites.len() as i64, triplets, parameters)
     }
+    fn check_schedule(&self, options: &Value, steps: Option<i64>) -> Result<bool> {
+        let config = AdaLoraConfig::parse(options)?;
+        if let (true, Some(steps)) = (config.allocation.active(), steps) {
+            allocator::check_steps(&config.allocation, steps)?;
+        }
+        Ok(config.allocation.active())
+    }
     fn restore(
         &self,
         site: &Site,

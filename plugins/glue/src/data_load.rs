@@ -137,9 +137,10 @@ impl DataLoadOptions {
     /// the classes (a label it lacks would fail every such row), or as the classes where it
     /// does not. Files past a size are left to the run.
     fn check_file_labels(&self, scoring: Scoring) -> Result<()> {
-        const READ_AT_VALIDATION: u64 = 64 << 20;
         for split in self.splits().iter().filter(|s| s.labelled) {
-            if std::fs::metadata(&split.path).map(|m| m.len()).unwrap_or(u64::MAX) > READ_AT_VALIDATION {
+            if std::fs::metadata(&split.path).map(|m| m.len()).unwrap_or(u64::MAX)
+                > dataset::READ_AT_VALIDATION
+            {
                 continue;
             }
             let rows = files::read_rows(&split.path, self.format(&split.path)?, &self.columns())?;
@@ -214,7 +215,17 @@ impl TypedStage for DataLoad {
         if !o.regression {
             o.check_file_labels(scoring)?;
         }
-        o.shaping.check(inputs, &o.splits())
+        // The training file's examples, as the run reads them (its classes as the run takes them).
+        o.shaping.check(inputs, &o.splits(), |file| {
+            let rows = files::read_rows(&file.path, o.format(&file.path)?, &o.columns())?;
+            let labels = match (&o.labels, o.regression) {
+                (_, true) => Vec::new(),
+                (Some(labels), false) => labels.clone(),
+                (None, false) => files::class_names(&rows, &file.path)?,
+            };
+            let kind = if o.regression { LabelKind::Score } else { LabelKind::Classes(&labels) };
+            files::split_of(rows, &file.path, &o.columns(), &kind, file.labelled, o.shaping.skip_bad_lines)
+        })
     }
     fn external_inputs(&self, o: &DataLoadOptions) -> Result<String> {
         let splits = o.splits();

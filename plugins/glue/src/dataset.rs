@@ -39,10 +39,16 @@ pub struct Shaping {
 
 impl Shaping {
     /// Validation: a longer sequence than the model's position table would index past it.
-    /// Describes the dataset for the stages that need it.
-    /// Checks the shaping against the model, and describes the dataset for the stages that
-    /// need it: its labelled splits (the validation split held out of train among them).
-    pub fn check(&self, inputs: &[Value], splits: &[SplitFile]) -> Result<Value> {
+    /// Describes the dataset for the stages that need it: its labelled splits (the
+    /// validation split held out of train among them), and the training examples a fit will
+    /// have, where the training file is small enough to read now (`read` reads a file as
+    /// the run does).
+    pub fn check(
+        &self,
+        inputs: &[Value],
+        splits: &[SplitFile],
+        read: impl Fn(&SplitFile) -> Result<Split>,
+    ) -> Result<Value> {
         let max_tokens = inputs.iter().find_map(|i| i["backbone"]["info"]["max_tokens"].as_i64());
         if let Some(max) = max_tokens {
             if self.max_len as i64 > max {
@@ -53,12 +59,23 @@ impl Shaping {
         if self.validation_fraction.is_some() {
             labelled.push(VALIDATION);
         }
-        Ok(json!({"dataset": {"max_tokens": max_tokens, "labelled_splits": labelled}}))
+        let mut train_examples = None;
+        if let Some(file) = splits.iter().find(|s| s.name == TRAIN) {
+            if std::fs::metadata(&file.path).map(|m| m.len()).unwrap_or(u64::MAX) <= READ_AT_VALIDATION {
+                let kept = self.subsample_count(read(file)?.examples.len());
+                train_examples = Some(match self.validation_fraction {
+                    Some(fraction) => kept - held_out_count(kept, fraction)?,
+                    None => kept,
+                });
+            }
+        }
+        Ok(
+            json!({"dataset": {"max_tokens": max_tokens, "labelled_splits": labelled, "train_examples": train_examples}}),
+        )
     }
 
-    /// Keeps a seeded random subset of the training examples, in file order.
-    fn subsample(&self, split: &mut Split, seed: u64) {
-        let n = split.examples.len();
+    /// How many of `n` training examples the subsample keeps.
+    fn subsample_count(&self, n: usize) -> usize {
         let mut keep = n;
         if let Some(fraction) = self.train_fraction {
             keep = ((n as f64) * fraction).round().max(1.0) as usize;
@@ -66,6 +83,13 @@ impl Shaping {
         if let Some(max) = self.max_train_examples {
             keep = keep.min(max);
         }
+        keep
+    }
+
+    /// Keeps a seeded random subset of the training examples, in file order.
+    fn subsample(&self, split: &mut Split, seed: u64) {
+        let n = split.examples.len();
+        let keep = self.subsample_count(n);
         if keep < n {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
             let mut rows = sample(&mut rng, n, keep).into_vec();
@@ -76,14 +100,25 @@ impl Shaping {
     }
 }
 
-/// Moves a seeded random share of the training examples (in file order) into a split of
-/// their own.
-fn hold_out(split: &mut Split, fraction: f64, seed: u64) -> Result<Split> {
-    let n = split.examples.len();
+/// Files up to this size are read at validation (to count the training examples, to check
+/// labels); larger ones are left to the run.
+pub const READ_AT_VALIDATION: u64 = 64 << 20;
+
+/// How many of `n` training examples `fraction` holds out; refused where that leaves no
+/// validation or no training example.
+fn held_out_count(n: usize, fraction: f64) -> Result<usize> {
     let held = ((n as f64) * fraction).round() as usize;
     if held == 0 || held == n {
         bail!("`validation_fraction` {fraction} of {n} training examples leaves no validation or no training example");
     }
+    Ok(held)
+}
+
+/// Moves a seeded random share of the training examples (in file order) into a split of
+/// their own.
+fn hold_out(split: &mut Split, fraction: f64, seed: u64) -> Result<Split> {
+    let n = split.examples.len();
+    let held = held_out_count(n, fraction)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut rows = sample(&mut rng, n, held).into_vec();
     rows.sort_unstable();

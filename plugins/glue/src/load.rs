@@ -110,7 +110,10 @@ impl TypedStage for Load {
         _services: &dyn petnas_sdk::Services,
     ) -> Result<Value> {
         TypedStage::external_inputs(self, o)?;
-        o.shaping.check(inputs, &chosen_splits(task(&o.task)?, &glue_dir(&o.dir)?, &o.splits)?)
+        let task = task(&o.task)?;
+        o.shaping.check(inputs, &chosen_splits(task, &glue_dir(&o.dir)?, &o.splits)?, |file| {
+            read_split(task, &file.path, file.labelled, o.shaping.skip_bad_lines)
+        })
     }
     fn external_inputs(&self, o: &LoadOptions) -> Result<String> {
         let splits = chosen_splits(task(&o.task)?, &glue_dir(&o.dir)?, &o.splits)?;

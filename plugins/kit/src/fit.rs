@@ -7,7 +7,7 @@ use std::io::Write;
 use anyhow::{bail, Context, Result};
 use petnas_sdk::artifact::kinds;
 use petnas_sdk::init::derive_seed;
-use petnas_sdk::{Inputs, Options, StageCtx};
+use petnas_sdk::{Inputs, Options, Services, StageCtx};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tch::Tensor;
@@ -31,7 +31,7 @@ const FP16_UNDER_BF16: &str = "the model's frozen weights are held in fp16, whic
 
 /// The checks of a fit's options that need its inputs: `pad_to` within the model's
 /// positions, no bf16 autocast over weights held in fp16.
-pub fn check(o: &FitOptions, inputs: &[Value]) -> Result<Value> {
+pub fn check(o: &FitOptions, inputs: &[Value], services: &dyn Services) -> Result<Value> {
     let held = inputs.iter().find_map(|i| i["backbone"]["info"]["dtype"].as_str());
     anyhow::ensure!(!(o.bf16 == Some(true) && held == Some("fp16")), FP16_UNDER_BF16);
     anyhow::ensure!(
@@ -45,7 +45,21 @@ pub fn check(o: &FitOptions, inputs: &[Value]) -> Result<Value> {
             "`pad_to` {pad_to} is more than the model's {max} positions; at most {max}"
         );
     }
+    if let Some(model) = crate::pet_model::described_model(inputs) {
+        let examples = inputs.iter().find_map(|i| i["dataset"]["train_examples"].as_u64());
+        let steps = o.max_steps.or(examples.map(|n| total_steps(o, n as usize)));
+        crate::pet_model::check_schedules(model, steps, services)?;
+    }
     Ok(crate::pet_model::described_as_fitted(inputs))
+}
+
+/// The optimizer steps a fit of `examples` training examples takes.
+pub fn total_steps(o: &FitOptions, examples: usize) -> i64 {
+    let steps_per_epoch = examples.div_ceil(o.batch_size).div_ceil(o.gradient_accumulation_steps) as i64;
+    match o.max_steps {
+        Some(s) => s,
+        None => ((o.epochs * steps_per_epoch as f64).ceil() as i64).max(1),
+    }
 }
 
 /// What a fit starts from: the model (copied, with its task head and the fit's dropout,
@@ -208,10 +222,7 @@ pub fn fit(
         bail!("the training split is empty");
     }
     let steps_per_epoch = train.len().div_ceil(o.batch_size).div_ceil(o.gradient_accumulation_steps) as i64;
-    let total = match o.max_steps {
-        Some(s) => s,
-        None => ((o.epochs * steps_per_epoch as f64).ceil() as i64).max(1),
-    };
+    let total = total_steps(o, train.len());
     let warmup = o.warmup_steps.unwrap_or((o.warmup_ratio * total as f64).round() as i64);
     let ckpt_dir = ctx.checkpoint_dir()?.to_path_buf();
     // A hook may have changed the model: its checkpoint holds the model as it was then.

@@ -526,6 +526,9 @@ pub const PET_PARAMETERS: &str = "pet_parameters";
 pub const FITTED: &str = "fitted";
 /// The PET types a described model's modules are of.
 pub const PET_TYPES: &str = "pet_types";
+/// The `pets:` entries (`type`, `options`) of a described model whose modules have a schedule
+/// during training ([`petnas_sdk::model::PetType::check_schedule`]).
+pub const SCHEDULED_PETS: &str = "scheduled_pets";
 
 /// The description of the model among a stage's inputs, if a stage could describe it.
 pub fn described_model(inputs: &[Value]) -> Option<&Value> {
@@ -535,6 +538,20 @@ pub fn described_model(inputs: &[Value]) -> Option<&Value> {
 /// The PET parameters a described model holds (none described: not known).
 pub fn described_pet_parameters(model: &Value) -> Option<i64> {
     model[PET_PARAMETERS].as_i64()
+}
+
+/// For validation: refuses a fit of `steps` optimizer steps (where known) too short for the
+/// schedule during training of a described model's PET modules.
+pub fn check_schedules(model: &Value, steps: Option<i64>, services: &dyn Services) -> Result<()> {
+    for entry in model[SCHEDULED_PETS].as_array().into_iter().flatten() {
+        let name = entry["type"].as_str().unwrap_or_default();
+        let pet_type =
+            services.pet_type(name).with_context(|| format!("no plugin serves PET type `{name}`"))?;
+        pet_type
+            .check_schedule(&entry["options"], steps)
+            .with_context(|| format!("the `{name}` modules' schedule during training"))?;
+    }
+    Ok(())
 }
 
 /// The model's description as a stage that trains it passes it on.
@@ -566,10 +583,14 @@ pub fn check_pets(pets: &[Value], inputs: &[Value], services: &dyn Services) -> 
     let model = PetModel::new(loader.describe(std::path::Path::new(dir))?, loader_name);
     let mut counts = Vec::new();
     let mut total = 0;
+    let mut scheduled: Vec<Value> = input[SCHEDULED_PETS].as_array().cloned().unwrap_or_default();
     for spec in &specs {
         let pet_type = services.pet_type(&spec.type_name).context("PET type vanished")?;
         let sites = model.sites_for(pet_type, &spec.targets)?;
         pet_type.check_sites(&spec.options, &sites)?;
+        if pet_type.check_schedule(&spec.options, None)? {
+            scheduled.push(json!({"type": spec.type_name, "options": spec.options}));
+        }
         let mut parameters = 0;
         for site in &sites {
             parameters += pet_type.parameters(site, &spec.options)?;
@@ -587,6 +608,7 @@ pub fn check_pets(pets: &[Value], inputs: &[Value], services: &dyn Services) -> 
         }
     }
     description[PET_TYPES] = Value::Array(types);
+    description[SCHEDULED_PETS] = Value::Array(scheduled);
     description[petnas_sdk::stage::PLAN_KEY] = json!(format!(
         "{total} PET parameters ({:.3}% of the model's {plm}): {}",
         100.0 * total as f64 / plm.max(1) as f64,

@@ -34,6 +34,11 @@ impl PetSchedules {
         Ok((!schedules.is_empty()).then_some(PetSchedules { schedules }))
     }
 
+    /// The PET types that have a schedule.
+    pub fn pet_types(&self) -> Vec<&str> {
+        self.schedules.iter().map(|(name, _)| name.as_str()).collect()
+    }
+
     /// Each schedule's record, by PET type.
     pub fn summary(&self) -> Value {
         Value::Object(

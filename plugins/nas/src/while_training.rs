@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Result};
 use petnas_kit::fit::{self, FitHook, FitOptions};
 use petnas_kit::optim::{AdamW, Cuts};
-use petnas_kit::pet_model::PetModel;
+use petnas_kit::pet_model::{described_model, PetModel, SCHEDULED_PETS};
+use petnas_kit::schedules::PetSchedules;
 use petnas_sdk::artifact::kinds;
 use petnas_sdk::{Artifact, Inputs, Options, StageCtx, TypedStage};
 use serde::Deserialize;
@@ -77,9 +78,13 @@ impl TypedStage for PruneWhileTraining {
         &self,
         p: &PruneOptions,
         inputs: &[Value],
-        _services: &dyn petnas_sdk::Services,
+        services: &dyn petnas_sdk::Services,
     ) -> Result<Value> {
-        let fitted = fit::check(&p.fit, inputs)?;
+        let scheduled = described_model(inputs).and_then(|m| m[SCHEDULED_PETS].as_array()?.first());
+        if let Some(entry) = scheduled {
+            bail!(scheduled_refusal(entry["type"].as_str().unwrap_or_default()));
+        }
+        let fitted = fit::check(&p.fit, inputs, services)?;
         let mut passed = crate::stages::check_budget(Some(&p.budget), inputs)?;
         if passed.is_object() && fitted.get(petnas_kit::pet_model::FITTED).is_some() {
             passed[petnas_kit::pet_model::FITTED] = json!(true);
@@ -98,6 +103,9 @@ impl TypedStage for PruneWhileTraining {
         let fit::Prepared { mut model, info, train, selection } = fit::prepare(ctx, inputs, &p.fit)?;
         if model.modules.is_empty() {
             bail!("the model has no PET modules to prune: build a supernet first");
+        }
+        if let Some(schedules) = PetSchedules::for_model(&model, ctx.services())? {
+            bail!(scheduled_refusal(&schedules.pet_types().join(", ")));
         }
         let budget = p.budget.resolve(model.backbone.info().parameters);
         let start = model.pet_parameters();
@@ -127,6 +135,14 @@ impl TypedStage for PruneWhileTraining {
         artifact.meta["task"] = Value::String(info.task.clone());
         Ok(artifact)
     }
+}
+
+/// Why a supernet whose PET modules have a schedule during training (AdaLoRA's rank
+/// allocator) is not pruned while it trains: the schedule would cut it too.
+fn scheduled_refusal(pet_types: &str) -> String {
+    format!(
+        "the supernet's `{pet_types}` modules have a schedule during training (AdaLoRA's rank allocator, from its `budget` or `target_r`) that would cut them while this stage cuts them too: leave the allocator out of the entry (its triplets are prune groups the search cuts), or train it with train.fit"
+    )
 }
 
 /// The fit's hook: accumulates scores from each step's gradients and cuts on schedule.

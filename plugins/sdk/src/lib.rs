@@ -31,14 +31,14 @@ pub use stage::{caught, Progress, Stage, StageCtx, TypedStage, PLAN_KEY};
 pub use tool::{Tool, ToolOutput};
 
 /// Bumped whenever [`PluginDeclaration`] or any type crossing the plugin boundary changes.
-pub const CONTRACT_VERSION: u32 = 7;
+pub const CONTRACT_VERSION: u32 = 8;
 
 macro_rules! fingerprint_literal {
     () => {
         concat!(
             "petnas-sdk ",
             env!("CARGO_PKG_VERSION"),
-            "; contract 7; sdk source ",
+            "; contract 8; sdk source ",
             env!("PETNAS_SDK_SOURCE"),
             "; ",
             env!("PETNAS_RUSTC_VERSION"),
@@ -49,7 +49,7 @@ macro_rules! fingerprint_literal {
 }
 
 /// What host and plugin must agree on byte for byte before any Rust value crosses between
-/// them. (`contract 7` repeats [`CONTRACT_VERSION`]: `concat!` takes literals only.)
+/// them. (`contract 8` repeats [`CONTRACT_VERSION`]: `concat!` takes literals only.)
 pub const FINGERPRINT: &str = fingerprint_literal!();
 
 /// [`FINGERPRINT`]'s bytes in a plain array, which every plugin exports as

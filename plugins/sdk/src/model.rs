@@ -456,6 +456,12 @@ pub trait PetType: Send + Sync {
     fn peft(&self) -> Option<&dyn PeftFormat> {
         None
     }
+    /// For validation: whether an entry's options give its modules a schedule during training
+    /// ([`PetType::training_schedule`]), refusing a fit of `steps` optimizer steps (where
+    /// validation knows them) too short for it.
+    fn check_schedule(&self, _options: &Value, _steps: Option<i64>) -> Result<bool> {
+        Ok(false)
+    }
     /// What the type does to its modules while they train, where it does something (AdaLoRA
     /// moves rank between them): `train.fit` asks each PET type of its model for a schedule
     /// over the model's modules of that type, and runs it after every optimizer step.

@@ -35,9 +35,9 @@ impl TypedStage for Fit {
         &self,
         options: &fit::FitOptions,
         inputs: &[Value],
-        _services: &dyn petnas_sdk::Services,
+        services: &dyn petnas_sdk::Services,
     ) -> Result<Value> {
-        fit::check(options, inputs)
+        fit::check(options, inputs, services)
     }
     fn run(&self, o: fit::FitOptions, ctx: &StageCtx, inputs: &Inputs) -> Result<Artifact> {
         let fit::Prepared { mut model, info, train, selection } = fit::prepare(ctx, inputs, &o)?;
