@@ -3,13 +3,18 @@
 //! PEFT loading the same folders — is scripts/reference/check_peft_export.py.)
 use std::path::{Path, PathBuf};
 
-use petnas_e2e::{glue_fixtures, registry, tiny_model, Scratch};
+use petnas_e2e::{default_model, glue_fixtures, registry, tiny_model, Scratch};
 use petnas_kit::pet_model::PetModel;
 use petnas_sdk::Artifact;
 use serde_json::{json, Value};
 use tch::{Device, Tensor};
 
 fn export(pets: &str) -> (Scratch, PathBuf) {
+    export_from(&tiny_model(), pets, "{epochs: 1, batch_size: 16, lr: 0.01}")
+}
+
+/// [`export`] of the model in folder `model` after a fit with options `fit`.
+fn export_from(model: &str, pets: &str, fit: &str) -> (Scratch, PathBuf) {
     let s = Scratch::new();
     s.write(
         "p.yaml",
@@ -20,10 +25,10 @@ stages:
   model: {{use: plm.load, with: {{model: '{}'}}}}
   data: {{use: glue.load, needs: [model], with: {{task: rte, dir: '{}', max_len: 32, max_train_examples: 32}}}}
   pets: {{use: pet.attach, needs: [model], with: {{pets: {pets}}}}}
-  fit: {{use: train.fit, needs: [pets, data], with: {{epochs: 1, batch_size: 16, lr: 0.01}}}}
+  fit: {{use: train.fit, needs: [pets, data], with: {fit}}}
   export: {{use: pet.export, needs: [fit, data]}}
 ",
-            tiny_model(),
+            model,
             glue_fixtures()
         ),
     );
@@ -415,4 +420,77 @@ fn ia3_exports_as_a_peft_ia3_adapter_that_peft_and_pet_load_read_with_its_logits
     .unwrap();
     assert_eq!(loaded.modules.len(), 6);
     assert_same_logits(&loaded, &dir, "PEFT's IA3 adapter read back");
+}
+
+/// AdaLoRA exports as PEFT's AdaLoRA adapter with the ranks its allocator left: the kept
+/// triplets' P, E and Q, and `rank_pattern` for each module that kept fewer than `init_r`
+/// (keyed by its whole path, as PEFT's allocator keys it). PEFT loads it on the untouched
+/// base with petnas's logits (scripts/reference/check_peft_export.py), and `pet.load` reads
+/// it back with them. On the real MiniLM: the tiny model's logits hardly depend on its input.
+#[test]
+fn adalora_exports_with_its_allocated_ranks_as_a_peft_adapter_that_peft_and_pet_load_read() {
+    let (s, dir) = export_from(
+        &default_model(),
+        "[{type: adalora, targets: [query, value], rank: 4, alpha: 8, budget: 4000, tinit: 2, tfinal: 2}]",
+        "{epochs: 4, batch_size: 16, lr: 0.05}",
+    );
+    let config = s.read_json(&dir.join("peft/adapter_config.json"));
+    assert_eq!(config["peft_type"], "ADALORA", "{config}");
+    assert_eq!(config["init_r"], 4, "{config}");
+    let pattern = config["rank_pattern"].as_object().expect("ranks were cut");
+    let adapter = Tensor::read_safetensors(dir.join("peft/adapter_model.safetensors")).unwrap();
+    let mut kept = 0;
+    for (name, e) in adapter.iter().filter(|(n, _)| n.ends_with(".lora_E")) {
+        let module = name.trim_start_matches("base_model.model.").trim_end_matches(".lora_E");
+        let rank = e.size()[0];
+        kept += rank;
+        match pattern.get(&format!("{module}.lora_E")) {
+            Some(flags) => {
+                let flags = flags.as_array().unwrap();
+                assert_eq!(flags.len(), 4, "{module}: one flag per initial triplet");
+                assert_eq!(
+                    flags.iter().filter(|f| f.as_bool() == Some(true)).count() as i64,
+                    rank,
+                    "{module}"
+                );
+            }
+            None => assert_eq!(rank, 4, "{module}: in rank_pattern unless it kept all its triplets"),
+        }
+    }
+    // A triplet holds 384 + 384 + 1 parameters: the budget of 4000 keeps 5 of the 48.
+    assert_eq!(kept, 5, "{config}");
+
+    let python = petnas_e2e::workspace().join(".venv/bin/python");
+    let script = petnas_e2e::workspace().join("scripts/reference/check_peft_export.py");
+    let check = std::process::Command::new(&python).arg(&script).arg(&dir).output().unwrap();
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{said}{}", String::from_utf8_lossy(&check.stderr));
+    assert!(said.contains("PEFT adapter on the user's base model"), "{said}");
+
+    s.write(
+        "q.yaml",
+        &format!(
+            "name: brought\ndefaults: {{threads: 1}}\nstages:\n  model: {{use: plm.load, with: {{model: '{}'}}}}\n  adalora: {{use: pet.load, needs: [model], with: {{dir: '{}'}}}}\n",
+            default_model(),
+            dir.join("peft").display()
+        ),
+    );
+    let run = s.petnas(&["run", "q.yaml"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let mut loaded = PetModel::load(
+        &Artifact::read(&s.stage_dir("brought", "default", "adalora"), Device::Cpu).unwrap(),
+        registry(),
+        Device::Cpu,
+        false,
+    )
+    .unwrap();
+    assert_eq!(loaded.pet_parameters(), 5 * 769);
+    assert_same_logits(&loaded, &dir, "PEFT's AdaLoRA adapter read back");
+    // The triplets matter: without them the logits are another model's.
+    let all: Vec<usize> = (0..loaded.modules.len()).collect();
+    loaded.detach(&all);
+    let check = petnas_e2e::export_check(&dir);
+    let bare = tch::no_grad(|| loaded.logits(&check.batch, None).unwrap());
+    let moved = (bare - check.logits).abs().max().double_value(&[]);
+    assert!(moved > 0.05, "the adapter moves the logits by {moved}");
 }

@@ -68,7 +68,12 @@ impl AdaLoraConfig {
 
     /// PEFT's scaling: `lora_alpha / (ranknum + 1e-5)`.
     pub fn scaling(&self) -> f64 {
-        self.alpha / (self.rank as f64 + 1e-5)
+        AdaLoraConfig::peft_scaling(self.alpha, self.rank)
+    }
+
+    /// PEFT's scaling of an update of initial rank `init_r`, whatever it kept.
+    pub fn peft_scaling(alpha: f64, init_r: i64) -> f64 {
+        alpha / (init_r as f64 + 1e-5)
     }
 }
 

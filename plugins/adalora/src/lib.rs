@@ -6,9 +6,10 @@
 mod allocator;
 mod config;
 mod layer;
+mod peft;
 
 use anyhow::{bail, Context, Result};
-use petnas_sdk::model::{PetModule, PetType, Site, SiteKind, TrainingSchedule};
+use petnas_sdk::model::{PeftFormat, PetModule, PetType, Site, SiteKind, TrainingSchedule};
 use petnas_sdk::params::Params;
 use petnas_sdk::{OptionSchema, Options, Registrar};
 use serde_json::Value;
@@ -90,6 +91,9 @@ impl PetType for AdaLoraType {
             dropout: state["dropout"].as_f64().unwrap_or(0.0),
             allocation: allocation_of(state)?,
         }))
+    }
+    fn peft(&self) -> Option<&dyn PeftFormat> {
+        Some(&peft::AdaLoraPeft)
     }
     fn training_schedule(&self, modules: &[&dyn PetModule]) -> Result<Option<Box<dyn TrainingSchedule>>> {
         let mut allocations = Vec::new();

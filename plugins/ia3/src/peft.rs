@@ -26,6 +26,7 @@ impl PeftFormat for Ia3Peft {
         &self,
         modules: &[&dyn PetModule],
         _base: Option<&mut BTreeMap<String, Tensor>>,
+        _prefix: &str,
     ) -> Result<PeftAdapter> {
         let mut tensors = Vec::new();
         let (mut targets, mut feedforward) = (Vec::new(), Vec::new());

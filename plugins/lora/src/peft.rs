@@ -45,6 +45,7 @@ impl PeftFormat for LoraPeft {
         &self,
         modules: &[&dyn PetModule],
         mut base: Option<&mut BTreeMap<String, Tensor>>,
+        _prefix: &str,
     ) -> Result<PeftAdapter> {
         // By site: the scaling of its first module, and the factors of all of them.
         let mut sites: BTreeMap<String, (f64, Vec<Tensor>, Vec<Tensor>)> = BTreeMap::new();

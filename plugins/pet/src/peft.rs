@@ -62,7 +62,7 @@ pub fn export(
     let before: BTreeMap<String, usize> =
         base.iter().map(|(n, t)| (n.clone(), t.data_ptr() as usize)).collect();
     let modules: Vec<&dyn PetModule> = model.modules.iter().map(|m| m.as_ref()).collect();
-    let adapter = format.export(&modules, (init == InitProduct::Folded).then_some(&mut base))?;
+    let adapter = format.export(&modules, (init == InitProduct::Folded).then_some(&mut base), prefix)?;
     let mut tensors: Vec<(String, Tensor)> = adapter
         .tensors
         .into_iter()

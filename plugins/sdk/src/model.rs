@@ -493,11 +493,13 @@ pub trait PeftFormat: Send + Sync {
     fn peft_type(&self) -> &'static str;
     /// The adapter of `modules` (all of this type). With `base` (the backbone's weights by
     /// name, copies to change), a module folds what it holds frozen into them instead of
-    /// carrying it in the adapter.
+    /// carrying it in the adapter. `prefix` is where the sites are in the model PEFT wraps
+    /// (`roberta`), for config keys that name a module by its whole path.
     fn export(
         &self,
         modules: &[&dyn PetModule],
         base: Option<&mut std::collections::BTreeMap<String, Tensor>>,
+        prefix: &str,
     ) -> Result<PeftAdapter>;
     /// The modules an adapter holds: `config` its `adapter_config.json`, `tensors` by the
     /// site they are under, named below it as [`PeftFormat::export`] names them.
