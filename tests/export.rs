@@ -61,6 +61,30 @@ fn assert_modules_move_logits(mut model: PetModel, dir: &Path, at_least: f64) {
     assert!(moved > at_least, "the PET modules move the logits by {moved}");
 }
 
+/// The export's PEFT adapter folder as PEFT loads it on the untouched base (its logits
+/// checked by scripts/reference/check_peft_export.py) and as `pet.load` reads it back onto
+/// the default model.
+fn peft_and_pet_load_read(s: &Scratch, dir: &Path) -> PetModel {
+    let python = petnas_e2e::workspace().join(".venv/bin/python");
+    let script = petnas_e2e::workspace().join("scripts/reference/check_peft_export.py");
+    let check = std::process::Command::new(&python).arg(&script).arg(dir).output().unwrap();
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{said}{}", String::from_utf8_lossy(&check.stderr));
+    assert!(said.contains("PEFT adapter on the user's base model"), "{said}");
+    s.write(
+        "q.yaml",
+        &format!(
+            "name: brought\ndefaults: {{threads: 1}}\nstages:\n  model: {{use: plm.load, with: {{model: '{}'}}}}\n  adapter: {{use: pet.load, needs: [model], with: {{dir: '{}'}}}}\n",
+            default_model(),
+            dir.join("peft").display()
+        ),
+    );
+    let run = s.petnas(&["run", "q.yaml"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let artifact = Artifact::read(&s.stage_dir("brought", "default", "adapter"), Device::Cpu).unwrap();
+    PetModel::load(&artifact, registry(), Device::Cpu, false).unwrap()
+}
+
 /// A model artifact for a Hugging Face folder with the head tensors renamed back.
 fn reimport(
     backbone: &Path,
@@ -406,30 +430,7 @@ fn ia3_exports_as_a_peft_ia3_adapter_that_peft_and_pet_load_read_with_its_logits
     assert_eq!(targets.len(), 18, "key, value and the feed-forward output of 6 layers: {config}");
     assert!(feedforward.len() == 6 && feedforward.iter().all(|f| targets.contains(f)), "{config}");
 
-    let python = petnas_e2e::workspace().join(".venv/bin/python");
-    let script = petnas_e2e::workspace().join("scripts/reference/check_peft_export.py");
-    let check = std::process::Command::new(&python).arg(&script).arg(&dir).output().unwrap();
-    let said = String::from_utf8_lossy(&check.stdout);
-    assert!(check.status.success(), "{said}{}", String::from_utf8_lossy(&check.stderr));
-    assert!(said.contains("PEFT adapter on the user's base model"), "{said}");
-
-    s.write(
-        "q.yaml",
-        &format!(
-            "name: brought\ndefaults: {{threads: 1}}\nstages:\n  model: {{use: plm.load, with: {{model: '{}'}}}}\n  ia3: {{use: pet.load, needs: [model], with: {{dir: '{}'}}}}\n",
-            default_model(),
-            dir.join("peft").display()
-        ),
-    );
-    let run = s.petnas(&["run", "q.yaml"]);
-    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
-    let loaded = PetModel::load(
-        &Artifact::read(&s.stage_dir("brought", "default", "ia3"), Device::Cpu).unwrap(),
-        registry(),
-        Device::Cpu,
-        false,
-    )
-    .unwrap();
+    let loaded = peft_and_pet_load_read(&s, &dir);
     assert_eq!(loaded.modules.len(), 18);
     assert_same_logits(&loaded, &dir, "PEFT's IA3 adapter read back");
     assert_modules_move_logits(loaded, &dir, 0.05);
@@ -473,30 +474,7 @@ fn adalora_exports_with_its_allocated_ranks_as_a_peft_adapter_that_peft_and_pet_
     // A triplet holds 384 + 384 + 1 parameters: the budget of 4000 keeps 5 of the 48.
     assert_eq!(kept, 5, "{config}");
 
-    let python = petnas_e2e::workspace().join(".venv/bin/python");
-    let script = petnas_e2e::workspace().join("scripts/reference/check_peft_export.py");
-    let check = std::process::Command::new(&python).arg(&script).arg(&dir).output().unwrap();
-    let said = String::from_utf8_lossy(&check.stdout);
-    assert!(check.status.success(), "{said}{}", String::from_utf8_lossy(&check.stderr));
-    assert!(said.contains("PEFT adapter on the user's base model"), "{said}");
-
-    s.write(
-        "q.yaml",
-        &format!(
-            "name: brought\ndefaults: {{threads: 1}}\nstages:\n  model: {{use: plm.load, with: {{model: '{}'}}}}\n  adalora: {{use: pet.load, needs: [model], with: {{dir: '{}'}}}}\n",
-            default_model(),
-            dir.join("peft").display()
-        ),
-    );
-    let run = s.petnas(&["run", "q.yaml"]);
-    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
-    let loaded = PetModel::load(
-        &Artifact::read(&s.stage_dir("brought", "default", "adalora"), Device::Cpu).unwrap(),
-        registry(),
-        Device::Cpu,
-        false,
-    )
-    .unwrap();
+    let loaded = peft_and_pet_load_read(&s, &dir);
     assert_eq!(loaded.pet_parameters(), 5 * 769);
     assert_same_logits(&loaded, &dir, "PEFT's AdaLoRA adapter read back");
     assert_modules_move_logits(loaded, &dir, 0.05);

@@ -844,14 +844,7 @@ fn adaloras_rank_allocator_runs_inside_train_fit_and_meets_its_budget() {
     // A budget the modules cannot exceed is refused before anything runs.
     let over = Scratch::new();
     over.write("p.yaml", &allocating_pipeline("budget: 100000", "{epochs: 5, batch_size: 16}"));
-    let check = over.petnas(&["validate", "p.yaml"]);
-    assert_ne!(check.code, 0);
-    assert!(
-        check.stderr.contains("p.yaml:6:")
-            && check.stderr.contains("the allocator's budget of 100000 parameters is at or above the"),
-        "{}",
-        check.stderr
-    );
+    over.assert_refused(&["p.yaml:6:", "the allocator's budget of 100000 parameters is at or above the"]);
 }
 
 /// A fit too short for the allocator's window is refused by validation, which counts the
@@ -865,16 +858,10 @@ fn a_fit_too_short_for_adaloras_allocator_is_refused_before_anything_runs() {
             allocating_pipeline("budget: 1500, tinit: 8, tfinal: 12", "{epochs: 5, batch_size: 16}")
                 .replace("max_train_examples: 64", &format!("max_train_examples: 64{shaping}"));
         short.write("p.yaml", &pipeline);
-        let check = short.petnas(&["validate", "p.yaml"]);
-        assert_ne!(check.code, 0, "{steps} steps");
-        assert!(
-            check.stderr.contains("p.yaml:7:")
-                && check
-                    .stderr
-                    .contains(&format!("leave none of the fit's {steps} steps for the rank allocator")),
-            "{}",
-            check.stderr
-        );
+        short.assert_refused(&[
+            "p.yaml:7:",
+            &format!("leave none of the fit's {steps} steps for the rank allocator"),
+        ]);
         assert!(!short.path().join("runs").exists(), "nothing ran");
         // One step more than the window, and it passes.
         let longer =
@@ -894,14 +881,7 @@ fn pruning_while_training_refuses_a_supernet_with_its_own_rank_allocator() {
         allocating_pipeline("budget: 1500, tinit: 4, tfinal: 4", "{epochs: 5, batch_size: 16, budget: 1000}")
             .replace("use: train.fit", "use: nas.prune_while_training");
     s.write("p.yaml", &pipeline);
-    let check = s.petnas(&["validate", "p.yaml"]);
-    assert_ne!(check.code, 0);
-    assert!(
-        check.stderr.contains("p.yaml:7:")
-            && check.stderr.contains("`adalora` modules have a schedule during training"),
-        "{}",
-        check.stderr
-    );
+    s.assert_refused(&["p.yaml:7:", "`adalora` modules have a schedule during training"]);
     // Without the allocator, its triplets are prune groups like any other.
     s.write("p.yaml", &pipeline.replace("budget: 1500, tinit: 4, tfinal: 4", "dropout: 0.0"));
     let run = s.petnas(&["run", "p.yaml"]);

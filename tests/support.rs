@@ -114,6 +114,16 @@ impl Scratch {
         Run::from(self.command(args).output().expect("run petnas"))
     }
 
+    /// `petnas validate p.yaml` refuses the pipeline (exit 2) with an error that says each of
+    /// `said` (its place, `p.yaml:7:`, among them).
+    pub fn assert_refused(&self, said: &[&str]) {
+        let check = self.petnas(&["validate", "p.yaml"]);
+        assert_eq!(check.code, 2, "{}", check.stderr);
+        for what in said {
+            assert!(check.stderr.contains(what), "`{what}` not in: {}", check.stderr);
+        }
+    }
+
     /// The run folder of a pipeline's stage in a cell.
     pub fn stage_dir(&self, pipeline: &str, cell: &str, stage: &str) -> PathBuf {
         self.path().join("runs").join(pipeline).join(cell).join(stage)

@@ -609,19 +609,11 @@ fn the_vocabulary_of_transformers_and_peft_trains_as_it_does_there() {
         &pipeline("[{type: lora, bias: all}]", FIT)
             .replace("  fit: {use: train.fit,", "  fit: {seed: 3, use: train.fit,"),
     );
-    let refused = s.petnas(&["validate", "p.yaml"]);
-    assert_eq!(refused.code, 2);
-    assert!(
-        refused.stderr.contains("stage `fit` cannot set a seed of its own")
-            && refused.stderr.contains("`defaults: {seed: N}`, or a `seed` axis"),
-        "{}",
-        refused.stderr
-    );
-    assert!(
-        refused.stderr.contains("unknown option `bias` for PET type `lora`\n  help: petnas trains biases with the `bitfit` PET type"),
-        "{}",
-        refused.stderr
-    );
+    s.assert_refused(&[
+        "stage `fit` cannot set a seed of its own",
+        "`defaults: {seed: N}`, or a `seed` axis",
+        "unknown option `bias` for PET type `lora`\n  help: petnas trains biases with the `bitfit` PET type",
+    ]);
 }
 
 /// A stage's content key holds the plugins its model is made of, not every plugin that
