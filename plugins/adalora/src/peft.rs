@@ -55,7 +55,7 @@ impl PeftFormat for AdaLoraPeft {
             allocation = state[crate::layer::ALLOCATION].clone();
             let params = module.params();
             init_r = init_r.max(params.get("E").size()[0]);
-            let e = params.effective("E").detach();
+            let e = params.get("E");
             let live: Vec<i64> = match params.masks().into_iter().find(|(n, _)| n == "E") {
                 Some((_, mask)) => {
                     Vec::<f64>::try_from(mask.flatten(0, -1).to_kind(Kind::Double).to_device(Device::Cpu))?

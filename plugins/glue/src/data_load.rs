@@ -13,7 +13,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::dataset::{self, Shaping, SplitFile, TaskInfo};
-use crate::files::{self, Columns, Format, LabelKind, FORMATS};
+use crate::files::{self, Columns, Format, LabelKind, Rows, FORMATS};
+use crate::reader::Split;
 
 pub struct DataLoad;
 
@@ -133,40 +134,64 @@ impl DataLoadOptions {
         Ok(())
     }
 
-    /// For validation: the labels the labelled files hold, against `labels` where it names
-    /// the classes (a label it lacks would fail every such row), or as the classes where it
-    /// does not. Files past a size are left to the run.
-    fn check_file_labels(&self, scoring: Scoring) -> Result<()> {
+    /// For validation: where `labels` names the classes, the labels the labelled files hold
+    /// against it (a label it lacks would fail every such row). Files past a size are left
+    /// to the run. (Classes taken from the training file are checked as the run takes them,
+    /// by [`DataLoadOptions::classes`], when validation reads it.)
+    fn check_file_labels(&self) -> Result<()> {
+        let Some(labels) = &self.labels else { return Ok(()) };
         for split in self.splits().iter().filter(|s| s.labelled) {
-            if std::fs::metadata(&split.path).map(|m| m.len()).unwrap_or(u64::MAX)
-                > dataset::READ_AT_VALIDATION
-            {
+            if !dataset::read_at_validation(&split.path) {
                 continue;
             }
             let rows = files::read_rows(&split.path, self.format(&split.path)?, &self.columns())?;
-            match &self.labels {
-                Some(labels) => {
-                    let found = files::labels_in(&rows);
-                    let unknown: Vec<&String> = found.iter().filter(|l| !labels.contains(l)).collect();
-                    if !unknown.is_empty() {
-                        bail!(
-                            "{}: its `{}` column holds {} that `labels` ({}) does not name: every such row would fail (or be skipped, with skip_bad_lines); name them in `labels`, or leave `labels` out to take the file's",
-                            split.path.display(),
-                            self.label,
-                            unknown.iter().take(10).map(|l| format!("`{l}`")).collect::<Vec<_>>().join(", "),
-                            labels.join(", ")
-                        );
-                    }
-                }
-                None if split.name == TRAIN => DataLoadOptions::check_classes(
-                    scoring,
-                    &files::class_names(&rows, &split.path)?,
-                    &split.path.display().to_string(),
-                )?,
-                None => {}
+            let found = files::labels_in(&rows);
+            let unknown: Vec<&String> = found.iter().filter(|l| !labels.contains(l)).collect();
+            if !unknown.is_empty() {
+                bail!(
+                    "{}: its `{}` column holds {} that `labels` ({}) does not name: every such row would fail (or be skipped, with skip_bad_lines); name them in `labels`, or leave `labels` out to take the file's",
+                    split.path.display(),
+                    self.label,
+                    unknown.iter().take(10).map(|l| format!("`{l}`")).collect::<Vec<_>>().join(", "),
+                    labels.join(", ")
+                );
             }
         }
         Ok(())
+    }
+
+    /// The task's classes — `labels`, or the training file's (checked) — with the training
+    /// file's rows where they were read for them; none for regression.
+    fn classes(&self, scoring: Scoring) -> Result<(Vec<String>, Option<Rows>)> {
+        match (&self.labels, self.regression) {
+            (_, true) => Ok((Vec::new(), None)),
+            (Some(labels), false) => Ok((labels.clone(), None)),
+            (None, false) => {
+                let path = Path::new(&self.train);
+                let rows = files::read_rows(path, self.format(path)?, &self.columns())?;
+                let names = files::class_names(&rows, path)?;
+                DataLoadOptions::check_classes(scoring, &names, &self.train)?;
+                Ok((names, Some(rows)))
+            }
+        }
+    }
+
+    /// What a label cell must be: one of `classes`, or a number for regression.
+    fn label_kind<'a>(&self, classes: &'a [String]) -> LabelKind<'a> {
+        if self.regression {
+            LabelKind::Score
+        } else {
+            LabelKind::Classes(classes)
+        }
+    }
+
+    /// One file's split as the run reads it; `read_before`: its rows, where already read.
+    fn read_split(&self, file: &SplitFile, kind: &LabelKind, read_before: Option<Rows>) -> Result<Split> {
+        let rows = match read_before {
+            Some(rows) => rows,
+            None => files::read_rows(&file.path, self.format(&file.path)?, &self.columns())?,
+        };
+        files::split_of(rows, &file.path, &self.columns(), kind, file.labelled, self.shaping.skip_bad_lines)
     }
 
     /// The task's name in reports: the option, else the training file's folder.
@@ -212,19 +237,11 @@ impl TypedStage for DataLoad {
         if let Some(labels) = &o.labels {
             DataLoadOptions::check_classes(scoring, labels, "`labels`")?;
         }
-        if !o.regression {
-            o.check_file_labels(scoring)?;
-        }
-        // The training file's examples, as the run reads them (its classes as the run takes them).
-        o.shaping.check(inputs, &o.splits(), |file| {
-            let rows = files::read_rows(&file.path, o.format(&file.path)?, &o.columns())?;
-            let labels = match (&o.labels, o.regression) {
-                (_, true) => Vec::new(),
-                (Some(labels), false) => labels.clone(),
-                (None, false) => files::class_names(&rows, &file.path)?,
-            };
-            let kind = if o.regression { LabelKind::Score } else { LabelKind::Classes(&labels) };
-            files::split_of(rows, &file.path, &o.columns(), &kind, file.labelled, o.shaping.skip_bad_lines)
+        o.check_file_labels()?;
+        // The training file's examples, read as the run reads them.
+        o.shaping.check(inputs, &o.splits(), |train| {
+            let (classes, rows) = o.classes(scoring)?;
+            o.read_split(train, &o.label_kind(&classes), rows)
         })
     }
     fn external_inputs(&self, o: &DataLoadOptions) -> Result<String> {
@@ -242,28 +259,13 @@ impl TypedStage for DataLoad {
         let scoring = o.scoring()?;
         // Classes taken from the training file: its rows are read once, for them and for
         // the split.
-        let train_rows = std::cell::RefCell::new(None);
-        let labels = match (&o.labels, o.regression) {
-            (_, true) => Vec::new(),
-            (Some(labels), false) => labels.clone(),
-            (None, false) => {
-                let path = Path::new(&o.train);
-                let rows = files::read_rows(path, o.format(path)?, &o.columns())?;
-                let names = files::class_names(&rows, path)?;
-                DataLoadOptions::check_classes(scoring, &names, &o.train)?;
-                *train_rows.borrow_mut() = Some(rows);
-                names
-            }
-        };
+        let (labels, train_rows) = o.classes(scoring)?;
+        let train_rows = std::cell::RefCell::new(train_rows);
         let task = TaskInfo { name: o.task_name(), labels, scoring };
-        let kind = if o.regression { LabelKind::Score } else { LabelKind::Classes(&task.labels) };
+        let kind = o.label_kind(&task.labels);
         dataset::build(ctx, inputs, &o.shaping, &task, &o.splits(), |file| {
             let read_before = if file.name == TRAIN { train_rows.borrow_mut().take() } else { None };
-            let rows = match read_before {
-                Some(rows) => rows,
-                None => files::read_rows(&file.path, o.format(&file.path)?, &o.columns())?,
-            };
-            files::split_of(rows, &file.path, &o.columns(), &kind, file.labelled, o.shaping.skip_bad_lines)
+            o.read_split(file, &kind, read_before)
         })
     }
 }

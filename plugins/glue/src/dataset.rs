@@ -61,7 +61,7 @@ impl Shaping {
         }
         let mut train_examples = None;
         if let Some(file) = splits.iter().find(|s| s.name == TRAIN) {
-            if std::fs::metadata(&file.path).map(|m| m.len()).unwrap_or(u64::MAX) <= READ_AT_VALIDATION {
+            if read_at_validation(&file.path) {
                 let kept = self.subsample_count(read(file)?.examples.len());
                 train_examples = Some(match self.validation_fraction {
                     Some(fraction) => kept - held_out_count(kept, fraction)?,
@@ -100,9 +100,11 @@ impl Shaping {
     }
 }
 
-/// Files up to this size are read at validation (to count the training examples, to check
-/// labels); larger ones are left to the run.
-pub const READ_AT_VALIDATION: u64 = 64 << 20;
+/// Whether validation reads a file (to count the training examples, to check labels): files
+/// up to 64 MiB; larger ones are left to the run.
+pub fn read_at_validation(path: &Path) -> bool {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(u64::MAX) <= 64 << 20
+}
 
 /// How many of `n` training examples `fraction` holds out; refused where that leaves no
 /// validation or no training example.

@@ -53,12 +53,16 @@ pub fn check(o: &FitOptions, inputs: &[Value], services: &dyn Services) -> Resul
     Ok(crate::pet_model::described_as_fitted(inputs))
 }
 
+/// The optimizer steps an epoch of `examples` training examples takes.
+fn steps_per_epoch(o: &FitOptions, examples: usize) -> i64 {
+    examples.div_ceil(o.batch_size).div_ceil(o.gradient_accumulation_steps) as i64
+}
+
 /// The optimizer steps a fit of `examples` training examples takes.
 pub fn total_steps(o: &FitOptions, examples: usize) -> i64 {
-    let steps_per_epoch = examples.div_ceil(o.batch_size).div_ceil(o.gradient_accumulation_steps) as i64;
     match o.max_steps {
         Some(s) => s,
-        None => ((o.epochs * steps_per_epoch as f64).ceil() as i64).max(1),
+        None => ((o.epochs * steps_per_epoch(o, examples) as f64).ceil() as i64).max(1),
     }
 }
 
@@ -221,7 +225,7 @@ pub fn fit(
     if train.is_empty() {
         bail!("the training split is empty");
     }
-    let steps_per_epoch = train.len().div_ceil(o.batch_size).div_ceil(o.gradient_accumulation_steps) as i64;
+    let steps_per_epoch = steps_per_epoch(o, train.len());
     let total = total_steps(o, train.len());
     let warmup = o.warmup_steps.unwrap_or((o.warmup_ratio * total as f64).round() as i64);
     let ckpt_dir = ctx.checkpoint_dir()?.to_path_buf();
